@@ -1,0 +1,168 @@
+#include "mlp/mlp_common.h"
+
+#include <ATen/ATen.h>
+
+namespace maml_ext::mlp {
+namespace {
+
+int64_t numel_without_task(const at::Tensor& t, bool task_dim) {
+  return task_dim ? t.numel() / std::max<int64_t>(t.size(0), 1) : t.numel();
+}
+
+}  // namespace
+
+Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
+                          const std::string& activation, const std::string& loss_name) {
+  const Activation act = parse_activation(activation);
+  const Loss loss = parse_loss(loss_name);
+  const bool gaussian = loss == Loss::GaussianNll;
+  const int64_t n = static_cast<int64_t>(params.size());
+  TORCH_CHECK_VALUE(n >= (gaussian ? 3 : 2) && (n - (gaussian ? 1 : 0)) % 2 == 0,
+                    "params: expected [W1, b1, ..., WL, bL", gaussian ? ", log_std]" : "]",
+                    ", got ", n, " tensors");
+  const int64_t layers = (n - (gaussian ? 1 : 0)) / 2;
+  const int64_t lead = task_dim ? 1 : 0;
+  const auto& ref = params[0];
+  TORCH_CHECK_TYPE(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble,
+                   "params[0]: expected float32 or float64, got ", ref.scalar_type());
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_TYPE(params[i].scalar_type() == ref.scalar_type(), "params[", i, "]: expected dtype ",
+                     ref.scalar_type(), " like params[0], got ", params[i].scalar_type());
+    TORCH_CHECK(params[i].device() == ref.device(), "params[", i, "]: expected device ", ref.device(),
+                " like params[0], got ", params[i].device());
+    if (task_dim) {
+      TORCH_CHECK_VALUE(params[i].dim() >= 1 && params[i].size(0) == tasks, "params[", i,
+                        "]: expected a leading task dimension of size ", tasks, ", got shape ",
+                        params[i].sizes());
+    }
+  }
+  std::vector<int64_t> widths(layers + 1);
+  for (int64_t l = 0; l < layers; ++l) {
+    const auto& W = params[2 * l];
+    const auto& b = params[2 * l + 1];
+    TORCH_CHECK_VALUE(W.dim() == 2 + lead, "params[", 2 * l, "] (W", l + 1, "): expected ",
+                      task_dim ? "[T, out, in]" : "[out, in]", ", got shape ", W.sizes());
+    TORCH_CHECK_VALUE(b.dim() == 1 + lead && b.size(lead) == W.size(lead), "params[", 2 * l + 1,
+                      "] (b", l + 1, "): expected ", task_dim ? "[T, " : "[", W.size(lead),
+                      "], got shape ", b.sizes());
+    if (l == 0) {
+      widths[0] = W.size(lead + 1);
+    } else {
+      TORCH_CHECK_VALUE(W.size(lead + 1) == widths[l], "params[", 2 * l, "] (W", l + 1,
+                        "): expected ", widths[l], " input features to match W", l,
+                        ", got shape ", W.sizes());
+    }
+    widths[l + 1] = W.size(lead);
+    TORCH_CHECK_VALUE(widths[l + 1] > 0 && widths[l] > 0, "params[", 2 * l, "]: empty layer");
+  }
+  if (gaussian) {
+    const auto& s = params[n - 1];
+    TORCH_CHECK_VALUE(s.dim() == 1 + lead && s.size(lead) == widths[layers], "params[", n - 1,
+                      "] (log_std): expected ", task_dim ? "[T, " : "[", widths[layers],
+                      "], got shape ", s.sizes());
+  }
+  return make_layout(widths, act, loss);
+}
+
+void check_batch(const Layout& L, const char* what, const at::Tensor& x, const at::Tensor& y,
+                 const std::optional<at::Tensor>& weight, int64_t tasks, const at::Tensor& like) {
+  TORCH_CHECK(x.device() == like.device() && y.device() == like.device(), what,
+              ": expected tensors on ", like.device(), " like the parameters");
+  TORCH_CHECK_TYPE(x.scalar_type() == like.scalar_type(), what, " x: expected dtype ",
+                   like.scalar_type(), ", got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == tasks && x.size(2) == L.dim[0], what,
+                    " x: expected [T=", tasks, ", K, ", L.dim[0], "], got shape ", x.sizes());
+  const int64_t k = x.size(1);
+  TORCH_CHECK_VALUE(k > 0, what, " x: expected at least one example per task");
+  if (L.loss == Loss::CrossEntropy) {
+    TORCH_CHECK_TYPE(y.scalar_type() == at::kLong, what, " y: expected int64 class labels, got ",
+                     y.scalar_type());
+    TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == tasks && y.size(1) == k, what,
+                      " y: expected [T=", tasks, ", K=", k, "], got shape ", y.sizes());
+  } else {
+    TORCH_CHECK_TYPE(y.scalar_type() == like.scalar_type(), what, " y: expected dtype ",
+                     like.scalar_type(), ", got ", y.scalar_type());
+    TORCH_CHECK_VALUE(y.dim() == 3 && y.size(0) == tasks && y.size(1) == k &&
+                          y.size(2) == L.dim[L.layers],
+                      what, " y: expected [T=", tasks, ", K=", k, ", ", L.dim[L.layers],
+                      "], got shape ", y.sizes());
+  }
+  if (weight.has_value()) {
+    const auto& w = *weight;
+    TORCH_CHECK(w.device() == like.device(), what, " weight: expected device ", like.device());
+    TORCH_CHECK_TYPE(w.scalar_type() == like.scalar_type(), what, " weight: expected dtype ",
+                     like.scalar_type(), ", got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == tasks && w.size(1) == k, what,
+                      " weight: expected [T=", tasks, ", K=", k, "], got shape ", w.sizes());
+  }
+}
+
+at::Tensor pack(at::TensorList params, bool task_dim) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(params.size());
+  for (const auto& p : params) parts.push_back(task_dim ? p.reshape({p.size(0), -1}) : p.reshape({-1}));
+  return at::cat(parts, task_dim ? 1 : 0).contiguous();
+}
+
+std::vector<at::Tensor> unpack(const at::Tensor& flat, at::TensorList like, bool like_has_task_dim,
+                               int64_t tasks) {
+  std::vector<at::Tensor> out;
+  out.reserve(like.size());
+  int64_t off = 0;
+  const bool flat_has_task = flat.dim() == 2;
+  for (const auto& p : like) {
+    const int64_t n = numel_without_task(p, like_has_task_dim);
+    std::vector<int64_t> shape;
+    if (flat_has_task) shape.push_back(tasks);
+    auto sizes = p.sizes();
+    shape.insert(shape.end(), sizes.begin() + (like_has_task_dim ? 1 : 0), sizes.end());
+    out.push_back(flat.narrow(-1, off, n).reshape(shape).contiguous());
+    off += n;
+  }
+  return out;
+}
+
+at::Tensor expand_lrs(at::TensorList lrs, double lr, bool per_step, int64_t steps,
+                      at::TensorList params, const at::Tensor& like) {
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel();
+  if (lrs.empty()) return at::full({1, total}, lr, like.options());
+  TORCH_CHECK_VALUE(lrs.size() == params.size(), "lrs: expected one learning rate per parameter (",
+                    params.size(), "), got ", lrs.size());
+  const int64_t rows = per_step ? steps : 1;
+  std::vector<at::Tensor> cols;
+  for (size_t i = 0; i < lrs.size(); ++i) {
+    const auto& a = lrs[i];
+    TORCH_CHECK(a.device() == like.device(), "lrs[", i, "]: expected device ", like.device());
+    TORCH_CHECK_TYPE(a.scalar_type() == like.scalar_type(), "lrs[", i, "]: expected dtype ",
+                     like.scalar_type(), ", got ", a.scalar_type());
+    const int64_t n = params[i].numel();
+    const int64_t per_row = per_step ? (a.dim() >= 1 ? a.numel() / std::max<int64_t>(a.size(0), 1) : -1)
+                                     : a.numel();
+    TORCH_CHECK_VALUE(!per_step || (a.dim() >= 1 && a.size(0) == steps), "lrs[", i,
+                      "]: per-step learning rates need a leading dimension of size steps=", steps,
+                      ", got shape ", a.sizes());
+    TORCH_CHECK_VALUE(per_row == 1 || per_row == n, "lrs[", i, "]: expected a scalar or the shape ",
+                      params[i].sizes(), " of its parameter", per_step ? " after the step dimension" : "",
+                      ", got shape ", a.sizes());
+    cols.push_back(a.reshape({rows, per_row}).expand({rows, n}));
+  }
+  return at::cat(cols, 1).contiguous();
+}
+
+std::vector<at::Tensor> reduce_lr_grads(const at::Tensor& flat, at::TensorList lrs,
+                                        at::TensorList params) {
+  std::vector<at::Tensor> out;
+  int64_t off = 0;
+  for (size_t i = 0; i < lrs.size(); ++i) {
+    const int64_t n = params[i].numel();
+    at::Tensor g = flat.narrow(1, off, n);
+    const int64_t rows = flat.size(0);
+    if (lrs[i].numel() == rows && n != 1) g = g.sum(1, /*keepdim=*/true);
+    out.push_back(g.reshape(lrs[i].sizes()).contiguous());
+    off += n;
+  }
+  return out;
+}
+
+}  // namespace maml_ext::mlp

@@ -1,0 +1,486 @@
+// Raw-pointer MLP engine: forward, loss gradient, and the analytic Hessian-vector product
+// (forward-mode R-op through the net, then its reverse pass), per task.
+//
+// This file is compiled once per CPU capability (MAML_EXT_CPU_CAPABILITY = DEFAULT, AVX2,
+// AVX512) with matching -m flags; mlp_engine_dispatch.cpp picks one at run time. It includes no
+// torch header so that those builds stay fast and free of ISA-specific inline copies of ATen.
+//
+// Notation (one task, K examples): h_0 = x, z_l = h_{l-1} W_l^T + b_l, h_l = act(z_l) for l < L,
+// output z_L. delta_l = dLoss/dz_l. For a direction v = (V_l, c_l, [s]) the R-op gives
+// Rz_l = Rh_{l-1} W_l^T + h_{l-1} V_l^T + c_l, Rh_l = act'(z_l) Rz_l, and the reverse pass
+// Hv_W_l = Rdelta_l^T h_{l-1} + delta_l^T Rh_{l-1},
+// Rdelta_{l-1} = (Rdelta_l W_l + delta_l V_l) act'(z_{l-1}) + (delta_l W_l) act''(z_{l-1}) Rz_{l-1}.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "mlp/mlp_engine.h"
+
+namespace maml_ext::mlp::MAML_EXT_CPU_CAPABILITY {
+namespace {
+
+// C[M,N] (+)= A[M,Kd] B[Kd,N], row-major. The inner loop runs along contiguous rows of B and C,
+// so it vectorises without reassociating sums (results stay bit-stable across runs).
+template <typename T>
+inline void gemm_nn(int64_t M, int64_t N, int64_t Kd, const T* __restrict A,
+                    const T* __restrict B, T* __restrict C, bool accumulate) {
+  for (int64_t m = 0; m < M; ++m) {
+    T* __restrict c = C + m * N;
+    const T* a = A + m * Kd;
+    if (!accumulate) std::fill(c, c + N, T(0));
+    int64_t k = 0;
+    for (; k + 4 <= Kd; k += 4) {
+      const T a0 = a[k], a1 = a[k + 1], a2 = a[k + 2], a3 = a[k + 3];
+      const T* b0 = B + k * N;
+      const T* b1 = b0 + N;
+      const T* b2 = b1 + N;
+      const T* b3 = b2 + N;
+      for (int64_t n = 0; n < N; ++n) c[n] += a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n];
+    }
+    for (; k < Kd; ++k) {
+      const T a0 = a[k];
+      const T* b0 = B + k * N;
+      for (int64_t n = 0; n < N; ++n) c[n] += a0 * b0[n];
+    }
+  }
+}
+
+// C[M,N] (+)= A[Kd,M]^T B[Kd,N], row-major.
+template <typename T>
+inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* __restrict A,
+                    const T* __restrict B, T* __restrict C, bool accumulate) {
+  if (!accumulate) std::fill(C, C + M * N, T(0));
+  int64_t k = 0;
+  for (; k + 2 <= Kd; k += 2) {
+    const T* a0 = A + k * M;
+    const T* a1 = a0 + M;
+    const T* b0 = B + k * N;
+    const T* b1 = b0 + N;
+    for (int64_t m = 0; m < M; ++m) {
+      const T x0 = a0[m], x1 = a1[m];
+      T* __restrict c = C + m * N;
+      for (int64_t n = 0; n < N; ++n) c[n] += x0 * b0[n] + x1 * b1[n];
+    }
+  }
+  for (; k < Kd; ++k) {
+    const T* a0 = A + k * M;
+    const T* b0 = B + k * N;
+    for (int64_t m = 0; m < M; ++m) {
+      const T x0 = a0[m];
+      T* __restrict c = C + m * N;
+      for (int64_t n = 0; n < N; ++n) c[n] += x0 * b0[n];
+    }
+  }
+}
+
+template <typename T>
+inline void transpose(int64_t rows, int64_t cols, const T* __restrict A, T* __restrict At) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) At[c * rows + r] = A[r * cols + c];
+}
+
+template <typename T>
+inline void column_sums(int64_t rows, int64_t cols, const T* __restrict A, T* __restrict out) {
+  std::fill(out, out + cols, T(0));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c] += A[r * cols + c];
+}
+
+template <typename T>
+inline void broadcast_rows(int64_t rows, int64_t cols, const T* __restrict bias, T* __restrict out) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, bias, sizeof(T) * cols);
+}
+
+// Per-task workspace and the three passes. Buffers are sized for up to `kmax` examples.
+template <typename T>
+class Net {
+ public:
+  Net(const Layout& layout, int64_t kmax) : L_(layout), kmax_(kmax) {
+    const int n = L_.layers;
+    int64_t off = 0;
+    auto take = [&](std::vector<int64_t>& v, int64_t per_row) {
+      v.assign(n + 1, 0);
+      for (int l = 1; l <= n; ++l) {
+        v[l] = off;
+        off += kmax * (per_row ? per_row : L_.dim[l]);
+      }
+    };
+    take(h_, 0);
+    take(dh_, 0);
+    take(delta_, 0);
+    take(rz_, 0);
+    take(rh_, 0);
+    take(rdelta_, 0);
+    probs_ = off;
+    off += kmax * L_.dim[n];
+    tmp_ = off;
+    off += kmax * L_.max_width();
+    wt_ = off;
+    off += L_.max_width() * L_.max_width();
+    buf_.assign(off, T(0));
+  }
+
+  // Forward pass at parameters `th` on k examples x [k, d0].
+  void forward(const T* th, const T* x, int64_t k) {
+    k_ = k;
+    x_ = x;
+    for (int l = 1; l <= L_.layers; ++l) {
+      const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
+      T* z = at(h_, l);
+      T* wt = buf_.data() + wt_;
+      transpose(dout, din, th + L_.w_off[l], wt);
+      broadcast_rows(k, dout, th + L_.b_off[l], z);
+      gemm_nn(k, dout, din, input(l), wt, z, true);
+      if (l < L_.layers) activate(z, k * dout);
+    }
+  }
+
+  // Loss of the last forward pass (mean over examples of the weighted per-example loss).
+  // With `grad` set, also its gradient w.r.t. all P parameters (delta_l kept for hvp()).
+  T loss(const T* th, const Batch<T>& b, int64_t task, T* grad) {
+    const int n = L_.layers;
+    const int64_t D = L_.dim[n], k = k_;
+    const T* out = at(h_, n);
+    T* dz = at(delta_, n);
+    const T* w = b.weight ? b.weight + task * k : nullptr;
+    const T invk = T(1) / T(k);
+    double total = 0;
+    switch (L_.loss) {
+      case Loss::Mse: {
+        const T* y = b.y + task * k * D;
+        const T scale = T(2) / T(k * D);
+        for (int64_t i = 0; i < k; ++i) {
+          const T wi = w ? w[i] : T(1);
+          double row = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const T diff = out[i * D + d] - y[i * D + d];
+            row += double(diff) * double(diff);
+            dz[i * D + d] = scale * wi * diff;
+          }
+          total += double(wi) * row;
+        }
+        total /= double(k * D);
+        break;
+      }
+      case Loss::CrossEntropy: {
+        const int64_t* y = b.labels + task * k;
+        T* p = buf_.data() + probs_;
+        for (int64_t i = 0; i < k; ++i) {
+          const T wi = w ? w[i] : T(1);
+          const T* zi = out + i * D;
+          T* pi = p + i * D;
+          const T m = *std::max_element(zi, zi + D);
+          T s = 0;
+          for (int64_t d = 0; d < D; ++d) s += (pi[d] = std::exp(zi[d] - m));
+          const T lse = m + std::log(s);
+          for (int64_t d = 0; d < D; ++d) {
+            pi[d] /= s;
+            dz[i * D + d] = wi * invk * pi[d];
+          }
+          dz[i * D + y[i]] -= wi * invk;
+          total += double(wi) * double(lse - zi[y[i]]);
+        }
+        total /= double(k);
+        break;
+      }
+      case Loss::GaussianNll: {
+        const T* a = b.y + task * k * D;
+        const T* log_std = th + L_.log_std_off;
+        T* g_log_std = grad ? grad + L_.log_std_off : nullptr;
+        if (g_log_std) std::fill(g_log_std, g_log_std + D, T(0));
+        const double half_log_2pi = 0.91893853320467274178;
+        for (int64_t i = 0; i < k; ++i) {
+          const T wi = w ? w[i] : T(1);
+          double row = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const T inv_var = std::exp(T(-2) * log_std[d]);
+            const T r = out[i * D + d] - a[i * D + d];
+            row += 0.5 * double(r) * double(r) * double(inv_var) + double(log_std[d]) + half_log_2pi;
+            dz[i * D + d] = wi * invk * r * inv_var;
+            if (g_log_std) g_log_std[d] += wi * invk * (T(1) - r * r * inv_var);
+          }
+          total += double(wi) * row;
+        }
+        total /= double(k);
+        break;
+      }
+    }
+    if (grad) backward(th, grad);
+    return T(total);
+  }
+
+  // Hessian-vector product with direction v, at the parameters of the last forward + loss(grad).
+  void hvp(const T* th, const T* v, T* hv) {
+    const int n = L_.layers;
+    const int64_t k = k_;
+    T* wt = buf_.data() + wt_;
+    for (int l = 1; l <= n; ++l) {
+      const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
+      T* rz = at(rz_, l);
+      broadcast_rows(k, dout, v + L_.b_off[l], rz);
+      transpose(dout, din, v + L_.w_off[l], wt);
+      gemm_nn(k, dout, din, input(l), wt, rz, true);
+      if (l > 1) {
+        transpose(dout, din, th + L_.w_off[l], wt);
+        gemm_nn(k, dout, din, at(rh_, l - 1), wt, rz, true);
+      }
+      if (l < n) {
+        const T* h = at(h_, l);
+        T* rh = at(rh_, l);
+        for (int64_t i = 0; i < k * dout; ++i) rh[i] = act_grad(h[i]) * rz[i];
+      }
+    }
+    loss_rop(th, v, hv);
+    for (int l = n; l >= 1; --l) {
+      const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
+      T* rd = at(rdelta_, l);
+      gemm_tn(dout, din, k, rd, input(l), hv + L_.w_off[l], false);
+      if (l > 1) gemm_tn(dout, din, k, at(delta_, l), at(rh_, l - 1), hv + L_.w_off[l], true);
+      column_sums(k, dout, rd, hv + L_.b_off[l]);
+      if (l > 1) {
+        T* tmp = buf_.data() + tmp_;
+        gemm_nn(k, din, dout, rd, th + L_.w_off[l], tmp, false);
+        gemm_nn(k, din, dout, at(delta_, l), v + L_.w_off[l], tmp, true);
+        const T* h = at(h_, l - 1);
+        const T* rzp = at(rz_, l - 1);
+        const T* dhp = at(dh_, l - 1);
+        T* rdp = at(rdelta_, l - 1);
+        for (int64_t i = 0; i < k * din; ++i)
+          rdp[i] = tmp[i] * act_grad(h[i]) + dhp[i] * act_grad2(h[i]) * rzp[i];
+      }
+    }
+  }
+
+ private:
+  T* at(const std::vector<int64_t>& offsets, int l) { return buf_.data() + offsets[l]; }
+  const T* input(int l) { return l == 1 ? x_ : at(h_, l - 1); }
+
+  void activate(T* z, int64_t count) const {
+    if (L_.act == Activation::Relu) {
+      for (int64_t i = 0; i < count; ++i) z[i] = z[i] > T(0) ? z[i] : T(0);
+    } else {
+      for (int64_t i = 0; i < count; ++i) z[i] = std::tanh(z[i]);
+    }
+  }
+  // Derivatives written in terms of the activation's output h (what is stored).
+  T act_grad(T h) const {
+    return L_.act == Activation::Relu ? (h > T(0) ? T(1) : T(0)) : T(1) - h * h;
+  }
+  T act_grad2(T h) const {
+    return L_.act == Activation::Relu ? T(0) : T(-2) * h * (T(1) - h * h);
+  }
+
+  void backward(const T* th, T* grad) {
+    const int n = L_.layers;
+    const int64_t k = k_;
+    for (int l = n; l >= 1; --l) {
+      const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
+      const T* d = at(delta_, l);
+      gemm_tn(dout, din, k, d, input(l), grad + L_.w_off[l], false);
+      column_sums(k, dout, d, grad + L_.b_off[l]);
+      if (l > 1) {
+        T* dh = at(dh_, l - 1);
+        gemm_nn(k, din, dout, d, th + L_.w_off[l], dh, false);
+        const T* h = at(h_, l - 1);
+        T* dp = at(delta_, l - 1);
+        for (int64_t i = 0; i < k * din; ++i) dp[i] = dh[i] * act_grad(h[i]);
+      }
+    }
+  }
+
+  // Rdelta_L (the loss Hessian applied to Rz_L) and, for the Gaussian NLL, the log_std rows of Hv.
+  void loss_rop(const T* th, const T* v, T* hv) {
+    const int n = L_.layers;
+    const int64_t D = L_.dim[n], k = k_;
+    const T* rz = at(rz_, n);
+    T* rd = at(rdelta_, n);
+    const T* w = batch_weight_;
+    const T invk = T(1) / T(k);
+    switch (L_.loss) {
+      case Loss::Mse: {
+        const T scale = T(2) / T(k * D);
+        for (int64_t i = 0; i < k; ++i) {
+          const T wi = w ? w[i] : T(1);
+          for (int64_t d = 0; d < D; ++d) rd[i * D + d] = scale * wi * rz[i * D + d];
+        }
+        break;
+      }
+      case Loss::CrossEntropy: {
+        const T* p = buf_.data() + probs_;
+        for (int64_t i = 0; i < k; ++i) {
+          const T wi = w ? w[i] : T(1);
+          T dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += p[i * D + d] * rz[i * D + d];
+          for (int64_t d = 0; d < D; ++d)
+            rd[i * D + d] = wi * invk * p[i * D + d] * (rz[i * D + d] - dot);
+        }
+        break;
+      }
+      case Loss::GaussianNll: {
+        const T* log_std = th + L_.log_std_off;
+        const T* rs = v + L_.log_std_off;
+        T* hs = hv + L_.log_std_off;
+        std::fill(hs, hs + D, T(0));
+        const T* out = at(h_, n);
+        for (int64_t i = 0; i < k; ++i) {
+          const T wi = w ? w[i] : T(1);
+          for (int64_t d = 0; d < D; ++d) {
+            const T inv_var = std::exp(T(-2) * log_std[d]);
+            const T r = out[i * D + d] - batch_target_[i * D + d];
+            rd[i * D + d] = wi * invk * inv_var * (rz[i * D + d] - T(2) * r * rs[d]);
+            hs[d] += wi * invk * T(2) * inv_var * (r * r * rs[d] - r * rz[i * D + d]);
+          }
+        }
+        break;
+      }
+    }
+  }
+
+ public:
+  // The R-op of the loss needs the same targets/weights as loss(); remembered per task.
+  void bind(const Batch<T>& b, int64_t task) {
+    const int64_t D = L_.dim[L_.layers];
+    batch_weight_ = b.weight ? b.weight + task * b.k : nullptr;
+    batch_target_ = b.y ? b.y + task * b.k * D : nullptr;
+  }
+
+ private:
+  const Layout& L_;
+  int64_t kmax_;
+  int64_t k_ = 0;
+  const T* x_ = nullptr;
+  const T* batch_weight_ = nullptr;
+  const T* batch_target_ = nullptr;
+  std::vector<int64_t> h_, dh_, delta_, rz_, rh_, rdelta_;
+  int64_t probs_ = 0, tmp_ = 0, wt_ = 0;
+  std::vector<T> buf_;
+};
+
+}  // namespace
+
+template <typename T>
+void hvp_tasks(const HvpArgs<T>& a, int64_t t0, int64_t t1) {
+  const Layout& L = *a.layout;
+  const int64_t P = L.numel, d0 = L.dim[0], k = a.batch.k;
+  Net<T> net(L, k);
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* th = a.theta + t * P;
+    net.bind(a.batch, t);
+    net.forward(th, a.batch.x + t * k * d0, k);
+    a.loss[t] = net.loss(th, a.batch, t, a.grad + t * P);
+    net.hvp(th, a.direction + t * P, a.hvp + t * P);
+  }
+}
+
+namespace {
+
+// theta_{s+1} = theta_s - alpha_s * g_s, where alpha_s is row s of alpha (or its only row).
+template <typename T>
+const T* alpha_row(const MamlArgs<T>& a, int64_t s) {
+  return a.alpha + (a.alpha_rows > 1 ? s * a.layout->numel : 0);
+}
+
+template <typename T>
+T* checkpoint(const MamlArgs<T>& a, int64_t step, int64_t t) {
+  return a.checkpoints + ((step / a.checkpoint_every - 1) * a.tasks + t) * a.layout->numel;
+}
+
+template <typename T>
+void sgd_step(const T* cur, const T* alpha, const T* g, T* dst, int64_t P) {
+  for (int64_t p = 0; p < P; ++p) dst[p] = cur[p] - alpha[p] * g[p];
+}
+
+}  // namespace
+
+template <typename T>
+void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1) {
+  const Layout& L = *a.layout;
+  const int64_t P = L.numel, d0 = L.dim[0];
+  const int64_t ks = a.support.k, kq = a.query.k;
+  Net<T> net(L, std::max(ks, kq));
+  std::vector<T> g(P), ping(P), pong(P);
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* cur = a.theta0;
+    net.bind(a.support, t);
+    for (int64_t s = 0; s < a.steps; ++s) {
+      net.forward(cur, a.support.x + t * ks * d0, ks);
+      net.loss(cur, a.support, t, g.data());
+      T* dst;
+      if (s + 1 == a.steps) {
+        dst = a.adapted + t * P;
+      } else if (a.checkpoints && (s + 1) % a.checkpoint_every == 0) {
+        dst = checkpoint(a, s + 1, t);
+      } else {
+        dst = (s % 2 == 0) ? ping.data() : pong.data();
+      }
+      sgd_step(cur, alpha_row(a, s), g.data(), dst, P);
+      cur = dst;
+    }
+    net.bind(a.query, t);
+    net.forward(cur, a.query.x + t * kq * d0, kq);
+    a.query_loss[t] = net.loss(cur, a.query, t, a.query_grad ? a.query_grad + t * P : nullptr);
+  }
+}
+
+template <typename T>
+void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread) {
+  const Layout& L = *a.layout;
+  const int64_t P = L.numel, d0 = L.dim[0], ks = a.support.k;
+  const int64_t every = a.checkpoint_every;
+  const int64_t segments = (a.steps + every - 1) / every;
+  Net<T> net(L, ks);
+  std::vector<T> g(P), u(P), hv(P), segment(std::max<int64_t>(every - 1, 0) * P);
+  T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
+  const bool walk = !a.first_order || grad_alpha;
+  for (int64_t t = t0; t < t1; ++t) {
+    T* v = a.grad_theta + t * P;
+    for (int64_t p = 0; p < P; ++p) {
+      T acc = a.grad_loss ? a.grad_loss[t] * a.query_grad[t * P + p] : T(0);
+      if (a.grad_adapted) acc += a.grad_adapted[t * P + p];
+      v[p] = acc;
+    }
+    if (!walk) continue;
+    const T* x = a.support.x + t * ks * d0;
+    net.bind(a.support, t);
+    for (int64_t j = segments - 1; j >= 0; --j) {
+      const int64_t s0 = j * every, end = std::min(s0 + every, a.steps);
+      const T* base = j == 0 ? a.theta0 : checkpoint(a, s0, t);
+      // Recompute theta_{s0+1} .. theta_{end-1} from the segment's checkpoint.
+      const T* cur = base;
+      for (int64_t s = s0; s + 1 < end; ++s) {
+        net.forward(cur, x, ks);
+        net.loss(cur, a.support, t, g.data());
+        T* dst = segment.data() + (s - s0) * P;
+        sgd_step(cur, alpha_row(a, s), g.data(), dst, P);
+        cur = dst;
+      }
+      for (int64_t s = end - 1; s >= s0; --s) {
+        const T* th = s == s0 ? base : segment.data() + (s - s0 - 1) * P;
+        net.forward(th, x, ks);
+        net.loss(th, a.support, t, g.data());
+        const T* alpha = alpha_row(a, s);
+        if (grad_alpha) {
+          T* ga = grad_alpha + (a.alpha_rows > 1 ? s * P : 0);
+          for (int64_t p = 0; p < P; ++p) ga[p] -= g[p] * v[p];
+        }
+        if (!a.first_order) {
+          // d theta_{s+1} / d theta_s = I - diag(alpha) H, so v <- v - H (alpha * v).
+          for (int64_t p = 0; p < P; ++p) u[p] = alpha[p] * v[p];
+          net.hvp(th, u.data(), hv.data());
+          for (int64_t p = 0; p < P; ++p) v[p] -= hv[p];
+        }
+      }
+    }
+  }
+}
+
+#define MAML_EXT_INSTANTIATE(T)                                                        \
+  template void hvp_tasks<T>(const HvpArgs<T>&, int64_t, int64_t);                     \
+  template void maml_forward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t);           \
+  template void maml_backward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);
+MAML_EXT_INSTANTIATE(float)
+MAML_EXT_INSTANTIATE(double)
+#undef MAML_EXT_INSTANTIATE
+
+}  // namespace maml_ext::mlp::MAML_EXT_CPU_CAPABILITY

@@ -1,0 +1,91 @@
+// Shapes and argument blocks shared by the MLP ops (ATen side) and the raw-pointer engine.
+//
+// Parameters of one task are handled as one flat vector of P numbers, in the order the user
+// passes them: W1 [d1, d0], b1 [d1], ..., WL [dL, dL-1], bL [dL], and, for the Gaussian NLL
+// loss, log_std [dL]. Task t's vector starts at t * P.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace maml_ext::mlp {
+
+enum class Activation : int { Relu = 0, Tanh = 1 };
+enum class Loss : int { Mse = 0, CrossEntropy = 1, GaussianNll = 2 };
+
+struct Layout {
+  Activation act = Activation::Relu;
+  Loss loss = Loss::Mse;
+  int layers = 0;                // number of linear layers L
+  std::vector<int64_t> dim;      // L + 1 widths: dim[0] = input, dim[L] = output
+  std::vector<int64_t> w_off;    // offset of W_l in the flat vector, l = 1..L (index 0 unused)
+  std::vector<int64_t> b_off;    // offset of b_l
+  int64_t log_std_off = -1;      // offset of log_std (GaussianNll only)
+  int64_t numel = 0;             // P
+
+  int64_t max_width() const {
+    int64_t m = 0;
+    for (auto d : dim) m = d > m ? d : m;
+    return m;
+  }
+};
+
+Layout make_layout(const std::vector<int64_t>& widths, Activation act, Loss loss);
+Activation parse_activation(const std::string& name);
+Loss parse_loss(const std::string& name);
+
+// One batch of examples per task. `y` holds targets [T, K, D] for Mse/GaussianNll; `labels`
+// holds class indices [T, K] for CrossEntropy. `weight` [T, K] may be null (all ones).
+template <typename T>
+struct Batch {
+  const T* x = nullptr;
+  const T* y = nullptr;
+  const int64_t* labels = nullptr;
+  const T* weight = nullptr;
+  int64_t k = 0;  // examples per task
+};
+
+// mlp_hvp: loss, gradient and Hessian-vector product of every task's loss at its own parameters.
+template <typename T>
+struct HvpArgs {
+  const Layout* layout;
+  const T* theta;      // [T, P]
+  const T* direction;  // [T, P]
+  Batch<T> batch;
+  T* loss;             // [T]
+  T* grad;             // [T, P]
+  T* hvp;              // [T, P]
+};
+
+// mlp_maml: S SGD steps from a shared initialisation on each task's support set, then the query
+// loss; the backward walks the steps in reverse with v <- v - H_k (alpha_k * v).
+template <typename T>
+struct MamlArgs {
+  const Layout* layout;
+  int64_t tasks;
+  const T* theta0;       // [P], shared by all tasks
+  const T* alpha;        // [A, P]: A = steps if the learning rates are per step, else 1
+  int64_t alpha_rows;
+  int64_t steps;
+  int64_t checkpoint_every;  // store theta_k for k % checkpoint_every == 0
+  Batch<T> support;
+  Batch<T> query;
+  // forward outputs
+  T* query_loss;   // [T]
+  T* adapted;      // [T, P]
+  T* checkpoints;  // [(steps - 1) / checkpoint_every, T, P] or null when nothing is saved
+  T* query_grad;   // [T, P] or null
+  // backward inputs and outputs
+  const T* grad_loss;     // [T] or null
+  const T* grad_adapted;  // [T, P] or null
+  bool first_order;
+  T* grad_theta;      // [T, P] per task; summed over tasks by the caller
+  T* grad_alpha;      // [threads, A, P] per-thread partial sums, or null when not needed
+};
+
+inline int64_t num_checkpoints(int64_t steps, int64_t every) {
+  return steps > 1 ? (steps - 1) / every : 0;
+}
+
+}  // namespace maml_ext::mlp

@@ -1,0 +1,44 @@
+// The one place where maml_ext's operators are declared (schemas) and where the Python module
+// _C is defined. Kernels register themselves per device in csrc/<family>/*_cpu.cpp / *_cuda.cu;
+// autograd formulas and fake (meta) kernels are registered in maml_ext/ops/.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "mlp/mlp_engine.h"
+
+TORCH_LIBRARY(maml_ext, m) {
+  /* From csrc/inner_update */
+  // theta'_t = theta(_t) - alpha * g_t for every parameter tensor of every task at once.
+  // lrs: empty (use lr) or one tensor per parameter: scalar or elementwise, with a leading
+  // step dimension indexed by `step` (-1: none).
+  m.def("inner_update(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, int step) -> Tensor[]");
+  m.def("inner_update_(Tensor(a!)[] params, Tensor[] grads, Tensor[] lrs, float lr, int step) -> ()");
+
+  /* From csrc/mlp */
+  // Per-task loss, gradient and Hessian-vector product of an MLP with per-task parameters.
+  m.def(
+      "mlp_hvp(Tensor[] params, Tensor x, Tensor y, Tensor[] direction, Tensor? sample_weight, "
+      "str activation, str loss) -> (Tensor, Tensor[], Tensor[])");
+  // The whole inner loop: returns (query_loss [T], adapted params, checkpoints, query_grad);
+  // the last two are saved for mlp_maml_backward.
+  m.def(
+      "mlp_maml(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "
+      "Tensor y_support, Tensor? w_support, Tensor x_query, Tensor y_query, Tensor? w_query, "
+      "int steps, str activation, str loss, bool first_order, int checkpoint_every, "
+      "bool save_for_backward) -> (Tensor, Tensor[], Tensor, Tensor)");
+  m.def(
+      "mlp_maml_backward(Tensor grad_loss, Tensor[] grad_adapted, Tensor[] params, Tensor[] lrs, "
+      "float lr, bool per_step, Tensor x_support, Tensor y_support, Tensor? w_support, "
+      "Tensor checkpoints, Tensor query_grad, int steps, str activation, str loss, "
+      "bool first_order, int checkpoint_every, bool need_lr_grad) -> (Tensor[], Tensor[])");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "maml_ext compiled kernels; importing this module registers the torch.ops.maml_ext ops";
+  m.attr("torch_version") = MAML_EXT_TORCH_VERSION;
+  m.attr("with_cuda") = static_cast<bool>(MAML_EXT_WITH_CUDA);
+  m.def("cpu_capability", &maml_ext::mlp::cpu_capability,
+        "The CPU kernel variant in use: 'default', 'avx2' or 'avx512'.");
+  m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
+        "Force a CPU kernel variant (for testing each variant).");
+}
