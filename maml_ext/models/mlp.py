@@ -1,0 +1,59 @@
+"""Fully connected network (the paper's sinusoid model is ``hidden=(40, 40)``, ReLU)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import FusedMLPSpec
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class MLP(nn.Sequential):
+    """Linear layers with one activation in between; declares support for the fused MLP op."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (40, 40),
+        activation: str = "relu",
+        init: str = "torch",
+    ) -> None:
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        widths = [in_features, *hidden, out_features]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if i:
+                layers.append(_ACTIVATIONS[activation]())
+            layers.append(nn.Linear(n_in, n_out))
+        super().__init__(*layers)
+        self.activation = activation
+        if init == "trunc_normal":
+            # The official sinusoid code: weights ~ truncated normal (std 0.01), zero biases.
+            for layer in self.linears():
+                nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
+                nn.init.zeros_(layer.bias)
+        elif init != "torch":
+            raise ValueError(f"init must be 'torch' or 'trunc_normal', got {init!r}")
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+    def fused_mlp_spec(self) -> FusedMLPSpec:
+        return FusedMLPSpec(self.activation, tuple(name for name, _ in self.named_parameters()))
+
+
+def build(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int] = (40, 40),
+    activation: str = "relu",
+    init: str = "torch",
+) -> MLP:
+    """Entry point ``maml_ext.models: mlp``."""
+    return MLP(in_features, out_features, tuple(int(h) for h in hidden), activation, init)
