@@ -116,7 +116,11 @@ std::vector<at::Tensor> unpack(const at::Tensor& flat, at::TensorList like, bool
     if (flat_has_task) shape.push_back(tasks);
     auto sizes = p.sizes();
     shape.insert(shape.end(), sizes.begin() + (like_has_task_dim ? 1 : 0), sizes.end());
-    out.push_back(flat.narrow(-1, off, n).reshape(shape).contiguous());
+    // A fresh tensor per parameter: outputs of an operator must not alias each other.
+    at::Tensor o = at::empty(shape, flat.options());
+    o.view(flat_has_task ? std::vector<int64_t>{tasks, n} : std::vector<int64_t>{n})
+        .copy_(flat.narrow(-1, off, n));
+    out.push_back(o);
     off += n;
   }
   return out;

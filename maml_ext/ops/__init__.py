@@ -1,0 +1,160 @@
+"""Fused MAML operators: typed wrappers over ``torch.ops.maml_ext``, their autograd formulas and
+fake (meta) kernels.
+
+Each public function here has a pure-PyTorch twin with the same signature in
+:mod:`maml_ext.reference`, which is used automatically when the compiled kernels are not built,
+cannot handle the tensors' device, or ``MAML_EXT_NO_EXTENSION=1`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from maml_ext import _extension, reference
+from maml_ext.reference import LearningRate, checkpoint_every, split_lr
+
+if _extension.available():
+    from maml_ext.ops import _registration  # noqa: F401  (fake kernels and autograd formulas)
+
+__all__ = [
+    "extension_available",
+    "inner_update",
+    "inner_update_",
+    "mlp_hvp",
+    "mlp_maml",
+]
+
+
+def extension_available() -> bool:
+    """True when the compiled kernels are loaded (else every op runs its reference twin)."""
+    return _extension.available()
+
+
+def _fused(*tensors: Tensor) -> bool:
+    return bool(tensors) and _extension.supports(tensors[0].device)
+
+
+def _step(step: int | None) -> int:
+    return -1 if step is None else step
+
+
+def inner_update(
+    params: Sequence[Tensor], grads: Sequence[Tensor], lr: LearningRate, step: int | None = None
+) -> list[Tensor]:
+    """One SGD step for every parameter tensor of every task at once: θ'_t = θ(_t) − α ⊙ g_t.
+
+    Args:
+        params: θ per tensor, shared (no task dimension: broadcast over tasks) or per task [T, ...].
+        grads: g per tensor, [T, *θ shape] for shared θ, else θ's shape.
+        lr: a float, or one tensor per parameter, a scalar (per layer) or θ-shaped (Meta-SGD).
+        step: with per-step rates (MAML++ LSLR) each lr tensor has a leading step dimension and
+            row ``step`` is used.
+
+    Differentiable in params, grads and lr tensors, to any order (the backward is made of
+    differentiable torch ops, which is what carries MAML's second-order term).
+    """
+    if not _fused(*params):
+        return reference.inner_update(params, grads, lr, step)
+    lrs, lr_value = split_lr(lr)
+    return torch.ops.maml_ext.inner_update(list(params), list(grads), lrs, lr_value, _step(step))
+
+
+def inner_update_(
+    params: Sequence[Tensor], grads: Sequence[Tensor], lr: LearningRate, step: int | None = None
+) -> None:
+    """In-place, non-differentiable :func:`inner_update` (first-order and outer-loop steps)."""
+    if not _fused(*params):
+        return reference.inner_update_(params, grads, lr, step)
+    lrs, lr_value = split_lr(lr)
+    torch.ops.maml_ext.inner_update_(list(params), list(grads), lrs, lr_value, _step(step))
+    return None
+
+
+def mlp_hvp(
+    params: Sequence[Tensor],
+    x: Tensor,
+    y: Tensor,
+    direction: Sequence[Tensor],
+    *,
+    activation: str = "relu",
+    loss: str = "mse",
+    sample_weight: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Per-task loss [T], gradient and Hessian-vector product of an MLP, analytically.
+
+    Args:
+        params: [W1 [T, d1, d0], b1 [T, d1], ..., WL, bL] (+ log_std [T, dL] for
+            ``loss="gaussian_nll"``): each task's own parameters, nn.Linear layout.
+        x: [T, K, d0] inputs. y: [T, K, dL] targets (mse, gaussian_nll) or [T, K] int64 labels.
+        direction: v, shaped like params.
+        activation: "relu" or "tanh" (hidden layers; the output layer is linear).
+        loss: "mse" (mean over K and outputs), "cross_entropy", or "gaussian_nll" (the
+            policy-gradient surrogate: −log N(y | out, exp(log_std)²) weighted by sample_weight).
+        sample_weight: optional [T, K] per-example weights (advantages for RL).
+
+    Differentiable: the loss in params (gives the gradient), the gradient in params (gives H·u)
+    and the HVP in ``direction`` (gives H·w). The HVP's own derivative w.r.t. params (a third
+    derivative) is not formed.
+    """
+    if not _fused(*params):
+        return reference.mlp_hvp(
+            params, x, y, direction, activation=activation, loss=loss, sample_weight=sample_weight
+        )
+    loss_t, grads, hvps = torch.ops.maml_ext.mlp_hvp(
+        list(params), x, y, list(direction), sample_weight, activation, loss
+    )
+    return loss_t, list(grads), list(hvps)
+
+
+def mlp_maml(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+    checkpoint: bool | int = False,
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """MAML's whole inner loop for an MLP and T tasks in one call.
+
+    From the shared initialisation ``params`` ([W1 [d1, d0], b1, ..., WL, bL], + log_std for
+    gaussian_nll), takes ``steps`` SGD steps on each task's support set (x_support [T, K, d0]),
+    then returns each task's query loss [T] and the adapted parameters ([T, ...] per tensor).
+
+    The backward gives the exact meta-gradient w.r.t. ``params`` and the learning-rate tensors:
+    second order by reverse accumulation v ← v − H_k(α_k ⊙ v) with analytic Hessian-vector
+    products (per-step parameters stored, activations recomputed, no autograd graph), or first
+    order (``first_order=True``). Memory is O(T·S·P); ``checkpoint=True`` stores only every
+    ⌈√S⌉-th step (an int picks the interval) and recomputes the rest, for long inner loops.
+
+    ``lr``: a float, or one tensor per parameter (scalar or elementwise, Meta-SGD); with
+    ``per_step_lr=True`` each has a leading [steps] dimension (MAML++ LSLR).
+
+    The backward is not itself differentiable (no third derivatives): differentiating the
+    meta-gradient again raises. Gradients w.r.t. the data (x, y, weights) are not computed.
+    """
+    every = checkpoint_every(checkpoint, steps)
+    if not _fused(*params):
+        return reference.mlp_maml(
+            params, x_support, y_support, x_query, y_query, lr=lr, steps=steps,
+            per_step_lr=per_step_lr, activation=activation, loss=loss, first_order=first_order,
+            checkpoint=checkpoint, w_support=w_support, w_query=w_query,
+        )
+    lrs, lr_value = split_lr(lr)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))
+    query_loss, adapted, _, _ = torch.ops.maml_ext.mlp_maml(
+        list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
+        w_query, steps, activation, loss, first_order, every, save,
+    )
+    return query_loss, list(adapted)

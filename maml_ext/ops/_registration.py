@@ -1,0 +1,178 @@
+"""Fake kernels (for torch.compile / opcheck) and autograd formulas of ``torch.ops.maml_ext``.
+
+Imported only when the compiled extension is loaded; importing ``maml_ext._C`` defines the ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_LIB = "maml_ext::"
+
+
+# ---- inner_update -------------------------------------------------------------------------------
+
+
+@torch.library.register_fake(_LIB + "inner_update")
+def _inner_update_fake(params, grads, lrs, lr, step):
+    return [torch.empty_like(g) for g in grads]
+
+
+@torch.library.register_fake(_LIB + "inner_update_")
+def _inner_update_inplace_fake(params, grads, lrs, lr, step):
+    return None
+
+
+def _inner_update_setup(ctx, inputs, output):
+    params, grads, lrs, lr, step = inputs
+    ctx.shared = [g.dim() == p.dim() + 1 for p, g in zip(params, grads)]
+    ctx.lr, ctx.step, ctx.n_lrs = lr, step, len(lrs)
+    ctx.save_for_backward(*grads, *lrs)
+
+
+def _reduce_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast product back to the shape of the operand that was broadcast."""
+    if t.shape == shape:
+        return t
+    if len(shape) == 0 or torch.Size(shape).numel() == 1:
+        return t.sum().reshape(shape)
+    return t.sum(dim=tuple(range(t.dim() - len(shape))))
+
+
+def _inner_update_backward(ctx, grad_outs):
+    saved = ctx.saved_tensors
+    n = len(ctx.shared)
+    grads, lrs = saved[:n], saved[n:]
+    d_params, d_grads, d_lrs = [], [], []
+    for i, go in enumerate(grad_outs):
+        d_params.append(go.sum(0) if ctx.shared[i] else go)
+        if not lrs:
+            d_grads.append(-ctx.lr * go)
+            continue
+        a = lrs[i] if ctx.step < 0 else lrs[i][ctx.step]
+        d_grads.append(-a * go)
+        d_a = _reduce_to(-(go * grads[i]), a.shape)
+        d_lrs.append(d_a if ctx.step < 0 else torch.zeros_like(lrs[i]).select_scatter(d_a, 0, ctx.step))
+    return d_params, d_grads, (d_lrs or None), None, None
+
+
+torch.library.register_autograd(
+    _LIB + "inner_update", _inner_update_backward, setup_context=_inner_update_setup
+)
+
+
+# ---- mlp_hvp ------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake(_LIB + "mlp_hvp")
+def _mlp_hvp_fake(params, x, y, direction, sample_weight, activation, loss):
+    return (
+        params[0].new_empty(x.shape[0]),
+        [torch.empty_like(p) for p in params],
+        [torch.empty_like(p) for p in params],
+    )
+
+
+def _mlp_hvp_setup(ctx, inputs, output):
+    params, x, y, direction, weight, activation, loss = inputs
+    ctx.n = len(params)
+    ctx.activation, ctx.loss = activation, loss
+    ctx.has_weight = weight is not None
+    grads = output[1]
+    ctx.save_for_backward(*params, *grads, x, y, *( [weight] if weight is not None else []))
+
+
+def _mlp_hvp_backward(ctx, grad_loss, grad_grads, grad_hvps):
+    saved = ctx.saved_tensors
+    n = ctx.n
+    params, grads = list(saved[:n]), saved[n : 2 * n]
+    x, y = saved[2 * n], saved[2 * n + 1]
+    weight = saved[2 * n + 2] if ctx.has_weight else None
+    hvp = torch.ops.maml_ext.mlp_hvp
+    # d/dθ <u, ∇L> = H u (H symmetric); d/dv <w, H v> = H w.
+    _, _, h_u = hvp(params, x, y, list(grad_grads), weight, ctx.activation, ctx.loss)
+    _, _, h_w = hvp(params, x, y, list(grad_hvps), weight, ctx.activation, ctx.loss)
+    d_params = [
+        g * grad_loss.reshape(-1, *([1] * (g.dim() - 1))) + hu for g, hu in zip(grads, h_u)
+    ]
+    return d_params, None, None, h_w, None, None, None
+
+
+torch.library.register_autograd(_LIB + "mlp_hvp", _mlp_hvp_backward, setup_context=_mlp_hvp_setup)
+
+
+# ---- mlp_maml -----------------------------------------------------------------------------------
+
+
+def _num_checkpoints(steps: int, every: int) -> int:
+    return (steps - 1) // every if steps > 1 else 0
+
+
+@torch.library.register_fake(_LIB + "mlp_maml")
+def _mlp_maml_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
+                   first_order, checkpoint_every, save_for_backward):
+    tasks = xs.shape[0]
+    numel = sum(p.numel() for p in params)
+    ref = params[0]
+    return (
+        ref.new_empty(tasks),
+        [ref.new_empty((tasks, *p.shape)) for p in params],
+        ref.new_empty(_num_checkpoints(steps, checkpoint_every) if save_for_backward else 0, tasks, numel),
+        ref.new_empty(tasks if save_for_backward else 0, numel),
+    )
+
+
+def _mlp_maml_setup(ctx, inputs, output):
+    (params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, first_order,
+     every, save) = inputs
+    ctx.args = (lr, per_step, steps, activation, loss, first_order, every)
+    ctx.save = save
+    ctx.n_params, ctx.n_lrs = len(params), len(lrs)
+    ctx.has_weight = ws is not None
+    _, _, checkpoints, query_grad = output
+    ctx.save_for_backward(*params, *lrs, xs, ys, checkpoints, query_grad,
+                          *([ws] if ws is not None else []))
+
+
+def _mlp_maml_backward(ctx, grad_loss, grad_adapted, grad_checkpoints, grad_query_grad):
+    if not ctx.save:
+        raise RuntimeError(
+            "mlp_maml was called with save_for_backward=False; call maml_ext.ops.mlp_maml with "
+            "grad enabled and params (or lr tensors) requiring grad"
+        )
+    saved = ctx.saved_tensors
+    n, m = ctx.n_params, ctx.n_lrs
+    params, lrs = list(saved[:n]), list(saved[n : n + m])
+    xs, ys, checkpoints, query_grad = saved[n + m : n + m + 4]
+    ws = saved[n + m + 4] if ctx.has_weight else None
+    lr, per_step, steps, activation, loss, first_order, every = ctx.args
+    need_lr_grad = m > 0 and any(t.requires_grad for t in lrs)
+    d_params, d_lrs = torch.ops.maml_ext.mlp_maml_backward(
+        grad_loss, list(grad_adapted), params, lrs, lr, per_step, xs, ys, ws, checkpoints,
+        query_grad, steps, activation, loss, first_order, every, need_lr_grad,
+    )
+    return (list(d_params), (list(d_lrs) or None)) + (None,) * 14
+
+
+torch.library.register_autograd(_LIB + "mlp_maml", _mlp_maml_backward, setup_context=_mlp_maml_setup)
+
+
+@torch.library.register_fake(_LIB + "mlp_maml_backward")
+def _mlp_maml_backward_fake(grad_loss, grad_adapted, params, lrs, lr, per_step, xs, ys, ws,
+                            checkpoints, query_grad, steps, activation, loss, first_order,
+                            checkpoint_every, need_lr_grad):
+    lr_grads = [torch.empty_like(a) for a in lrs] if need_lr_grad and lrs else []
+    return [torch.empty_like(p) for p in params], lr_grads
+
+
+def _not_differentiable(ctx, *grads):
+    raise RuntimeError(
+        "maml_ext.ops.mlp_maml: its backward (the exact meta-gradient) is not itself "
+        "differentiable. For higher-order derivatives use maml_ext.reference.mlp_maml."
+    )
+
+
+torch.library.register_autograd(
+    _LIB + "mlp_maml_backward", _not_differentiable, setup_context=lambda ctx, inputs, output: None
+)

@@ -1,0 +1,195 @@
+"""Pure-PyTorch twins of the fused ops in :mod:`maml_ext.ops`, with the same signatures.
+
+They are the test oracle, the benchmark baseline and the fallback when the compiled extension is
+not built (or ``MAML_EXT_NO_EXTENSION=1``). Everything is plain autograd with ``create_graph``, so
+the reference is differentiable to any order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from maml_ext.reference import _checks
+
+__all__ = ["inner_update", "inner_update_", "mlp_forward", "mlp_task_losses", "mlp_hvp", "mlp_maml"]
+
+LearningRate = float | Sequence[Tensor]
+
+
+def split_lr(lr: LearningRate) -> tuple[list[Tensor], float]:
+    """A float learning rate or a list of per-parameter tensors, as (tensors, float)."""
+    if isinstance(lr, Tensor):
+        raise TypeError("lr: expected a float or a list with one tensor per parameter, got a single tensor")
+    if isinstance(lr, (int, float)):
+        return [], float(lr)
+    return list(lr), 0.0
+
+
+def _lr_for(lrs: Sequence[Tensor], lr: float, i: int, step: int | None) -> float | Tensor:
+    if not lrs:
+        return lr
+    return lrs[i] if step is None else lrs[i][step]
+
+
+def inner_update(
+    params: Sequence[Tensor], grads: Sequence[Tensor], lr: LearningRate, step: int | None = None
+) -> list[Tensor]:
+    """theta' = theta - alpha * g per tensor; shared params broadcast over the task dim of g."""
+    lrs, lr_value = split_lr(lr)
+    _checks.check_inner_update(params, grads, lrs, lr_value, step, in_place=False)
+    return [p - _lr_for(lrs, lr_value, i, step) * g for i, (p, g) in enumerate(zip(params, grads))]
+
+
+def inner_update_(
+    params: Sequence[Tensor], grads: Sequence[Tensor], lr: LearningRate, step: int | None = None
+) -> None:
+    """In-place, non-differentiable inner_update."""
+    lrs, lr_value = split_lr(lr)
+    _checks.check_inner_update(params, grads, lrs, lr_value, step, in_place=True)
+    with torch.no_grad():
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.sub_(_lr_for(lrs, lr_value, i, step) * g)
+
+
+def mlp_forward(params: Sequence[Tensor], x: Tensor, activation: str, loss: str = "mse") -> Tensor:
+    """Output of the MLP [W1, b1, ..., WL, bL(, log_std)] on x [T, K, in]; params shared or [T, ...]."""
+    layers = (len(params) - (loss == "gaussian_nll")) // 2
+    act = torch.relu if activation == "relu" else torch.tanh
+    h = x
+    for layer in range(layers):
+        w, b = params[2 * layer], params[2 * layer + 1]
+        if w.dim() == 2:
+            h = h @ w.transpose(0, 1) + b
+        else:
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if layer < layers - 1:
+            h = act(h)
+    return h
+
+
+def mlp_task_losses(
+    params: Sequence[Tensor], out: Tensor, y: Tensor, loss: str, weight: Tensor | None = None
+) -> Tensor:
+    """Per-task loss [T]: the mean over the K examples of the (weighted) per-example loss."""
+    if loss == "mse":
+        per_example = (out - y).pow(2).mean(-1)
+    elif loss == "cross_entropy":
+        t, k, d = out.shape
+        per_example = F.cross_entropy(out.reshape(t * k, d), y.reshape(t * k), reduction="none").view(t, k)
+    else:
+        log_std = params[-1]
+        log_std = log_std.unsqueeze(-2)  # broadcast over examples, shared or per task
+        inv_var = torch.exp(-2 * log_std)
+        nll = 0.5 * (out - y).pow(2) * inv_var + log_std + 0.5 * math.log(2 * math.pi)
+        per_example = nll.sum(-1)
+    if weight is not None:
+        per_example = per_example * weight
+    return per_example.mean(-1)
+
+
+def _leaves(tensors: Sequence[Tensor]) -> tuple[list[Tensor], bool]:
+    """Tensors usable with autograd.grad, and whether the caller's inputs carried a graph."""
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return [t if t.requires_grad else t.detach().requires_grad_() for t in tensors], tracked
+
+
+def mlp_hvp(
+    params: Sequence[Tensor],
+    x: Tensor,
+    y: Tensor,
+    direction: Sequence[Tensor],
+    *,
+    activation: str = "relu",
+    loss: str = "mse",
+    sample_weight: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Per-task support loss [T], its gradient and its Hessian-vector product with ``direction``."""
+    _checks.check_choice("activation", activation, _checks.ACTIVATIONS)
+    _checks.check_choice("loss", loss, _checks.LOSSES)
+    if x.dim() != 3:
+        raise ValueError(f"x: expected [T, K, in], got shape {tuple(x.shape)}")
+    tasks = x.shape[0]
+    widths = _checks.mlp_widths(params, True, tasks, loss)
+    _checks.check_batch("support", widths, loss, x, y, sample_weight, tasks, params[0])
+    if len(direction) != len(params):
+        raise ValueError(f"direction: expected {len(params)} tensors like params, got {len(direction)}")
+    for i, (v, p) in enumerate(zip(direction, params)):
+        if v.shape != p.shape:
+            raise ValueError(f"direction[{i}]: expected shape {tuple(p.shape)}, got {tuple(v.shape)}")
+        _checks.check_same_dtype(f"direction[{i}]", v, p)
+        _checks.check_same_device(f"direction[{i}]", v, p)
+    with torch.enable_grad():
+        leaves, tracked = _leaves(params)
+        losses = mlp_task_losses(leaves, mlp_forward(leaves, x, activation, loss), y, loss, sample_weight)
+        grads = torch.autograd.grad(losses.sum(), leaves, create_graph=True)
+        hvps = torch.autograd.grad(grads, leaves, grad_outputs=list(direction), create_graph=tracked)
+    if not tracked:
+        return losses.detach(), [g.detach() for g in grads], [h.detach() for h in hvps]
+    return losses, list(grads), list(hvps)
+
+
+def mlp_maml(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+    checkpoint: bool | int = False,
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """``steps`` SGD steps from the shared ``params`` on each task's support set, then the query loss.
+
+    Returns (query_loss [T], adapted params [T, ...]). Unrolled with autograd; ``checkpoint`` is
+    accepted for signature parity and has no effect here.
+    """
+    _checks.check_choice("activation", activation, _checks.ACTIVATIONS)
+    _checks.check_choice("loss", loss, _checks.LOSSES)
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1, got {steps}")
+    checkpoint_every(checkpoint, steps)
+    if x_support.dim() != 3:
+        raise ValueError(f"x_support: expected [T, K, in], got shape {tuple(x_support.shape)}")
+    tasks = x_support.shape[0]
+    widths = _checks.mlp_widths(params, False, tasks, loss)
+    _checks.check_batch("support", widths, loss, x_support, y_support, w_support, tasks, params[0])
+    _checks.check_batch("query", widths, loss, x_query, y_query, w_query, tasks, params[0])
+    lrs, lr_value = split_lr(lr)
+    _checks.check_lr_values("lr", lr_value)
+    _checks.check_lrs_for_params(lrs, params, per_step_lr, steps)
+    with torch.enable_grad():
+        leaves, tracked = _leaves(params)
+        theta = [p.unsqueeze(0).expand(tasks, *p.shape) for p in leaves]
+        for step in range(steps):
+            out = mlp_forward(theta, x_support, activation, loss)
+            losses = mlp_task_losses(theta, out, y_support, loss, w_support)
+            grads = torch.autograd.grad(losses.sum(), theta, create_graph=not first_order)
+            theta = inner_update(theta, grads, lr, step if per_step_lr else None)
+        query_out = mlp_forward(theta, x_query, activation, loss)
+        query_loss = mlp_task_losses(theta, query_out, y_query, loss, w_query)
+    if not (tracked or any(isinstance(a, Tensor) and a.requires_grad for a in lrs)):
+        return query_loss.detach(), [t.detach() for t in theta]
+    return query_loss, theta
+
+
+def checkpoint_every(checkpoint: bool | int, steps: int) -> int:
+    """Steps between stored parameter snapshots: 1 = all, True = ceil(sqrt(steps))."""
+    if checkpoint is True:
+        return max(1, math.ceil(math.sqrt(steps)))
+    if checkpoint is False:
+        return 1
+    if not isinstance(checkpoint, int) or checkpoint < 1:
+        raise ValueError(f"checkpoint: expected a bool or an int >= 1, got {checkpoint!r}")
+    return checkpoint

@@ -1,0 +1,205 @@
+"""Input checks of the pure-PyTorch reference ops.
+
+They mirror the checks of the C++ kernels (same argument names, same exception types: ValueError
+for shapes and values, TypeError for dtypes, RuntimeError for devices), so both paths reject bad
+input the same way, before any work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = ("relu", "tanh")
+LOSSES = ("mse", "cross_entropy", "gaussian_nll")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        expected = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: expected one of {expected}, got {value!r}")
+
+
+def check_same_device(name: str, t: Tensor, like: Tensor) -> None:
+    if t.device != like.device:
+        raise RuntimeError(f"{name}: expected device {like.device}, got {t.device}")
+
+
+def check_same_dtype(name: str, t: Tensor, like: Tensor) -> None:
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name}: expected dtype {like.dtype}, got {t.dtype}")
+
+
+def check_lr_values(name: str, lr: float | Tensor) -> None:
+    if isinstance(lr, Tensor):
+        ok = bool(torch.isfinite(lr).all()) and bool((lr >= 0).all())
+    else:
+        ok = math.isfinite(lr) and lr >= 0
+    if not ok:
+        raise ValueError(f"{name}: learning rates must be finite and >= 0")
+
+
+def check_inner_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    lrs: Sequence[Tensor],
+    lr: float,
+    step: int | None,
+    in_place: bool,
+) -> None:
+    if len(grads) != len(params):
+        raise ValueError(f"grads: expected one gradient per parameter ({len(params)}), got {len(grads)}")
+    if lrs and len(lrs) != len(params):
+        raise ValueError(
+            f"lrs: expected an empty list (use lr) or one learning rate per parameter "
+            f"({len(params)}), got {len(lrs)}"
+        )
+    check_lr_values("lr", lr)
+    tasks = None
+    for i, (p, g) in enumerate(zip(params, grads)):
+        check_same_device(f"grads[{i}]", g, p)
+        check_same_dtype(f"grads[{i}]", g, p)
+        if not p.is_floating_point():
+            raise TypeError(f"params[{i}]: expected a floating-point tensor, got {p.dtype}")
+        same = g.shape == p.shape
+        per_task = g.dim() == p.dim() + 1 and g.shape[1:] == p.shape
+        if not (same or (per_task and not in_place)):
+            alt = "" if in_place else " or [T, *that shape] for a shared parameter"
+            raise ValueError(f"grads[{i}]: expected shape {tuple(p.shape)}{alt}, got {tuple(g.shape)}")
+        if per_task:
+            if tasks is not None and tasks != g.shape[0]:
+                raise ValueError(f"grads[{i}]: expected T={tasks} tasks like the other gradients, got {g.shape[0]}")
+            tasks = g.shape[0]
+        if not lrs:
+            continue
+        a = lrs[i]
+        check_same_device(f"lrs[{i}]", a, p)
+        check_same_dtype(f"lrs[{i}]", a, p)
+        if step is not None:
+            if a.dim() < 1 or step >= a.shape[0] or step < 0:
+                raise ValueError(
+                    f"lrs[{i}]: step {step} needs a leading step dimension longer than {step}, "
+                    f"got shape {tuple(a.shape)}"
+                )
+            a = a[step]
+        trailing = a.dim() <= g.dim() and tuple(g.shape[g.dim() - a.dim():]) == tuple(a.shape)
+        if a.numel() != 1 and not trailing:
+            raise ValueError(
+                f"lrs[{i}]: expected a scalar or the parameter's shape {tuple(p.shape)}, got {tuple(a.shape)}"
+            )
+        check_lr_values(f"lrs[{i}]", a)
+
+
+def mlp_widths(params: Sequence[Tensor], task_dim: bool, tasks: int, loss: str) -> list[int]:
+    """Checks [W1, b1, ..., WL, bL, (log_std)] and returns the layer widths [d0, ..., dL]."""
+    gaussian = loss == "gaussian_nll"
+    n = len(params)
+    if n < (3 if gaussian else 2) or (n - gaussian) % 2:
+        tail = ", log_std]" if gaussian else "]"
+        raise ValueError(f"params: expected [W1, b1, ..., WL, bL{tail}, got {n} tensors")
+    ref = params[0]
+    if ref.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"params[0]: expected float32 or float64, got {ref.dtype}")
+    lead = 1 if task_dim else 0
+    for i, p in enumerate(params):
+        check_same_dtype(f"params[{i}]", p, ref)
+        check_same_device(f"params[{i}]", p, ref)
+        if task_dim and (p.dim() < 1 or p.shape[0] != tasks):
+            raise ValueError(
+                f"params[{i}]: expected a leading task dimension of size {tasks}, got shape {tuple(p.shape)}"
+            )
+    layers = (n - gaussian) // 2
+    widths: list[int] = []
+    for layer in range(layers):
+        w, b = params[2 * layer], params[2 * layer + 1]
+        if w.dim() != 2 + lead:
+            want = "[T, out, in]" if task_dim else "[out, in]"
+            raise ValueError(f"params[{2 * layer}] (W{layer + 1}): expected {want}, got shape {tuple(w.shape)}")
+        if b.dim() != 1 + lead or b.shape[lead] != w.shape[lead]:
+            raise ValueError(
+                f"params[{2 * layer + 1}] (b{layer + 1}): expected {w.shape[lead]} entries per task, "
+                f"got shape {tuple(b.shape)}"
+            )
+        if layer == 0:
+            widths.append(w.shape[lead + 1])
+        elif w.shape[lead + 1] != widths[-1]:
+            raise ValueError(
+                f"params[{2 * layer}] (W{layer + 1}): expected {widths[-1]} input features to match "
+                f"W{layer}, got shape {tuple(w.shape)}"
+            )
+        widths.append(w.shape[lead])
+    if gaussian:
+        s = params[-1]
+        if s.dim() != 1 + lead or s.shape[lead] != widths[-1]:
+            raise ValueError(f"params[{n - 1}] (log_std): expected {widths[-1]} entries, got shape {tuple(s.shape)}")
+    return widths
+
+
+def check_batch(
+    what: str,
+    widths: Sequence[int],
+    loss: str,
+    x: Tensor,
+    y: Tensor,
+    weight: Tensor | None,
+    tasks: int,
+    like: Tensor,
+) -> None:
+    if x.device != like.device or y.device != like.device:
+        raise RuntimeError(f"{what}: expected tensors on {like.device} like the parameters")
+    check_same_dtype(f"{what} x", x, like)
+    if x.dim() != 3 or x.shape[0] != tasks or x.shape[2] != widths[0]:
+        raise ValueError(f"{what} x: expected [T={tasks}, K, {widths[0]}], got shape {tuple(x.shape)}")
+    k = x.shape[1]
+    if k < 1:
+        raise ValueError(f"{what} x: expected at least one example per task")
+    if loss == "cross_entropy":
+        if y.dtype != torch.int64:
+            raise TypeError(f"{what} y: expected int64 class labels, got {y.dtype}")
+        if y.dim() != 2 or y.shape[0] != tasks or y.shape[1] != k:
+            raise ValueError(f"{what} y: expected [T={tasks}, K={k}], got shape {tuple(y.shape)}")
+        if y.numel():
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= widths[-1]:
+                raise ValueError(
+                    f"{what} y: class labels must lie in [0, {widths[-1]}), got values in [{lo}, {hi}]"
+                )
+    else:
+        check_same_dtype(f"{what} y", y, like)
+        if y.dim() != 3 or y.shape[0] != tasks or y.shape[1] != k or y.shape[2] != widths[-1]:
+            raise ValueError(
+                f"{what} y: expected [T={tasks}, K={k}, {widths[-1]}], got shape {tuple(y.shape)}"
+            )
+    if weight is not None:
+        check_same_device(f"{what} weight", weight, like)
+        check_same_dtype(f"{what} weight", weight, like)
+        if weight.dim() != 2 or weight.shape[0] != tasks or weight.shape[1] != k:
+            raise ValueError(f"{what} weight: expected [T={tasks}, K={k}], got shape {tuple(weight.shape)}")
+
+
+def check_lrs_for_params(
+    lrs: Sequence[Tensor], params: Sequence[Tensor], per_step: bool, steps: int
+) -> None:
+    if lrs and len(lrs) != len(params):
+        raise ValueError(
+            f"lrs: expected one learning rate per parameter ({len(params)}), got {len(lrs)}"
+        )
+    for i, (a, p) in enumerate(zip(lrs, params)):
+        check_same_device(f"lrs[{i}]", a, p)
+        check_same_dtype(f"lrs[{i}]", a, p)
+        if per_step and (a.dim() < 1 or a.shape[0] != steps):
+            raise ValueError(
+                f"lrs[{i}]: per-step learning rates need a leading dimension of size steps={steps}, "
+                f"got shape {tuple(a.shape)}"
+            )
+        rest = a[0] if per_step else a
+        if rest.numel() != 1 and rest.shape != p.shape:
+            after = " after the step dimension" if per_step else ""
+            raise ValueError(
+                f"lrs[{i}]: expected a scalar or the shape {tuple(p.shape)} of its parameter{after}, "
+                f"got shape {tuple(a.shape)}"
+            )
+        check_lr_values(f"lrs[{i}]", a)
