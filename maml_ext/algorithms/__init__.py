@@ -1,0 +1,64 @@
+"""Meta-learning algorithms, selectable by name.
+
+=============  ===========================================================================
+name           what it is
+=============  ===========================================================================
+maml           MAML, exact second-order meta-gradient
+fomaml         first-order MAML
+metasgd        Meta-SGD: MAML with a learned step size per parameter entry
+anil           ANIL: MAML adapting only the head (``adapt``: default the last layer)
+maml++         MAML with MAML++ options on: per-layer per-step learned α (LSLR), multi-step
+               loss and derivative-order annealing (set to 0 to turn each off)
+reptile        Reptile (first-order, no graph through the inner loop)
+pretrain       "pretrain on all tasks, then fine-tune": the paper's baseline
+=============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import MetaLearner, Params, task_loss
+from .maml import MAML, msl_weights
+from .pretrain import Pretrain
+from .reptile import Reptile
+
+__all__ = [
+    "ALGORITHMS", "MAML", "MetaLearner", "Params", "Pretrain", "Reptile", "build_algorithm",
+    "msl_weights", "task_loss",
+]
+
+
+def _head(model: nn.Module) -> list[str]:
+    """Name of the last submodule that owns parameters (ANIL's default head)."""
+    owners = [name for name, m in model.named_modules() if name and list(m.parameters(recurse=False))]
+    if not owners:
+        raise ValueError("ANIL needs a model with at least one named submodule holding parameters")
+    return [owners[-1]]
+
+
+ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
+    "maml": (MAML, {}),
+    "fomaml": (MAML, {"first_order": True}),
+    "metasgd": (MAML, {"learn_lr": "elementwise"}),
+    "anil": (MAML, {}),
+    "maml++": (MAML, {"learn_lr": "per_step", "multi_step_loss": 1000, "second_order_after": 1000}),
+    "reptile": (Reptile, {}),
+    "pretrain": (Pretrain, {}),
+}
+
+
+def build_algorithm(name: str, model: nn.Module, **options: Any) -> MetaLearner:
+    """Wrap ``model`` in the algorithm ``name``; ``options`` override its defaults."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(ALGORITHMS))}")
+    cls, defaults = ALGORITHMS[name]
+    kwargs = {**defaults, **options}
+    if name == "anil" and kwargs.get("adapt") is None:
+        kwargs["adapt"] = _head(model)
+    try:
+        return cls(model, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"algorithm {name!r} rejected its options {sorted(options)}: {exc}") from exc

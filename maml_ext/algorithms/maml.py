@@ -1,0 +1,140 @@
+"""MAML and its gradient-through-adaptation variants: FOMAML, Meta-SGD, ANIL and MAML++ options."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from maml_ext import ops
+from maml_ext.models import FusedMLPSpec, fused_spec
+from maml_ext.tasks import TaskBatch
+
+from .base import MetaLearner
+
+LEARN_LR = ("none", "elementwise", "per_step")
+
+
+def msl_weights(steps: int, iteration: int, anneal: int) -> Tensor:
+    """MAML++ multi-step-loss weights: uniform at first, then decayed linearly over ``anneal``
+    iterations towards the last step (non-final weights floor at 0.03/steps, as in MAML++)."""
+    decay = iteration / (steps * anneal)
+    floor = 0.03 / steps
+    w = torch.full((steps,), max(1.0 / steps - decay, floor))
+    w[-1] = 1.0 - w[:-1].sum()
+    return w
+
+
+class MAML(MetaLearner):
+    """Model-agnostic meta-learning (Finn et al. 2017) over a task-batched functional core.
+
+    Usage::
+
+        learner = MAML(model, lr=0.01, steps=1)
+        loss = learner.meta_loss(batch)   # TaskBatch of T tasks, adapted together
+        loss.backward(); meta_opt.step()
+
+    Args (beyond :class:`MetaLearner`'s):
+        first_order: drop the second-order term (FOMAML).
+        learn_lr: "none" (fixed α), "elementwise" (Meta-SGD: a learned α per parameter entry) or
+            "per_step" (MAML++ LSLR: a learned α per parameter tensor and inner step).
+        multi_step_loss: MAML++ MSL; the number of iterations over which the per-step query-loss
+            weights anneal from uniform to the last step (0: only the final query loss).
+        second_order_after: MAML++ derivative-order annealing; first-order meta-gradients for
+            iterations before this one, second order afterwards.
+        fused: use ``ops.mlp_maml`` for models that declare a fused MLP spec (None: whenever
+            possible; it is skipped for ANIL and multi-step loss, which it does not compute).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.01,
+        steps: int = 1,
+        *,
+        first_order: bool = False,
+        loss: str = "mse",
+        adapt: Sequence[str] | None = None,
+        learn_lr: str = "none",
+        multi_step_loss: int = 0,
+        second_order_after: int = 0,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(model, lr=lr, steps=steps, loss=loss, adapt=adapt)
+        if learn_lr not in LEARN_LR:
+            raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
+        if multi_step_loss < 0 or second_order_after < 0:
+            raise ValueError("multi_step_loss and second_order_after must be >= 0")
+        self.first_order = first_order
+        self.learn_lr = learn_lr
+        self.multi_step_loss = multi_step_loss
+        self.second_order_after = second_order_after
+        named = dict(model.named_parameters())
+        if learn_lr == "elementwise":
+            self.lrs = nn.ParameterList(
+                nn.Parameter(torch.full_like(named[n], self.lr).detach()) for n in self.adapt_names
+            )
+        elif learn_lr == "per_step":
+            ref = named[self.adapt_names[0]]
+            self.lrs = nn.ParameterList(
+                nn.Parameter(torch.full((steps,), self.lr, dtype=ref.dtype, device=ref.device))
+                for _ in self.adapt_names
+            )
+        self.fused_spec = self._fused_spec(fused)
+
+    def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
+        spec = fused_spec(self.model)
+        names = [n for n, _ in self.model.named_parameters()]
+        reasons = [
+            why
+            for why, bad in (
+                ("the model declares no fused MLP spec", spec is None),
+                ("only part of the model is adapted (ANIL)", self.adapt_names != names),
+                ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
+                ("the spec does not list every parameter", spec is not None and sorted(spec.param_names) != sorted(names)),
+            )
+            if bad
+        ]
+        if fused and reasons:
+            raise ValueError(f"fused=True is not possible: {'; '.join(reasons)}")
+        return None if (reasons or fused is False) else spec
+
+    def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
+        if self.learn_lr == "none":
+            return self.lr, None
+        # Evaluation may run more steps than training: later steps reuse the last learned row.
+        return list(self.lrs), (min(step, self.steps - 1) if self.learn_lr == "per_step" else None)
+
+    def uses_first_order(self, iteration: int) -> bool:
+        return self.first_order or iteration < self.second_order_after
+
+    def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
+        first_order = self.uses_first_order(iteration)
+        if self.fused_spec is not None:
+            return self._fused_meta_loss(batch, first_order)
+        weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
+        total = batch.x_query.new_zeros(())
+        loop = self.inner_loop(batch.x_support, batch.y_support, self.steps, first_order=first_order)
+        for s, params in enumerate(loop):
+            if weights is None and s < self.steps - 1:
+                continue
+            query = self.losses(params, batch.x_query, batch.y_query).mean()
+            total = total + (query if weights is None else weights[s] * query)
+        return total
+
+    def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
+        spec = self.fused_spec
+        named = dict(self.model.named_parameters())
+        if self.learn_lr == "none":
+            lr: float | list[Tensor] = self.lr
+        else:
+            by_name = dict(zip(self.adapt_names, self.lrs))
+            lr = [by_name[n] for n in spec.param_names]
+        query, _ = ops.mlp_maml(
+            [named[n] for n in spec.param_names],
+            batch.x_support, batch.y_support, batch.x_query, batch.y_query,
+            lr=lr, steps=self.steps, per_step_lr=self.learn_lr == "per_step",
+            activation=spec.activation, loss=self.loss, first_order=first_order,
+        )
+        return query.mean()
