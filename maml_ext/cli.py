@@ -1,0 +1,101 @@
+"""``maml-ext``: train, evaluate and plot meta-learning runs from a TOML config.
+
+    maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--resume]
+    maml-ext eval runs/sinusoid [--set eval.num_tasks=600 ...]
+    maml-ext plot runs/sinusoid
+    maml-ext list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from maml_ext import plugins
+from maml_ext.algorithms import ALGORITHMS
+from maml_ext.train import checkpoint, config, evaluate, loop, plots
+
+
+def _train(args: argparse.Namespace) -> None:
+    cfg = config.load(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    ckpt = loop.train(cfg, out, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoint: {ckpt}")
+
+
+def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
+    run, iteration = loop.restore(Path(args.run) / loop.CHECKPOINT)
+    # Overrides may only touch evaluation settings: the model is the one that was trained.
+    cfg = config.validate(config.apply_overrides(run.config, args.set))
+    if {k: v for k, v in cfg.items() if k != "eval"} != {k: v for k, v in run.config.items() if k != "eval"}:
+        raise config.ConfigError("eval/plot accept only eval.* overrides")
+    return run, cfg, iteration
+
+
+def _eval(args: argparse.Namespace) -> None:
+    run, cfg, iteration = _restored(args)
+    results = evaluate.evaluate(run, cfg)
+    results["iteration"] = iteration
+    path = evaluate.write(results, Path(args.run))
+    print(evaluate.table(results))
+    print(f"results: {path}")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    run, cfg, _ = _restored(args)
+    out = Path(args.run)
+    made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
+    results_path = out / evaluate.RESULTS
+    if results_path.exists():
+        made.append(plots.adaptation_curve(json.loads(results_path.read_text()), out / "adaptation.png"))
+    if hasattr(run.family, "curve") and run.family.in_features == 1:
+        for shots in cfg["eval"]["shots"]:
+            made.append(plots.sinusoid_fits(run, cfg, out / f"fits_{shots}shot.png", shots=shots))
+    print("\n".join(str(p) for p in made))
+
+
+def _list(args: argparse.Namespace) -> None:
+    print("models:     " + ", ".join(plugins.models.names()))
+    print("tasks:      " + ", ".join(plugins.tasks.names()))
+    print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
+    print("configs:    " + ", ".join(config.builtin_configs()))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maml-ext", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (TOML syntax)")
+
+    t = sub.add_parser("train", help="meta-train from a config")
+    t.add_argument("config", help="a .toml file or a packaged config name (see `maml-ext list`)")
+    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument("--set", **overrides)
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    for name, func, text in (("eval", _eval, "evaluate a run on held-out tasks"), ("plot", _plot, "plot a run as PNG")):
+        e = sub.add_parser(name, help=text)
+        e.add_argument("run", help="run directory (holding checkpoint.pt)")
+        e.add_argument("--set", **overrides)
+        e.set_defaults(func=func)
+
+    sub.add_parser("list", help="list models, tasks, algorithms and packaged configs").set_defaults(func=_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError) as exc:
+        print(f"maml-ext: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

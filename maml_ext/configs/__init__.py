@@ -1,0 +1,1 @@
+"""Packaged run configurations (``maml-ext train sinusoid``)."""

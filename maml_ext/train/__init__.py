@@ -1,0 +1,1 @@
+"""Meta-training loop, evaluation, checkpoints and plots behind the ``maml-ext`` CLI."""

@@ -1,0 +1,144 @@
+"""Meta-training: build the run from its config, train with checkpoints, resume exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maml_ext import plugins
+from maml_ext.algorithms import MetaLearner, build_algorithm
+from maml_ext.tasks import TaskFamily
+
+from . import checkpoint
+from .config import Config, ConfigError, flatten
+from .progress import Progress
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Run:
+    config: Config
+    family: TaskFamily
+    learner: MetaLearner
+
+
+def _options(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != "name"}
+
+
+def build(cfg: Config) -> Run:
+    """Task family, model and learner of a validated config (model init seeded by ``seed``)."""
+    torch.manual_seed(cfg["seed"])
+    family = plugins.build_task(cfg["task"]["name"], **_options(cfg["task"]))
+    model = plugins.build_model(
+        cfg["model"]["name"],
+        in_features=family.in_features,
+        out_features=family.out_features,
+        **_options(cfg["model"]),
+    )
+    options = _options(cfg["algorithm"])
+    options.setdefault("loss", family.loss)
+    try:
+        learner = build_algorithm(cfg["algorithm"]["name"], model, **options)
+    except ValueError as exc:
+        raise ConfigError(f"[algorithm] {exc}") from exc
+    return Run(cfg, family, learner)
+
+
+def _rng_state(tasks: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "tasks": tasks.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any], tasks: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    tasks.set_state(state["tasks"])
+    random.setstate(state["python"])
+
+
+def _check_resumable(saved: Config, cfg: Config) -> None:
+    # Everything but the iteration budget must match, or the run would not continue the same one.
+    a, b = flatten(saved), flatten(cfg)
+    diff = sorted(k for k in set(a) | set(b) if k != "train.iterations" and a.get(k) != b.get(k))
+    if diff:
+        raise ConfigError(f"--resume with a different config ({', '.join(diff)}); only train.iterations may change")
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop lines logged after the checkpoint a resumed run restarts from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the checkpoint path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT
+    metrics_path = out_dir / METRICS
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+    run = build(cfg)
+    learner, tcfg = run.learner, cfg["train"]
+    optimizer = torch.optim.Adam(learner.parameters(), lr=tcfg["meta_lr"])
+    tasks = torch.Generator().manual_seed(cfg["seed"])
+    start, window = 0, [0.0, 0]
+    if resume:
+        state = checkpoint.load(ckpt_path)
+        _check_resumable(state["config"], cfg)
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], tasks)
+        start, window = state["iteration"], list(state["window"])
+        _truncate_metrics(metrics_path, start)
+    elif ckpt_path.exists():
+        raise checkpoint.CheckpointError(f"{ckpt_path} exists: pass --resume, or choose another output directory")
+    else:
+        metrics_path.write_text("")
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    bar = Progress(tcfg["iterations"], start) if progress else None
+    t0, last = time.perf_counter(), float("nan")
+    with metrics_path.open("a") as metrics:
+        for it in range(start, tcfg["iterations"]):
+            batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
+            loss = learner.meta_loss(batch, it)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            last = loss.item()
+            window = [window[0] + last, window[1] + 1]
+            done = it + 1
+            if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
+                elapsed = time.perf_counter() - t0
+                record = {"iteration": done, "loss": window[0] / window[1], "it_s": (done - start) / elapsed}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                window = [0.0, 0]
+            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
+                state = {
+                    "iteration": done, "config": cfg, "learner": learner.state_dict(),
+                    "optimizer": optimizer.state_dict(), "rng": _rng_state(tasks), "window": window,
+                }
+                checkpoint.save(state, ckpt_path)
+            if bar is not None:
+                bar.update(done, last)
+    if bar is not None:
+        bar.close(max(start, tcfg["iterations"]), last)
+    return ckpt_path
+
+
+def restore(ckpt_path: Path) -> tuple[Run, int]:
+    """The trained run stored in a checkpoint, and its iteration."""
+    state = checkpoint.load(ckpt_path)
+    run = build(state["config"])
+    run.learner.load_state_dict(state["learner"])
+    return run, state["iteration"]
