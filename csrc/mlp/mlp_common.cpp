@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cstring>
+
 namespace maml_ext::mlp {
 namespace {
 
@@ -97,11 +99,38 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
   }
 }
 
+// Strided row copies: out[r, off + c] = src[r, c] (or the reverse), on the CPU without one ATen
+// call per parameter (those calls dominate the small-model regime).
+void copy_rows(const at::Tensor& src, int64_t src_ld, int64_t src_off, at::Tensor& dst,
+               int64_t dst_ld, int64_t dst_off, int64_t rows, int64_t cols) {
+  const int64_t bytes = cols * static_cast<int64_t>(src.element_size());
+  const char* s = static_cast<const char*>(src.const_data_ptr());
+  char* d = static_cast<char*>(dst.data_ptr());
+  const int64_t es = src.element_size();
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(d + (r * dst_ld + dst_off) * es, s + (r * src_ld + src_off) * es, bytes);
+}
+
 at::Tensor pack(at::TensorList params, bool task_dim) {
-  std::vector<at::Tensor> parts;
-  parts.reserve(params.size());
-  for (const auto& p : params) parts.push_back(task_dim ? p.reshape({p.size(0), -1}) : p.reshape({-1}));
-  return at::cat(parts, task_dim ? 1 : 0).contiguous();
+  const int64_t rows = task_dim ? params[0].size(0) : 1;
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel() / std::max<int64_t>(rows, 1);
+  if (!params[0].is_cpu()) {
+    std::vector<at::Tensor> parts;
+    for (const auto& p : params) parts.push_back(p.reshape({rows, -1}));
+    at::Tensor flat = at::cat(parts, 1);
+    return task_dim ? flat.contiguous() : flat.reshape({total});
+  }
+  at::Tensor flat = at::empty(task_dim ? std::vector<int64_t>{rows, total} : std::vector<int64_t>{total},
+                              params[0].options());
+  int64_t off = 0;
+  for (const auto& p : params) {
+    const at::Tensor c = p.contiguous();
+    const int64_t n = c.numel() / std::max<int64_t>(rows, 1);
+    copy_rows(c, n, 0, flat, total, off, rows, n);
+    off += n;
+  }
+  return flat;
 }
 
 std::vector<at::Tensor> unpack(const at::Tensor& flat, at::TensorList like, bool like_has_task_dim,
@@ -118,8 +147,12 @@ std::vector<at::Tensor> unpack(const at::Tensor& flat, at::TensorList like, bool
     shape.insert(shape.end(), sizes.begin() + (like_has_task_dim ? 1 : 0), sizes.end());
     // A fresh tensor per parameter: outputs of an operator must not alias each other.
     at::Tensor o = at::empty(shape, flat.options());
-    o.view(flat_has_task ? std::vector<int64_t>{tasks, n} : std::vector<int64_t>{n})
-        .copy_(flat.narrow(-1, off, n));
+    const int64_t rows = flat_has_task ? tasks : 1;
+    if (flat.is_cpu()) {
+      copy_rows(flat, flat.size(-1), off, o, n, 0, rows, n);
+    } else {
+      o.view({rows, n}).copy_(flat.reshape({rows, -1}).narrow(1, off, n));
+    }
     out.push_back(o);
     off += n;
   }

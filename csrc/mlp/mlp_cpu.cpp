@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -44,9 +45,17 @@ void check_labels(const Layout& L, const at::Tensor& y, const char* what) {
                     "), got values in [", lo, ", ", hi, "]");
 }
 
-void check_lrs(const at::Tensor& alpha) {
-  TORCH_CHECK_VALUE(at::isfinite(alpha).all().item<bool>(), "lrs: learning rates must be finite");
-  TORCH_CHECK_VALUE((alpha >= 0).all().item<bool>(), "lrs: learning rates must be >= 0");
+void check_lrs(at::TensorList lrs, double lr) {
+  TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, "lr: expected a finite value >= 0, got ", lr);
+  for (size_t i = 0; i < lrs.size(); ++i) {
+    const at::Tensor a = lrs[i].contiguous();
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "check_lrs", [&] {
+      const scalar_t* p = a.const_data_ptr<scalar_t>();
+      for (int64_t j = 0; j < a.numel(); ++j)
+        TORCH_CHECK_VALUE(std::isfinite(p[j]) && p[j] >= 0, "lrs[", i,
+                          "]: learning rates must be finite and >= 0, got ", p[j]);
+    });
+  }
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_hvp_cpu(
@@ -120,7 +129,7 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
   }
   in.theta0 = pack(params, false);
   in.alpha = expand_lrs(lrs, lr, per_step, steps, params, in.theta0);
-  check_lrs(in.alpha);
+  check_lrs(lrs, lr);
   in.xs = x_support.contiguous();
   in.ys = y_support.contiguous();
   in.ws = contiguous(w_support);

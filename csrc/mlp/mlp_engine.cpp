@@ -20,64 +20,197 @@
 namespace maml_ext::mlp::MAML_EXT_CPU_CAPABILITY {
 namespace {
 
-// C[M,N] (+)= A[M,Kd] B[Kd,N], row-major. The inner loop runs along contiguous rows of B and C,
-// so it vectorises without reassociating sums (results stay bit-stable across runs).
+// Register-tiled GEMM: C[M,N] (+)= A[M,Kd] B[Kd,N] with A(i,k) = A[i*a_rs + k*a_cs] (so one
+// kernel serves A and A^T) and B, C row-major. Each MR x (NV vectors) tile of C stays in vector
+// registers over the whole Kd loop, so B is streamed once per MR rows instead of once per row.
+// GCC vector types keep this portable across the capability builds (their width follows the
+// -m flags). Sums are not reassociated, so results do not depend on the tiling.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+constexpr int kMR = 6;
+
+template <typename T, int VB>
+struct Vec {
+  static constexpr int lanes = VB / static_cast<int>(sizeof(T));
+  typedef T type __attribute__((vector_size(VB)));
+  typedef T unaligned __attribute__((vector_size(VB), aligned(sizeof(T))));
+};
+
+template <typename T, int VB, int MR, int NV>
+inline void gemm_tile(int64_t Kd, const T* __restrict A, int64_t a_rs, int64_t a_cs,
+                      const T* __restrict B, int64_t ldb, T* __restrict C, int64_t ldc,
+                      bool accumulate) {
+  using V = typename Vec<T, VB>::type;
+  using U = typename Vec<T, VB>::unaligned;
+  constexpr int L = Vec<T, VB>::lanes;
+  V c[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j)
+      c[i][j] = accumulate ? V(*reinterpret_cast<const U*>(C + i * ldc + j * L)) : V{};
+  for (int64_t k = 0; k < Kd; ++k) {
+    V b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = *reinterpret_cast<const U*>(B + k * ldb + j * L);
+    for (int i = 0; i < MR; ++i) {
+      const T a = A[i * a_rs + k * a_cs];
+      for (int j = 0; j < NV; ++j) c[i][j] += a * b[j];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) *reinterpret_cast<U*>(C + i * ldc + j * L) = c[i][j];
+}
+
+// Columns narrower than one vector: plain loops.
 template <typename T>
-inline void gemm_nn(int64_t M, int64_t N, int64_t Kd, const T* __restrict A,
-                    const T* __restrict B, T* __restrict C, bool accumulate) {
-  for (int64_t m = 0; m < M; ++m) {
-    T* __restrict c = C + m * N;
-    const T* a = A + m * Kd;
-    if (!accumulate) std::fill(c, c + N, T(0));
-    int64_t k = 0;
-    for (; k + 4 <= Kd; k += 4) {
-      const T a0 = a[k], a1 = a[k + 1], a2 = a[k + 2], a3 = a[k + 3];
-      const T* b0 = B + k * N;
-      const T* b1 = b0 + N;
-      const T* b2 = b1 + N;
-      const T* b3 = b2 + N;
-      for (int64_t n = 0; n < N; ++n) c[n] += a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n];
+inline void gemm_scalar(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs,
+                        const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      T acc = accumulate ? C[i * ldc + j] : T(0);
+      for (int64_t k = 0; k < Kd; ++k) acc += A[i * a_rs + k * a_cs] * B[k * ldb + j];
+      C[i * ldc + j] = acc;
     }
-    for (; k < Kd; ++k) {
-      const T a0 = a[k];
-      const T* b0 = B + k * N;
-      for (int64_t n = 0; n < N; ++n) c[n] += a0 * b0[n];
-    }
+}
+
+// Rows [0, M) for one column block of NV vectors: full kMR-row tiles, then one tile of the rest.
+template <typename T, int VB, int NV>
+inline void gemm_rows(int64_t M, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
+                      int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + kMR <= M; i += kMR)
+    gemm_tile<T, VB, kMR, NV>(Kd, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc, ldc, accumulate);
+  const T* a = A + i * a_rs;
+  T* c = C + i * ldc;
+  switch (M - i) {
+    case 5: gemm_tile<T, VB, 5, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
+    case 4: gemm_tile<T, VB, 4, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
+    case 3: gemm_tile<T, VB, 3, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
+    case 2: gemm_tile<T, VB, 2, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
+    case 1: gemm_tile<T, VB, 1, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
+    default: break;
   }
 }
 
-// C[M,N] (+)= A[Kd,M]^T B[Kd,N], row-major.
+// Columns in blocks of two vectors, then one vector, then narrower vectors, then scalars.
+template <typename T, int VB>
+inline void gemm_cols(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs,
+                      const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  constexpr int L = Vec<T, VB>::lanes;
+  int64_t j = 0;
+  if constexpr (VB == kVectorBytes) {
+    for (; j + 2 * L <= N; j += 2 * L)
+      gemm_rows<T, VB, 2>(M, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
+  }
+  for (; j + L <= N; j += L)
+    gemm_rows<T, VB, 1>(M, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
+  if (j == N) return;
+  if constexpr (VB / 2 >= 16 && VB / 2 >= static_cast<int>(2 * sizeof(T))) {
+    gemm_cols<T, VB / 2>(M, N - j, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
+  } else {
+    gemm_scalar(M, N - j, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
+  }
+}
+
 template <typename T>
-inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* __restrict A,
-                    const T* __restrict B, T* __restrict C, bool accumulate) {
-  if (!accumulate) std::fill(C, C + M * N, T(0));
+inline void gemm(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs,
+                 const T* B, T* C, bool accumulate) {
+  gemm_cols<T, kVectorBytes>(M, N, Kd, A, a_rs, a_cs, B, N, C, N, accumulate);
+}
+
+// C[M,N] (+)= A[M,Kd] B[N,Kd]^T, row-major: dot products along the contiguous k of both, so
+// the forward z = h W^T needs no transposed copy of W. MR x NJ accumulators stay in registers.
+template <typename T, int MR, int NJ>
+inline void gemm_nt_tile(int64_t Kd, const T* __restrict A, int64_t lda, const T* __restrict B,
+                         int64_t ldb, T* __restrict C, int64_t ldc, bool accumulate) {
+  using V = typename Vec<T, kVectorBytes>::type;
+  using U = typename Vec<T, kVectorBytes>::unaligned;
+  constexpr int L = Vec<T, kVectorBytes>::lanes;
+  V acc[MR][NJ];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NJ; ++j) acc[i][j] = V{};
   int64_t k = 0;
-  for (; k + 2 <= Kd; k += 2) {
-    const T* a0 = A + k * M;
-    const T* a1 = a0 + M;
-    const T* b0 = B + k * N;
-    const T* b1 = b0 + N;
-    for (int64_t m = 0; m < M; ++m) {
-      const T x0 = a0[m], x1 = a1[m];
-      T* __restrict c = C + m * N;
-      for (int64_t n = 0; n < N; ++n) c[n] += x0 * b0[n] + x1 * b1[n];
-    }
+  for (; k + L <= Kd; k += L) {
+    V a[MR], b[NJ];
+    for (int i = 0; i < MR; ++i) a[i] = *reinterpret_cast<const U*>(A + i * lda + k);
+    for (int j = 0; j < NJ; ++j) b[j] = *reinterpret_cast<const U*>(B + j * ldb + k);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NJ; ++j) acc[i][j] += a[i] * b[j];
   }
-  for (; k < Kd; ++k) {
-    const T* a0 = A + k * M;
-    const T* b0 = B + k * N;
-    for (int64_t m = 0; m < M; ++m) {
-      const T x0 = a0[m];
-      T* __restrict c = C + m * N;
-      for (int64_t n = 0; n < N; ++n) c[n] += x0 * b0[n];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NJ; ++j) {
+      T r = accumulate ? C[i * ldc + j] : T(0);
+      for (int l = 0; l < L; ++l) r += acc[i][j][l];
+      for (int64_t kk = k; kk < Kd; ++kk) r += A[i * lda + kk] * B[j * ldb + kk];
+      C[i * ldc + j] = r;
     }
+}
+
+template <typename T, int MR>
+inline void gemm_nt_rows(int64_t N, int64_t Kd, const T* A, int64_t lda, const T* B, int64_t ldb,
+                         T* C, int64_t ldc, bool accumulate) {
+  constexpr int NJ = 4;
+  int64_t j = 0;
+  for (; j + NJ <= N; j += NJ)
+    gemm_nt_tile<T, MR, NJ>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate);
+  switch (N - j) {
+    case 3: gemm_nt_tile<T, MR, 3>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate); break;
+    case 2: gemm_nt_tile<T, MR, 2>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate); break;
+    case 1: gemm_nt_tile<T, MR, 1>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate); break;
+    default: break;
   }
+}
+
+template <typename T>
+inline void gemm_nt_dot(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C,
+                        bool accumulate) {
+  constexpr int MR = 4;
+  int64_t i = 0;
+  for (; i + MR <= M; i += MR)
+    gemm_nt_rows<T, MR>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate);
+  switch (M - i) {
+    case 3: gemm_nt_rows<T, 3>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
+    case 2: gemm_nt_rows<T, 2>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
+    case 1: gemm_nt_rows<T, 1>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
+    default: break;
+  }
+}
+
+// C[M,N] (+)= A[M,Kd] B[Kd,N], all row-major.
+template <typename T>
+inline void gemm_nn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate) {
+  gemm(M, N, Kd, A, Kd, 1, B, C, accumulate);
+}
+
+// C[M,N] (+)= A[Kd,M]^T B[Kd,N], all row-major.
+template <typename T>
+inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate) {
+  gemm(M, N, Kd, A, 1, M, B, C, accumulate);
 }
 
 template <typename T>
 inline void transpose(int64_t rows, int64_t cols, const T* __restrict A, T* __restrict At) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) At[c * rows + r] = A[r * cols + c];
+  constexpr int64_t kBlock = 16;  // keeps the strided writes of a block within a few cache lines
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
+      for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r)
+        for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c) At[c * rows + r] = A[r * cols + c];
+}
+
+// C[M,N] (+)= A[M,Kd] B[N,Kd]^T. Long rows: dot products (no copy of B). Short rows, where
+// the dot products' horizontal sums and tails would dominate: transpose B into `scratch`.
+template <typename T>
+inline void gemm_nt(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate,
+                    T* scratch) {
+  if (Kd >= 4 * Vec<T, kVectorBytes>::lanes) {
+    gemm_nt_dot(M, N, Kd, A, B, C, accumulate);
+  } else {
+    transpose(N, Kd, B, scratch);
+    gemm_nn(M, N, Kd, A, scratch, C, accumulate);
+  }
 }
 
 template <typename T>
@@ -116,7 +249,7 @@ class Net {
     off += kmax * L_.dim[n];
     tmp_ = off;
     off += kmax * L_.max_width();
-    wt_ = off;
+    scratch_ = off;
     off += L_.max_width() * L_.max_width();
     buf_.assign(off, T(0));
   }
@@ -128,10 +261,8 @@ class Net {
     for (int l = 1; l <= L_.layers; ++l) {
       const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
       T* z = at(h_, l);
-      T* wt = buf_.data() + wt_;
-      transpose(dout, din, th + L_.w_off[l], wt);
       broadcast_rows(k, dout, th + L_.b_off[l], z);
-      gemm_nn(k, dout, din, input(l), wt, z, true);
+      gemm_nt(k, dout, din, input(l), th + L_.w_off[l], z, true, scratch());
       if (l < L_.layers) activate(z, k * dout);
     }
   }
@@ -214,17 +345,12 @@ class Net {
   void hvp(const T* th, const T* v, T* hv) {
     const int n = L_.layers;
     const int64_t k = k_;
-    T* wt = buf_.data() + wt_;
     for (int l = 1; l <= n; ++l) {
       const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
       T* rz = at(rz_, l);
       broadcast_rows(k, dout, v + L_.b_off[l], rz);
-      transpose(dout, din, v + L_.w_off[l], wt);
-      gemm_nn(k, dout, din, input(l), wt, rz, true);
-      if (l > 1) {
-        transpose(dout, din, th + L_.w_off[l], wt);
-        gemm_nn(k, dout, din, at(rh_, l - 1), wt, rz, true);
-      }
+      gemm_nt(k, dout, din, input(l), v + L_.w_off[l], rz, true, scratch());
+      if (l > 1) gemm_nt(k, dout, din, at(rh_, l - 1), th + L_.w_off[l], rz, true, scratch());
       if (l < n) {
         const T* h = at(h_, l);
         T* rh = at(rh_, l);
@@ -254,6 +380,7 @@ class Net {
 
  private:
   T* at(const std::vector<int64_t>& offsets, int l) { return buf_.data() + offsets[l]; }
+  T* scratch() { return buf_.data() + scratch_; }
   const T* input(int l) { return l == 1 ? x_ : at(h_, l - 1); }
 
   void activate(T* z, int64_t count) const {
@@ -353,7 +480,7 @@ class Net {
   const T* batch_weight_ = nullptr;
   const T* batch_target_ = nullptr;
   std::vector<int64_t> h_, dh_, delta_, rz_, rh_, rdelta_;
-  int64_t probs_ = 0, tmp_ = 0, wt_ = 0;
+  int64_t probs_ = 0, tmp_ = 0, scratch_ = 0;
   std::vector<T> buf_;
 };
 

@@ -17,7 +17,7 @@ from maml_ext import _extension, reference
 from maml_ext.reference import LearningRate, checkpoint_every, split_lr
 
 if _extension.available():
-    from maml_ext.ops import _registration  # noqa: F401  (fake kernels and autograd formulas)
+    from maml_ext.ops import _registration  # fake kernels and autograd formulas of the ops
 
 __all__ = [
     "extension_available",
@@ -152,9 +152,42 @@ def mlp_maml(
             checkpoint=checkpoint, w_support=w_support, w_query=w_query,
         )
     lrs, lr_value = split_lr(lr)
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))
-    query_loss, adapted, _, _ = torch.ops.maml_ext.mlp_maml(
-        list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
-        w_query, steps, activation, loss, first_order, every, save,
-    )
-    return query_loss, list(adapted)
+    params = list(params)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))):
+        query_loss, adapted, _, _ = torch.ops.maml_ext.mlp_maml(
+            params, lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
+            w_query, steps, activation, loss, first_order, every, False,
+        )
+        return query_loss, list(adapted)
+    config = (len(params), lr_value, per_step_lr, steps, activation, loss, first_order, every)
+    out = _MlpMaml.apply(config, x_support, y_support, w_support, x_query, y_query, w_query,
+                         *params, *lrs)
+    return out[0], list(out[1:])
+
+
+class _MlpMaml(torch.autograd.Function):
+    """Lean autograd node for ``torch.ops.maml_ext.mlp_maml``.
+
+    The op also has a ``torch.library.register_autograd`` formula (for torch.compile and direct
+    ``torch.ops`` users); both share ``_registration.maml_backward``. This class only avoids the
+    generic wrapper's per-call pytree handling, which costs as much as the kernel on small models.
+    """
+
+    @staticmethod
+    def forward(ctx, config, xs, ys, ws, xq, yq, wq, *tensors):
+        n, lr, per_step, steps, activation, loss, first_order, every = config
+        params, lrs = list(tensors[:n]), list(tensors[n:])
+        query_loss, adapted, checkpoints, query_grad = torch.ops.maml_ext.mlp_maml(
+            params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
+            first_order, every, True,
+        )
+        _registration.save_maml_context(ctx, params, lrs, lr, per_step, xs, ys, ws, steps,
+                                        activation, loss, first_order, every, True, checkpoints,
+                                        query_grad)
+        return (query_loss, *adapted)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, *grad_adapted):
+        d_params, d_lrs = _registration.maml_backward(ctx, grad_loss, grad_adapted)
+        return (None,) * 7 + (*d_params, *d_lrs)

@@ -54,7 +54,7 @@ def _inner_update_backward(ctx, grad_outs):
         d_grads.append(-a * go)
         d_a = _reduce_to(-(go * grads[i]), a.shape)
         d_lrs.append(d_a if ctx.step < 0 else torch.zeros_like(lrs[i]).select_scatter(d_a, 0, ctx.step))
-    return d_params, d_grads, (d_lrs or None), None, None
+    return d_params, d_grads, d_lrs, None, None
 
 
 torch.library.register_autograd(
@@ -126,16 +126,24 @@ def _mlp_maml_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, act
 def _mlp_maml_setup(ctx, inputs, output):
     (params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, first_order,
      every, save) = inputs
+    _, _, checkpoints, query_grad = output
+    save_maml_context(ctx, params, lrs, lr, per_step, xs, ys, ws, steps, activation, loss,
+                      first_order, every, save, checkpoints, query_grad)
+
+
+def save_maml_context(ctx, params, lrs, lr, per_step, xs, ys, ws, steps, activation, loss,
+                      first_order, every, save, checkpoints, query_grad) -> None:
+    """What mlp_maml's backward needs (shared by the registered formula and MlpMamlFunction)."""
     ctx.args = (lr, per_step, steps, activation, loss, first_order, every)
     ctx.save = save
     ctx.n_params, ctx.n_lrs = len(params), len(lrs)
     ctx.has_weight = ws is not None
-    _, _, checkpoints, query_grad = output
     ctx.save_for_backward(*params, *lrs, xs, ys, checkpoints, query_grad,
                           *([ws] if ws is not None else []))
 
 
-def _mlp_maml_backward(ctx, grad_loss, grad_adapted, grad_checkpoints, grad_query_grad):
+def maml_backward(ctx, grad_loss, grad_adapted) -> tuple[list[Tensor], list[Tensor | None]]:
+    """Meta-gradients w.r.t. params and the lr tensors (None where not needed)."""
     if not ctx.save:
         raise RuntimeError(
             "mlp_maml was called with save_for_backward=False; call maml_ext.ops.mlp_maml with "
@@ -152,7 +160,13 @@ def _mlp_maml_backward(ctx, grad_loss, grad_adapted, grad_checkpoints, grad_quer
         grad_loss, list(grad_adapted), params, lrs, lr, per_step, xs, ys, ws, checkpoints,
         query_grad, steps, activation, loss, first_order, every, need_lr_grad,
     )
-    return (list(d_params), (list(d_lrs) or None)) + (None,) * 14
+    # Tensor[] inputs need a list of the same length back (None where there is no gradient).
+    return list(d_params), (list(d_lrs) if d_lrs else [None] * m)
+
+
+def _mlp_maml_backward(ctx, grad_loss, grad_adapted, grad_checkpoints, grad_query_grad):
+    d_params, d_lrs = maml_backward(ctx, grad_loss, grad_adapted)
+    return (d_params, d_lrs) + (None,) * 14
 
 
 torch.library.register_autograd(_LIB + "mlp_maml", _mlp_maml_backward, setup_context=_mlp_maml_setup)
