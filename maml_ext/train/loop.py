@@ -114,7 +114,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            last = loss.item()
+            last = loss.detach().item()
             window = [window[0] + last, window[1] + 1]
             done = it + 1
             if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
