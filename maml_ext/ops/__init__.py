@@ -159,6 +159,8 @@ def mlp_maml(
             w_query, steps, activation, loss, first_order, every, False,
         )
         return query_loss, list(adapted)
+    if first_order and not any(t.requires_grad for t in lrs):
+        every = steps  # the first-order backward needs no intermediate parameters at all
     config = (len(params), lr_value, per_step_lr, steps, activation, loss, first_order, every)
     out = _MlpMaml.apply(config, x_support, y_support, w_support, x_query, y_query, w_query,
                          *params, *lrs)
