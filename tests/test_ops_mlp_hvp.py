@@ -1,0 +1,143 @@
+"""ops.mlp_hvp (loss, gradient, Hessian-vector product) against the reference, finite differences
+and gradcheck."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from _ops_helpers import TOL, assert_rel, dot, gen, leaves, like, mlp_batch, mlp_params, randn
+from maml_ext import ops, reference
+
+
+@dataclass(frozen=True)
+class Case:
+    tasks: int
+    k: int
+    widths: tuple
+    activation: str
+    loss: str
+    weighted: bool = False
+
+    def __str__(self):
+        w = "-".join(map(str, self.widths))
+        return f"T{self.tasks}-K{self.k}-{w}-{self.activation}-{self.loss}{'-weighted' if self.weighted else ''}"
+
+    def inputs(self, seed=0, dtype=torch.float64):
+        g = gen(seed)
+        params = mlp_params(g, self.widths, self.loss, self.tasks, dtype)
+        x, y = mlp_batch(g, self.widths, self.loss, self.tasks, self.k, dtype)
+        direction = like(g, params)
+        weight = randn(g, self.tasks, self.k, dtype=dtype) if self.weighted else None
+        return params, x, y, direction, weight
+
+    def kwargs(self, weight):
+        return dict(activation=self.activation, loss=self.loss, sample_weight=weight)
+
+
+CASES = [
+    Case(1, 1, (2, 5, 1), "relu", "mse"),
+    Case(3, 5, (3, 7, 9, 2), "tanh", "mse", weighted=True),
+    Case(25, 10, (1, 11, 1), "relu", "mse"),
+    Case(3, 10, (4, 5, 3, 7, 3), "relu", "cross_entropy"),
+    Case(25, 5, (2, 9, 4), "tanh", "cross_entropy", weighted=True),
+    Case(1, 10, (3, 5, 5, 2), "tanh", "gaussian_nll", weighted=True),
+    Case(3, 1, (2, 7, 2), "relu", "gaussian_nll"),
+    Case(25, 10, (3, 13, 2), "relu", "gaussian_nll", weighted=True),
+    Case(3, 5, (2, 3, 3, 3, 4), "tanh", "gaussian_nll"),
+]
+cases = pytest.mark.parametrize("case", CASES, ids=str)
+
+
+@cases
+def test_outputs_match_reference(case):
+    params, x, y, v, w = case.inputs()
+    loss, grads, hvps = ops.mlp_hvp(params, x, y, v, **case.kwargs(w))
+    ref_loss, ref_grads, ref_hvps = reference.mlp_hvp(params, x, y, v, **case.kwargs(w))
+    assert loss.shape == (case.tasks,)
+    assert_rel(loss, ref_loss, what="loss")
+    assert_rel(grads, ref_grads, what="grads")
+    assert_rel(hvps, ref_hvps, what="hvps")
+
+
+@cases
+def test_hvp_matches_finite_difference_of_gradient(case):
+    """Independent of the reference: H v ≈ (∇L(θ + εv) − ∇L(θ − εv)) / 2ε."""
+    params, x, y, v, w = case.inputs(seed=1)
+    _, _, hvps = ops.mlp_hvp(params, x, y, v, **case.kwargs(w))
+    eps = 1e-5
+
+    def grads_at(sign):
+        shifted = [p + sign * eps * d for p, d in zip(params, v)]
+        return ops.mlp_hvp(shifted, x, y, v, **case.kwargs(w))[1]
+
+    fd = [(a - b) / (2 * eps) for a, b in zip(grads_at(1), grads_at(-1))]
+    assert_rel(hvps, fd, tol=1e-6, what="H v")
+
+
+@cases
+def test_autograd_matches_reference(case):
+    """loss → gradient, gradients → H·u (w.r.t. params), HVPs → H·w (w.r.t. the direction)."""
+    params, x, y, v, w = case.inputs(seed=2)
+    g = gen(3)
+    c, u, hw = randn(g, case.tasks), like(g, params), like(g, params)
+
+    def derivatives(fn):
+        p, d = leaves(params), leaves(v)
+        loss, grads, hvps = fn(p, x, y, d, **case.kwargs(w))
+        d_params = torch.autograd.grad((c * loss).sum() + dot(u, grads), p, retain_graph=True)
+        d_direction = torch.autograd.grad(dot(hw, hvps), d)
+        return d_params, d_direction
+
+    fused_p, fused_d = derivatives(ops.mlp_hvp)
+    ref_p, ref_d = derivatives(reference.mlp_hvp)
+    assert_rel(fused_p, ref_p, what="d/dθ (c·loss + <u, grad>)")
+    assert_rel(fused_d, ref_d, what="d/dv <w, H v>")
+
+
+GRADCHECK_CASES = [
+    Case(2, 3, (2, 3, 2), "tanh", "mse", weighted=True),
+    Case(2, 3, (2, 3, 3), "relu", "cross_entropy"),
+    Case(2, 3, (1, 3, 2, 1), "tanh", "gaussian_nll", weighted=True),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)
+def test_gradcheck(case):
+    params, x, y, v, w = case.inputs(seed=4)
+    kw = case.kwargs(w)
+
+    def loss_and_grads(*p):
+        loss, grads, _ = ops.mlp_hvp(list(p), x, y, v, **kw)
+        return (loss, *grads)
+
+    def loss_only(*p):
+        return ops.mlp_hvp(list(p), x, y, v, **kw)[0]
+
+    def hvps(*d):
+        return tuple(ops.mlp_hvp(params, x, y, list(d), **kw)[2])
+
+    assert torch.autograd.gradcheck(loss_and_grads, tuple(leaves(params)))
+    assert torch.autograd.gradgradcheck(loss_only, tuple(leaves(params)))
+    assert torch.autograd.gradcheck(hvps, tuple(leaves(v)))
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]], ids=str)
+def test_float32(case):
+    params, x, y, v, w = case.inputs(seed=5, dtype=torch.float32)
+    out = ops.mlp_hvp(params, x, y, v, **case.kwargs(w))
+    y64 = y if case.loss == "cross_entropy" else y.double()
+    w64 = None if w is None else w.double()
+    expected = reference.mlp_hvp([p.double() for p in params], x.double(), y64,
+                                 [d.double() for d in v], **case.kwargs(w64))
+    assert out[0].dtype == torch.float32
+    for got, want, what in zip(out, expected, ("loss", "grads", "hvps")):
+        got = [got] if torch.is_tensor(got) else got
+        want = [want] if torch.is_tensor(want) else want
+        assert_rel([t.double() for t in got], want, tol=TOL[torch.float32], what=what)
+
+
+def test_no_graph_without_requires_grad():
+    params, x, y, v, w = CASES[1].inputs()
+    loss, grads, hvps = ops.mlp_hvp(params, x, y, v, **CASES[1].kwargs(w))
+    assert not any(t.requires_grad for t in (loss, *grads, *hvps))
