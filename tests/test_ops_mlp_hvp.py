@@ -114,12 +114,31 @@ def test_gradcheck(case):
     def loss_only(*p):
         return ops.mlp_hvp(list(p), x, y, v, **kw)[0]
 
-    def hvps(*d):
-        return tuple(ops.mlp_hvp(params, x, y, list(d), **kw)[2])
-
     assert torch.autograd.gradcheck(loss_and_grads, tuple(leaves(params)))
     assert torch.autograd.gradgradcheck(loss_only, tuple(leaves(params)))
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)
+def test_gradcheck_in_direction(case):
+    """H v is linear in v; its derivative needs only the direction to require grad."""
+    params, x, y, v, w = case.inputs(seed=4)
+
+    def hvps(*d):
+        return tuple(ops.mlp_hvp(params, x, y, list(d), **case.kwargs(w))[2])
+
     assert torch.autograd.gradcheck(hvps, tuple(leaves(v)))
+
+
+def test_hvp_tracks_direction_when_params_do_not_require_grad():
+    case = CASES[1]
+    params, x, y, v, w = case.inputs(seed=6)
+    d = leaves(v)
+    _, _, hvps = ops.mlp_hvp(params, x, y, d, **case.kwargs(w))
+    assert all(h.requires_grad for h in hvps)
+    hw = like(gen(7), params)
+    (h_w,) = torch.autograd.grad(dot(hw, hvps), d[:1])
+    expected = reference.mlp_hvp(params, x, y, hw, **case.kwargs(w))[2][0]
+    assert_rel(h_w, expected, what="H w")
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]], ids=str)
