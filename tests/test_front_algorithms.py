@@ -44,13 +44,17 @@ def test_every_algorithm_runs_a_meta_iteration(name):
     assert evaluation.shape == (4, 4) and torch.isfinite(evaluation).all()
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
-def test_classification_with_batchnorm_uses_batch_statistics(name):
-    torch.manual_seed(0)
+def bn_classification(seed=0):
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     labels = torch.arange(60) % 6
     family = Episodes(torch.randn(60, 4) + labels[:, None].float(), labels, n_way=3)
-    batch = family.sample(5, 2, 3, torch.Generator().manual_seed(0))
+    return model, family.sample(5, 2, 3, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
+def test_classification_with_batchnorm_uses_batch_statistics(name):
+    model, batch = bn_classification()
     learner = build_algorithm(name, model, lr=0.1, steps=2, loss="cross_entropy")
     learner.meta_loss(batch).backward()
     bn = model[1]
@@ -59,6 +63,28 @@ def test_classification_with_batchnorm_uses_batch_statistics(name):
     assert bn.weight.grad is not None
     learner.eval()
     assert torch.isfinite(learner.evaluate(batch, steps=2)).all()
+    # Transductive, as in the original: a query's output depends on the rest of its batch.
+    params = learner.adapt(batch.x_support, batch.y_support)
+    alone = learner.predict(params, batch.x_query[:, :2])
+    assert not torch.allclose(alone, learner.predict(params, batch.x_query)[:, :2])
+
+
+def test_per_step_batchnorm_statistics():
+    model, batch = bn_classification()
+    learner = build_algorithm("maml++", model, lr=0.1, steps=2, loss="cross_entropy")
+    assert learner.bn_mean_0.shape == (3, 8) and learner.fused_spec is None
+    learner.meta_loss(batch).backward()
+    # Every row (before step 1, before step 2, query after step 2) moved away from its init.
+    assert (learner.bn_mean_0 != 0).all(dim=1).all() and (learner.bn_var_0 != 1).all(dim=1).all()
+    assert not torch.equal(learner.bn_mean_0[0], learner.bn_mean_0[2])
+    learner.eval()
+    stats = learner.bn_mean_0.clone()
+    losses = learner.evaluate(batch, steps=4)  # more steps than trained: last row reused
+    assert torch.isfinite(losses).all() and torch.equal(stats, learner.bn_mean_0)
+    # Eval mode normalises with the stored statistics: two queries. outputs ignore the others.
+    params = learner.adapt(batch.x_support, batch.y_support)
+    full = learner.predict(params, batch.x_query)
+    torch.testing.assert_close(learner.predict(params, batch.x_query[:, :2]), full[:, :2])
 
 
 @pytest.mark.parametrize(
@@ -147,10 +173,10 @@ def test_no_memory_growth_over_many_adapt_calls(fused):
             opt.step()
             learner.adapt(batch.x_support, batch.y_support)
 
-    iterate(50)  # warm-up: allocator pools, lazy inits
+    iterate(30)  # warm-up: allocator pools, lazy inits
     gc.collect()
     start = _rss_bytes()
-    iterate(300)
+    iterate(150)
     gc.collect()
     assert _rss_bytes() - start < 8 * 2**20
     # The adapted parameters' graph dies with them (no hidden references kept by the learner).

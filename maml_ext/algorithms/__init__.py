@@ -8,7 +8,8 @@ fomaml         first-order MAML
 metasgd        Meta-SGD: MAML with a learned step size per parameter entry
 anil           ANIL: MAML adapting only the head (``adapt``: default the last layer)
 maml++         MAML with MAML++ options on: per-layer per-step learned α (LSLR), multi-step
-               loss and derivative-order annealing (set to 0 to turn each off)
+               loss, derivative-order annealing (set to 0 to turn each off) and per-step
+               BatchNorm running statistics
 reptile        Reptile (first-order, no graph through the inner loop)
 pretrain       "pretrain on all tasks, then fine-tune": the paper's baseline
 =============  ===========================================================================
@@ -44,7 +45,7 @@ ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "fomaml": (MAML, {"first_order": True}),
     "metasgd": (MAML, {"learn_lr": "elementwise"}),
     "anil": (MAML, {}),
-    "maml++": (MAML, {"learn_lr": "per_step", "multi_step_loss": 1000, "second_order_after": 1000}),
+    "maml++": (MAML, {"learn_lr": "per_step", "multi_step_loss": 1000, "second_order_after": 1000, "per_step_bn": True}),
     "reptile": (Reptile, {}),
     "pretrain": (Pretrain, {}),
 }

@@ -11,13 +11,14 @@ the adapted parameters gives the exact second-order meta-gradient for any model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
@@ -34,21 +35,25 @@ def task_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
 
 
 class Params(NamedTuple):
-    """Adapted parameters (per task ``[T, ...]`` once ``per_task``) and the frozen rest (shared)."""
+    """Adapted parameters after ``step`` inner steps (per task ``[T, ...]`` once step > 0) and
+    the frozen rest (shared)."""
 
     adapted: dict[str, Tensor]
     frozen: dict[str, Tensor]
-    per_task: bool
+    step: int
 
-    def merged(self) -> dict[str, Tensor]:
-        return {**self.frozen, **self.adapted}
+    @property
+    def per_task(self) -> bool:
+        return self.step > 0
 
 
 class MetaLearner(nn.Module, ABC):
     """Wraps a model; subclasses define ``meta_loss``.
 
-    BatchNorm layers use batch statistics at train and test time, as in the original MAML
-    (running statistics are dropped: they cannot be updated per task under ``vmap``).
+    BatchNorm layers use batch statistics at train and test time by default, as in the original
+    MAML (their running statistics are dropped). ``per_step_bn=True`` (MAML++) keeps one set of
+    running statistics per inner step instead: updated from every task's batch statistics in
+    training mode, used in place of batch statistics in eval mode.
 
     Args:
         model: any ``nn.Module``; its parameters are the meta-learned initialisation.
@@ -56,6 +61,7 @@ class MetaLearner(nn.Module, ABC):
         steps: inner-loop steps during meta-training.
         loss: "mse" or "cross_entropy" (per task, mean over the K examples).
         adapt: names (or name prefixes) of the parameters adapted in the inner loop; None adapts all.
+        per_step_bn: per-inner-step BatchNorm running statistics (MAML++).
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class MetaLearner(nn.Module, ABC):
         steps: int = 1,
         loss: str = "mse",
         adapt: Sequence[str] | None = None,
+        per_step_bn: bool = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -74,8 +81,18 @@ class MetaLearner(nn.Module, ABC):
             raise ValueError(f"lr must be > 0, got {lr}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        torch.func.replace_all_batch_norm_modules_(model)
         self.model = model
+        self.bn_names = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm)] if per_step_bn else []
+        if per_step_bn:
+            for i, name in enumerate(self.bn_names):
+                bn = model.get_submodule(name)
+                if not bn.track_running_stats:
+                    raise ValueError(f"per_step_bn needs running statistics; {name} has track_running_stats=False")
+                # Row s: statistics of the forward passes made with parameters after s steps.
+                self.register_buffer(f"bn_mean_{i}", bn.running_mean.detach().repeat(steps + 1, 1))
+                self.register_buffer(f"bn_var_{i}", bn.running_var.detach().repeat(steps + 1, 1))
+        else:
+            torch.func.replace_all_batch_norm_modules_(model)
         self.lr = float(lr)
         self.steps = int(steps)
         self.loss = loss
@@ -92,25 +109,57 @@ class MetaLearner(nn.Module, ABC):
         named = dict(self.model.named_parameters())
         adapted = {n: named[n] for n in self.adapt_names}
         frozen = {n: p for n, p in named.items() if n not in adapted}
-        return Params(adapted, frozen, per_task=False)
+        return Params(adapted, frozen, step=0)
 
-    def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.model, {**frozen, **adapted}, (x,))
+    def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.model, ({**frozen, **adapted}, buffers), (x,))
+
+    def _step_buffers(self, step: int, tasks: int) -> tuple[dict[str, Tensor], int | None]:
+        """BatchNorm buffers for a forward pass with parameters after ``step`` steps, and their vmap dim.
+
+        Training mode gets per-task copies ``[T, C]``, which BatchNorm updates in place under vmap.
+        """
+        row = min(step, self.steps)
+        buffers = {}
+        for i, name in enumerate(self.bn_names):
+            buffers[f"{name}.running_mean"] = getattr(self, f"bn_mean_{i}")[row]
+            buffers[f"{name}.running_var"] = getattr(self, f"bn_var_{i}")[row]
+        if not self.training or not buffers:
+            return buffers, None
+        batched = {k: v.expand(tasks, -1).clone() for k, v in buffers.items()}
+        for name in self.bn_names:
+            batched[f"{name}.num_batches_tracked"] = torch.zeros(tasks, dtype=torch.long, device=batched[f"{name}.running_mean"].device)
+        return batched, 0
+
+    def _commit_buffers(self, step: int, buffers: dict[str, Tensor]) -> None:
+        if not self.training:
+            return
+        row = min(step, self.steps)
+        with torch.no_grad():
+            for i, name in enumerate(self.bn_names):
+                getattr(self, f"bn_mean_{i}")[row] = buffers[f"{name}.running_mean"].mean(0)
+                getattr(self, f"bn_var_{i}")[row] = buffers[f"{name}.running_var"].mean(0)
+
+    def _over_tasks(self, fn: Callable[..., Any], params: Params, *data: Tensor) -> Any:
+        """``fn(adapted, frozen, buffers, *data_of_one_task)`` vmapped over the task dimension."""
+        buffers, buffer_dim = self._step_buffers(params.step, data[0].shape[0])
+        dims = 0 if params.per_task else None
+        out = vmap(fn, in_dims=(dims, None, buffer_dim, *[0] * len(data)))(params.adapted, params.frozen, buffers, *data)
+        self._commit_buffers(params.step, buffers)
+        return out
 
     def predict(self, params: Params, x: Tensor) -> Tensor:
         """Outputs ``[T, N, out]`` of each task's parameters on its inputs ``x [T, N, ...]``."""
-        dims = 0 if params.per_task else None
-        return vmap(self._call, in_dims=(dims, None, 0))(params.adapted, params.frozen, x)
+        return self._over_tasks(self._call, params, x)
 
     def losses(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return task_loss(self.predict(params, x), y, self.loss)
 
     def _grads(self, params: Params, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        def one_task(adapted: dict[str, Tensor], frozen: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-            return task_loss(self._call(adapted, frozen, xi)[None], yi[None], self.loss)[0]
+        def one_task(adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+            return task_loss(self._call(adapted, frozen, buffers, xi)[None], yi[None], self.loss)[0]
 
-        dims = 0 if params.per_task else None
-        return vmap(grad(one_task), in_dims=(dims, None, 0, 0))(params.adapted, params.frozen, x, y)
+        return self._over_tasks(grad(one_task), params, x, y)
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
         """The lr argument of ``ops.inner_update`` for inner step ``step`` (overridden by learned rates)."""
@@ -132,7 +181,7 @@ class MetaLearner(nn.Module, ABC):
             step_lr, row = (lr, None) if lr is not None else self.step_lr(s)
             names = list(params.adapted)
             new = ops.inner_update([params.adapted[n] for n in names], [grads[n] for n in names], step_lr, row)
-            params = Params(dict(zip(names, new)), params.frozen, per_task=True)
+            params = Params(dict(zip(names, new)), params.frozen, params.step + 1)
             yield params
 
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:

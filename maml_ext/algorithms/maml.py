@@ -59,9 +59,10 @@ class MAML(MetaLearner):
         learn_lr: str = "none",
         multi_step_loss: int = 0,
         second_order_after: int = 0,
+        per_step_bn: bool = False,
         fused: bool | None = None,
     ) -> None:
-        super().__init__(model, lr=lr, steps=steps, loss=loss, adapt=adapt)
+        super().__init__(model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn)
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
         if multi_step_loss < 0 or second_order_after < 0:
@@ -92,6 +93,7 @@ class MAML(MetaLearner):
                 ("the model declares no fused MLP spec", spec is None),
                 ("only part of the model is adapted (ANIL)", self.adapt_names != names),
                 ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
+                ("per-step BatchNorm statistics", bool(self.bn_names)),
                 ("the spec does not list every parameter", spec is not None and sorted(spec.param_names) != sorted(names)),
             )
             if bad

@@ -141,4 +141,5 @@ def restore(ckpt_path: Path) -> tuple[Run, int]:
     state = checkpoint.load(ckpt_path)
     run = build(state["config"])
     run.learner.load_state_dict(state["learner"])
+    run.learner.eval()  # for evaluation: MAML++ per-step BatchNorm then uses its running statistics
     return run, state["iteration"]
