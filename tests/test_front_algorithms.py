@@ -81,7 +81,7 @@ def test_per_step_batchnorm_statistics():
     stats = learner.bn_mean_0.clone()
     losses = learner.evaluate(batch, steps=4)  # more steps than trained: last row reused
     assert torch.isfinite(losses).all() and torch.equal(stats, learner.bn_mean_0)
-    # Eval mode normalises with the stored statistics: two queries. outputs ignore the others.
+    # Eval mode normalises with the stored statistics: two queries' outputs ignore the others.
     params = learner.adapt(batch.x_support, batch.y_support)
     full = learner.predict(params, batch.x_query)
     torch.testing.assert_close(learner.predict(params, batch.x_query[:, :2]), full[:, :2])
