@@ -1,6 +1,7 @@
 """``maml-ext``: train, evaluate and plot meta-learning runs from a TOML config.
 
     maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--resume]
+        (then evaluates and plots the run, unless --no-eval)
     maml-ext eval runs/sinusoid [--set eval.num_tasks=600 ...]
     maml-ext plot runs/sinusoid
     maml-ext list
@@ -24,6 +25,10 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     ckpt = loop.train(cfg, out, resume=args.resume, progress=not args.quiet)
     print(f"checkpoint: {ckpt}")
+    if not args.no_eval:
+        run, iteration = loop.restore(ckpt)
+        _evaluate(run, run.config, iteration, out)
+        _plot(run, run.config, out)
 
 
 def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
@@ -35,18 +40,15 @@ def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
     return run, cfg, iteration
 
 
-def _eval(args: argparse.Namespace) -> None:
-    run, cfg, iteration = _restored(args)
+def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> None:
     results = evaluate.evaluate(run, cfg)
     results["iteration"] = iteration
-    path = evaluate.write(results, Path(args.run))
+    path = evaluate.write(results, out)
     print(evaluate.table(results))
     print(f"results: {path}")
 
 
-def _plot(args: argparse.Namespace) -> None:
-    run, cfg, _ = _restored(args)
-    out = Path(args.run)
+def _plot(run: loop.Run, cfg: config.Config, out: Path) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     results_path = out / evaluate.RESULTS
     if results_path.exists():
@@ -54,7 +56,17 @@ def _plot(args: argparse.Namespace) -> None:
     if hasattr(run.family, "curve") and run.family.in_features == 1:
         for shots in cfg["eval"]["shots"]:
             made.append(plots.sinusoid_fits(run, cfg, out / f"fits_{shots}shot.png", shots=shots))
-    print("\n".join(str(p) for p in made))
+    print("plots: " + ", ".join(str(p) for p in made))
+
+
+def _eval_command(args: argparse.Namespace) -> None:
+    run, cfg, iteration = _restored(args)
+    _evaluate(run, cfg, iteration, Path(args.run))
+
+
+def _plot_command(args: argparse.Namespace) -> None:
+    run, cfg, _ = _restored(args)
+    _plot(run, cfg, Path(args.run))
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -75,9 +87,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", **overrides)
     t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-eval", action="store_true", help="skip the evaluation and plots after training")
     t.set_defaults(func=_train)
 
-    for name, func, text in (("eval", _eval, "evaluate a run on held-out tasks"), ("plot", _plot, "plot a run as PNG")):
+    for name, func, text in (
+        ("eval", _eval_command, "evaluate a run on held-out tasks"),
+        ("plot", _plot_command, "plot a run as PNG"),
+    ):
         e = sub.add_parser(name, help=text)
         e.add_argument("run", help="run directory (holding checkpoint.pt)")
         e.add_argument("--set", **overrides)

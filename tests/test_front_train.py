@@ -143,8 +143,7 @@ def test_atomic_save_leaves_no_temporary_file(tmp_path):
 def test_cli_train_eval_plot(tmp_path, capsys):
     out = tmp_path / "run"
     sets = [arg for item in TINY for arg in ("--set", item)]
-    assert cli.main(["train", "sinusoid", "--out", str(out), "--quiet", *sets]) == 0
-    assert cli.main(["eval", str(out)]) == 0
+    assert cli.main(["train", "sinusoid", "--out", str(out), "--quiet", *sets]) == 0  # evaluates too
     results = json.loads((out / evaluate.RESULTS).read_text())
     r = results["shots"]["5"]
     assert results["num_tasks"] == 20 and results["iteration"] == 6
@@ -153,6 +152,8 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     # The held-out set is fixed: evaluating again gives identical numbers.
     assert cli.main(["eval", str(out)]) == 0
     assert json.loads((out / evaluate.RESULTS).read_text()) == results
+    for png in ("learning_curve.png", "adaptation.png", "fits_5shot.png"):
+        (out / png).unlink()
     assert cli.main(["plot", str(out)]) == 0
     for png in ("learning_curve.png", "adaptation.png", "fits_5shot.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -160,6 +161,7 @@ def test_cli_train_eval_plot(tmp_path, capsys):
 
 def test_cli_errors_are_reported_not_raised(tmp_path, capsys):
     assert cli.main(["train", "sinusoid", "--out", str(tmp_path), "--set", "model.name=nope"]) == 2
+    assert not list(tmp_path.iterdir())
     assert "unknown model 'nope'; available: " in capsys.readouterr().err
     assert cli.main(["eval", str(tmp_path / "missing")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
