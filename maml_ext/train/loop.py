@@ -79,6 +79,15 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def _tensorboard(out_dir: Path) -> Any:
+    """A SummaryWriter when the tensorboard package is installed, else None (JSONL only)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the checkpoint path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +115,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     bar = Progress(tcfg["iterations"], start) if progress else None
+    board = _tensorboard(out_dir)
     t0, last = time.perf_counter(), float("nan")
     with metrics_path.open("a") as metrics:
         for it in range(start, tcfg["iterations"]):
@@ -122,6 +132,8 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
                 record = {"iteration": done, "loss": window[0] / window[1], "it_s": (done - start) / elapsed}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
+                if board is not None:
+                    board.add_scalar("meta_loss", record["loss"], done)
                 window = [0.0, 0]
             if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
                 state = {
@@ -133,6 +145,8 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
                 bar.update(done, last)
     if bar is not None:
         bar.close(max(start, tcfg["iterations"]), last)
+    if board is not None:
+        board.close()
     return ckpt_path
 
 
