@@ -189,7 +189,6 @@ class _MlpMaml(torch.autograd.Function):
         return (query_loss, *adapted)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *grad_adapted):
         d_params, d_lrs = _registration.maml_backward(ctx, grad_loss, grad_adapted)
         return (None,) * 7 + (*d_params, *d_lrs)
