@@ -1,0 +1,239 @@
+"""ops.mlp_maml (the whole inner loop, exact meta-gradient) against the unrolled reference."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from _ops_helpers import (
+    TOL,
+    assert_rel,
+    dot,
+    gen,
+    leaves,
+    like,
+    mlp_batch,
+    mlp_params,
+    randn,
+    rel_err,
+    requires_extension,
+)
+from maml_ext import ops, reference
+
+
+@dataclass(frozen=True)
+class Case:
+    tasks: int
+    k: int
+    widths: tuple
+    activation: str
+    loss: str
+    steps: int
+    lr_kind: str  # float | scalar | elementwise | per_step | per_step_scalar
+    first_order: bool = False
+    checkpoint: bool | int = False
+    weighted: bool = False
+
+    def __str__(self):
+        w = "-".join(map(str, self.widths))
+        parts = [f"T{self.tasks}", f"K{self.k}", w, self.activation, self.loss, f"S{self.steps}",
+                 self.lr_kind, "FO" if self.first_order else "SO"]
+        if self.checkpoint is not False:
+            parts.append(f"ckpt{self.checkpoint}")
+        if self.weighted:
+            parts.append("weighted")
+        return "-".join(parts)
+
+    def inputs(self, seed=0, dtype=torch.float64):
+        """(params, lr, data kwargs): shared initialisation, learning rates, support/query sets."""
+        g = gen(seed)
+        params = mlp_params(g, self.widths, self.loss, dtype=dtype)
+        xs, ys = mlp_batch(g, self.widths, self.loss, self.tasks, self.k, dtype)
+        xq, yq = mlp_batch(g, self.widths, self.loss, self.tasks, self.k + 2, dtype)
+        data = dict(x_support=xs, y_support=ys, x_query=xq, y_query=yq)
+        if self.weighted:
+            # Positive support weights keep S steps on a weighted NLL from diverging.
+            data["w_support"] = 0.5 + torch.rand(self.tasks, self.k, generator=g, dtype=dtype)
+            data["w_query"] = randn(g, self.tasks, self.k + 2, dtype=dtype)
+        base = 0.05 if self.loss != "gaussian_nll" else 0.02
+        lead = (self.steps,) if self.lr_kind.startswith("per_step") else ()
+        if self.lr_kind == "float":
+            lr = base
+        elif self.lr_kind in ("scalar", "per_step_scalar"):
+            lr = [base * (1 + 0.5 * torch.rand(lead, generator=g, dtype=dtype)) for _ in params]
+        else:
+            lr = [base * (1 + 0.5 * torch.rand(*lead, *p.shape, generator=g, dtype=dtype)) for p in params]
+        return params, lr, data
+
+    def kwargs(self, **overrides):
+        kw = dict(steps=self.steps, per_step_lr=self.lr_kind.startswith("per_step"),
+                  activation=self.activation, loss=self.loss, first_order=self.first_order,
+                  checkpoint=self.checkpoint)
+        kw.update(overrides)
+        return kw
+
+
+CASES = [
+    Case(1, 1, (1, 5, 1), "relu", "mse", 1, "float"),
+    Case(3, 5, (2, 7, 3), "tanh", "mse", 2, "scalar"),
+    Case(25, 10, (1, 9, 9, 1), "relu", "mse", 5, "elementwise", checkpoint=True),
+    Case(3, 10, (3, 5, 3, 7, 4), "relu", "cross_entropy", 2, "per_step"),
+    Case(25, 5, (2, 11, 3), "tanh", "cross_entropy", 1, "float", first_order=True),
+    Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 5, "per_step_scalar", checkpoint=2, weighted=True),
+    Case(1, 10, (3, 5, 5, 2), "relu", "gaussian_nll", 2, "elementwise", first_order=True, weighted=True),
+    Case(3, 1, (1, 3, 1), "tanh", "mse", 5, "float", first_order=True, checkpoint=True),
+    Case(25, 10, (1, 13, 13, 1), "relu", "mse", 5, "scalar", checkpoint=True),
+    Case(3, 5, (2, 5, 2), "relu", "gaussian_nll", 2, "scalar", first_order=True, weighted=True),
+    Case(3, 5, (2, 7, 3), "tanh", "cross_entropy", 5, "per_step", checkpoint=3, weighted=True),
+    Case(3, 5, (2, 7, 3), "tanh", "mse", 5, "per_step_scalar", first_order=True, checkpoint=1),
+]
+cases = pytest.mark.parametrize("case", CASES, ids=str)
+
+
+def lr_list(lr):
+    return [] if isinstance(lr, float) else lr
+
+
+def run(fn, case, params, lr, data, **overrides):
+    return fn(params, lr=lr, **data, **case.kwargs(**overrides))
+
+
+def meta_gradients(fn, case, params, lr, data, cot, **overrides):
+    """Outputs and d/d(params, lr tensors) of Σ c_t·L_t + <u, adapted>."""
+    p = leaves(params)
+    a = lr if isinstance(lr, float) else leaves(lr)
+    query_loss, adapted = run(fn, case, p, a, data, **overrides)
+    c, u = cot
+    objective = (c * query_loss).sum() + dot(u, adapted)
+    grads = torch.autograd.grad(objective, [*p, *lr_list(a)])
+    return query_loss.detach(), [t.detach() for t in adapted], grads
+
+
+def cotangents(case, params, seed=1):
+    g = gen(seed)
+    return randn(g, case.tasks), [randn(g, case.tasks, *p.shape) for p in params]
+
+
+@cases
+def test_forward_matches_reference(case):
+    params, lr, data = case.inputs()
+    query_loss, adapted = run(ops.mlp_maml, case, params, lr, data)
+    ref_loss, ref_adapted = run(reference.mlp_maml, case, params, lr, data)
+    assert query_loss.shape == (case.tasks,)
+    assert_rel(query_loss, ref_loss, what="query loss")
+    assert_rel(adapted, ref_adapted, what="adapted params")
+
+
+@cases
+def test_meta_gradients_match_reference(case):
+    params, lr, data = case.inputs(seed=2)
+    cot = cotangents(case, params)
+    fused = meta_gradients(ops.mlp_maml, case, params, lr, data, cot)
+    expected = meta_gradients(reference.mlp_maml, case, params, lr, data, cot)
+    assert_rel(fused[0], expected[0], what="query loss")
+    assert_rel(fused[1], expected[1], what="adapted params")
+    n = len(params)
+    assert_rel(fused[2][:n], expected[2][:n], what="d params")
+    assert_rel(fused[2][n:], expected[2][n:], what="d lrs")
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["SO", "FO"])
+@pytest.mark.parametrize("checkpoint", [True, 1, 2, 3, 4, 9], ids=lambda c: f"ckpt{c}")
+def test_checkpointing_gives_the_same_results(checkpoint, first_order):
+    case = Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 9, "per_step", first_order, weighted=True)
+    params, lr, data = case.inputs(seed=3)
+    cot = cotangents(case, params)
+    plain = meta_gradients(ops.mlp_maml, case, params, lr, data, cot)
+    checkpointed = meta_gradients(ops.mlp_maml, case, params, lr, data, cot, checkpoint=checkpoint)
+    for got, want, what in zip(checkpointed, plain, ("query loss", "adapted", "meta-gradients")):
+        assert_rel(got, want, tol=1e-12, what=what)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "gaussian_nll"])
+@pytest.mark.parametrize("lr_kind", ["float", "elementwise"])
+def test_first_and_second_order_differ(loss, lr_kind):
+    case = Case(3, 5, (2, 7, 3), "tanh", loss, 2, lr_kind)
+    params, lr, data = case.inputs(seed=4)
+    cot = cotangents(case, params)
+    second = meta_gradients(ops.mlp_maml, case, params, lr, data, cot)
+    first = meta_gradients(ops.mlp_maml, case, params, lr, data, cot, first_order=True)
+    assert_rel(first[0], second[0], what="query loss")  # same forward
+    assert_rel(first[1], second[1], what="adapted")
+    for i, (f, s) in enumerate(zip(first[2], second[2])):
+        assert rel_err(f, s) > 1e-4, f"meta-gradient {i}: first order equals second order"
+
+
+GRADCHECK_CASES = [
+    Case(2, 3, (1, 3, 1), "tanh", "mse", 2, "float"),
+    Case(2, 3, (2, 3, 2), "tanh", "cross_entropy", 2, "elementwise", checkpoint=True),
+    Case(2, 3, (1, 3, 1), "tanh", "gaussian_nll", 3, "per_step_scalar", weighted=True),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)
+def test_gradcheck_second_order(case):
+    params, lr, data = case.inputs(seed=5)
+    n = len(params)
+
+    def fn(*tensors):
+        a = lr if isinstance(lr, float) else list(tensors[n:])
+        query_loss, adapted = run(ops.mlp_maml, case, list(tensors[:n]), a, data)
+        return (query_loss, *adapted)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves([*params, *lr_list(lr)])))
+
+
+@requires_extension
+def test_backward_is_not_differentiable_twice():
+    """A penalty on the meta-gradient must raise, not silently drop its second-order term."""
+    case = CASES[1]
+    params, lr, data = case.inputs()
+    p = leaves(params)
+    query_loss, _ = run(ops.mlp_maml, case, p, lr, data)
+    grads = torch.autograd.grad(query_loss.sum(), p, create_graph=True)
+    penalty = sum((g**2).sum() for g in grads) + sum((t**2).sum() for t in p)
+    with pytest.raises(RuntimeError, match="not itself differentiable"):
+        torch.autograd.grad(penalty, p)
+
+
+@requires_extension
+def test_registered_backward_is_not_differentiable_twice():
+    """Direct torch.ops users get the registered formula, whose own backward raises."""
+    case = CASES[1]
+    params, lr, data = case.inputs()
+    p, a = leaves(params), leaves(lr)
+    query_loss, *_ = torch.ops.maml_ext.mlp_maml(
+        p, a, 0.0, False, data["x_support"], data["y_support"], None, data["x_query"],
+        data["y_query"], None, case.steps, case.activation, case.loss, False, 1, True,
+    )
+    grads = torch.autograd.grad(query_loss.sum(), p, create_graph=True)
+    with pytest.raises(RuntimeError, match="not itself differentiable"):
+        torch.autograd.grad(sum(g.sum() for g in grads), p)
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[5]], ids=str)
+def test_no_grad_call_builds_no_graph(case):
+    params, lr, data = case.inputs(seed=6)
+    with_grad = run(ops.mlp_maml, case, leaves(params), lr, data)
+    with torch.no_grad():
+        query_loss, adapted = run(ops.mlp_maml, case, leaves(params), lr, data)
+    for t in (query_loss, *adapted):
+        assert not t.requires_grad and t.grad_fn is None
+    assert_rel(query_loss, with_grad[0], what="query loss")
+    assert_rel(adapted, with_grad[1], what="adapted")
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[8]], ids=str)
+def test_float32(case):
+    params, lr, data = case.inputs(seed=7)
+    cot = cotangents(case, params)
+    as32 = {k: v if v.dtype == torch.int64 else v.float() for k, v in data.items()}
+    lr32 = lr if isinstance(lr, float) else [a.float() for a in lr]
+    got = meta_gradients(ops.mlp_maml, case, [p.float() for p in params], lr32, as32,
+                         (cot[0].float(), [u.float() for u in cot[1]]))
+    expected = meta_gradients(reference.mlp_maml, case, params, lr, data, cot)
+    assert got[0].dtype == torch.float32
+    for g, e, what in zip(got, expected, ("query loss", "adapted", "meta-gradients")):
+        g = [g] if torch.is_tensor(g) else g
+        e = [e] if torch.is_tensor(e) else e
+        assert_rel([t.double() for t in g], e, tol=1e-4, what=what)
