@@ -160,3 +160,12 @@ def test_no_graph_without_requires_grad():
     params, x, y, v, w = CASES[1].inputs()
     loss, grads, hvps = ops.mlp_hvp(params, x, y, v, **CASES[1].kwargs(w))
     assert not any(t.requires_grad for t in (loss, *grads, *hvps))
+
+
+def test_no_grad_mode_builds_no_graph():
+    case = CASES[4]
+    params, x, y, v, w = case.inputs()
+    with torch.no_grad():
+        loss, grads, hvps = ops.mlp_hvp(leaves(params), x, y, leaves(v), **case.kwargs(w))
+    assert not any(t.requires_grad for t in (loss, *grads, *hvps))
+    assert_rel(hvps, reference.mlp_hvp(params, x, y, v, **case.kwargs(w))[2], what="hvps")
