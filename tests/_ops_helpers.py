@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from maml_ext import ops
+from maml_ext import _extension, ops
 
 # Relative error allowed between the fused ops and their references (norm-wise, per tensor).
 TOL = {torch.float64: 1e-9, torch.float32: 2e-5}
@@ -17,6 +17,11 @@ TOL = {torch.float64: 1e-9, torch.float32: 2e-5}
 requires_extension = pytest.mark.skipif(
     not ops.extension_available(), reason="the compiled maml_ext kernels are not loaded"
 )
+
+
+def cuda_usable() -> bool:
+    """A CUDA device is present and the compiled extension has CUDA kernels."""
+    return torch.cuda.is_available() and _extension.C is not None and bool(_extension.C.with_cuda)
 
 
 def rel_err(actual: Tensor, expected: Tensor) -> float:

@@ -1,12 +1,6 @@
 import pytest
-import torch
 
-from maml_ext import _extension
-
-
-def cuda_usable() -> bool:
-    """A CUDA device is present and the compiled extension has CUDA kernels."""
-    return torch.cuda.is_available() and _extension.C is not None and bool(_extension.C.with_cuda)
+from _ops_helpers import cuda_usable
 
 
 def pytest_collection_modifyitems(config, items):
