@@ -8,6 +8,15 @@ from _ops_helpers import gen, leaves, like, mlp_batch, mlp_params, randn, requir
 
 pytestmark = requires_extension
 
+# test_aot_dispatch_dynamic traces with AOTAutograd (seconds per call): run it on the first variant
+# of each operator, the cheaper checks on every variant.
+CHEAP = ("test_schema", "test_autograd_registration", "test_faketensor")
+ALL = (*CHEAP, "test_aot_dispatch_dynamic")
+
+
+def opcheck(op, args, variant, variants):
+    torch.library.opcheck(op, args, test_utils=ALL if variant == variants[0] else CHEAP)
+
 
 def maml_args(loss="gaussian_nll", lr_kind="elementwise", steps=3, every=2, save=True):
     """Positional arguments of torch.ops.maml_ext.mlp_maml (small MLP, 2 tasks)."""
@@ -32,7 +41,10 @@ def maml_args(loss="gaussian_nll", lr_kind="elementwise", steps=3, every=2, save
             xs, ys, ws, xq, yq, wq, steps, "tanh", loss, False, every, save]
 
 
-@pytest.mark.parametrize("lr_kind", ["float", "scalar", "elementwise", "per_step"])
+UPDATE_VARIANTS = ["per_step", "float", "scalar", "elementwise"]
+
+
+@pytest.mark.parametrize("lr_kind", UPDATE_VARIANTS)
 def test_inner_update(lr_kind):
     g = gen(1)
     params = [randn(g, 3, 2), randn(g, 3), randn(g)]
@@ -46,8 +58,8 @@ def test_inner_update(lr_kind):
         lrs, lr = [randn(g, *p.shape).abs() for p in params], 0.0
     else:
         lrs, lr, step = [randn(g, 2, *p.shape).abs() for p in params], 0.0, 1
-    torch.library.opcheck(torch.ops.maml_ext.inner_update.default,
-                          (leaves(params), leaves(grads), leaves(lrs), lr, step))
+    opcheck(torch.ops.maml_ext.inner_update.default,
+            (leaves(params), leaves(grads), leaves(lrs), lr, step), lr_kind, UPDATE_VARIANTS)
 
 
 def test_inner_update_in_place():
@@ -57,32 +69,41 @@ def test_inner_update_in_place():
                           (params, like(g, params), [randn(g).abs() for _ in params], 0.0, -1))
 
 
-@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "gaussian_nll"])
+LOSSES = ["gaussian_nll", "mse", "cross_entropy"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
 def test_mlp_hvp(loss):
     g = gen(3)
     widths = (2, 3, 3)
     params = mlp_params(g, widths, loss, tasks=2)
     x, y = mlp_batch(g, widths, loss, 2, 4)
     weight = randn(g, 2, 4) if loss == "gaussian_nll" else None
-    torch.library.opcheck(torch.ops.maml_ext.mlp_hvp.default,
-                          (leaves(params), x, y, leaves(like(g, params)), weight, "relu", loss))
+    opcheck(torch.ops.maml_ext.mlp_hvp.default,
+            (leaves(params), x, y, leaves(like(g, params)), weight, "relu", loss), loss, LOSSES)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [dict(), dict(lr_kind="float", loss="mse"), dict(lr_kind="scalar", loss="mse"),
-     dict(lr_kind="per_step", loss="cross_entropy"), dict(save=False)],
-    ids=["elementwise", "float", "scalar", "per_step", "no_save"],
-)
-def test_mlp_maml(kwargs):
-    torch.library.opcheck(torch.ops.maml_ext.mlp_maml.default, tuple(maml_args(**kwargs)))
+MAML_VARIANTS = {
+    "elementwise": dict(),
+    "float": dict(lr_kind="float", loss="mse"),
+    "scalar": dict(lr_kind="scalar", loss="mse"),
+    "per_step": dict(lr_kind="per_step", loss="cross_entropy"),
+    "no_save": dict(save=False),
+}
 
 
-@pytest.mark.parametrize(
-    "lr_kind, first_order",
-    [("float", False), ("scalar", False), ("elementwise", False), ("elementwise", True), ("per_step", False)],
-    ids=["float-SO", "scalar-SO", "elementwise-SO", "elementwise-FO", "per_step-SO"],
-)
+@pytest.mark.parametrize("variant", list(MAML_VARIANTS))
+def test_mlp_maml(variant):
+    args = tuple(maml_args(**MAML_VARIANTS[variant]))
+    opcheck(torch.ops.maml_ext.mlp_maml.default, args, variant, list(MAML_VARIANTS))
+
+
+BACKWARD_VARIANTS = [("elementwise", False), ("elementwise", True), ("float", False), ("scalar", False),
+                     ("per_step", False)]
+
+
+@pytest.mark.parametrize("lr_kind, first_order", BACKWARD_VARIANTS,
+                         ids=[f"{k}-{'FO' if fo else 'SO'}" for k, fo in BACKWARD_VARIANTS])
 def test_mlp_maml_backward(lr_kind, first_order):
     args = maml_args(lr_kind=lr_kind)
     params, lrs = [p.detach() for p in args[0]], [a.detach() for a in args[1]]
@@ -90,8 +111,9 @@ def test_mlp_maml_backward(lr_kind, first_order):
     _, adapted, checkpoints, query_grad = torch.ops.maml_ext.mlp_maml(*args)
     g = gen(4)
     (_, _, lr, per_step, xs, ys, ws, _, _, _, steps, activation, loss, _, every, _) = args
-    torch.library.opcheck(
+    opcheck(
         torch.ops.maml_ext.mlp_maml_backward.default,
         (randn(g, 2), like(g, adapted), params, lrs, lr, per_step, xs, ys, ws, checkpoints,
          query_grad, steps, activation, loss, first_order, every, True),
+        (lr_kind, first_order), BACKWARD_VARIANTS,
     )
