@@ -196,7 +196,8 @@ std::vector<at::Tensor> reduce_lr_grads(const at::Tensor& flat, at::TensorList l
     at::Tensor g = flat.narrow(1, off, n);
     const int64_t rows = flat.size(0);
     if (lrs[i].numel() == rows && n != 1) g = g.sum(1, /*keepdim=*/true);
-    out.push_back(g.reshape(lrs[i].sizes()).contiguous());
+    at::Tensor r = g.reshape(lrs[i].sizes());
+    out.push_back(r.is_alias_of(flat) ? r.clone() : r);  // outputs must not alias each other
     off += n;
   }
   return out;

@@ -121,6 +121,70 @@ inline void gemm(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int
   gemm_cols<T, kVectorBytes>(M, N, Kd, A, a_rs, a_cs, B, N, C, N, accumulate);
 }
 
+// Horizontal sums of four vectors at once: two levels of pairwise shuffle-adds leave one vector
+// whose lanes hold partial sums of the four, then a short scalar fold. Much cheaper than four
+// separate lane-by-lane reductions, which dominated the dot-product GEMM below.
+template <typename T>
+struct IntOf;
+template <>
+struct IntOf<float> {
+  using type = int32_t;
+};
+template <>
+struct IntOf<double> {
+  using type = int64_t;
+};
+
+template <typename T>
+struct Reduce4 {
+  static constexpr int L = Vec<T, kVectorBytes>::lanes;
+  static constexpr int kBlock = L / 4;  // lanes per input after the two pairwise levels
+  typedef T V __attribute__((vector_size(kVectorBytes)));
+  typedef typename IntOf<T>::type I __attribute__((vector_size(kVectorBytes)));
+  I lo[2], hi[2];
+  I fold[4];     // lane ^ m for m = kBlock/2, ..., 1: sums each block into its first lane
+  int owner[4];  // which input the q-th block of the final vector belongs to
+
+  Reduce4() {
+    int ids[4][L];
+    for (int n = 0; n < 4; ++n)
+      for (int l = 0; l < L; ++l) ids[n][l] = n;
+    int count = 4;
+    for (int level = 0; level < 2; ++level) {
+      const int s = L >> (level + 1);
+      int next[2][L];
+      for (int l = 0; l < L; ++l) {
+        const int b = l / s, o = l % s, blk = 2 * (b / 2);
+        lo[level][l] = (b % 2) * L + blk * s + o;
+        hi[level][l] = (b % 2) * L + (blk + 1) * s + o;
+        for (int p = 0; p < count / 2; ++p) next[p][l] = ids[2 * p + b % 2][blk * s + o];
+      }
+      count /= 2;
+      for (int p = 0; p < count; ++p)
+        for (int l = 0; l < L; ++l) ids[p][l] = next[p][l];
+    }
+    int f = 0;
+    for (int m = kBlock / 2; m >= 1; m /= 2, ++f)
+      for (int l = 0; l < L; ++l) fold[f][l] = l ^ m;
+    for (int q = 0; q < 4; ++q) owner[q] = ids[0][q * kBlock];
+  }
+
+  void operator()(const V* a, T* sums) const {
+    const V c0 = __builtin_shuffle(a[0], a[1], lo[0]) + __builtin_shuffle(a[0], a[1], hi[0]);
+    const V c1 = __builtin_shuffle(a[2], a[3], lo[0]) + __builtin_shuffle(a[2], a[3], hi[0]);
+    V d = __builtin_shuffle(c0, c1, lo[1]) + __builtin_shuffle(c0, c1, hi[1]);
+    int f = 0;
+    for (int m = kBlock / 2; m >= 1; m /= 2, ++f) d += __builtin_shuffle(d, fold[f]);
+    for (int q = 0; q < 4; ++q) sums[owner[q]] += d[q * kBlock];
+  }
+};
+
+template <typename T>
+const Reduce4<T>& reduce4() {
+  static const Reduce4<T> r;
+  return r;
+}
+
 // C[M,N] (+)= A[M,Kd] B[N,Kd]^T, row-major: dot products along the contiguous k of both, so
 // the forward z = h W^T needs no transposed copy of W. MR x NJ accumulators stay in registers.
 template <typename T, int MR, int NJ>
@@ -140,13 +204,20 @@ inline void gemm_nt_tile(int64_t Kd, const T* __restrict A, int64_t lda, const T
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NJ; ++j) acc[i][j] += a[i] * b[j];
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NJ; ++j) {
-      T r = accumulate ? C[i * ldc + j] : T(0);
-      for (int l = 0; l < L; ++l) r += acc[i][j][l];
-      for (int64_t kk = k; kk < Kd; ++kk) r += A[i * lda + kk] * B[j * ldb + kk];
-      C[i * ldc + j] = r;
+  for (int i = 0; i < MR; ++i) {
+    T sums[NJ];
+    for (int j = 0; j < NJ; ++j) sums[j] = accumulate ? C[i * ldc + j] : T(0);
+    if constexpr (NJ == 4 && L >= 4) {
+      reduce4<T>()(acc[i], sums);
+    } else {
+      for (int j = 0; j < NJ; ++j)
+        for (int l = 0; l < L; ++l) sums[j] += acc[i][j][l];
     }
+    for (int j = 0; j < NJ; ++j) {
+      for (int64_t kk = k; kk < Kd; ++kk) sums[j] += A[i * lda + kk] * B[j * ldb + kk];
+      C[i * ldc + j] = sums[j];
+    }
+  }
 }
 
 template <typename T, int MR>
@@ -167,11 +238,14 @@ inline void gemm_nt_rows(int64_t N, int64_t Kd, const T* A, int64_t lda, const T
 template <typename T>
 inline void gemm_nt_dot(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C,
                         bool accumulate) {
-  constexpr int MR = 4;
+  // MR x 4 accumulators plus the MR + 4 loaded vectors must fit the register file (32 vector
+  // registers with AVX-512, 16 otherwise); more rows per tile means fewer passes over B.
+  constexpr int MR = kVectorBytes == 64 ? 5 : 2;
   int64_t i = 0;
   for (; i + MR <= M; i += MR)
     gemm_nt_rows<T, MR>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate);
   switch (M - i) {
+    case 4: gemm_nt_rows<T, 4>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
     case 3: gemm_nt_rows<T, 3>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
     case 2: gemm_nt_rows<T, 2>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
     case 1: gemm_nt_rows<T, 1>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
@@ -191,13 +265,37 @@ inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T*
   gemm(M, N, Kd, A, 1, M, B, C, accumulate);
 }
 
+// B x B blocks transposed in registers (B = lanes of a 16-byte vector: 4 floats, 2 doubles),
+// the ragged edges element by element.
+template <typename T>
+inline void transpose_block(const T* A, int64_t lda, T* At, int64_t ldat) {
+  typedef typename IntOf<T>::type I16 __attribute__((vector_size(16)));
+  using V = typename Vec<T, 16>::type;
+  using U = typename Vec<T, 16>::unaligned;
+  if constexpr (Vec<T, 16>::lanes == 4) {
+    const V r0 = *reinterpret_cast<const U*>(A), r1 = *reinterpret_cast<const U*>(A + lda);
+    const V r2 = *reinterpret_cast<const U*>(A + 2 * lda), r3 = *reinterpret_cast<const U*>(A + 3 * lda);
+    const V t0 = __builtin_shuffle(r0, r1, I16{0, 4, 1, 5}), t1 = __builtin_shuffle(r0, r1, I16{2, 6, 3, 7});
+    const V t2 = __builtin_shuffle(r2, r3, I16{0, 4, 1, 5}), t3 = __builtin_shuffle(r2, r3, I16{2, 6, 3, 7});
+    *reinterpret_cast<U*>(At) = __builtin_shuffle(t0, t2, I16{0, 1, 4, 5});
+    *reinterpret_cast<U*>(At + ldat) = __builtin_shuffle(t0, t2, I16{2, 3, 6, 7});
+    *reinterpret_cast<U*>(At + 2 * ldat) = __builtin_shuffle(t1, t3, I16{0, 1, 4, 5});
+    *reinterpret_cast<U*>(At + 3 * ldat) = __builtin_shuffle(t1, t3, I16{2, 3, 6, 7});
+  } else {
+    const V r0 = *reinterpret_cast<const U*>(A), r1 = *reinterpret_cast<const U*>(A + lda);
+    *reinterpret_cast<U*>(At) = __builtin_shuffle(r0, r1, I16{0, 2});
+    *reinterpret_cast<U*>(At + ldat) = __builtin_shuffle(r0, r1, I16{1, 3});
+  }
+}
+
 template <typename T>
 inline void transpose(int64_t rows, int64_t cols, const T* __restrict A, T* __restrict At) {
-  constexpr int64_t kBlock = 16;  // keeps the strided writes of a block within a few cache lines
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
-    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
-      for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r)
-        for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c) At[c * rows + r] = A[r * cols + c];
+  constexpr int64_t B = Vec<T, 16>::lanes;
+  const int64_t rb = rows - rows % B, cb = cols - cols % B;
+  for (int64_t r = 0; r < rb; r += B)
+    for (int64_t c = 0; c < cb; c += B) transpose_block(A + r * cols + c, cols, At + c * rows + r, rows);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = (r < rb ? cb : 0); c < cols; ++c) At[c * rows + r] = A[r * cols + c];
 }
 
 // C[M,N] (+)= A[M,Kd] B[N,Kd]^T. Long rows: dot products (no copy of B). Short rows, where
@@ -205,7 +303,7 @@ inline void transpose(int64_t rows, int64_t cols, const T* __restrict A, T* __re
 template <typename T>
 inline void gemm_nt(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate,
                     T* scratch) {
-  if (Kd >= 4 * Vec<T, kVectorBytes>::lanes) {
+  if (Kd * static_cast<int64_t>(sizeof(T)) >= 512) {
     gemm_nt_dot(M, N, Kd, A, B, C, accumulate);
   } else {
     transpose(N, Kd, B, scratch);
