@@ -3,7 +3,7 @@
     maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--resume]
         (then evaluates and plots the run, unless --no-eval)
     maml-ext eval runs/sinusoid [--set eval.num_tasks=600 ...]
-    maml-ext plot runs/sinusoid
+    maml-ext plot runs/sinusoid [--compare runs/other ...]
     maml-ext list
 """
 
@@ -48,11 +48,19 @@ def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> N
     print(f"results: {path}")
 
 
-def _plot(run: loop.Run, cfg: config.Config, out: Path) -> None:
+def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] = ()) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
-    results_path = out / evaluate.RESULTS
-    if results_path.exists():
-        made.append(plots.adaptation_curve(json.loads(results_path.read_text()), out / "adaptation.png"))
+    runs = {}
+    for directory in (out, *map(Path, compare)):
+        path = directory / evaluate.RESULTS
+        if path.exists():
+            runs[cfg["algorithm"]["name"] if directory == out else directory.name] = json.loads(path.read_text())
+        elif directory != out:
+            raise config.ConfigError(f"--compare {directory}: no {evaluate.RESULTS} (run `maml-ext eval` on it)")
+    if runs:
+        if len(runs) == 1:
+            runs = {"": next(iter(runs.values()))}
+        made.append(plots.adaptation_curve(runs, out / "adaptation.png"))
     if hasattr(run.family, "curve") and run.family.in_features == 1:
         for shots in cfg["eval"]["shots"]:
             made.append(plots.sinusoid_fits(run, cfg, out / f"fits_{shots}shot.png", shots=shots))
@@ -66,7 +74,7 @@ def _eval_command(args: argparse.Namespace) -> None:
 
 def _plot_command(args: argparse.Namespace) -> None:
     run, cfg, _ = _restored(args)
-    _plot(run, cfg, Path(args.run))
+    _plot(run, cfg, Path(args.run), args.compare)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -98,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
         e.add_argument("run", help="run directory (holding checkpoint.pt)")
         e.add_argument("--set", **overrides)
         e.set_defaults(func=func)
+    e.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other evaluated runs to draw in adaptation.png")
 
     sub.add_parser("list", help="list models, tasks, algorithms and packaged configs").set_defaults(func=_list)
     return p

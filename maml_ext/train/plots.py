@@ -34,15 +34,20 @@ def learning_curve(metrics: Path, out: Path) -> Path:
     return out
 
 
-def adaptation_curve(results: dict[str, Any], out: Path) -> Path:
+def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
+    """Query loss vs test-time steps (paper Fig. 3), one curve per run label and shot count."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for shots, r in results["shots"].items():
-        steps = range(len(r["mean"]))
-        ax.errorbar(steps, r["mean"], yerr=r["ci95"], capsize=2, label=f"{shots}-shot")
-    ax.set(xlabel="gradient steps at test", ylabel="query loss (mean ± 95% CI)",
-           title=f"{results['num_tasks']} held-out tasks")
-    ax.legend()
+    for label, results in runs.items():
+        for shots, r in results["shots"].items():
+            steps = range(len(r["mean"]))
+            name = f"{label}, {shots}-shot" if label else f"{shots}-shot"
+            ax.errorbar(steps, r["mean"], yerr=r["ci95"], capsize=2, label=name)
+    num_tasks = next(iter(runs.values()))["num_tasks"]
+    # Log scale: a few diverging tasks can push a mean up by orders of magnitude.
+    ax.set(xlabel="gradient steps at test", ylabel="query loss (mean ± 95% CI)", yscale="log",
+           title=f"{num_tasks} held-out tasks")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
