@@ -157,6 +157,12 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     assert cli.main(["plot", str(out)]) == 0
     for png in ("learning_curve.png", "adaptation.png", "fits_5shot.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = tmp_path / "pretrained"
+    assert cli.main(["train", "sinusoid", "--out", str(other), "--quiet", "--set", "algorithm.name=pretrain", *sets]) == 0
+    (out / "adaptation.png").unlink()
+    assert cli.main(["plot", str(out), "--compare", str(other)]) == 0
+    assert (out / "adaptation.png").is_file()
+    assert cli.main(["plot", str(out), "--compare", str(tmp_path / "nothing")]) == 2
 
 
 def test_cli_errors_are_reported_not_raised(tmp_path, capsys):
