@@ -62,6 +62,9 @@ class MetaLearner(nn.Module, ABC):
         loss: "mse" or "cross_entropy" (per task, mean over the K examples).
         adapt: names (or name prefixes) of the parameters adapted in the inner loop; None adapts all.
         per_step_bn: per-inner-step BatchNorm running statistics (MAML++).
+        task_batched: run the model's own ``forward_tasks(params, x)`` (per-task parameters
+            ``[T, ...]``, inputs ``[T, N, ...]``; e.g. conv4's grouped convolutions) instead of
+            ``vmap``; None: whenever the model has one and ``per_step_bn`` is off.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class MetaLearner(nn.Module, ABC):
         loss: str = "mse",
         adapt: Sequence[str] | None = None,
         per_step_bn: bool = False,
+        task_batched: bool | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -93,6 +97,11 @@ class MetaLearner(nn.Module, ABC):
                 self.register_buffer(f"bn_var_{i}", bn.running_var.detach().repeat(steps + 1, 1))
         else:
             torch.func.replace_all_batch_norm_modules_(model)
+        forward_tasks = getattr(model, "forward_tasks", None)
+        if task_batched and (not callable(forward_tasks) or per_step_bn):
+            raise ValueError("task_batched=True needs a model with forward_tasks(params, x) and per_step_bn off")
+        use = callable(forward_tasks) and task_batched is not False and not per_step_bn
+        self.forward_tasks = forward_tasks if use else None
         self.lr = float(lr)
         self.steps = int(steps)
         self.loss = loss
@@ -144,6 +153,11 @@ class MetaLearner(nn.Module, ABC):
         self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], step: int, batched: bool, x: Tensor
     ) -> Tensor:
         """The model vmapped over the task dimension (``adapted`` per task when ``batched``)."""
+        if self.forward_tasks is not None:
+            tasks = x.shape[0]
+            params = {n: p.expand(tasks, *p.shape) for n, p in frozen.items()}
+            params.update(adapted if batched else {n: p.expand(tasks, *p.shape) for n, p in adapted.items()})
+            return self.forward_tasks(params, x)
         buffers, buffer_dim = self._step_buffers(step, x.shape[0])
         dims = 0 if batched else None
         out = vmap(self._call, in_dims=(dims, None, buffer_dim, 0))(adapted, frozen, buffers, x)
@@ -213,10 +227,22 @@ class MetaLearner(nn.Module, ABC):
         return self.meta_loss(batch, iteration)
 
     @torch.no_grad()
+    def evaluate_metrics(self, batch: TaskBatch, steps: int, lr: float | None = None) -> dict[str, Tensor]:
+        """Query metrics ``[steps + 1, T]`` after 0..steps adaptation steps on the support sets:
+        "loss", plus "accuracy" for classification (cross_entropy)."""
+
+        def metrics(params: Params) -> dict[str, Tensor]:
+            out = self.predict(params, batch.x_query)
+            found = {"loss": task_loss(out, batch.y_query, self.loss)}
+            if self.loss == "cross_entropy":
+                found["accuracy"] = (out.argmax(-1) == batch.y_query).float().mean(1)
+            return found
+
+        rows = [metrics(self.init_params())]
+        for params in self.inner_loop(batch.x_support, batch.y_support, steps, first_order=True, lr=lr):
+            rows.append(metrics(params))
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
     def evaluate(self, batch: TaskBatch, steps: int, lr: float | None = None) -> Tensor:
         """Query losses ``[steps + 1, T]`` after 0..steps adaptation steps on the support sets."""
-        params = self.init_params()
-        out = [self.losses(params, batch.x_query, batch.y_query)]
-        for params in self.inner_loop(batch.x_support, batch.y_support, steps, first_order=True, lr=lr):
-            out.append(self.losses(params, batch.x_query, batch.y_query))
-        return torch.stack(out)
+        return self.evaluate_metrics(batch, steps, lr)["loss"]
