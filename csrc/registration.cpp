@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "mlp/mlp_engine.h"
 
 TORCH_LIBRARY(maml_ext, m) {
@@ -16,21 +18,29 @@ TORCH_LIBRARY(maml_ext, m) {
 
   /* From csrc/mlp */
   // Per-task loss, gradient and Hessian-vector product of an MLP with per-task parameters.
-  m.def(
-      "mlp_hvp(Tensor[] params, Tensor x, Tensor y, Tensor[] direction, Tensor? sample_weight, "
-      "str activation, str loss) -> (Tensor, Tensor[], Tensor[])");
+  const std::string hvp =
+      "(Tensor[] params, Tensor x, Tensor y, Tensor[] direction, Tensor? sample_weight, "
+      "str activation, str loss) -> (Tensor, Tensor[], Tensor[])";
   // The whole inner loop: returns (query_loss [T], adapted params, checkpoints, query_grad);
   // the last two are saved for mlp_maml_backward.
-  m.def(
-      "mlp_maml(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "
+  const std::string maml =
+      "(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "
       "Tensor y_support, Tensor? w_support, Tensor x_query, Tensor y_query, Tensor? w_query, "
       "int steps, str activation, str loss, bool first_order, int checkpoint_every, "
-      "bool save_for_backward) -> (Tensor, Tensor[], Tensor, Tensor)");
-  m.def(
-      "mlp_maml_backward(Tensor grad_loss, Tensor[] grad_adapted, Tensor[] params, Tensor[] lrs, "
-      "float lr, bool per_step, Tensor x_support, Tensor y_support, Tensor? w_support, "
-      "Tensor checkpoints, Tensor query_grad, int steps, str activation, str loss, "
-      "bool first_order, int checkpoint_every, bool need_lr_grad) -> (Tensor[], Tensor[])");
+      "bool save_for_backward) -> (Tensor, Tensor[], Tensor, Tensor)";
+  const std::string maml_backward =
+      "(Tensor grad_loss, Tensor[] grad_adapted, Tensor[] params, Tensor[] lrs, float lr, "
+      "bool per_step, Tensor x_support, Tensor y_support, Tensor? w_support, Tensor checkpoints, "
+      "Tensor query_grad, int steps, str activation, str loss, bool first_order, "
+      "int checkpoint_every, bool need_lr_grad) -> (Tensor[], Tensor[])";
+  m.def(("mlp_hvp" + hvp).c_str());
+  m.def(("mlp_maml" + maml).c_str());
+  m.def(("mlp_maml_backward" + maml_backward).c_str());
+  // The batched (bmm over tasks) implementation that CUDA uses, callable on any device so that
+  // it is tested on CPU-only machines too (csrc/mlp/mlp_batched.cpp).
+  m.def(("_mlp_hvp_batched" + hvp).c_str());
+  m.def(("_mlp_maml_batched" + maml).c_str());
+  m.def(("_mlp_maml_backward_batched" + maml_backward).c_str());
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 #include <string>
 #include <vector>
@@ -35,5 +36,38 @@ at::Tensor expand_lrs(at::TensorList lrs, double lr, bool per_step, int64_t step
 // Inverse of expand_lrs for gradients: reduce [A, P] back to the shapes of `lrs`.
 std::vector<at::Tensor> reduce_lr_grads(const at::Tensor& flat, at::TensorList lrs,
                                         at::TensorList params);
+
+struct HvpInputs {
+  Layout layout;
+  int64_t tasks;
+  at::Tensor theta, direction, x, y;  // theta, direction packed [T, P]
+  std::optional<at::Tensor> weight;
+};
+
+// Checks every input of mlp_hvp and packs params and direction.
+HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tensor& y,
+                      at::TensorList direction, const std::optional<at::Tensor>& sample_weight,
+                      c10::string_view activation, c10::string_view loss);
+
+struct MamlInputs {
+  Layout layout;
+  int64_t tasks;
+  at::Tensor theta0, alpha, xs, ys, xq, yq;
+  std::optional<at::Tensor> ws, wq;
+};
+
+// Checks every input of mlp_maml / mlp_maml_backward (query tensors may be null) and packs them.
+MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bool per_step,
+                        const at::Tensor& x_support, const at::Tensor& y_support,
+                        const std::optional<at::Tensor>& w_support, const at::Tensor* x_query,
+                        const at::Tensor* y_query, const std::optional<at::Tensor>& w_query,
+                        int64_t steps, c10::string_view activation, c10::string_view loss,
+                        int64_t checkpoint_every);
+
+std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t);
+// Class labels within [0, classes) (cross-entropy only).
+void check_labels(const Layout& L, const at::Tensor& y, const char* what);
+// Learning rates finite and >= 0.
+void check_lrs(at::TensorList lrs, double lr);
 
 }  // namespace maml_ext::mlp

@@ -31,56 +31,15 @@ Batch<T> make_batch(const at::Tensor& x, const at::Tensor& y, const std::optiona
   return b;
 }
 
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->contiguous();
-}
-
-void check_labels(const Layout& L, const at::Tensor& y, const char* what) {
-  if (L.loss != Loss::CrossEntropy || y.numel() == 0) return;
-  const int64_t classes = L.dim[L.layers];
-  const auto lo = y.min().item<int64_t>();
-  const auto hi = y.max().item<int64_t>();
-  TORCH_CHECK_VALUE(lo >= 0 && hi < classes, what, " y: class labels must lie in [0, ", classes,
-                    "), got values in [", lo, ", ", hi, "]");
-}
-
-void check_lrs(at::TensorList lrs, double lr) {
-  TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, "lr: expected a finite value >= 0, got ", lr);
-  for (size_t i = 0; i < lrs.size(); ++i) {
-    const at::Tensor a = lrs[i].contiguous();
-    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "check_lrs", [&] {
-      const scalar_t* p = a.const_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < a.numel(); ++j)
-        TORCH_CHECK_VALUE(std::isfinite(p[j]) && p[j] >= 0, "lrs[", i,
-                          "]: learning rates must be finite and >= 0, got ", p[j]);
-    });
-  }
-}
-
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_hvp_cpu(
     at::TensorList params, const at::Tensor& x, const at::Tensor& y, at::TensorList direction,
     const std::optional<at::Tensor>& sample_weight, c10::string_view activation,
     c10::string_view loss) {
-  TORCH_CHECK_VALUE(x.dim() == 3, "x: expected [T, K, in], got shape ", x.sizes());
-  const int64_t tasks = x.size(0);
-  const Layout L = layout_from_params(params, true, tasks, std::string(activation),
-                                      std::string(loss));
-  check_batch(L, "support", x, y, sample_weight, tasks, params[0]);
-  check_labels(L, y, "support");
-  TORCH_CHECK_VALUE(direction.size() == params.size(), "direction: expected ", params.size(),
-                    " tensors like params, got ", direction.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK_VALUE(direction[i].sizes() == params[i].sizes(), "direction[", i,
-                      "]: expected shape ", params[i].sizes(), ", got ", direction[i].sizes());
-    TORCH_CHECK_TYPE(direction[i].scalar_type() == params[i].scalar_type() &&
-                         direction[i].device() == params[i].device(),
-                     "direction[", i, "]: expected dtype/device of params[", i, "]");
-  }
-  const at::Tensor theta = pack(params, true);
-  const at::Tensor v = pack(direction, true);
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
-  const auto wc = contiguous(sample_weight);
+  const HvpInputs in = prepare_hvp(params, x, y, direction, sample_weight, activation, loss);
+  const Layout& L = in.layout;
+  const int64_t tasks = in.tasks;
+  const at::Tensor &theta = in.theta, &v = in.direction, &xc = in.x, &yc = in.y;
+  const auto& wc = in.weight;
   at::Tensor loss_out = at::empty({tasks}, theta.options());
   at::Tensor grad = at::empty_like(theta);
   at::Tensor hv = at::empty_like(theta);
@@ -96,44 +55,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_hvp
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   });
   return {loss_out, unpack(grad, params, true, tasks), unpack(hv, params, true, tasks)};
-}
-
-struct MamlInputs {
-  Layout layout;
-  int64_t tasks;
-  at::Tensor theta0, alpha, xs, ys, xq, yq;
-  std::optional<at::Tensor> ws, wq;
-};
-
-MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bool per_step,
-                        const at::Tensor& x_support, const at::Tensor& y_support,
-                        const std::optional<at::Tensor>& w_support, const at::Tensor* x_query,
-                        const at::Tensor* y_query, const std::optional<at::Tensor>& w_query,
-                        int64_t steps, c10::string_view activation, c10::string_view loss,
-                        int64_t checkpoint_every) {
-  TORCH_CHECK_VALUE(steps >= 1, "steps: expected >= 1, got ", steps);
-  TORCH_CHECK_VALUE(checkpoint_every >= 1, "checkpoint_every: expected >= 1, got ", checkpoint_every);
-  TORCH_CHECK_VALUE(x_support.dim() == 3, "x_support: expected [T, K, in], got shape ",
-                    x_support.sizes());
-  MamlInputs in;
-  in.tasks = x_support.size(0);
-  in.layout = layout_from_params(params, false, in.tasks, std::string(activation), std::string(loss));
-  check_batch(in.layout, "support", x_support, y_support, w_support, in.tasks, params[0]);
-  check_labels(in.layout, y_support, "support");
-  if (x_query) {
-    check_batch(in.layout, "query", *x_query, *y_query, w_query, in.tasks, params[0]);
-    check_labels(in.layout, *y_query, "query");
-    in.xq = x_query->contiguous();
-    in.yq = y_query->contiguous();
-    in.wq = contiguous(w_query);
-  }
-  in.theta0 = pack(params, false);
-  in.alpha = expand_lrs(lrs, lr, per_step, steps, params, in.theta0);
-  check_lrs(lrs, lr);
-  in.xs = x_support.contiguous();
-  in.ys = y_support.contiguous();
-  in.ws = contiguous(w_support);
-  return in;
 }
 
 template <typename T>

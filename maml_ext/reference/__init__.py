@@ -123,13 +123,14 @@ def mlp_hvp(
             raise ValueError(f"direction[{i}]: expected shape {tuple(p.shape)}, got {tuple(v.shape)}")
         _checks.check_same_dtype(f"direction[{i}]", v, p)
         _checks.check_same_device(f"direction[{i}]", v, p)
+    leaves, tracked = _leaves(params)
+    steered = torch.is_grad_enabled() and any(d.requires_grad for d in direction)
     with torch.enable_grad():
-        leaves, tracked = _leaves(params)
         losses = mlp_task_losses(leaves, mlp_forward(leaves, x, activation, loss), y, loss, sample_weight)
         grads = torch.autograd.grad(losses.sum(), leaves, create_graph=True)
-        hvps = torch.autograd.grad(grads, leaves, grad_outputs=list(direction), create_graph=tracked)
+        hvps = torch.autograd.grad(grads, leaves, grad_outputs=list(direction), create_graph=tracked or steered)
     if not tracked:
-        return losses.detach(), [g.detach() for g in grads], [h.detach() for h in hvps]
+        return losses.detach(), [g.detach() for g in grads], [h if steered else h.detach() for h in hvps]
     return losses, list(grads), list(hvps)
 
 
@@ -169,8 +170,8 @@ def mlp_maml(
     lrs, lr_value = split_lr(lr)
     _checks.check_lr_values("lr", lr_value)
     _checks.check_lrs_for_params(lrs, params, per_step_lr, steps)
+    leaves, tracked = _leaves(params)
     with torch.enable_grad():
-        leaves, tracked = _leaves(params)
         theta = [p.unsqueeze(0).expand(tasks, *p.shape) for p in leaves]
         for step in range(steps):
             out = mlp_forward(theta, x_support, activation, loss)
@@ -179,7 +180,7 @@ def mlp_maml(
             theta = inner_update(theta, grads, lr, step if per_step_lr else None)
         query_out = mlp_forward(theta, x_query, activation, loss)
         query_loss = mlp_task_losses(theta, query_out, y_query, loss, w_query)
-    if not (tracked or any(isinstance(a, Tensor) and a.requires_grad for a in lrs)):
+    if not (tracked or (torch.is_grad_enabled() and any(a.requires_grad for a in lrs))):
         return query_loss.detach(), [t.detach() for t in theta]
     return query_loss, theta
 
