@@ -37,17 +37,19 @@ def learning_curve(metrics: Path, out: Path) -> Path:
 def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
     """Query loss vs test-time steps (paper Fig. 3), one curve per run label and shot count."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     for label, results in runs.items():
         for shots, r in results["shots"].items():
             steps = range(len(r["mean"]))
             name = f"{label}, {shots}-shot" if label else f"{shots}-shot"
             ax.errorbar(steps, r["mean"], yerr=r["ci95"], capsize=2, label=name)
     num_tasks = next(iter(runs.values()))["num_tasks"]
-    # Log scale: a few diverging tasks can push a mean up by orders of magnitude.
-    ax.set(xlabel="gradient steps at test", ylabel="query loss (mean ± 95% CI)", yscale="log",
+    # Capped at the pre-adaptation loss: a mean blown up by a few diverging tasks leaves the
+    # frame instead of flattening every other curve.
+    top = 1.2 * max(r["mean"][0] for results in runs.values() for r in results["shots"].values())
+    ax.set(xlabel="gradient steps at test", ylabel="query loss (mean ± 95% CI)", ylim=(0, top),
            title=f"{num_tasks} held-out tasks")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
