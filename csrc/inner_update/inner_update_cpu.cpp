@@ -60,25 +60,11 @@ void apply(at::TensorList params, at::TensorList grads, at::TensorList lrs, doub
   }
 }
 
-std::vector<at::Tensor> inner_update_cpu(at::TensorList params, at::TensorList grads,
-                                         at::TensorList lrs, double lr, int64_t step) {
-  std::vector<at::Tensor> outs;
-  outs.reserve(grads.size());
-  for (const auto& g : grads) outs.push_back(at::empty(g.sizes(), g.options()));
-  apply(params, grads, lrs, lr, step, outs, false);
-  return outs;
-}
-
-void inner_update_inplace_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs,
-                              double lr, int64_t step) {
-  apply(params, grads, lrs, lr, step, params, true);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(maml_ext, CPU, m) {
-  m.impl("inner_update", &inner_update_cpu);
-  m.impl("inner_update_", &inner_update_inplace_cpu);
+  m.impl("inner_update", &functional<apply>);
+  m.impl("inner_update_", &in_place<apply>);
 }
 
 }  // namespace maml_ext::inner_update

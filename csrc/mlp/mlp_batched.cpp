@@ -209,13 +209,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward(
                                      nullptr, nullptr, std::nullopt, steps, activation, loss,
                                      checkpoint_every);
   const int64_t T = in.tasks, P = in.layout.numel;
-  TORCH_CHECK_VALUE(query_grad.dim() == 2 && query_grad.size(0) == T && query_grad.size(1) == P,
-                    "query_grad: expected [", T, ", ", P, "] saved by mlp_maml, got ",
-                    query_grad.sizes());
-  TORCH_CHECK_VALUE(checkpoints.dim() == 3 &&
-                        checkpoints.size(0) == num_checkpoints(steps, checkpoint_every),
-                    "checkpoints: expected the tensor saved by mlp_maml with the same steps and "
-                    "checkpoint_every, got shape ", checkpoints.sizes());
+  check_saved(checkpoints, query_grad, T, P, steps, checkpoint_every);
   const bool lr_grad = need_lr_grad && !lrs.empty();
   at::Tensor v = grad_loss.to(in.theta0.scalar_type()).reshape({T, 1}) * query_grad;
   if (!grad_adapted.empty()) v = v + pack(grad_adapted, true);

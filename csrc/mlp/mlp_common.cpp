@@ -296,4 +296,15 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
   return in;
 }
 
+void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
+                 int64_t numel, int64_t steps, int64_t checkpoint_every) {
+  TORCH_CHECK_VALUE(query_grad.dim() == 2 && query_grad.size(0) == tasks && query_grad.size(1) == numel,
+                    "query_grad: expected [", tasks, ", ", numel, "] saved by mlp_maml, got ",
+                    query_grad.sizes());
+  TORCH_CHECK_VALUE(checkpoints.dim() == 3 &&
+                        checkpoints.size(0) == num_checkpoints(steps, checkpoint_every),
+                    "checkpoints: expected the tensor saved by mlp_maml with the same steps and "
+                    "checkpoint_every, got shape ", checkpoints.sizes());
+}
+
 }  // namespace maml_ext::mlp

@@ -67,6 +67,9 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t);
 // Class labels within [0, classes) (cross-entropy only).
 void check_labels(const Layout& L, const at::Tensor& y, const char* what);
+// The tensors mlp_maml saved for its backward match the call (tasks, numel, steps, interval).
+void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
+                 int64_t numel, int64_t steps, int64_t checkpoint_every);
 // Learning rates finite and >= 0.
 void check_lrs(at::TensorList lrs, double lr);
 
