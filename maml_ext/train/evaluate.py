@@ -29,10 +29,16 @@ def held_out(run: Run, shots: int, cfg: Config) -> TaskBatch:
 
 
 def _mean_ci(values: torch.Tensor) -> dict[str, list[float]]:
-    """Mean and 95% CI half-width (1.96·std/√n) over tasks (dim 1), per adaptation step."""
+    """Mean, 95% CI half-width (1.96·std/√n) and median over tasks (dim 1), per adaptation step.
+
+    The median is robust to the rare task whose repeated steps diverge and dominate the mean."""
     n = values.shape[1]
     std = values.std(dim=1) if n > 1 else torch.zeros(values.shape[0], dtype=values.dtype)
-    return {"mean": values.mean(dim=1).tolist(), "ci95": (1.96 * std / math.sqrt(n)).tolist()}
+    return {
+        "mean": values.mean(dim=1).tolist(),
+        "ci95": (1.96 * std / math.sqrt(n)).tolist(),
+        "median": values.nanmedian(dim=1).values.tolist(),
+    }
 
 
 def evaluate(run: Run, cfg: Config) -> dict[str, Any]:
