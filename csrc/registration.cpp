@@ -33,14 +33,23 @@ TORCH_LIBRARY(maml_ext, m) {
       "bool per_step, Tensor x_support, Tensor y_support, Tensor? w_support, Tensor checkpoints, "
       "Tensor query_grad, int steps, str activation, str loss, bool first_order, "
       "int checkpoint_every, bool need_lr_grad) -> (Tensor[], Tensor[])";
+  // Query losses and the meta-gradient of sum_t loss_weight[t] * query_loss[t] in one call (no
+  // autograd graph): returns (query_loss [T], grads w.r.t. params, grads w.r.t. lrs).
+  const std::string maml_grad =
+      "(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "
+      "Tensor y_support, Tensor? w_support, Tensor x_query, Tensor y_query, Tensor? w_query, "
+      "int steps, str activation, str loss, bool first_order, Tensor loss_weight) "
+      "-> (Tensor, Tensor[], Tensor[])";
   m.def(("mlp_hvp" + hvp).c_str());
   m.def(("mlp_maml" + maml).c_str());
   m.def(("mlp_maml_backward" + maml_backward).c_str());
+  m.def(("mlp_maml_grad" + maml_grad).c_str());
   // The batched (bmm over tasks) implementation that CUDA uses, callable on any device so that
   // it is tested on CPU-only machines too (csrc/mlp/mlp_batched.cpp).
   m.def(("_mlp_hvp_batched" + hvp).c_str());
   m.def(("_mlp_maml_batched" + maml).c_str());
   m.def(("_mlp_maml_backward_batched" + maml_backward).c_str());
+  m.def(("_mlp_maml_grad_batched" + maml_grad).c_str());
 }
 
 PYBIND11_MODULE(_C, m) {

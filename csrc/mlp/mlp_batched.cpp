@@ -241,12 +241,29 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward(
   return {unpack(v.sum(0), params, false, T), lr_grads};
 }
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_grad(
+    at::TensorList params, at::TensorList lrs, double lr, bool per_step, const at::Tensor& x_support,
+    const at::Tensor& y_support, const std::optional<at::Tensor>& w_support,
+    const at::Tensor& x_query, const at::Tensor& y_query, const std::optional<at::Tensor>& w_query,
+    int64_t steps, c10::string_view activation, c10::string_view loss, bool first_order,
+    const at::Tensor& loss_weight) {
+  check_loss_weight(loss_weight, params[0], x_support.size(0));
+  auto [query_loss, adapted, checkpoints, query_grad] =
+      mlp_maml(params, lrs, lr, per_step, x_support, y_support, w_support, x_query, y_query,
+               w_query, steps, activation, loss, first_order, 1, true);
+  auto [grads, lr_grads] = mlp_maml_backward(loss_weight, {}, params, lrs, lr, per_step, x_support,
+                                             y_support, w_support, checkpoints, query_grad, steps,
+                                             activation, loss, first_order, 1, !lrs.empty());
+  return {query_loss, grads, lr_grads};
+}
+
 // The private twins, available on every device (the CPU test suite checks them against the
 // reference; on CUDA the public ops use these functions directly, see mlp_cuda.cu).
 TORCH_LIBRARY_IMPL(maml_ext, CompositeExplicitAutograd, m) {
   m.impl("_mlp_hvp_batched", &mlp_hvp);
   m.impl("_mlp_maml_batched", &mlp_maml);
   m.impl("_mlp_maml_backward_batched", &mlp_maml_backward);
+  m.impl("_mlp_maml_grad_batched", &mlp_maml_grad);
 }
 
 }  // namespace maml_ext::mlp::batched

@@ -33,4 +33,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward(
     c10::string_view activation, c10::string_view loss, bool first_order, int64_t checkpoint_every,
     bool need_lr_grad);
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_grad(
+    at::TensorList params, at::TensorList lrs, double lr, bool per_step, const at::Tensor& x_support,
+    const at::Tensor& y_support, const std::optional<at::Tensor>& w_support,
+    const at::Tensor& x_query, const at::Tensor& y_query, const std::optional<at::Tensor>& w_query,
+    int64_t steps, c10::string_view activation, c10::string_view loss, bool first_order,
+    const at::Tensor& loss_weight);
+
 }  // namespace maml_ext::mlp::batched

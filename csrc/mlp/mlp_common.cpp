@@ -307,4 +307,13 @@ void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, in
                     "checkpoint_every, got shape ", checkpoints.sizes());
 }
 
+void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks) {
+  TORCH_CHECK(loss_weight.device() == like.device(), "loss_weight: expected device ", like.device(),
+              ", got ", loss_weight.device());
+  TORCH_CHECK_TYPE(loss_weight.scalar_type() == like.scalar_type(), "loss_weight: expected dtype ",
+                   like.scalar_type(), ", got ", loss_weight.scalar_type());
+  TORCH_CHECK_VALUE(loss_weight.dim() == 1 && loss_weight.size(0) == tasks,
+                    "loss_weight: expected [T=", tasks, "], got shape ", loss_weight.sizes());
+}
+
 }  // namespace maml_ext::mlp

@@ -70,6 +70,8 @@ void check_labels(const Layout& L, const at::Tensor& y, const char* what);
 // The tensors mlp_maml saved for its backward match the call (tasks, numel, steps, interval).
 void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
                  int64_t numel, int64_t steps, int64_t checkpoint_every);
+// The per-task weights of the query losses in mlp_maml_grad: [T], like the parameters.
+void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks);
 // Learning rates finite and >= 0.
 void check_lrs(at::TensorList lrs, double lr);
 

@@ -141,12 +141,44 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_c
   return {unpack(grad_theta.sum(0), params, false, T), lr_grads};
 }
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_grad_cpu(
+    at::TensorList params, at::TensorList lrs, double lr, bool per_step, const at::Tensor& x_support,
+    const at::Tensor& y_support, const std::optional<at::Tensor>& w_support,
+    const at::Tensor& x_query, const at::Tensor& y_query, const std::optional<at::Tensor>& w_query,
+    int64_t steps, c10::string_view activation, c10::string_view loss, bool first_order,
+    const at::Tensor& loss_weight) {
+  const MamlInputs in = prepare_maml(params, lrs, lr, per_step, x_support, y_support, w_support,
+                                     &x_query, &y_query, w_query, steps, activation, loss, 1);
+  const int64_t T = in.tasks, P = in.layout.numel;
+  check_loss_weight(loss_weight, in.theta0, T);
+  const at::Tensor weight = loss_weight.contiguous();
+  at::Tensor query_loss = at::empty({T}, in.theta0.options());
+  at::Tensor grad_theta = at::empty({T, P}, in.theta0.options());
+  const int64_t threads = at::get_num_threads();
+  at::Tensor grad_alpha =
+      lrs.empty() ? at::Tensor() : at::zeros({threads, in.alpha.size(0), P}, in.theta0.options());
+  AT_DISPATCH_FLOATING_TYPES(in.theta0.scalar_type(), "mlp_maml_grad_cpu", [&] {
+    auto a = maml_args<scalar_t>(in, steps, 1);
+    a.query_loss = query_loss.data_ptr<scalar_t>();
+    a.grad_loss = weight.data_ptr<scalar_t>();
+    a.first_order = first_order;
+    a.grad_theta = grad_theta.data_ptr<scalar_t>();
+    a.grad_alpha = grad_alpha.defined() ? grad_alpha.data_ptr<scalar_t>() : nullptr;
+    const auto fn = engine<scalar_t>().maml_grad_tasks;
+    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1, at::get_thread_num()); });
+  });
+  std::vector<at::Tensor> lr_grads;
+  if (grad_alpha.defined()) lr_grads = reduce_lr_grads(grad_alpha.sum(0), lrs, params);
+  return {query_loss, unpack(grad_theta.sum(0), params, false, T), lr_grads};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(maml_ext, CPU, m) {
   m.impl("mlp_hvp", &mlp_hvp_cpu);
   m.impl("mlp_maml", &mlp_maml_cpu);
   m.impl("mlp_maml_backward", &mlp_maml_backward_cpu);
+  m.impl("mlp_maml_grad", &mlp_maml_grad_cpu);
 }
 
 }  // namespace maml_ext::mlp

@@ -9,4 +9,5 @@ TORCH_LIBRARY_IMPL(maml_ext, CUDA, m) {
   m.impl("mlp_hvp", &maml_ext::mlp::batched::mlp_hvp);
   m.impl("mlp_maml", &maml_ext::mlp::batched::mlp_maml);
   m.impl("mlp_maml_backward", &maml_ext::mlp::batched::mlp_maml_backward);
+  m.impl("mlp_maml_grad", &maml_ext::mlp::batched::mlp_maml_grad);
 }

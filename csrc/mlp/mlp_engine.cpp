@@ -350,6 +350,8 @@ class Net {
     scratch_ = off;
     off += L_.max_width() * L_.max_width();
     buf_.assign(off, T(0));
+    for (int l = 1; l <= n; ++l) state_width_ += 3 * L_.dim[l];
+    state_width_ += L_.dim[n];
   }
 
   // Forward pass at parameters `th` on k examples x [k, d0].
@@ -563,6 +565,16 @@ class Net {
   }
 
  public:
+  // What hvp() needs from the forward/loss/backward passes at one set of parameters: saved after
+  // each inner step so that the reverse walk need not recompute it.
+  int64_t state_size(int64_t k) const { return k * state_width_; }
+  void save_state(T* dst) const { copy_state(const_cast<Net*>(this)->buf_.data(), dst, true); }
+  void load_state(const T* src, const T* x, int64_t k) {
+    k_ = k;
+    x_ = x;
+    copy_state(buf_.data(), const_cast<T*>(src), false);
+  }
+
   // The R-op of the loss needs the same targets/weights as loss(); remembered per task.
   void bind(const Batch<T>& b, int64_t task) {
     const int64_t D = L_.dim[L_.layers];
@@ -571,7 +583,23 @@ class Net {
   }
 
  private:
+  void copy_state(T* buf, T* state, bool save) const {
+    auto move = [&](int64_t off, int64_t count) {
+      if (save) std::memcpy(state, buf + off, sizeof(T) * count);
+      else std::memcpy(buf + off, state, sizeof(T) * count);
+      state += count;
+    };
+    const int n = L_.layers;
+    for (int l = 1; l <= n; ++l) {
+      move(h_[l], k_ * L_.dim[l]);
+      move(dh_[l], k_ * L_.dim[l]);
+      move(delta_[l], k_ * L_.dim[l]);
+    }
+    move(probs_, k_ * L_.dim[n]);
+  }
+
   const Layout& L_;
+  int64_t state_width_ = 0;
   int64_t kmax_;
   int64_t k_ = 0;
   const T* x_ = nullptr;
@@ -700,10 +728,62 @@ void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t t
   }
 }
 
+// Query loss and meta-gradient in one pass per task: the forward keeps every theta_k and the
+// hvp() state of every step in per-thread buffers, so the reverse walk recomputes nothing and
+// memory is O(threads * S * P) rather than O(T * S * P).
+template <typename T>
+void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread) {
+  const Layout& L = *a.layout;
+  const int64_t P = L.numel, d0 = L.dim[0], ks = a.support.k, kq = a.query.k;
+  Net<T> net(L, std::max(ks, kq));
+  T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
+  const bool walk = !a.first_order || grad_alpha;
+  const int64_t ss = net.state_size(ks);
+  std::vector<T> u(P), hv(P), thetas(a.steps * P), states(walk ? a.steps * ss : 0);
+  std::vector<T> grads(grad_alpha ? a.steps * P : P);  // g_k of every step when lr grads are due
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* x = a.support.x + t * ks * d0;
+    const T* cur = a.theta0;
+    net.bind(a.support, t);
+    for (int64_t s = 0; s < a.steps; ++s) {
+      T* g = grads.data() + (grad_alpha ? s * P : 0);
+      net.forward(cur, x, ks);
+      net.loss(cur, a.support, t, g);
+      if (walk) net.save_state(states.data() + s * ss);
+      T* dst = thetas.data() + s * P;
+      sgd_step(cur, alpha_row(a, s), g, dst, P);
+      cur = dst;
+    }
+    T* v = a.grad_theta + t * P;
+    net.bind(a.query, t);
+    net.forward(cur, a.query.x + t * kq * d0, kq);
+    a.query_loss[t] = net.loss(cur, a.query, t, v);
+    for (int64_t p = 0; p < P; ++p) v[p] *= a.grad_loss[t];
+    if (!walk) continue;
+    net.bind(a.support, t);
+    for (int64_t s = a.steps - 1; s >= 0; --s) {
+      const T* th = s == 0 ? a.theta0 : thetas.data() + (s - 1) * P;
+      net.load_state(states.data() + s * ss, x, ks);
+      if (grad_alpha) {
+        const T* g = grads.data() + s * P;
+        T* ga = grad_alpha + (a.alpha_rows > 1 ? s * P : 0);
+        for (int64_t p = 0; p < P; ++p) ga[p] -= g[p] * v[p];
+      }
+      if (!a.first_order) {
+        const T* alpha = alpha_row(a, s);
+        for (int64_t p = 0; p < P; ++p) u[p] = alpha[p] * v[p];
+        net.hvp(th, u.data(), hv.data());
+        for (int64_t p = 0; p < P; ++p) v[p] -= hv[p];
+      }
+    }
+  }
+}
+
 #define MAML_EXT_INSTANTIATE(T)                                                        \
   template void hvp_tasks<T>(const HvpArgs<T>&, int64_t, int64_t);                     \
   template void maml_forward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t);           \
-  template void maml_backward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);
+  template void maml_backward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);  \
+  template void maml_grad_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);
 MAML_EXT_INSTANTIATE(float)
 MAML_EXT_INSTANTIATE(double)
 #undef MAML_EXT_INSTANTIATE

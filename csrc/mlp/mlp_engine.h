@@ -15,6 +15,8 @@ namespace maml_ext::mlp {
   void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1);              \
   template <typename T>                                                               \
   void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread); \
+  template <typename T>                                                               \
+  void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread); \
   }
 
 MAML_EXT_DECLARE_ENGINE(DEFAULT)
@@ -27,6 +29,7 @@ struct Engine {
   void (*hvp_tasks)(const HvpArgs<T>&, int64_t, int64_t);
   void (*maml_forward_tasks)(const MamlArgs<T>&, int64_t, int64_t);
   void (*maml_backward_tasks)(const MamlArgs<T>&, int64_t, int64_t, int64_t);
+  void (*maml_grad_tasks)(const MamlArgs<T>&, int64_t, int64_t, int64_t);
 };
 
 // The engine compiled for the best capability this CPU has (or the one forced by

@@ -180,6 +180,13 @@ def _mlp_maml_backward_fake(grad_loss, grad_adapted, params, lrs, lr, per_step, 
     return [torch.empty_like(p) for p in params], lr_grads
 
 
+@torch.library.register_fake(_LIB + "mlp_maml_grad")
+def _mlp_maml_grad_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
+                        first_order, loss_weight):
+    return (params[0].new_empty(xs.shape[0]), [torch.empty_like(p) for p in params],
+            [torch.empty_like(a) for a in lrs])
+
+
 def _not_differentiable(ctx, *grads):
     raise RuntimeError(
         "maml_ext.ops.mlp_maml: its backward (the exact meta-gradient) is not itself "

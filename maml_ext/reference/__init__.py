@@ -16,7 +16,15 @@ from torch import Tensor
 
 from maml_ext.reference import _checks
 
-__all__ = ["inner_update", "inner_update_", "mlp_forward", "mlp_task_losses", "mlp_hvp", "mlp_maml"]
+__all__ = [
+    "inner_update",
+    "inner_update_",
+    "mlp_forward",
+    "mlp_task_losses",
+    "mlp_hvp",
+    "mlp_maml",
+    "mlp_maml_grad",
+]
 
 LearningRate = float | Sequence[Tensor]
 
@@ -183,6 +191,40 @@ def mlp_maml(
     if not (tracked or (torch.is_grad_enabled() and any(a.requires_grad for a in lrs))):
         return query_loss.detach(), [t.detach() for t in theta]
     return query_loss, theta
+
+
+def mlp_maml_grad(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    loss_weight: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Query losses [T] and the meta-gradient of sum_t loss_weight[t] * query_loss[t] (default:
+    the mean over tasks) w.r.t. ``params`` and the lr tensors, without returning a graph."""
+    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+    weight = _checks.loss_weight(loss_weight, params[0], tasks)
+    lrs, _ = split_lr(lr)
+    with torch.enable_grad():
+        p = [t.detach().requires_grad_() for t in params]
+        a = [t.detach().requires_grad_() for t in lrs]
+        query_loss, _ = mlp_maml(
+            p, x_support, y_support, x_query, y_query, lr=a if lrs else lr, steps=steps,
+            per_step_lr=per_step_lr, activation=activation, loss=loss, first_order=first_order,
+            w_support=w_support, w_query=w_query,
+        )
+        grads = torch.autograd.grad((query_loss * weight).sum(), [*p, *a])
+    return query_loss.detach(), list(grads[: len(p)]), list(grads[len(p):])
 
 
 def checkpoint_every(checkpoint: bool | int, steps: int) -> int:

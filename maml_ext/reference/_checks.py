@@ -180,6 +180,17 @@ def check_batch(
             raise ValueError(f"{what} weight: expected [T={tasks}, K={k}], got shape {tuple(weight.shape)}")
 
 
+def loss_weight(weight: Tensor | None, like: Tensor, tasks: int) -> Tensor:
+    """The per-task weights of the query losses: the given [T] tensor, or 1/T (the mean)."""
+    if weight is None:
+        return like.new_full((tasks,), 1.0 / max(tasks, 1))
+    check_same_device("loss_weight", weight, like)
+    check_same_dtype("loss_weight", weight, like)
+    if weight.dim() != 1 or weight.shape[0] != tasks:
+        raise ValueError(f"loss_weight: expected [T={tasks}], got shape {tuple(weight.shape)}")
+    return weight
+
+
 def check_lrs_for_params(
     lrs: Sequence[Tensor], params: Sequence[Tensor], per_step: bool, steps: int
 ) -> None:
