@@ -1,7 +1,7 @@
 """``maml-ext``: train, evaluate and plot meta-learning runs from a TOML config.
 
-    maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--resume]
-        (then evaluates and plots the run, unless --no-eval)
+    maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--resume] [--nproc 2]
+        (then evaluates and plots the run, unless --no-eval; also runs under torchrun)
     maml-ext eval runs/sinusoid [--set eval.num_tasks=600 ...]
     maml-ext plot runs/sinusoid [--compare runs/other ...]
     maml-ext list
@@ -17,13 +17,25 @@ from pathlib import Path
 
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
-from maml_ext.train import checkpoint, config, evaluate, loop, plots
+from maml_ext.train import checkpoint, config, distributed, evaluate, loop, plots
+
+EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError)
 
 
 def _train(args: argparse.Namespace) -> None:
     cfg = config.load(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    ckpt = loop.train(cfg, out, resume=args.resume, progress=not args.quiet)
+    if args.nproc < 1:
+        raise config.ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1:
+        distributed.launch(args.nproc, loop.train, cfg, out, resume=args.resume, progress=not args.quiet,
+                           timeout=args.timeout, expected=EXPECTED_ERRORS)
+        ckpt = out / loop.CHECKPOINT
+    else:  # one process, or one rank of a torchrun job
+        with distributed.join(args.timeout) as shard:
+            ckpt = loop.train(cfg, out, resume=args.resume, progress=not args.quiet)
+        if not shard.is_main:
+            return
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
         run, iteration = loop.restore(ckpt)
@@ -96,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation and plots after training")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N local processes (torch.distributed); see also torchrun")
+    t.add_argument("--timeout", type=float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="how long a distributed rank waits for the others before failing (default %(default)g)")
     t.set_defaults(func=_train)
 
     for name, func, text in (
@@ -116,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError) as exc:
+    except EXPECTED_ERRORS as exc:
         print(f"maml-ext: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -15,7 +16,7 @@ from maml_ext import plugins
 from maml_ext.algorithms import MetaLearner, build_algorithm
 from maml_ext.tasks import TaskFamily
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, ConfigError, flatten
 from .progress import Progress
 
@@ -88,9 +89,30 @@ def _tensorboard(out_dir: Path) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the checkpoint path."""
+def _open_out_dir(cfg: Config, out_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The run directory's file work before training (rank 0 only): the checkpoint to resume from,
+    or None for a new run."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
+    state = None
+    if resume:
+        state = checkpoint.load(ckpt_path)
+        _check_resumable(state["config"], cfg)
+        _truncate_metrics(metrics_path, state["iteration"])
+    elif ckpt_path.exists():
+        raise checkpoint.CheckpointError(f"{ckpt_path} exists: pass --resume, or choose another output directory")
+    else:
+        metrics_path.write_text("")
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return state
+
+
+def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the checkpoint path.
+
+    Inside a torch.distributed process group every rank calls this: the ranks split each
+    meta-batch (see ``distributed``) and only rank 0 touches ``out_dir``."""
+    shard = distributed.current()
     ckpt_path = out_dir / CHECKPOINT
     metrics_path = out_dir / METRICS
     if cfg["train"]["threads"]:
@@ -100,34 +122,27 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     optimizer = torch.optim.Adam(learner.parameters(), lr=tcfg["meta_lr"])
     tasks = torch.Generator().manual_seed(cfg["seed"])
     start, window = 0, [0.0, 0]
-    if resume:
-        state = checkpoint.load(ckpt_path)
-        _check_resumable(state["config"], cfg)
+    state = shard.from_main(lambda: _open_out_dir(cfg, out_dir, resume))
+    if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], tasks)
         start, window = state["iteration"], list(state["window"])
-        _truncate_metrics(metrics_path, start)
-    elif ckpt_path.exists():
-        raise checkpoint.CheckpointError(f"{ckpt_path} exists: pass --resume, or choose another output directory")
-    else:
-        metrics_path.write_text("")
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    shard.prepare(learner, tcfg["meta_batch"])
 
-    bar = Progress(tcfg["iterations"], start) if progress else None
-    board = _tensorboard(out_dir)
+    main = shard.is_main
+    bar = Progress(tcfg["iterations"], start) if progress and main else None
+    board = _tensorboard(out_dir) if main else None
     t0, last = time.perf_counter(), float("nan")
-    with metrics_path.open("a") as metrics:
+    with metrics_path.open("a") if main else contextlib.nullcontext() as metrics:
         for it in range(start, tcfg["iterations"]):
             batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
-            loss = learner.meta_loss(batch, it)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            last = shard.backward(learner, batch, it)
             optimizer.step()
-            last = loss.detach().item()
             window = [window[0] + last, window[1] + 1]
             done = it + 1
-            if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
+            if main and (done % tcfg["log_every"] == 0 or done == tcfg["iterations"]):
                 elapsed = time.perf_counter() - t0
                 record = {"iteration": done, "loss": window[0] / window[1], "it_s": (done - start) / elapsed}
                 metrics.write(json.dumps(record) + "\n")
@@ -135,7 +150,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
                 if board is not None:
                     board.add_scalar("meta_loss", record["loss"], done)
                 window = [0.0, 0]
-            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
+            if main and (done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]):
                 state = {
                     "iteration": done, "config": cfg, "learner": learner.state_dict(),
                     "optimizer": optimizer.state_dict(), "rng": _rng_state(tasks), "window": window,

@@ -1,0 +1,248 @@
+"""Data-parallel meta-training on torch.distributed: each rank adapts its share of a meta-batch.
+
+Every rank samples the full meta-batch from the same seeded generator and keeps its contiguous
+slice of tasks, so N ranks see exactly the tasks a single process sees. The meta-gradient, the
+logged loss and any buffer updates (MAML++ per-step BatchNorm statistics) are all-reduced in one
+call, each rank's share weighted by its number of tasks: the result is the single-process mean
+over the meta-batch, and every rank applies the same optimizer step to the same parameters.
+
+Two ways in: ``torchrun`` (``join`` reads RANK/WORLD_SIZE/LOCAL_RANK and rendezvous from the
+environment) or ``launch(nproc, ...)`` (the CLI's ``--nproc``: local processes, ``file://``
+rendezvous over loopback). The training loop asks ``current()`` for its ``Shard``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from maml_ext.algorithms import MetaLearner
+from maml_ext.tasks import TaskBatch
+
+from .config import ConfigError
+
+DEFAULT_TIMEOUT = 300.0  # seconds a collective waits for a silent rank before failing
+GRACE = 10.0  # seconds the launcher lets the other ranks fail on their own after one dies
+
+T = TypeVar("T")
+
+
+class DistributedError(RuntimeError):
+    """A rank died, did not answer in time, or the job could not start."""
+
+
+def backend() -> str:
+    # One process group for both devices: gloo for CPU tensors, NCCL for CUDA ones when there are GPUs.
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
+class Shard:
+    """This process's place in the job (rank 0 of 1 without torch.distributed)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.rank, self.world, self.timeout = rank, world, timeout
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only one that writes checkpoints, metrics and plots."""
+        return self.rank == 0
+
+    def bounds(self, num_tasks: int) -> tuple[int, int]:
+        """This rank's contiguous slice of ``num_tasks`` tasks (sizes differ by at most one)."""
+        return self.rank * num_tasks // self.world, (self.rank + 1) * num_tasks // self.world
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and hand its result, or its exception, to every rank."""
+        if self.world == 1:
+            return fn()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = (True, fn())
+            except Exception as exc:  # re-raised on every rank, so none waits for the others
+                box[0] = (False, exc)
+        self._collective("broadcast from rank 0", lambda: dist.broadcast_object_list(box, src=0))
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def prepare(self, learner: nn.Module, meta_batch: int) -> None:
+        """Check every rank gets a task, and start all ranks from rank 0's parameters and buffers
+        (the same seed already gives the same ones; this also covers models initialised from other
+        random sources)."""
+        if meta_batch < self.world:
+            raise ConfigError(f"train.meta_batch ({meta_batch}) must be at least the number of processes ({self.world})")
+        if self.world == 1:
+            return
+        for tensor in (*learner.parameters(), *learner.buffers()):
+            self._collective("broadcast of the parameters", lambda t=tensor: dist.broadcast(t.data, src=0))
+
+    def backward(self, learner: MetaLearner, batch: TaskBatch, iteration: int) -> float:
+        """Meta-gradient of the whole ``batch`` into ``.grad`` on every rank; returns the meta-loss."""
+        if self.world == 1:
+            loss = learner.meta_loss(batch, iteration)
+            loss.backward()
+            return loss.detach().item()
+        start, stop = self.bounds(batch.num_tasks)
+        weight = (stop - start) / batch.num_tasks
+        buffers = [b for b in learner.buffers() if b.is_floating_point()]
+        before = [b.detach().clone() for b in buffers]
+        loss = learner.meta_loss(batch.slice(start, stop), iteration)
+        loss.backward()
+        grads = [p.grad for p in learner.parameters() if p.grad is not None]
+        # Buffers travel as deltas: unchanged ones stay bit-identical, updated ones get the task-weighted mean.
+        parts = [loss.detach().reshape(1), *(g.reshape(-1) for g in grads), *((b - b0).reshape(-1) for b, b0 in zip(buffers, before))]
+        flat = torch.cat(parts) * weight
+        self._collective(f"all_reduce at iteration {iteration}", lambda: dist.all_reduce(flat))
+        offset = 1
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        for b, b0 in zip(buffers, before):
+            b.copy_(b0 + flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+        return flat[0].item()
+
+    def _collective(self, what: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except RuntimeError as exc:  # gloo/NCCL errors: a peer closed its connection or timed out
+            raise DistributedError(
+                f"rank {self.rank}: {what} failed: another rank died or did not answer within "
+                f"{self.timeout:g} s ({str(exc).strip().splitlines()[0]})"
+            ) from exc
+
+
+_timeout = DEFAULT_TIMEOUT  # the one ``join`` gave the process group, for error messages
+
+
+def current() -> Shard:
+    """The shard of this process: from the initialised process group, else a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return Shard()
+    return Shard(dist.get_rank(), dist.get_world_size(), _timeout)
+
+
+@contextmanager
+def join(timeout: float = DEFAULT_TIMEOUT, init_method: str = "env://") -> Iterator[Shard]:
+    """Join the process group described by RANK, WORLD_SIZE and LOCAL_RANK (as torchrun sets them)
+    for the duration of the block; a plain process (no WORLD_SIZE > 1) stays a single shard."""
+    global _timeout
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or dist.is_initialized():
+        yield current()
+        return
+    rank = int(os.environ["RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        dist.init_process_group(backend(), init_method=init_method, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout))
+    except RuntimeError as exc:
+        raise DistributedError(f"rank {rank}: could not join the {world}-process group: {exc}") from exc
+    _timeout = timeout
+    try:
+        yield current()
+    finally:
+        dist.destroy_process_group()
+
+
+def _loopback() -> str:
+    return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
+
+
+def _rank_main(rank: int, nproc: int, init_method: str, timeout: float, threads: int,
+               expected: tuple[type[BaseException], ...], fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc))
+    # One machine: keep gloo's (and NCCL's bootstrap) sockets on the loopback interface.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback())
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", os.environ["GLOO_SOCKET_IFNAME"])
+    torch.set_num_threads(threads)
+    try:
+        with join(timeout, init_method):
+            fn(*args, **kwargs)
+    except (DistributedError, *expected) as exc:
+        print(f"maml-ext: rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except BaseException:
+        print(f"maml-ext: rank {rank} failed:", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def _describe(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"exited with code {exitcode}"
+
+
+def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFAULT_TIMEOUT,
+           expected: tuple[type[BaseException], ...] = (), **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` in ``nproc`` local processes joined in one process group.
+
+    The children are watched: when one fails, the others get ``GRACE`` seconds to stop on their own
+    (their collectives fail at once when a peer's connection closes) and are then terminated; the
+    raised ``DistributedError`` says how each failed rank ended. ``expected``
+    exception types are reported by a child as one line, others with their traceback. Each child
+    gets an equal share of the CPU threads (torch's default would oversubscribe the cores).
+    """
+    # forkserver: the interpreter that imports torch and maml_ext once and forks every rank from
+    # that clean, single-threaded state (a fresh interpreter per rank would import them again).
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["maml_ext.train.loop"])
+    else:
+        ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    with tempfile.TemporaryDirectory(prefix="maml_ext_rdzv_") as tmp:
+        init_method = (Path(tmp) / "rendezvous").as_uri()
+        procs = [
+            ctx.Process(target=_rank_main, name=f"maml-ext rank {r}",
+                        args=(r, nproc, init_method, timeout, threads, expected, fn, args, kwargs))
+            for r in range(nproc)
+        ]
+        for p in procs:
+            p.start()
+        failed, stopped = False, set()
+        try:
+            pending = {p.sentinel: r for r, p in enumerate(procs)}
+            deadline = None
+            while pending:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = wait(list(pending), timeout=left)
+                if not ready:
+                    break
+                for sentinel in ready:
+                    r = pending.pop(sentinel)
+                    procs[r].join()
+                    if procs[r].exitcode != 0 and not failed:
+                        failed, deadline = True, time.monotonic() + GRACE
+        finally:
+            for r, p in enumerate(procs):
+                if p.is_alive():
+                    stopped.add(r)
+                    p.terminate()
+                    p.join()
+    if failed:
+        fates = [f"rank {r} {_describe(p.exitcode)}" for r, p in enumerate(procs) if p.exitcode != 0 and r not in stopped]
+        fates += [f"rank {r} was stopped after {GRACE:g} s" for r in sorted(stopped)]
+        raise DistributedError("distributed training failed: " + ", ".join(fates))
