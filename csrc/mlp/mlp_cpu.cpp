@@ -16,6 +16,14 @@
 namespace maml_ext::mlp {
 namespace {
 
+// Tasks per thread chunk: small meta-batches of small nets run on one thread, since waking and
+// synchronising the thread pool costs more than their whole computation.
+int64_t task_grain(const Layout& L, int64_t examples, int64_t steps) {
+  constexpr int64_t kMinWorkPerChunk = 1 << 21;  // multiply-adds; about half a millisecond
+  const int64_t per_task = std::max<int64_t>(1, L.numel * examples * steps);
+  return std::max<int64_t>(1, kMinWorkPerChunk / per_task);
+}
+
 template <typename T>
 Batch<T> make_batch(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& w,
                     Loss loss) {
@@ -52,7 +60,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_hvp
                         grad.data_ptr<scalar_t>(),
                         hv.data_ptr<scalar_t>()};
     const auto fn = engine<scalar_t>().hvp_tasks;
-    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+    at::parallel_for(0, tasks, task_grain(L, in.x.size(1), 1),
+                     [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   });
   return {loss_out, unpack(grad, params, true, tasks), unpack(hv, params, true, tasks)};
 }
@@ -96,7 +105,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> mlp_maml
     a.checkpoints = checkpoints.numel() ? checkpoints.data_ptr<scalar_t>() : nullptr;
     a.query_grad = save_for_backward ? query_grad.data_ptr<scalar_t>() : nullptr;
     const auto fn = engine<scalar_t>().maml_forward_tasks;
-    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+    at::parallel_for(0, T, task_grain(in.layout, in.xs.size(1), steps),
+                     [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   });
   return {query_loss, unpack(adapted, params, false, T), checkpoints, query_grad};
 }
@@ -132,7 +142,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_c
     a.grad_theta = grad_theta.data_ptr<scalar_t>();
     a.grad_alpha = lr_grad ? grad_alpha.data_ptr<scalar_t>() : nullptr;
     const auto fn = engine<scalar_t>().maml_backward_tasks;
-    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, T, task_grain(in.layout, in.xs.size(1), steps), [&](int64_t t0, int64_t t1) {
       fn(a, t0, t1, at::get_thread_num());
     });
   });
@@ -165,7 +175,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_mam
     a.grad_theta = grad_theta.data_ptr<scalar_t>();
     a.grad_alpha = grad_alpha.defined() ? grad_alpha.data_ptr<scalar_t>() : nullptr;
     const auto fn = engine<scalar_t>().maml_grad_tasks;
-    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1, at::get_thread_num()); });
+    at::parallel_for(0, T, task_grain(in.layout, in.xs.size(1), steps),
+                     [&](int64_t t0, int64_t t1) { fn(a, t0, t1, at::get_thread_num()); });
   });
   std::vector<at::Tensor> lr_grads;
   if (grad_alpha.defined()) lr_grads = reduce_lr_grads(grad_alpha.sum(0), lrs, params);
