@@ -323,11 +323,21 @@ inline void broadcast_rows(int64_t rows, int64_t cols, const T* __restrict bias,
   for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, bias, sizeof(T) * cols);
 }
 
+// Workspace reused across calls on the same thread: reallocating (and page-faulting) megabytes
+// per call was a tenth of the run time for wide nets.
+template <typename T>
+T* thread_buffer(int slot, size_t count) {
+  thread_local std::vector<T> buffers[8];
+  std::vector<T>& b = buffers[slot];
+  if (b.size() < count) b.resize(count);
+  return b.data();
+}
+
 // Per-task workspace and the three passes. Buffers are sized for up to `kmax` examples.
 template <typename T>
 class Net {
  public:
-  Net(const Layout& layout, int64_t kmax) : L_(layout), kmax_(kmax) {
+  Net(const Layout& layout, int64_t kmax) : L_(layout) {
     const int n = L_.layers;
     int64_t off = 0;
     auto take = [&](std::vector<int64_t>& v, int64_t per_row) {
@@ -349,7 +359,7 @@ class Net {
     off += kmax * L_.max_width();
     scratch_ = off;
     off += L_.max_width() * L_.max_width();
-    buf_.assign(off, T(0));
+    buf_ = thread_buffer<T>(0, off);
     for (int l = 1; l <= n; ++l) state_width_ += 3 * L_.dim[l];
     state_width_ += L_.dim[n];
   }
@@ -396,7 +406,7 @@ class Net {
       }
       case Loss::CrossEntropy: {
         const int64_t* y = b.labels + task * k;
-        T* p = buf_.data() + probs_;
+        T* p = buf_ + probs_;
         for (int64_t i = 0; i < k; ++i) {
           const T wi = w ? w[i] : T(1);
           const T* zi = out + i * D;
@@ -465,7 +475,7 @@ class Net {
       if (l > 1) gemm_tn(dout, din, k, at(delta_, l), at(rh_, l - 1), hv + L_.w_off[l], true);
       column_sums(k, dout, rd, hv + L_.b_off[l]);
       if (l > 1) {
-        T* tmp = buf_.data() + tmp_;
+        T* tmp = buf_ + tmp_;
         gemm_nn(k, din, dout, rd, th + L_.w_off[l], tmp, false);
         gemm_nn(k, din, dout, at(delta_, l), v + L_.w_off[l], tmp, true);
         const T* h = at(h_, l - 1);
@@ -479,8 +489,8 @@ class Net {
   }
 
  private:
-  T* at(const std::vector<int64_t>& offsets, int l) { return buf_.data() + offsets[l]; }
-  T* scratch() { return buf_.data() + scratch_; }
+  T* at(const std::vector<int64_t>& offsets, int l) { return buf_ + offsets[l]; }
+  T* scratch() { return buf_ + scratch_; }
   const T* input(int l) { return l == 1 ? x_ : at(h_, l - 1); }
 
   void activate(T* z, int64_t count) const {
@@ -534,7 +544,7 @@ class Net {
         break;
       }
       case Loss::CrossEntropy: {
-        const T* p = buf_.data() + probs_;
+        const T* p = buf_ + probs_;
         for (int64_t i = 0; i < k; ++i) {
           const T wi = w ? w[i] : T(1);
           T dot = 0;
@@ -568,11 +578,11 @@ class Net {
   // What hvp() needs from the forward/loss/backward passes at one set of parameters: saved after
   // each inner step so that the reverse walk need not recompute it.
   int64_t state_size(int64_t k) const { return k * state_width_; }
-  void save_state(T* dst) const { copy_state(const_cast<Net*>(this)->buf_.data(), dst, true); }
+  void save_state(T* dst) const { copy_state(buf_, dst, true); }
   void load_state(const T* src, const T* x, int64_t k) {
     k_ = k;
     x_ = x;
-    copy_state(buf_.data(), const_cast<T*>(src), false);
+    copy_state(buf_, const_cast<T*>(src), false);
   }
 
   // The R-op of the loss needs the same targets/weights as loss(); remembered per task.
@@ -600,14 +610,13 @@ class Net {
 
   const Layout& L_;
   int64_t state_width_ = 0;
-  int64_t kmax_;
   int64_t k_ = 0;
   const T* x_ = nullptr;
   const T* batch_weight_ = nullptr;
   const T* batch_target_ = nullptr;
   std::vector<int64_t> h_, dh_, delta_, rz_, rh_, rdelta_;
   int64_t probs_ = 0, tmp_ = 0, scratch_ = 0;
-  std::vector<T> buf_;
+  T* buf_;
 };
 
 }  // namespace
@@ -652,22 +661,24 @@ void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1) {
   const int64_t P = L.numel, d0 = L.dim[0];
   const int64_t ks = a.support.k, kq = a.query.k;
   Net<T> net(L, std::max(ks, kq));
-  std::vector<T> g(P), ping(P), pong(P);
+  T* g = thread_buffer<T>(1, P);
+  T* ping = thread_buffer<T>(2, P);
+  T* pong = thread_buffer<T>(3, P);
   for (int64_t t = t0; t < t1; ++t) {
     const T* cur = a.theta0;
     net.bind(a.support, t);
     for (int64_t s = 0; s < a.steps; ++s) {
       net.forward(cur, a.support.x + t * ks * d0, ks);
-      net.loss(cur, a.support, t, g.data());
+      net.loss(cur, a.support, t, g);
       T* dst;
       if (s + 1 == a.steps) {
         dst = a.adapted + t * P;
       } else if (a.checkpoints && (s + 1) % a.checkpoint_every == 0) {
         dst = checkpoint(a, s + 1, t);
       } else {
-        dst = (s % 2 == 0) ? ping.data() : pong.data();
+        dst = (s % 2 == 0) ? ping : pong;
       }
-      sgd_step(cur, alpha_row(a, s), g.data(), dst, P);
+      sgd_step(cur, alpha_row(a, s), g, dst, P);
       cur = dst;
     }
     net.bind(a.query, t);
@@ -683,7 +694,10 @@ void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t t
   const int64_t every = a.checkpoint_every;
   const int64_t segments = (a.steps + every - 1) / every;
   Net<T> net(L, ks);
-  std::vector<T> g(P), u(P), hv(P), segment(std::max<int64_t>(every - 1, 0) * P);
+  T* g = thread_buffer<T>(1, P);
+  T* u = thread_buffer<T>(2, P);
+  T* hv = thread_buffer<T>(3, P);
+  T* segment = thread_buffer<T>(4, std::max<int64_t>(every - 1, 0) * P);
   T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
   const bool walk = !a.first_order || grad_alpha;
   for (int64_t t = t0; t < t1; ++t) {
@@ -703,15 +717,15 @@ void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t t
       const T* cur = base;
       for (int64_t s = s0; s + 1 < end; ++s) {
         net.forward(cur, x, ks);
-        net.loss(cur, a.support, t, g.data());
-        T* dst = segment.data() + (s - s0) * P;
-        sgd_step(cur, alpha_row(a, s), g.data(), dst, P);
+        net.loss(cur, a.support, t, g);
+        T* dst = segment + (s - s0) * P;
+        sgd_step(cur, alpha_row(a, s), g, dst, P);
         cur = dst;
       }
       for (int64_t s = end - 1; s >= s0; --s) {
-        const T* th = s == s0 ? base : segment.data() + (s - s0 - 1) * P;
+        const T* th = s == s0 ? base : segment + (s - s0 - 1) * P;
         net.forward(th, x, ks);
-        net.loss(th, a.support, t, g.data());
+        net.loss(th, a.support, t, g);
         const T* alpha = alpha_row(a, s);
         if (grad_alpha) {
           T* ga = grad_alpha + (a.alpha_rows > 1 ? s * P : 0);
@@ -720,7 +734,7 @@ void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t t
         if (!a.first_order) {
           // d theta_{s+1} / d theta_s = I - diag(alpha) H, so v <- v - H (alpha * v).
           for (int64_t p = 0; p < P; ++p) u[p] = alpha[p] * v[p];
-          net.hvp(th, u.data(), hv.data());
+          net.hvp(th, u, hv);
           for (int64_t p = 0; p < P; ++p) v[p] -= hv[p];
         }
       }
@@ -739,18 +753,21 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
   T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
   const bool walk = !a.first_order || grad_alpha;
   const int64_t ss = net.state_size(ks);
-  std::vector<T> u(P), hv(P), thetas(a.steps * P), states(walk ? a.steps * ss : 0);
-  std::vector<T> grads(grad_alpha ? a.steps * P : P);  // g_k of every step when lr grads are due
+  T* u = thread_buffer<T>(1, P);
+  T* hv = thread_buffer<T>(2, P);
+  T* thetas = thread_buffer<T>(3, a.steps * P);
+  T* states = thread_buffer<T>(4, walk ? a.steps * ss : 0);
+  T* grads = thread_buffer<T>(5, grad_alpha ? a.steps * P : P);  // g_k of each step for lr grads
   for (int64_t t = t0; t < t1; ++t) {
     const T* x = a.support.x + t * ks * d0;
     const T* cur = a.theta0;
     net.bind(a.support, t);
     for (int64_t s = 0; s < a.steps; ++s) {
-      T* g = grads.data() + (grad_alpha ? s * P : 0);
+      T* g = grads + (grad_alpha ? s * P : 0);
       net.forward(cur, x, ks);
       net.loss(cur, a.support, t, g);
-      if (walk) net.save_state(states.data() + s * ss);
-      T* dst = thetas.data() + s * P;
+      if (walk) net.save_state(states + s * ss);
+      T* dst = thetas + s * P;
       sgd_step(cur, alpha_row(a, s), g, dst, P);
       cur = dst;
     }
@@ -762,17 +779,17 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
     if (!walk) continue;
     net.bind(a.support, t);
     for (int64_t s = a.steps - 1; s >= 0; --s) {
-      const T* th = s == 0 ? a.theta0 : thetas.data() + (s - 1) * P;
-      net.load_state(states.data() + s * ss, x, ks);
+      const T* th = s == 0 ? a.theta0 : thetas + (s - 1) * P;
+      net.load_state(states + s * ss, x, ks);
       if (grad_alpha) {
-        const T* g = grads.data() + s * P;
+        const T* g = grads + s * P;
         T* ga = grad_alpha + (a.alpha_rows > 1 ? s * P : 0);
         for (int64_t p = 0; p < P; ++p) ga[p] -= g[p] * v[p];
       }
       if (!a.first_order) {
         const T* alpha = alpha_row(a, s);
         for (int64_t p = 0; p < P; ++p) u[p] = alpha[p] * v[p];
-        net.hvp(th, u.data(), hv.data());
+        net.hvp(th, u, hv);
         for (int64_t p = 0; p < P; ++p) v[p] -= hv[p];
       }
     }
