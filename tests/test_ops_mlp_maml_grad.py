@@ -73,3 +73,24 @@ def test_bad_loss_weight_is_named(impl):
     with pytest.raises(ValueError, match="loss_weight"):
         impl.mlp_maml_grad(params, lr=lr, **data, **grad_kwargs(CASES[1]),
                            loss_weight=torch.ones(CASES[1].tasks + 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=str)
+def test_loss_backward_gives_the_meta_gradient(case):
+    params, lr, data = case.inputs(seed=13)
+    p, a = leaves(params), (lr if isinstance(lr, float) else leaves(lr))
+    lrs = [] if isinstance(a, float) else a
+    value = ops.mlp_maml_loss(p, lr=a, **data, **grad_kwargs(case))
+    got = torch.autograd.grad(value, [*p, *lrs])
+    q, _ = reference.mlp_maml(p, lr=a, **data, **grad_kwargs(case))
+    expected = torch.autograd.grad(q.mean(), [*p, *lrs])
+    assert_rel(value.detach(), q.mean().detach(), what="loss")
+    assert_rel(list(got), list(expected), what="meta-gradient")
+
+
+def test_loss_refuses_a_second_derivative():
+    params, lr, data = CASES[1].inputs()
+    p = leaves(params)
+    value = ops.mlp_maml_loss(p, lr=lr, **data, **grad_kwargs(CASES[1]))
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(value, p, create_graph=True)

@@ -136,10 +136,10 @@ class MAML(MetaLearner):
         else:
             by_name = dict(zip(self.adapt_names, self.lrs))
             lr = [by_name[n] for n in spec.param_names]
-        query, _ = ops.mlp_maml(
+        # The mean query loss, with the meta-gradient computed in the same kernel call.
+        return ops.mlp_maml_loss(
             [named[n] for n in spec.param_names],
             batch.x_support, batch.y_support, batch.x_query, batch.y_query,
             lr=lr, steps=self.steps, per_step_lr=self.learn_lr == "per_step",
             activation=spec.activation, loss=self.loss, first_order=first_order,
         )
-        return query.mean()

@@ -26,6 +26,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "mlp_maml_loss",
 ]
 
 
@@ -210,6 +211,61 @@ def mlp_maml_grad(
             y_query, w_query, steps, activation, loss, first_order, loss_weight,
         )
     return query_loss, list(grads), list(lr_grads)
+
+
+def mlp_maml_loss(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    loss_weight: Tensor | None = None,
+) -> Tensor:
+    """The meta-objective Σ_t loss_weight[t]·query_loss[t] (default: the mean over tasks) as a
+    scalar whose ``.backward()`` gives the exact meta-gradient: a drop-in for
+    ``mlp_maml(...)[0].mean()`` in training loops, computed by :func:`mlp_maml_grad` in the same
+    call (so the backward costs nothing). Differentiable once.
+    """
+    lrs, _ = split_lr(lr)
+    kwargs = dict(lr=lr, steps=steps, per_step_lr=per_step_lr, activation=activation, loss=loss,
+                  first_order=first_order, w_support=w_support, w_query=w_query)
+    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))):
+        query_loss, _ = mlp_maml(params, x_support, y_support, x_query, y_query, **kwargs)
+        weight = reference._checks.loss_weight(loss_weight, query_loss, tasks)
+        return (query_loss * weight).sum()
+    query_loss, grads, lr_grads = mlp_maml_grad(params, x_support, y_support, x_query, y_query,
+                                                **kwargs, loss_weight=loss_weight)
+    weight = reference._checks.loss_weight(loss_weight, query_loss, tasks)
+    value = (query_loss * weight).sum()
+    return _PrecomputedGradient.apply(value, (*grads, *lr_grads), *params, *lrs)
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """A scalar whose gradient w.r.t. ``inputs`` was computed already (by a fused kernel)."""
+
+    @staticmethod
+    def forward(ctx, value, grads, *inputs):
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "maml_ext.ops.mlp_maml_loss is differentiable once; for higher-order derivatives "
+                "use maml_ext.ops.mlp_maml (second derivatives of the loss) or maml_ext.reference"
+            )
+        return (None, None, *(grad_output * g for g in ctx.grads))
 
 
 class _MlpMaml(torch.autograd.Function):
