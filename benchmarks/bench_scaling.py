@@ -81,7 +81,7 @@ def table(quick: bool) -> str:
     lines = [
         f"`python benchmarks/bench_scaling.py{' --quick' if quick else ''}`: torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, float32, gloo, "
-        f"median of {blocks} timed blocks after a warm-up.",
+        f"median of {blocks} timed blocks after a warm-up; 1-minute load average before: {os.getloadavg()[0]:.1f}.",
         "",
         "| setting | processes x threads | meta-iterations/s | vs 1x1 | sampling share |",
         "|---|---|---|---|---|",

@@ -170,7 +170,7 @@ def _loopback() -> str:
     return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
 
 
-def _rank_main(rank: int, nproc: int, init_method: str, timeout: float, threads: int,
+def _rank_main(rank: int, nproc: int, init_method: str, timeout: float, threads: int, report: Path,
                expected: tuple[type[BaseException], ...], fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc))
     # One machine: keep gloo's (and NCCL's bootstrap) sockets on the loopback interface.
@@ -181,18 +181,19 @@ def _rank_main(rank: int, nproc: int, init_method: str, timeout: float, threads:
         with join(timeout, init_method):
             fn(*args, **kwargs)
     except (DistributedError, *expected) as exc:
-        print(f"maml-ext: rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        report.write_text(str(exc))  # the launcher's error carries it
         sys.exit(2)
-    except BaseException:
-        print(f"maml-ext: rank {rank} failed:", file=sys.stderr, flush=True)
+    except BaseException as exc:
         traceback.print_exc()
+        report.write_text(f"{type(exc).__name__}: {exc} (traceback above)")
         sys.exit(1)
 
 
-def _describe(exitcode: int | None) -> str:
+def _describe(rank: int, exitcode: int | None, report: Path) -> str:
     if exitcode is not None and exitcode < 0:
-        return f"was killed by {signal.Signals(-exitcode).name}"
-    return f"exited with code {exitcode}"
+        return f"rank {rank} was killed by {signal.Signals(-exitcode).name}"
+    message = f": {report.read_text()}" if report.exists() else ""
+    return f"rank {rank} exited with code {exitcode}{message}"
 
 
 def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFAULT_TIMEOUT,
@@ -201,8 +202,8 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFA
 
     The children are watched: when one fails, the others get ``GRACE`` seconds to stop on their own
     (their collectives fail at once when a peer's connection closes) and are then terminated; the
-    raised ``DistributedError`` says how each failed rank ended. ``expected``
-    exception types are reported by a child as one line, others with their traceback. Each child
+    raised ``DistributedError`` says how each failed rank ended, with its error message. Other
+    exceptions than ``expected`` types also print their traceback. Each child
     gets an equal share of the CPU threads (torch's default would oversubscribe the cores).
     """
     # forkserver: the interpreter that imports torch and maml_ext once and forks every rank from
@@ -215,9 +216,10 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFA
     threads = max(1, (os.cpu_count() or 1) // nproc)
     with tempfile.TemporaryDirectory(prefix="maml_ext_rdzv_") as tmp:
         init_method = (Path(tmp) / "rendezvous").as_uri()
+        reports = [Path(tmp) / f"rank{r}.err" for r in range(nproc)]
         procs = [
             ctx.Process(target=_rank_main, name=f"maml-ext rank {r}",
-                        args=(r, nproc, init_method, timeout, threads, expected, fn, args, kwargs))
+                        args=(r, nproc, init_method, timeout, threads, reports[r], expected, fn, args, kwargs))
             for r in range(nproc)
         ]
         for p in procs:
@@ -242,7 +244,7 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFA
                     stopped.add(r)
                     p.terminate()
                     p.join()
-    if failed:
-        fates = [f"rank {r} {_describe(p.exitcode)}" for r, p in enumerate(procs) if p.exitcode != 0 and r not in stopped]
-        fates += [f"rank {r} was stopped after {GRACE:g} s" for r in sorted(stopped)]
-        raise DistributedError("distributed training failed: " + ", ".join(fates))
+        if failed:
+            fates = [_describe(r, p.exitcode, reports[r]) for r, p in enumerate(procs) if p.exitcode != 0 and r not in stopped]
+            fates += [f"rank {r} was stopped after {GRACE:g} s" for r in sorted(stopped)]
+            raise DistributedError("distributed training failed: " + "; ".join(fates))
