@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +34,6 @@ from maml_ext.algorithms import build_algorithm
 from maml_ext.models.conv4 import Conv4
 from maml_ext.tasks import TaskBatch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- bench_classification:begin -->", "<!-- bench_classification:end -->"
 
 
 @dataclass(frozen=True)
@@ -147,16 +144,6 @@ def environment(args: argparse.Namespace) -> str:
     )
 
 
-def write_results(header: str, rows: list[str]) -> None:
-    block = "\n".join([BEGIN, "", "## Few-shot classification: conv4 MAML meta-iterations/s", "", header, "", *rows, "", END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -172,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     rows = run(args)
     if args.write:
-        write_results(f"`{' '.join(['python', 'benchmarks/bench_classification.py', *sys.argv[1:]])}` — {header}", rows)
+        command = " ".join(["python", "benchmarks/bench_classification.py", *sys.argv[1:]])
+        replace_section("bench_classification", [
+            "", "## Few-shot classification: conv4 MAML meta-iterations/s", "",
+            f"`{command}` — {header}", "", *rows, ""])
     return 0
 
 

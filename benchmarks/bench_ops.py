@@ -24,9 +24,8 @@ import torch.utils.benchmark as tbench
 
 import maml_ext
 from maml_ext import ops, reference
+from results_md import replace_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- bench_ops:begin -->", "<!-- bench_ops:end -->"
 
 
 @dataclass(frozen=True)
@@ -186,16 +185,6 @@ def run(args) -> list[str]:
     return rows
 
 
-def write_results(header: str, rows: list[str]) -> None:
-    block = "\n".join([BEGIN, "", header, "", *rows, "", END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -212,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     rows = run(args)
     if args.write:
-        write_results(f"`{' '.join(['python', 'benchmarks/bench_ops.py', *sys.argv[1:]])}` — {header}", rows)
+        command = " ".join(["python", "benchmarks/bench_ops.py", *sys.argv[1:]])
+        replace_section("bench_ops", ["", f"`{command}` — {header}", "", *rows, ""])
     return 0
 
 

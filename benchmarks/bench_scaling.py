@@ -26,10 +26,8 @@ from pathlib import Path
 import torch
 
 from maml_ext.train import config, distributed, loop
+from results_md import replace_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-HEADING = "## Scaling (torch.distributed)"
-BEGIN, END = "<!-- bench_scaling:begin -->", "<!-- bench_scaling:end -->"
 
 # name -> (config overrides on the packaged sinusoid config, iterations per timed block)
 SETTINGS = {
@@ -98,17 +96,6 @@ def table(quick: bool) -> str:
     return "\n".join(lines)
 
 
-def write(text: str) -> None:
-    doc = RESULTS.read_text()  # re-read right before writing: others edit their own sections
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    RESULTS.write_text(doc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test, not a measurement)")
@@ -117,7 +104,7 @@ def main() -> None:
     text = table(args.quick)
     print(text)
     if args.write:
-        write(text)
+        replace_section("bench_scaling", [text])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""Each benchmark script owns one marked section of benchmarks/RESULTS.md and rewrites only it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def replace_section(name: str, lines: list[str]) -> None:
+    """Replace the block between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (appended if
+    absent), re-reading the file right before writing since other scripts edit their own blocks."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = "\n".join([begin, *lines, end])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
