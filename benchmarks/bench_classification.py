@@ -33,7 +33,7 @@ from torch.func import functional_call, grad, vmap
 from maml_ext.algorithms import build_algorithm
 from maml_ext.models.conv4 import Conv4
 from maml_ext.tasks import TaskBatch
-
+from results_md import replace_section
 
 
 @dataclass(frozen=True)
