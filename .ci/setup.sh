@@ -8,6 +8,6 @@ python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check \
   "torch==2.13.0" "numpy>=1.22" "pybind11>=2.12,<3.2" "scikit-build-core>=0.10" \
-  "cmake>=3.18" "ninja>=1.10" "pytest>=7" "matplotlib>=3.5" "setuptools>=61"
+  "cmake>=3.18" "ninja>=1.10" "pytest>=7" "matplotlib>=3.5" "setuptools>=61" "pillow>=9" "fonttools>=4.40"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation \
   -Cbuild-dir=build/{wheel_tag} .
