@@ -88,6 +88,23 @@ def test_override_parses_toml_and_bare_strings():
 
 
 # ----- training, checkpoints, resume ------------------------------------------------------------
+def test_clip_grad_bounds_every_meta_gradient_entry(tmp_path, monkeypatch):
+    seen = []
+    step = torch.optim.Adam.step
+
+    def record(self, *args, **kwargs):
+        seen.append(max(p.grad.abs().max().item() for g in self.param_groups for p in g["params"]))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    loop.train(tiny("train.iterations=2"), tmp_path / "free", progress=False)
+    loop.train(tiny("train.iterations=2", "train.clip_grad=0.01"), tmp_path / "clipped", progress=False)
+    free, clipped = seen[:2], seen[2:]
+    assert min(free) > 0.01 and max(clipped) == pytest.approx(0.01)
+    with pytest.raises(config.ConfigError, match="train.clip_grad must be a number > 0"):
+        tiny("train.clip_grad=0")
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
 def test_resume_equals_uninterrupted(tmp_path, algorithm):
     straight, split = tmp_path / "straight", tmp_path / "split"

@@ -139,6 +139,10 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
             batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
             optimizer.zero_grad(set_to_none=True)
             last = shard.backward(learner, batch, it)
+            if tcfg.get("clip_grad"):
+                # Element-wise value clipping of the (all-reduced) meta-gradient, as the official
+                # MiniImagenet code does (tf.clip_by_value to [-10, 10]).
+                torch.nn.utils.clip_grad_value_(learner.parameters(), tcfg["clip_grad"])
             optimizer.step()
             window = [window[0] + last, window[1] + 1]
             done = it + 1
