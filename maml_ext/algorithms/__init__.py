@@ -12,7 +12,15 @@ maml++         MAML with MAML++ options on: per-layer per-step learned α (LSLR)
                BatchNorm running statistics
 reptile        Reptile (first-order, no graph through the inner loop)
 pretrain       "pretrain on all tasks, then fine-tune": the paper's baseline
+bmaml          Bayesian MAML: M SVGD particles per task (``particles``), Chaser loss
+               (``objective="chaser"``) or the BMAML likelihood loss (``"likelihood"``)
+platipus       PLATIPUS: learned Gaussian prior over initialisations, ELBO meta-objective,
+               ``test_samples`` sampled initialisations adapted at test time
 =============  ===========================================================================
+
+BMAML and PLATIPUS are :class:`~maml_ext.algorithms.bayes.RowLearner`\ s: their
+``sample_predictions`` gives every particle's / sample's outputs, which the evaluation turns into
+predictive distributions.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ from typing import Any
 from torch import nn
 
 from .base import MetaLearner, Params, task_loss
+from .bayes import RowLearner
+from .bmaml import BMAML
 from .maml import MAML, msl_weights
+from .platipus import PLATIPUS
 from .pretrain import Pretrain
 from .reptile import Reptile
 
 __all__ = [
-    "ALGORITHMS", "MAML", "MetaLearner", "Params", "Pretrain", "Reptile", "build_algorithm",
+    "ALGORITHMS", "BMAML", "MAML", "MetaLearner", "PLATIPUS", "RowLearner", "Params", "Pretrain", "Reptile", "build_algorithm",
     "msl_weights", "task_loss",
 ]
 
@@ -48,6 +59,8 @@ ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "maml++": (MAML, {"learn_lr": "per_step", "multi_step_loss": 1000, "second_order_after": 1000, "per_step_bn": True}),
     "reptile": (Reptile, {}),
     "pretrain": (Pretrain, {}),
+    "bmaml": (BMAML, {}),
+    "platipus": (PLATIPUS, {}),
 }
 
 

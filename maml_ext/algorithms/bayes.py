@@ -1,0 +1,140 @@
+"""What BMAML and PLATIPUS share: parameter sets as extra rows of the task dimension.
+
+A meta-batch of T tasks with S parameter sets each (BMAML's particles, PLATIPUS's samples) is
+run as T·S rows, row t·S + s holding task t's set s, so the batched core (vmap, conv4's grouped
+convolutions) and the fused MLP op see just a larger task batch. Per-row support-loss gradients
+come from ``ops.mlp_hvp`` for a fused MLP (its gradient output is differentiable w.r.t. the
+parameters, so steps built from it are exactly second order) and from one batched backward
+otherwise; steps are applied by ``ops.inner_update``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from maml_ext import ops
+from maml_ext.models import FusedMLPSpec, fused_spec
+from maml_ext.tasks import TaskBatch
+
+from .base import MetaLearner, task_loss
+
+Rows = dict[str, Tensor]
+
+
+def expand_rows(x: Tensor, sets: int) -> Tensor:
+    """``[T, ...]`` -> ``[T·sets, ...]`` with row t·sets + s a copy of task t."""
+    return x.unsqueeze(1).expand(x.shape[0], sets, *x.shape[1:]).reshape(x.shape[0] * sets, *x.shape[1:])
+
+
+class RowLearner(MetaLearner):
+    """A learner whose adapted parameters are several sets per task, held as rows.
+
+    Every parameter is adapted (there is no ``adapt`` option) and BatchNorm uses batch
+    statistics. ``fused``: use the fused MLP op for per-row gradients when the model declares a
+    fused MLP spec (None: whenever possible; True: required, else an error).
+    """
+
+    def __init__(
+        self, model: nn.Module, *, lr: float, steps: int, loss: str, fused: bool | None,
+        task_batched: bool | None,
+    ) -> None:
+        super().__init__(model, lr=lr, steps=steps, loss=loss, task_batched=task_batched)
+        spec = fused_spec(model)
+        names = [n for n, _ in model.named_parameters()]
+        reason = None
+        if spec is None:
+            reason = "the model declares no fused MLP spec"
+        elif sorted(spec.param_names) != sorted(names):
+            reason = "the spec does not list every parameter"
+        if fused and reason:
+            raise ValueError(f"fused=True is not possible: {reason}")
+        self.fused_spec: FusedMLPSpec | None = None if (reason or fused is False) else spec
+
+    # ----- rows ---------------------------------------------------------------------------
+    def row_predict(self, rows: Rows, x: Tensor) -> Tensor:
+        """Outputs ``[R, N, out]`` of each row's parameters on its inputs ``x [R, N, ...]``."""
+        return self._over_tasks(rows, {}, 1, True, x)
+
+    def row_losses(self, rows: Rows, x: Tensor, y: Tensor) -> Tensor:
+        """Per-row mean loss ``[R]`` of the rows' parameters on ``(x, y)``."""
+        return task_loss(self.row_predict(rows, x), y, self.loss)
+
+    def row_grads(self, rows: Rows, x: Tensor, y: Tensor, create_graph: bool) -> tuple[Tensor, Rows]:
+        """Per-row support losses ``[R]`` and their gradients w.r.t. each row's parameters.
+
+        ``create_graph`` keeps the gradients differentiable w.r.t. the rows (second order)."""
+        spec = self.fused_spec
+        if spec is not None:
+            params = [rows[n] if create_graph else rows[n].detach() for n in spec.param_names]
+            params = [p.contiguous() for p in params]
+            zeros = [torch.zeros_like(p) for p in params]
+            with torch.enable_grad():
+                losses, grads, _ = ops.mlp_hvp(params, x, y, zeros, activation=spec.activation, loss=self.loss)
+            if not create_graph:
+                losses, grads = losses.detach(), [g.detach() for g in grads]
+            return losses, dict(zip(spec.param_names, grads))
+        with torch.enable_grad():  # evaluation runs under no_grad but still needs inner gradients
+            inputs = {n: p if (p.requires_grad and create_graph) else p.detach().requires_grad_() for n, p in rows.items()}
+            losses = task_loss(self.row_predict(inputs, x), y, self.loss)
+            grads = torch.autograd.grad(losses.sum(), list(inputs.values()), create_graph=create_graph)
+        if not create_graph:
+            losses, grads = losses.detach(), tuple(g.detach() for g in grads)
+        return losses, dict(zip(inputs, grads))
+
+    def sgd_rows(self, rows: Rows, x: Tensor, y: Tensor, steps: int, lr: float, first_order: bool) -> Iterator[Rows]:
+        """Plain SGD steps on every row, yielding the rows after each step."""
+        for _ in range(steps):
+            _, grads = self.row_grads(rows, x, y, create_graph=not first_order)
+            names = list(rows)
+            new = ops.inner_update([rows[n] for n in names], [grads[n] for n in names], lr)
+            rows = dict(zip(names, new))
+            yield rows
+
+    # ----- prediction and evaluation ------------------------------------------------------
+    @abstractmethod
+    def adapted_sets(
+        self, x_support: Tensor, y_support: Tensor, steps: int, lr: float | None, generator: torch.Generator | None
+    ) -> Iterator[tuple[Rows, int]]:
+        """Rows ``[T·S, ...]`` and S before adaptation and after each of ``steps`` test-time
+        steps on the support sets (no meta-gradient graph); ``generator`` seeds any sampling."""
+
+    @torch.no_grad()
+    def sample_predictions(
+        self, x_support: Tensor, y_support: Tensor, x_query: Tensor, steps: int, lr: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-set outputs ``[steps + 1, T, S, N, out]`` on ``x_query [T, N, ...]`` after
+        0..steps adaptation steps; the same generator state gives the same samples."""
+        tasks = x_support.shape[0]
+        outs = []
+        for rows, sets in self.adapted_sets(x_support, y_support, steps, lr, generator):
+            out = self.row_predict(rows, expand_rows(x_query, sets))
+            outs.append(out.view(tasks, sets, *out.shape[1:]))
+        return torch.stack(outs)
+
+    @torch.no_grad()
+    def evaluate_metrics(self, batch: TaskBatch, steps: int, lr: float | None = None) -> dict[str, Tensor]:
+        """Query metrics ``[steps + 1, T]`` of the predictive distribution (see
+        :func:`predictive_metrics`): "loss" (MSE of the mean prediction, or the NLL of the averaged
+        class probabilities) and, for classification, "accuracy". Samples are seeded with 0."""
+        gen = torch.Generator(device=batch.x_support.device).manual_seed(0)
+        samples = self.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, gen)
+        return point_metrics(samples, batch.y_query, self.loss)
+
+
+def point_metrics(samples: Tensor, y: Tensor, loss: str) -> dict[str, Tensor]:
+    """"loss" (and "accuracy") ``[steps + 1, T]`` of the predictive distribution formed by the
+    sets in ``samples [steps + 1, T, S, N, out]``: regression, the MSE of the mean over sets;
+    classification, −log of the set-averaged class probabilities (and its argmax's accuracy)."""
+    if loss == "mse":
+        return {"loss": (samples.mean(2) - y).pow(2).flatten(2).mean(2)}
+    log_probs = torch.logsumexp(torch.log_softmax(samples, -1), dim=2) - torch.log(
+        torch.tensor(float(samples.shape[2]), dtype=samples.dtype)
+    )
+    nll = -log_probs.gather(-1, y.unsqueeze(0).expand(log_probs.shape[0], *y.shape).unsqueeze(-1)).squeeze(-1)
+    accuracy = (log_probs.argmax(-1) == y).to(samples.dtype)
+    return {"loss": nll.mean(2), "accuracy": accuracy.mean(2)}

@@ -1,0 +1,155 @@
+"""Bayesian MAML (Kim et al. 2018): M particles per task adapted jointly by SVGD."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from maml_ext import ops
+from maml_ext.tasks import TaskBatch
+
+from .bayes import RowLearner, Rows, expand_rows
+from .svgd import svgd_direction
+
+OBJECTIVES = ("chaser", "likelihood")
+
+
+class BMAML(RowLearner):
+    """BMAML: the initialisation is a set of M learned particles; the inner loop moves each
+    task's copy of them by SVGD on the support set, with log p(θ | support) = −L_support(θ)
+    (the mean support loss as negative log-likelihood, no prior term), so one inner step is
+
+        θ_m ← θ_m + α φ(θ_m),   φ = SVGD direction of :func:`svgd.svgd_direction`,
+
+    applied by ``ops.inner_update``. With M = 1 this is exactly MAML's SGD step.
+
+    Particles: particle 0 is the model's own parameters; particles 1..M−1 are separate learned
+    tensors, initialised as the model's initial parameters plus N(0, init_noise²) noise (drawn
+    from torch's global generator, which the train loop seeds), so they start distinct.
+
+    Args (beyond :class:`MetaLearner`'s lr, steps, loss):
+        particles: M >= 1.
+        objective: "chaser" (the BMAML Chaser loss: Σ_m ‖θ^n_m − stopgrad(θ^{n+s}_m)‖², mean over
+            tasks, where the leader θ^{n+s} takes ``leader_steps`` more SVGD steps from the
+            chaser θ^n on support + query) or "likelihood" (−log 1/M Σ_m exp(−L_query(θ^n_m)),
+            the BMAML likelihood loss with the mean query loss as negative log-likelihood; equal
+            to MAML's query loss for M = 1).
+        leader_steps: s, the leader's extra SVGD steps (chaser only).
+        first_order: no gradient through the SVGD directions (the particles' path is followed,
+            its Jacobian taken as identity, as FOMAML does).
+        init_noise: standard deviation of the extra particles' initial offsets.
+        fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
+
+    ``meta_loss`` returns a scalar whose value is the particles' mean query loss and whose
+    gradient is the chosen objective's.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.01,
+        steps: int = 1,
+        *,
+        particles: int = 5,
+        objective: str = "chaser",
+        leader_steps: int = 1,
+        first_order: bool = False,
+        init_noise: float = 0.01,
+        loss: str = "mse",
+        fused: bool | None = None,
+        task_batched: bool | None = None,
+    ) -> None:
+        if not (isinstance(particles, int) and not isinstance(particles, bool) and particles >= 1):
+            raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not (isinstance(leader_steps, int) and not isinstance(leader_steps, bool) and leader_steps >= 1):
+            raise ValueError(f"leader_steps must be an integer >= 1, got {leader_steps!r}")
+        if not (isinstance(init_noise, (int, float)) and init_noise >= 0):
+            raise ValueError(f"init_noise must be a number >= 0, got {init_noise!r}")
+        super().__init__(model, lr=lr, steps=steps, loss=loss, fused=fused, task_batched=task_batched)
+        self.num_particles = particles
+        self.objective = objective
+        self.leader_steps = leader_steps
+        self.first_order = bool(first_order)
+        named = dict(model.named_parameters())
+        # Particles 1..M-1 (particle 0 is the model itself), one tensor [M-1, ...] per parameter.
+        self.extra = nn.ParameterList(
+            nn.Parameter((named[n].detach().unsqueeze(0) + init_noise * torch.randn(particles - 1, *named[n].shape,
+                                                                                     dtype=named[n].dtype, device=named[n].device)))
+            for n in self.adapt_names
+        ) if particles > 1 else nn.ParameterList()
+
+    # ----- particles ----------------------------------------------------------------------
+    def initial_particles(self) -> Rows:
+        """The learned initial particles ``[M, ...]`` per parameter name."""
+        named = dict(self.model.named_parameters())
+        if self.num_particles == 1:
+            return {n: named[n].unsqueeze(0) for n in self.adapt_names}
+        return {n: torch.cat([named[n].unsqueeze(0), e]) for n, e in zip(self.adapt_names, self.extra)}
+
+    def _task_rows(self, tasks: int) -> Rows:
+        """Every task's copy of the initial particles, as rows ``[T·M, ...]``."""
+        return {n: p.unsqueeze(0).expand(tasks, *p.shape).reshape(tasks * p.shape[0], *p.shape[1:])
+                for n, p in self.initial_particles().items()}
+
+    def svgd_steps(
+        self, rows: Rows, x: Tensor, y: Tensor, steps: int, lr: float, first_order: bool
+    ) -> Iterator[Rows]:
+        """SVGD steps on rows ``[T·M, ...]`` with data ``x [T·M, K, ...]``; yields the rows after each."""
+        m = self.num_particles
+        names = list(rows)
+        for _ in range(steps):
+            _, grads = self.row_grads(rows, x, y, create_graph=not first_order)
+            tasks = next(iter(rows.values())).shape[0] // m
+            sets = [rows[n].view(tasks, m, *rows[n].shape[1:]) for n in names]
+            # log p = −L, so ∇log p = −∇L; inner_update subtracts, so it is given −φ.
+            neg_log_p = [-grads[n].view(tasks, m, *grads[n].shape[1:]) for n in names]
+            phi = svgd_direction(sets if not first_order else [s.detach() for s in sets], neg_log_p)
+            steps_in = [(-f).reshape(rows[n].shape) for f, n in zip(phi, names)]
+            new = ops.inner_update([rows[n] for n in names], steps_in, lr)
+            rows = dict(zip(names, new))
+            yield rows
+
+    def _adapt(self, batch_x: Tensor, batch_y: Tensor, steps: int, lr: float, first_order: bool) -> Rows:
+        rows = self._task_rows(batch_x.shape[0])
+        x, y = expand_rows(batch_x, self.num_particles), expand_rows(batch_y, self.num_particles)
+        for rows in self.svgd_steps(rows, x, y, steps, lr, first_order):
+            pass
+        return rows
+
+    # ----- meta-training ------------------------------------------------------------------
+    def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
+        m, tasks = self.num_particles, batch.num_tasks
+        chaser = self._adapt(batch.x_support, batch.y_support, self.steps, self.lr, self.first_order)
+        xq, yq = expand_rows(batch.x_query, m), expand_rows(batch.y_query, m)
+        if self.objective == "likelihood":
+            query = self.row_losses(chaser, xq, yq).view(tasks, m)
+            objective = -(torch.logsumexp(-query, dim=1) - math.log(m)).mean()
+            return objective + (query.mean() - objective).detach()
+        with torch.no_grad():
+            query = self.row_losses(chaser, xq, yq).mean()
+            x_all = expand_rows(torch.cat([batch.x_support, batch.x_query], 1), m)
+            y_all = expand_rows(torch.cat([batch.y_support, batch.y_query], 1), m)
+            leader = {n: p.detach() for n, p in chaser.items()}
+            for leader in self.svgd_steps(leader, x_all, y_all, self.leader_steps, self.lr, first_order=True):
+                pass
+        distance = sum((chaser[n] - leader[n]).pow(2).flatten(1).sum(1) for n in chaser)
+        chase = distance.view(tasks, m).sum(1).mean()
+        return query + chase - chase.detach()
+
+    # ----- test time ----------------------------------------------------------------------
+    def adapted_sets(
+        self, x_support: Tensor, y_support: Tensor, steps: int, lr: float | None, generator: torch.Generator | None
+    ) -> Iterator[tuple[Rows, int]]:
+        """The particles before and after each SVGD step (deterministic: ``generator`` unused)."""
+        m = self.num_particles
+        rows = {n: p.detach() for n, p in self._task_rows(x_support.shape[0]).items()}
+        yield rows, m
+        x, y = expand_rows(x_support, m), expand_rows(y_support, m)
+        for rows in self.svgd_steps(rows, x, y, steps, self.lr if lr is None else lr, first_order=True):
+            yield rows, m
+

@@ -1,0 +1,149 @@
+"""PLATIPUS (Finn, Xu & Levine 2018): probabilistic MAML with a learned Gaussian prior over
+initialisations, trained by an ELBO-style objective."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from maml_ext import ops
+from maml_ext.tasks import TaskBatch
+
+from .bayes import RowLearner, Rows, expand_rows
+
+
+def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """Elementwise KL(N(μ_q, e^{logvar_q}) ‖ N(μ_p, e^{logvar_p})) of diagonal Gaussians:
+    ½ [logvar_p − logvar_q + (e^{logvar_q} + (μ_q − μ_p)²) / e^{logvar_p} − 1]."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0)
+
+
+class PLATIPUS(RowLearner):
+    """PLATIPUS (Algorithm 1 of the paper; Algorithm 2 at test time).
+
+    Meta-parameters: the prior mean μ_θ (the model's parameters), the prior log-variance
+    log σ²_θ, the log-variance log v_q of the inference network q, and learned step sizes
+    γ_p, γ_q (one scalar per parameter tensor). Per task, in meta-training:
+
+        μ_p = μ_θ − γ_p ∇L(μ_θ, support)      p(θ | support) = N(μ_p, σ²_θ)
+        μ_q = μ_θ − γ_q ∇L(μ_θ, query)        q(θ | support, query) = N(μ_q, v_q)
+        θ ~ q (``samples`` draws, reparameterised), φ = ``steps`` SGD steps (α = lr) from θ on
+        the support set, loss = mean query loss of φ + kl_weight · KL(q ‖ p)
+
+    (q is the paper's gradient step on the mean with the query-set likelihood; the support set
+    enters through φ's adaptation.) At test time θ ~ p(θ | support), ``test_samples`` draws from a
+    seeded generator, each adapted on the support set. L is the per-task mean loss, so
+    kl_weight also absorbs the ELBO's 1/K scale.
+
+    Args (beyond lr, steps, loss):
+        samples: θ draws per task in meta-training (rows of the task dimension).
+        test_samples: draws per task at test time.
+        kl_weight: weight of the KL term (summed over all parameters, mean over tasks).
+        init_std: initial σ_θ and √v_q.
+        gamma: initial γ_p and γ_q (None: lr).
+        first_order: no second-order terms through the inner steps and the γ steps.
+        fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
+
+    ``meta_loss`` returns a scalar whose value is the mean query loss and whose gradient is the
+    objective's (query loss + kl_weight · KL).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.01,
+        steps: int = 1,
+        *,
+        samples: int = 1,
+        test_samples: int = 5,
+        kl_weight: float = 1e-3,
+        init_std: float = 0.01,
+        gamma: float | None = None,
+        first_order: bool = False,
+        loss: str = "mse",
+        fused: bool | None = None,
+        task_batched: bool | None = None,
+    ) -> None:
+        for key, value in (("samples", samples), ("test_samples", test_samples)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        for key, value in (("kl_weight", kl_weight),):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+        for key, value in (("init_std", init_std), ("gamma", 1.0 if gamma is None else gamma)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{key} must be a number > 0, got {value!r}")
+        super().__init__(model, lr=lr, steps=steps, loss=loss, fused=fused, task_batched=task_batched)
+        self.samples = samples
+        self.test_samples = test_samples
+        self.kl_weight = float(kl_weight)
+        self.first_order = bool(first_order)
+        named = dict(model.named_parameters())
+        logvar = 2.0 * math.log(init_std)
+
+        def like(name: str, value: float) -> nn.Parameter:
+            return nn.Parameter(torch.full_like(named[name], value).detach())
+
+        def scalar(name: str, value: float) -> nn.Parameter:
+            return nn.Parameter(named[name].new_full((), value).detach())
+
+        g0 = float(lr if gamma is None else gamma)
+        self.prior_logvar = nn.ParameterList(like(n, logvar) for n in self.adapt_names)
+        self.q_logvar = nn.ParameterList(like(n, logvar) for n in self.adapt_names)
+        self.gamma_p = nn.ParameterList(scalar(n, g0) for n in self.adapt_names)
+        self.gamma_q = nn.ParameterList(scalar(n, g0) for n in self.adapt_names)
+
+    def _mean(self) -> Rows:
+        named = dict(self.model.named_parameters())
+        return {n: named[n] for n in self.adapt_names}
+
+    def _stepped_mean(self, x: Tensor, y: Tensor, gammas: nn.ParameterList, create_graph: bool) -> Rows:
+        """μ_θ − γ ∇L(μ_θ, (x, y)) per task ``[T, ...]``."""
+        mu = self._mean()
+        tasks = x.shape[0]
+        _, grads = self.row_grads({n: p.expand(tasks, *p.shape) for n, p in mu.items()}, x, y, create_graph)
+        names = list(mu)
+        return dict(zip(names, ops.inner_update([mu[n] for n in names], [grads[n] for n in names], list(gammas))))
+
+    def _sample(self, mean: Rows, logvars: nn.ParameterList, sets: int, generator: torch.Generator | None) -> Rows:
+        """``sets`` reparameterised draws per task from N(mean [T, ...], e^{logvar}), as rows."""
+        rows = {}
+        for (n, mu), logvar in zip(mean.items(), logvars):
+            noise = torch.randn((mu.shape[0], sets, *mu.shape[1:]), generator=generator, dtype=mu.dtype, device=mu.device)
+            rows[n] = (mu.unsqueeze(1) + (0.5 * logvar).exp() * noise).flatten(0, 1)
+        return rows
+
+    def kl(self, mu_q: Rows, mu_p: Rows) -> Tensor:
+        """KL(q ‖ p) per task ``[T]``, summed over every parameter entry."""
+        total = 0.0
+        for (n, mq), lq, lp in zip(mu_q.items(), self.q_logvar, self.prior_logvar):
+            total = total + gaussian_kl(mq, lq, mu_p[n], lp).flatten(1).sum(1)
+        return total
+
+    def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
+        second = not self.first_order
+        mu_p = self._stepped_mean(batch.x_support, batch.y_support, self.gamma_p, second)
+        mu_q = self._stepped_mean(batch.x_query, batch.y_query, self.gamma_q, second)
+        theta = self._sample(mu_q, self.q_logvar, self.samples, None)  # global RNG: checkpointed by the loop
+        s = self.samples
+        for theta in self.sgd_rows(theta, expand_rows(batch.x_support, s), expand_rows(batch.y_support, s),
+                                   self.steps, self.lr, self.first_order):
+            pass
+        query = self.row_losses(theta, expand_rows(batch.x_query, s), expand_rows(batch.y_query, s)).mean()
+        penalty = self.kl_weight * self.kl(mu_q, mu_p).mean()
+        return query + penalty - penalty.detach()
+
+    def adapted_sets(
+        self, x_support: Tensor, y_support: Tensor, steps: int, lr: float | None, generator: torch.Generator | None
+    ) -> Iterator[tuple[Rows, int]]:
+        """θ ~ N(μ_θ − γ_p ∇L(μ_θ, support), σ²_θ), ``test_samples`` per task, then SGD on the support set."""
+        s = self.test_samples
+        mu_p = {n: p.detach() for n, p in self._stepped_mean(x_support, y_support, self.gamma_p, False).items()}
+        rows = {n: p.detach() for n, p in self._sample(mu_p, self.prior_logvar, s, generator).items()}
+        yield rows, s
+        x, y = expand_rows(x_support, s), expand_rows(y_support, s)
+        for rows in self.sgd_rows(rows, x, y, steps, self.lr if lr is None else lr, first_order=True):
+            yield rows, s
