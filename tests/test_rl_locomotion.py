@@ -10,7 +10,7 @@ mujoco = pytest.importorskip("mujoco")
 gym = pytest.importorskip("gymnasium")
 
 from maml_ext.rl.envs import locomotion as L  # noqa: E402
-from maml_ext.rl.envs.mujoco_sim import gymnasium_asset  # noqa: E402
+from maml_ext.rl.envs.mujoco_sim import gymnasium_asset, load_model  # noqa: E402
 
 FACTORIES = {
     "halfcheetah_vel": L.build_halfcheetah_vel,
@@ -50,7 +50,7 @@ def test_reward_and_observation_match_hand_computed_step(name, observation):
     step = env.step(action)
 
     # An independent simulation of each episode from the same start state.
-    model = mujoco.MjModel.from_xml_path(str(gymnasium_asset(env.robot.xml_file)))
+    model = load_model(gymnasium_asset(env.robot.xml_file))
     ant = name.startswith("ant")
     torso = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
     for i in range(4):
@@ -82,6 +82,15 @@ def test_reward_and_observation_match_hand_computed_step(name, observation):
         obs = np.concatenate(parts)
         assert env.obs_dim == obs.size
         np.testing.assert_allclose(step.obs.reshape(4, -1)[i].numpy(), obs, rtol=1e-9, atol=1e-9)
+
+
+def test_cheetah_model_equals_gymnasiums_compiled_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = gymnasium_asset("half_cheetah.xml")
+    ours, theirs = load_model(path), mujoco.MjModel.from_xml_path(str(path))
+    for field in ("body_mass", "body_inertia", "body_subtreemass", "dof_invweight0", "actuator_acc0"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+    assert ours.body_subtreemass[0] == pytest.approx(14.0)
 
 
 @pytest.mark.parametrize("robot", ["halfcheetah", "ant"])
@@ -123,7 +132,8 @@ def gym_reference(name, qpos, qvel, actions):
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))
-def test_batched_env_equals_per_episode_gymnasium_loop(name):
+def test_batched_env_equals_per_episode_gymnasium_loop(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # gymnasium's cheetah model warns into ./MUJOCO_LOG.TXT
     env = make(name, observation="gymnasium")
     g = torch.Generator().manual_seed(11)
     tasks = env.sample_tasks(2, g)

@@ -18,6 +18,7 @@ forces are wanted, ``mj_rnePostConstraint`` (MuJoCo >= 2 no longer fills ``cfrc_
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,24 @@ def gymnasium_asset(xml_file: str) -> Path:
     return path
 
 
+_TOTALMASS = re.compile(r'\s+settotalmass="([^"]+)"')
+
+
+def load_model(path: Path) -> mujoco.MjModel:
+    """Compile a model file. HalfCheetah's ``settotalmass`` compiler attribute is deprecated in
+    MuJoCo 4 (a warning on every load, appended to ./MUJOCO_LOG.TXT); it is applied instead the
+    way the warning advises, ``mj_setTotalmass`` + ``mj_setConst``, which gives the same model
+    (tests compare every step with gymnasium's own env)."""
+    text = path.read_text()
+    found = _TOTALMASS.search(text)
+    if found is None:
+        return mujoco.MjModel.from_xml_path(str(path))
+    model = mujoco.MjModel.from_xml_string(text[: found.start()] + text[found.end():])
+    mujoco.mj_setTotalmass(model, float(found.group(1)))
+    mujoco.mj_setConst(model, mujoco.MjData(model))
+    return model
+
+
 class MujocoBatch:
     """N simulations of one model. After :meth:`reset` / :meth:`step` the arrays ``qpos [N, nq]``,
     ``qvel [N, nv]`` (and ``cfrc_ext [N, nbody, 6]`` when ``contact_forces``) hold every
@@ -60,7 +79,7 @@ class MujocoBatch:
     ) -> None:
         if frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
-        self.model = mujoco.MjModel.from_xml_path(str(gymnasium_asset(xml_file)))
+        self.model = load_model(gymnasium_asset(xml_file))
         self.frame_skip = frame_skip
         self.contact_forces = contact_forces
         self.forward_after_step = forward_after_step
