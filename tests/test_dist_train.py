@@ -39,6 +39,14 @@ def bn_cfg():
     return config.validate(config.apply_overrides(base, [*TINY, "train.iterations=3"]))
 
 
+def test_task_chunk_is_refused_with_per_step_batchnorm(tmp_path):
+    bad = bn_cfg()
+    bad["train"]["task_chunk"] = 2
+    with pytest.raises(config.ConfigError, match="task_chunk cannot be used with per-step BatchNorm"):
+        loop.train(bad, tmp_path, progress=False)
+    assert not (tmp_path / loop.CHECKPOINT).exists()
+
+
 def trained(out):
     return torch.load(out / loop.CHECKPOINT, weights_only=True)
 

@@ -49,6 +49,7 @@ SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
     "train.log_every": (_int(1), 100),
     "train.threads": (_int(0), 0),
     "train.clip_grad": (_positive_float(), None),
+    "train.task_chunk": (_int(1), None),
     "eval.num_tasks": (_int(1), 600),
     "eval.shots": (_int_list(1), [5, 10]),
     "eval.k_query": (_int(1), 100),

@@ -54,6 +54,25 @@ def backend() -> str:
     return "gloo"
 
 
+def chunked_backward(learner: MetaLearner, batch: TaskBatch, iteration: int, chunk: int | None) -> float:
+    """Accumulate the meta-gradient of ``batch`` into ``.grad``, ``chunk`` tasks per pass; returns
+    the meta-loss (the mean over tasks, so chunks are weighted by their share of the tasks).
+
+    Chunking changes only speed and memory: peak memory is one chunk's graph, and on CPU chunks whose
+    activations stay in cache run faster than one pass over the whole batch (benchmarks/RESULTS.md).
+    Not for learners with per-step BatchNorm statistics, which average one pass's tasks.
+    """
+    tasks = batch.num_tasks
+    chunk = tasks if chunk is None else min(chunk, tasks)
+    total = 0.0
+    for start in range(0, tasks, chunk):
+        stop = min(start + chunk, tasks)
+        loss = learner.meta_loss(batch.slice(start, stop), iteration) * ((stop - start) / tasks)
+        loss.backward()
+        total += loss.detach().item()
+    return total
+
+
 class Shard:
     """This process's place in the job (rank 0 of 1 without torch.distributed)."""
 
@@ -96,21 +115,20 @@ class Shard:
         for tensor in (*learner.parameters(), *learner.buffers()):
             self._collective("broadcast of the parameters", lambda t=tensor: dist.broadcast(t.data, src=0))
 
-    def backward(self, learner: MetaLearner, batch: TaskBatch, iteration: int) -> float:
-        """Meta-gradient of the whole ``batch`` into ``.grad`` on every rank; returns the meta-loss."""
+    def backward(self, learner: MetaLearner, batch: TaskBatch, iteration: int, chunk: int | None = None) -> float:
+        """Meta-gradient of the whole ``batch`` into ``.grad`` on every rank; returns the meta-loss.
+
+        ``chunk``: tasks per forward/backward pass within this rank's share (see ``chunked_backward``)."""
         if self.world == 1:
-            loss = learner.meta_loss(batch, iteration)
-            loss.backward()
-            return loss.detach().item()
+            return chunked_backward(learner, batch, iteration, chunk)
         start, stop = self.bounds(batch.num_tasks)
         weight = (stop - start) / batch.num_tasks
         buffers = [b for b in learner.buffers() if b.is_floating_point()]
         before = [b.detach().clone() for b in buffers]
-        loss = learner.meta_loss(batch.slice(start, stop), iteration)
-        loss.backward()
+        loss = chunked_backward(learner, batch.slice(start, stop), iteration, chunk)
         grads = [p.grad for p in learner.parameters() if p.grad is not None]
         # Buffers travel as deltas: unchanged ones stay bit-identical, updated ones get the task-weighted mean.
-        parts = [loss.detach().reshape(1), *(g.reshape(-1) for g in grads), *((b - b0).reshape(-1) for b, b0 in zip(buffers, before))]
+        parts = [next(learner.parameters()).detach().new_tensor([loss]), *(g.reshape(-1) for g in grads), *((b - b0).reshape(-1) for b, b0 in zip(buffers, before))]
         flat = torch.cat(parts) * weight
         self._collective(f"all_reduce at iteration {iteration}", lambda: dist.all_reduce(flat))
         offset = 1

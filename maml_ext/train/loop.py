@@ -119,6 +119,9 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
         torch.set_num_threads(cfg["train"]["threads"])
     run = build(cfg)
     learner, tcfg = run.learner, cfg["train"]
+    if tcfg.get("task_chunk") and learner.bn_names:
+        raise ConfigError("train.task_chunk cannot be used with per-step BatchNorm statistics (MAML++): "
+                          "their running averages are taken over one pass's tasks")
     optimizer = torch.optim.Adam(learner.parameters(), lr=tcfg["meta_lr"])
     tasks = torch.Generator().manual_seed(cfg["seed"])
     start, window = 0, [0.0, 0]
@@ -138,7 +141,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
         for it in range(start, tcfg["iterations"]):
             batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
             optimizer.zero_grad(set_to_none=True)
-            last = shard.backward(learner, batch, it)
+            last = shard.backward(learner, batch, it, tcfg.get("task_chunk"))
             if tcfg.get("clip_grad"):
                 # Element-wise value clipping of the (all-reduced) meta-gradient, as the official
                 # MiniImagenet code does (tf.clip_by_value to [-10, 10]).
