@@ -32,6 +32,22 @@ def _positive_float() -> tuple[Callable[[Any], bool], str]:
     return ok, "a number > 0"
 
 
+def _float_in(lo: float, hi: float, lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        return (v > lo if lo_open else v >= lo) and v <= hi
+    return ok, f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
+
+
+def _bool() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _choice(*options: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in options), f"one of {list(options)}"
+
+
 def _int_list(lo: int) -> tuple[Callable[[Any], bool], str]:
     ok = lambda v: isinstance(v, list) and bool(v) and all(_int(lo)[0](x) for x in v)  # noqa: E731
     return ok, f"a non-empty list of integers >= {lo}"
@@ -59,6 +75,35 @@ SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
     "eval.lr": (_positive_float(), None),
 }
 PLUGIN_SECTIONS = ("model", "task", "algorithm")
+
+# Meta-RL runs (the task family is a maml_ext.rl TaskEnv): MAML paper §5.3 / maml_rl defaults.
+RL_SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
+    "seed": (_int(0), 0),
+    "train.iterations": (_int(1), 100),
+    "train.meta_batch": (_int(1), 20),
+    "train.rollouts": (_int(1), 20),
+    "train.optimizer": (_choice("trpo", "adam"), "trpo"),
+    "train.meta_lr": (_positive_float(), 1e-3),
+    "train.max_kl": (_positive_float(), 0.01),
+    "train.cg_iters": (_int(1), 10),
+    "train.cg_damping": (_float_in(0.0, 1e6), 1e-5),
+    "train.backtrack_ratio": (_float_in(0.0, 1.0, lo_open=True), 0.8),
+    "train.max_backtracks": (_int(1), 15),
+    "train.gamma": (_float_in(0.0, 1.0, lo_open=True), 0.99),
+    "train.gae_lambda": (_float_in(0.0, 1.0), 1.0),
+    "train.center_advantages": (_bool(), True),
+    "train.checkpoint_every": (_int(1), 10),
+    "train.log_every": (_int(1), 1),
+    "train.threads": (_int(0), 1),
+    "eval.num_tasks": (_int(1), 40),
+    "eval.rollouts": (_int(1), 40),
+    "eval.steps": (_int(0, 100), 3),
+    "eval.lr": (_positive_float(), 0.1),
+    "eval.later_lr": (_positive_float(), 0.05),
+    "eval.seed": (_int(0), 1),
+    "eval.random_init": (_bool(), True),
+    "eval.trajectories": (_int(0), 4),
+}
 
 
 def builtin_configs() -> list[str]:
@@ -114,8 +159,10 @@ def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def validate(cfg: Config) -> Config:
-    """Fill defaults and check every value; returns a new, complete config."""
+def validate(cfg: Config, schema: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] | None = None) -> Config:
+    """Fill defaults and check every value (against ``schema``, default: the supervised
+    ``SCHEMA``; meta-RL runs pass ``RL_SCHEMA``); returns a new, complete config."""
+    schema = SCHEMA if schema is None else schema
     out: Config = {s: dict(cfg.get(s, {})) for s in PLUGIN_SECTIONS}
     for section in PLUGIN_SECTIONS:
         if not isinstance(cfg.get(section, {}), dict):
@@ -123,10 +170,10 @@ def validate(cfg: Config) -> Config:
         if not isinstance(out[section].get("name"), str):
             raise ConfigError(f"{section}.name is required (a string)")
     given = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in PLUGIN_SECTIONS}
-    unknown = sorted(set(given) - set(SCHEMA))
+    unknown = sorted(set(given) - set(schema))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(SCHEMA)}")
-    for key, ((check, expected), default) in SCHEMA.items():
+        raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(schema)}")
+    for key, ((check, expected), default) in schema.items():
         value = given.get(key, default)
         if value is None:
             continue
@@ -137,6 +184,9 @@ def validate(cfg: Config) -> Config:
         for part in sections:
             node = node.setdefault(part, {})
         node[leaf] = float(value) if expected.startswith("a number") else value
+    if schema is RL_SCHEMA and out["eval"]["trajectories"] > out["eval"]["num_tasks"]:
+        raise ConfigError(f"eval.trajectories must be <= eval.num_tasks ({out['eval']['num_tasks']}), "
+                          f"got {out['eval']['trajectories']}")
     return out
 
 
