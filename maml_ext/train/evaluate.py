@@ -1,4 +1,21 @@
-"""Evaluation on a fixed held-out set of tasks: mean ± 95% CI after 0..S adaptation steps."""
+"""Evaluation on a fixed held-out set of tasks: mean ± 95% CI after 0..S adaptation steps, with
+the uncertainty of each learner's predictive distribution.
+
+Predictive distribution: the learner's adapted parameter sets (BMAML's M particles,
+PLATIPUS's sampled initialisations, a single set for MAML and the other point learners) give
+outputs f_1..f_S on each query input.
+- Classification: the class probabilities averaged over the sets; "loss" is their negative
+  log-likelihood (the usual cross-entropy for S = 1), "accuracy" uses their argmax and
+  "ece" is the expected calibration error (``ECE_BINS`` equal-width confidence bins, all query
+  examples of all tasks pooled, one value per step).
+- Regression: the Gaussian mixture 1/S Σ_s N(f_s, σ²) with one observation noise σ per
+  adaptation step fitted by maximum likelihood (log-spaced grid ``NOISE_GRID``) on
+  ``CALIBRATION_TASKS`` training-distribution tasks (the training family, seed eval.seed + 1),
+  so a deterministic learner (a one-component mixture) gets the same treatment as a Bayesian
+  one. "loss" is the MSE of the mixture mean (MAML's usual query MSE for S = 1), "nll" the
+  mixture's negative log-likelihood per query output and "coverage90" the fraction of query
+  targets inside its central 90% interval (mixture CDF between 0.05 and 0.95).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from maml_ext.algorithms import MetaLearner, RowLearner
+from maml_ext.algorithms.bayes import point_metrics
 from maml_ext.tasks import TaskBatch
 
 from .config import Config
 from .loop import Run
 
 RESULTS = "eval.json"
+ECE_BINS = 10
+CALIBRATION_TASKS = 200
+NOISE_GRID = torch.logspace(-3, 1, 161, dtype=torch.float64)
 
 
 def held_out(run: Run, shots: int, cfg: Config) -> TaskBatch:
@@ -41,20 +64,151 @@ def _mean_ci(values: torch.Tensor) -> dict[str, list[float]]:
     }
 
 
+# ----- predictive samples -------------------------------------------------------------------
+def has_samples(learner: MetaLearner) -> bool:
+    """Whether :func:`predictive_samples` applies: a RowLearner, or a point learner whose
+    evaluation is the base class's (its predictions after each inner step)."""
+    return isinstance(learner, RowLearner) or type(learner).evaluate_metrics is MetaLearner.evaluate_metrics
+
+
+@torch.no_grad()
+def predictive_samples(
+    learner: MetaLearner, batch: TaskBatch, steps: int, lr: float | None, generator: torch.Generator
+) -> Tensor:
+    """Outputs ``[steps + 1, T, S, N, out]`` of every adapted parameter set on the query inputs
+    after 0..steps steps on the support sets (S = 1 for point learners)."""
+    if isinstance(learner, RowLearner):
+        return learner.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, generator)
+    outs = [learner.predict(learner.init_params(), batch.x_query)]
+    for params in learner.inner_loop(batch.x_support, batch.y_support, steps, first_order=True, lr=lr):
+        outs.append(learner.predict(params, batch.x_query))
+    return torch.stack(outs).unsqueeze(2)
+
+
+# ----- regression: Gaussian mixture over the sets ---------------------------------------------
+def mixture_log_likelihood(samples: Tensor, y: Tensor, noise: Tensor) -> Tensor:
+    """log 1/S Σ_s N(y | f_s, σ²) per query output ``[steps + 1, T, N, out]``; ``noise`` σ is a
+    scalar or one value per step ``[steps + 1]``."""
+    sigma = noise.to(samples.dtype).reshape(-1, *([1] * (samples.dim() - 1)))
+    z = (y.unsqueeze(1) - samples) / sigma
+    log_pdf = -0.5 * z.pow(2) - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
+    return torch.logsumexp(log_pdf, dim=2) - math.log(samples.shape[2])
+
+
+def fit_noise(samples: Tensor, y: Tensor, grid: Tensor = NOISE_GRID) -> Tensor:
+    """The σ of ``grid`` maximising the mean mixture log-likelihood, per step ``[steps + 1]``."""
+    scores = torch.stack([mixture_log_likelihood(samples, y, s).flatten(1).mean(1) for s in grid.to(samples.dtype)], 1)
+    return grid.to(samples.dtype)[scores.argmax(1)]
+
+
+def mixture_cdf(samples: Tensor, y: Tensor, noise: Tensor) -> Tensor:
+    """The mixture's CDF at each query target ``[steps + 1, T, N, out]``."""
+    sigma = noise.to(samples.dtype).reshape(-1, *([1] * (samples.dim() - 1)))
+    z = (y.unsqueeze(1) - samples) / sigma
+    return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).mean(2)
+
+
+def regression_metrics(samples: Tensor, y: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    """Per-task "loss", "nll" and "coverage90" ``[steps + 1, T]`` (see the module docstring)."""
+    cdf = mixture_cdf(samples, y, noise)
+    inside = ((cdf >= 0.05) & (cdf <= 0.95)).to(samples.dtype)
+    return {
+        **point_metrics(samples, y, "mse"),
+        "nll": -mixture_log_likelihood(samples, y, noise).flatten(2).mean(2),
+        "coverage90": inside.flatten(2).mean(2),
+    }
+
+
+# ----- classification: averaged probabilities -----------------------------------------------
+def classification_metrics(samples: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Per-task "loss" (NLL) and "accuracy" ``[steps + 1, T]``, and the per-example confidence
+    and correctness ``[steps + 1, T·N]`` of the averaged class probabilities (for the ECE)."""
+    found = point_metrics(samples, y, "cross_entropy")
+    probs = torch.softmax(samples, -1).mean(2)
+    confidence, guess = probs.max(-1)
+    correct = (guess == y).to(samples.dtype)
+    return found, confidence.flatten(1), correct.flatten(1)
+
+
+def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = ECE_BINS) -> Tensor:
+    """ECE per step ``[steps + 1]``: Σ_b (n_b / n) |accuracy_b − confidence_b| over ``bins``
+    equal-width confidence bins ((0, 1/bins], ..., ((bins−1)/bins, 1])."""
+    index = (confidence * bins).ceil().clamp(1, bins).long() - 1
+    n = confidence.shape[1]
+    ece = torch.zeros(confidence.shape[0], dtype=confidence.dtype)
+    for b in range(bins):
+        mask = (index == b).to(confidence.dtype)
+        count = mask.sum(1)
+        gap = ((correct - confidence) * mask).sum(1).abs()  # = n_b · |acc_b − conf_b|
+        ece += torch.where(count > 0, gap, torch.zeros_like(gap)) / n
+    return ece
+
+
+# ----- the evaluation -------------------------------------------------------------------------
+def _chunks(batch: TaskBatch, size: int) -> list[TaskBatch]:
+    return [batch.slice(i, i + size) for i in range(0, batch.num_tasks, size)]
+
+
+def _calibration_noise(run: Run, shots: int, cfg: Config) -> Tensor:
+    """σ per step fitted on training-distribution tasks (regression, see the module docstring)."""
+    ecfg = cfg["eval"]
+    gen = torch.Generator().manual_seed(ecfg["seed"] + 1)
+    batch = run.family.sample(min(ecfg["num_tasks"], CALIBRATION_TASKS), shots, ecfg["k_query"], gen)
+    samples = torch.cat(
+        [predictive_samples(run.learner, c, ecfg["steps"], ecfg.get("lr"), gen).double() for c in _chunks(batch, ecfg["chunk"])],
+        dim=1,
+    )
+    y = batch.y_query.double()
+    return fit_noise(samples, y)
+
+
+def _evaluate_shots(run: Run, shots: int, cfg: Config) -> dict[str, Any]:
+    ecfg = cfg["eval"]
+    batch = held_out(run, shots, cfg)
+    if not has_samples(run.learner):  # a learner with its own evaluation: point metrics only
+        chunks = [run.learner.evaluate_metrics(c, ecfg["steps"], ecfg.get("lr")) for c in _chunks(batch, ecfg["chunk"])]
+        metrics = {k: torch.cat([c[k] for c in chunks], dim=1).double() for k in chunks[0]}
+        found = _mean_ci(metrics.pop("loss"))
+        found.update({k: _mean_ci(v) for k, v in metrics.items()})
+        return found
+    regression = run.learner.loss == "mse"
+    noise = _calibration_noise(run, shots, cfg) if regression else None
+    gen = torch.Generator().manual_seed(ecfg["seed"])
+    per_task: dict[str, list[Tensor]] = {}
+    pooled: list[tuple[Tensor, Tensor]] = []
+    sets = 1
+    for chunk in _chunks(batch, ecfg["chunk"]):
+        samples = predictive_samples(run.learner, chunk, ecfg["steps"], ecfg.get("lr"), gen).double()
+        sets = samples.shape[2]
+        if regression:
+            metrics = regression_metrics(samples, chunk.y_query.double(), noise)
+        else:
+            metrics, confidence, correct = classification_metrics(samples, chunk.y_query)
+            pooled.append((confidence, correct))
+        for k, v in metrics.items():
+            per_task.setdefault(k, []).append(v)
+    metrics = {k: torch.cat(v, dim=1) for k, v in per_task.items()}
+    found = _mean_ci(metrics.pop("loss"))
+    found.update({k: _mean_ci(v) for k, v in metrics.items()})
+    found["sets"] = sets
+    if regression:
+        found["noise_std"] = noise.tolist()
+    else:
+        confidence = torch.cat([c for c, _ in pooled], dim=1)
+        correct = torch.cat([c for _, c in pooled], dim=1)
+        found["nll"] = {k: found[k] for k in ("mean", "ci95", "median")}
+        found["ece"] = {"value": expected_calibration_error(confidence, correct).tolist(), "bins": ECE_BINS}
+    return found
+
+
 def evaluate(run: Run, cfg: Config) -> dict[str, Any]:
     """Per shot count: query-loss mean and 95% CI after 0..steps steps (and, for classification,
-    the query accuracy under ``"accuracy"``)."""
+    the query accuracy under ``"accuracy"``), with the predictive distribution's "nll" and
+    calibration ("coverage90" for regression, "ece" for classification); see the module docstring."""
     ecfg = cfg["eval"]
     results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], "k_query": ecfg["k_query"], "shots": {}}
     for shots in ecfg["shots"]:
-        batch = held_out(run, shots, cfg)
-        chunks = [
-            run.learner.evaluate_metrics(batch.slice(i, i + ecfg["chunk"]), ecfg["steps"], ecfg.get("lr"))
-            for i in range(0, batch.num_tasks, ecfg["chunk"])
-        ]
-        metrics = {k: torch.cat([c[k] for c in chunks], dim=1).double() for k in chunks[0]}
-        results["shots"][str(shots)] = _mean_ci(metrics.pop("loss"))
-        results["shots"][str(shots)].update({k: _mean_ci(v) for k, v in metrics.items()})
+        results["shots"][str(shots)] = _evaluate_shots(run, shots, cfg)
     return results
 
 
@@ -66,18 +220,31 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def _cells(values: dict[str, list[float]], steps: tuple[int, ...], scale: float = 1.0, unit: str = "") -> list[str]:
+    return [
+        f"{scale * values['mean'][s]:.3f}{unit} ± {scale * values['ci95'][s]:.3f}" if s < len(values["mean"]) else "–"
+        for s in steps
+    ]
+
+
 def table(results: dict[str, Any], steps: tuple[int, ...] = (0, 1, 5, 10)) -> str:
-    """Markdown table of the query loss after the given numbers of steps."""
+    """Markdown table of the query loss after the given numbers of steps, then (where evaluated)
+    accuracy, NLL and calibration rows."""
     rows = ["| shots | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
     for shots, r in results["shots"].items():
-        cells = [
-            f"{r['mean'][s]:.3f} ± {r['ci95'][s]:.3f}" if s < len(r["mean"]) else "–" for s in steps
-        ]
-        rows.append(f"| {shots} | " + " | ".join(cells) + " |")
+        rows.append(f"| {shots} | " + " | ".join(_cells(r, steps)) + " |")
         if "accuracy" in r:
             acc = r["accuracy"]
             cells = [
                 f"{100 * acc['mean'][s]:.2f}% ± {100 * acc['ci95'][s]:.2f}" if s < len(acc["mean"]) else "–" for s in steps
             ]
             rows.append(f"| {shots} (accuracy) | " + " | ".join(cells) + " |")
+        if "nll" in r and "accuracy" not in r:  # classification: the loss row is the NLL already
+            rows.append(f"| {shots} (NLL) | " + " | ".join(_cells(r["nll"], steps)) + " |")
+        if "coverage90" in r:
+            rows.append(f"| {shots} (90% interval coverage) | " + " | ".join(_cells(r["coverage90"], steps, 100, "%")) + " |")
+        if "ece" in r:
+            ece = r["ece"]["value"]
+            cells = [f"{100 * ece[s]:.2f}%" if s < len(ece) else "–" for s in steps]
+            rows.append(f"| {shots} (ECE, {r['ece']['bins']} bins) | " + " | ".join(cells) + " |")
     return "\n".join(rows)

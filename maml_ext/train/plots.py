@@ -1,4 +1,5 @@
-"""PNG plots of a run: learning curve, loss vs adaptation steps, and sinusoid fits (paper Fig. 2)."""
+"""PNG plots of a run: learning curve, loss vs adaptation steps, and sinusoid fits (paper Fig. 2,
+with sampled fits on ambiguous tasks for BMAML / PLATIPUS)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+
+from maml_ext.tasks import TaskBatch
 
 from .config import Config
-from .evaluate import held_out
+from .evaluate import held_out, predictive_samples
 from .loop import Run
 
 
@@ -56,29 +60,59 @@ def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
     return out
 
 
+AMBIGUOUS_WIDTH = 1.0  # x-range of the support points of the "ambiguous" tasks
+
+
+def ambiguous_tasks(family: Any, shots: int, tasks: int, generator: torch.Generator) -> TaskBatch:
+    """Tasks of a 1-D curve family (one with ``curve``) whose support points lie in a narrow
+    x-range (width ``AMBIGUOUS_WIDTH``, centre uniform in [−4, 4]), so several curves of the
+    family fit them; queries stay on the full grid [−5, 5]."""
+    base = family.sample(tasks, shots, 1, generator)
+    centre = torch.rand(tasks, 1, 1, generator=generator) * 8.0 - 4.0
+    x = centre + (torch.rand(tasks, shots, 1, generator=generator) - 0.5) * AMBIGUOUS_WIDTH
+    grid = torch.linspace(-5.0, 5.0, 200).view(1, -1, 1).expand(tasks, -1, -1)
+    return TaskBatch(x, family.curve(base.info, x), grid, family.curve(base.info, grid), base.info)
+
+
+def _draw_fits(ax: Any, batch: TaskBatch, t: int, truth: Tensor, preds: Tensor, shots: int) -> None:
+    """One task: truth, pre-update, 1 and 10 steps; the adapted sets as thin curves when S > 1."""
+    x = batch.x_query[t, :, 0]
+    ax.plot(x, truth[t, :, 0], "r", label="ground truth")
+    sets = preds.shape[2]
+    ax.plot(x, preds[0, t].mean(0)[:, 0], ":", color="tab:green", label="pre-update" + (" (mean)" if sets > 1 else ""))
+    ax.plot(x, preds[1, t].mean(0)[:, 0], "--", color="tab:green", label="1 grad step" + (" (mean)" if sets > 1 else ""))
+    if sets > 1:
+        for s in range(sets):
+            ax.plot(x, preds[-1, t, s, :, 0], "-", color="tab:blue", lw=0.6, alpha=0.7,
+                    label=f"10 steps, {sets} sets" if s == 0 else None)
+    ax.plot(x, preds[-1, t].mean(0)[:, 0], "-", color="tab:green", label="10 grad steps" + (" (mean)" if sets > 1 else ""))
+    ax.plot(batch.x_support[t, :, 0], batch.y_support[t, :, 0], "^", color="purple", label=f"{shots} points used")
+    ax.set_xlim(-5, 5)
+
+
 @torch.no_grad()
 def sinusoid_fits(run: Run, cfg: Config, out: Path, shots: int = 5, tasks: int = 3) -> Path:
-    """Prediction before and after 1 and 10 steps vs the true curve, for a few held-out tasks."""
-    batch = held_out(run, shots, cfg).slice(0, tasks)
+    """Prediction before and after 1 and 10 steps vs the true curve (paper Fig. 2): top row a few
+    held-out tasks, bottom row ambiguous tasks (:func:`ambiguous_tasks`). Learners with several
+    adapted parameter sets (BMAML particles, PLATIPUS samples) draw each set after 10 steps as a
+    thin curve and their mean in green. Seeded: the same run gives the same figure."""
+    held = held_out(run, shots, cfg).slice(0, tasks)
     grid = torch.linspace(-5.0, 5.0, 200).view(1, -1, 1).expand(tasks, -1, -1)
-    preds = {0: run.learner.predict(run.learner.init_params(), grid)}
-    loop = run.learner.inner_loop(batch.x_support, batch.y_support, 10, first_order=True, lr=cfg["eval"].get("lr"))
-    for step, params in enumerate(loop, start=1):
-        if step in (1, 10):
-            preds[step] = run.learner.predict(params, grid)
-    truth = run.family.curve(batch.info, grid)
+    held = TaskBatch(held.x_support, held.y_support, grid, run.family.curve(held.info, grid), held.info)
+    gen = torch.Generator().manual_seed(cfg["eval"]["seed"] + 2)
+    ambiguous = ambiguous_tasks(run.family, shots, tasks, gen)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, tasks, figsize=(4 * tasks, 3.2), squeeze=False)
-    for t, ax in enumerate(axes[0]):
-        x = grid[t, :, 0]
-        ax.plot(x, truth[t, :, 0], "r", label="ground truth")
-        ax.plot(x, preds[0][t, :, 0], ":", color="tab:green", label="pre-update")
-        ax.plot(x, preds[1][t, :, 0], "--", color="tab:green", label="1 grad step")
-        ax.plot(x, preds[10][t, :, 0], "-", color="tab:green", label="10 grad steps")
-        ax.plot(batch.x_support[t, :, 0], batch.y_support[t, :, 0], "^", color="purple", label=f"{shots} points used")
-        ax.set_xlim(-5, 5)
+    fig, axes = plt.subplots(2, tasks, figsize=(4 * tasks, 6.4), squeeze=False)
+    for row, batch in enumerate((held, ambiguous)):
+        preds = predictive_samples(run.learner, batch, 10, cfg["eval"].get("lr"), torch.Generator().manual_seed(cfg["eval"]["seed"]))
+        preds = preds[[0, 1, 10]]
+        for t, ax in enumerate(axes[row]):
+            _draw_fits(ax, batch, t, batch.y_query, preds, shots)
+            if row == 1:
+                lo, hi = batch.x_support[t, :, 0].min().item(), batch.x_support[t, :, 0].max().item()
+                ax.set_title(f"ambiguous: support in [{lo:.1f}, {hi:.1f}]", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{cfg['algorithm']['name']}, K={shots}")
+    fig.suptitle(f"{cfg['algorithm']['name']}, K={shots} (top: held-out tasks; bottom: ambiguous tasks)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
