@@ -102,6 +102,11 @@ class MujocoBatch:
     def nu(self) -> int:
         return int(self.model.nu)
 
+    @property
+    def datas(self) -> list[mujoco.MjData]:
+        """The simulations of the current batch (for tools that step them directly)."""
+        return self._datas[: self.size]
+
     def body_id(self, name: str) -> int:
         return int(mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, name))
 

@@ -1,0 +1,204 @@
+"""Environment steps per second of the MuJoCo locomotion envs: maml_ext's batched env vs gymnasium.
+
+    python benchmarks/bench_envs.py [--min-time S] [--quick] [--write]
+
+For HalfCheetah and Ant at 1, 20, 100 and 400 simultaneous episodes, same run, random actions
+in [-1, 1], one thread:
+
+* ``maml_ext LocomotionEnv`` (both observation variants): the task env the RL loop uses, one
+  Python loop over ``MjData`` per step, torch actions in, observations/rewards/done out. Episodes
+  are reset once all have ended (horizon 200, or every Ant left its healthy torso height: with
+  random actions it bounces above 1.0 after ~75 steps); reset time is included. Ended Ant
+  episodes are frozen and cost no simulation, so only simulated episode-steps are counted.
+* ``gymnasium SyncVectorEnv``: ``gymnasium.make_vec(..., vectorization_mode="sync")`` of
+  HalfCheetah-v5 / Ant-v5 with its default wrappers and autoreset (numpy actions).
+* ``raw mj_step loop``: only ``ctrl = a; mj_step(nstep=5)`` (+ ``mj_rnePostConstraint`` for the
+  Ant) per episode: the floor every closed-loop implementation pays.
+* ``mujoco.rollout``: MuJoCo's native multi-episode rollout, used closed-loop: one call per env
+  step of ``nstep=5`` from the episodes' full physics states, with 1 and 2 threads.
+
+Printed per row: env-steps/s of wall time and of this process's CPU time (on a shared machine
+the CPU-time rate of a one-thread row is the one other jobs do not distort; the 2-thread rollout
+row's CPU time counts both threads). ``--write`` replaces this script's section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import mujoco
+import mujoco.rollout
+from maml_ext.rl.envs import locomotion as L
+from results_md import replace_section
+
+SIZES = ((1, 1), (1, 20), (5, 20), (20, 20))  # (tasks, rollouts): 1, 20, 100, 400 episodes
+ROBOTS = {"HalfCheetah": ("HalfCheetah-v5", L.build_halfcheetah_vel), "Ant": ("Ant-v5", L.build_ant_vel)}
+
+
+def ours(build: Callable[..., L.LocomotionEnv], observation: str, tasks: int, rollouts: int) -> Callable[[], int]:
+    env = build(observation=observation)
+    g = torch.Generator().manual_seed(0)
+    pool = [2 * torch.rand(tasks, rollouts, env.act_dim, generator=g) - 1 for _ in range(16)]
+    state = {"t": env.horizon, "running": 0}
+
+    def step() -> int:
+        if state["t"] >= env.horizon or state["running"] == 0:
+            env.reset(env.sample_tasks(tasks, g), rollouts, g)
+            state["t"], state["running"] = 0, tasks * rollouts
+        simulated = state["running"]  # episodes that run in this step
+        out = env.step(pool[state["t"] % len(pool)])
+        state["t"] += 1
+        state["running"] = int((~out.done).sum())
+        return simulated
+
+    return step
+
+
+def gym_sync(env_id: str, n: int) -> Callable[[], int]:
+    import tempfile
+
+    import gymnasium as gym
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:  # gymnasium's cheetah model warns into ./MUJOCO_LOG.TXT
+        os.chdir(tmp)
+        try:
+            env = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
+        finally:
+            os.chdir(cwd)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    pool = [rng.uniform(-1, 1, (n, *env.single_action_space.shape)) for _ in range(16)]
+    count = [0]
+
+    def step() -> int:
+        env.step(pool[count[0] % len(pool)])
+        count[0] += 1
+        return n
+
+    return step
+
+
+def _model_and_starts(build: Callable[..., L.LocomotionEnv], n: int) -> tuple[mujoco.MjModel, list[mujoco.MjData], np.ndarray]:
+    env = build()
+    env.reset(env.sample_tasks(n, torch.Generator().manual_seed(0)), 1, torch.Generator().manual_seed(1))
+    datas = env.sim.datas
+    return env.sim.model, datas, np.random.default_rng(0).uniform(-1, 1, (16, n, env.act_dim))
+
+
+def raw_loop(build: Callable[..., L.LocomotionEnv], n: int, contact: bool) -> Callable[[], int]:
+    model, datas, pool = _model_and_starts(build, n)
+    count = [0]
+
+    def step() -> int:
+        a = pool[count[0] % len(pool)]
+        for i, d in enumerate(datas):
+            d.ctrl[:] = a[i]
+            mujoco.mj_step(model, d, nstep=L.FRAME_SKIP)
+            if contact:
+                mujoco.mj_rnePostConstraint(model, d)
+        count[0] += 1
+        return n
+
+    return step
+
+
+def native_rollout(build: Callable[..., L.LocomotionEnv], n: int, threads: int) -> Callable[[], int]:
+    model, datas, pool = _model_and_starts(build, n)
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    state = np.stack([_state(model, d, spec) for d in datas])
+    workers = [mujoco.MjData(model) for _ in range(threads)]
+    count = [0]
+
+    def step() -> int:
+        nonlocal state
+        ctrl = np.repeat(pool[count[0] % len(pool)][:, None, :], L.FRAME_SKIP, axis=1)
+        out, _ = mujoco.rollout.rollout(model, workers, state, ctrl, nstep=L.FRAME_SKIP)
+        state = out[:, -1]
+        count[0] += 1
+        return n
+
+    return step
+
+
+def _state(model: mujoco.MjModel, data: mujoco.MjData, spec: int) -> np.ndarray:
+    out = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, data, out, spec)
+    return out
+
+
+def rate(step: Callable[[], int], min_time: float) -> tuple[float, float]:
+    """Env-steps per second of wall time and of CPU time over at least ``min_time`` seconds."""
+    for _ in range(3):
+        step()  # warm-up
+    start, cpu, steps = time.perf_counter(), time.process_time(), 0
+    while time.perf_counter() - start < min_time:
+        steps += step()
+    return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    rows = [
+        "| robot | episodes (tasks × rollouts) | implementation | env-steps/s (wall) | env-steps/s (CPU time) | vs gymnasium sync (CPU time) |",
+        "|---|---|---|---|---|---|",
+    ]
+    print(rows[0], flush=True)
+    sizes = SIZES[:2] if args.quick else SIZES
+    for robot, (env_id, build) in ROBOTS.items():
+        contact = robot == "Ant"
+        for tasks, rollouts in sizes:
+            n = tasks * rollouts
+            impls: dict[str, Callable[[], Callable[[], int]]] = {
+                "gymnasium SyncVectorEnv": lambda: gym_sync(env_id, n),
+                "maml_ext LocomotionEnv, observation=rllab": lambda: ours(build, "rllab", tasks, rollouts),
+                "maml_ext LocomotionEnv, observation=gymnasium": lambda: ours(build, "gymnasium", tasks, rollouts),
+                "raw mj_step loop (physics only)": lambda: raw_loop(build, n, contact),
+                "mujoco.rollout, 1 thread (no contact forces)": lambda: native_rollout(build, n, 1),
+                "mujoco.rollout, 2 threads (no contact forces)": lambda: native_rollout(build, n, 2),
+            }
+            rates = {name: rate(make(), args.min_time) for name, make in impls.items()}
+            base = rates["gymnasium SyncVectorEnv"][1]
+            for name, (wall, cpu) in rates.items():
+                rows.append(f"| {robot} | {n} ({tasks} × {rollouts}) | {name} | {wall:,.0f} | {cpu:,.0f} | {cpu / base:.2f}× |")
+                print(rows[-1], flush=True)
+    return rows
+
+
+def environment() -> str:
+    import gymnasium
+
+    return (
+        f"torch {torch.__version__}, mujoco {mujoco.__version__}, gymnasium {gymnasium.__version__}, "
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+        f"{torch.get_num_threads()} torch thread(s), frame skip {L.FRAME_SKIP}, random actions"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per row")
+    p.add_argument("--quick", action="store_true", help="1 and 20 episodes only")
+    p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    header = environment()
+    print(header, flush=True)
+    rows = run(args)
+    if args.write:
+        command = " ".join(["python", "benchmarks/bench_envs.py", *sys.argv[1:]])
+        replace_section("bench_envs", [
+            "", "## MuJoCo locomotion envs: env-steps/s", "", f"`{command}` — {header}", "", *rows, ""])
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    raise SystemExit(main())
