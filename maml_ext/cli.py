@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
+from maml_ext.rl import train as rl
 from maml_ext.train import checkpoint, config, distributed, evaluate, loop, plots
 
 EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError)
 
 
 def _train(args: argparse.Namespace) -> None:
-    cfg = config.load(args.config, args.set)
+    raw = config.apply_overrides(config.read(args.config), args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if rl.is_rl_config(raw):  # the task family is a meta-RL environment
+        _train_rl(args, rl.load_config(raw), out)
+        return
+    cfg = config.validate(raw)
     if args.nproc < 1:
         raise config.ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc > 1:
@@ -41,6 +47,29 @@ def _train(args: argparse.Namespace) -> None:
         run, iteration = loop.restore(ckpt)
         _evaluate(run, run.config, iteration, out)
         _plot(run, run.config, out)
+
+
+def _train_rl(args: argparse.Namespace, cfg: config.Config, out: Path) -> None:
+    if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise config.ConfigError("meta-RL training runs in one process (--nproc and torchrun are not supported for it)")
+    ckpt = rl.train(cfg, out, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoint: {ckpt}")
+    if not args.no_eval:
+        run, iteration = rl.restore(ckpt)
+        rl.evaluate(run, run.config, iteration, out)
+        rl.plot(run, run.config, out)
+
+
+def _restored_rl(args: argparse.Namespace) -> tuple[rl.RLRun, config.Config, int] | None:
+    """The meta-RL run in ``args.run`` with its eval.* overrides, or None for a supervised run."""
+    path = Path(args.run) / loop.CHECKPOINT
+    if not rl.is_rl_checkpoint(path):
+        return None
+    run, iteration = rl.restore(path)
+    cfg = rl.load_config(config.apply_overrides(run.config, args.set))
+    if {k: v for k, v in cfg.items() if k != "eval"} != {k: v for k, v in run.config.items() if k != "eval"}:
+        raise config.ConfigError("eval/plot accept only eval.* overrides")
+    return run, cfg, iteration
 
 
 def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
@@ -80,11 +109,22 @@ def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] =
 
 
 def _eval_command(args: argparse.Namespace) -> None:
+    restored = _restored_rl(args)
+    if restored is not None:
+        run_rl, cfg_rl, it = restored
+        rl.evaluate(run_rl, cfg_rl, it, Path(args.run))
+        return
     run, cfg, iteration = _restored(args)
     _evaluate(run, cfg, iteration, Path(args.run))
 
 
 def _plot_command(args: argparse.Namespace) -> None:
+    restored = _restored_rl(args)
+    if restored is not None:
+        if args.compare:
+            raise config.ConfigError("--compare is not supported for meta-RL runs")
+        rl.plot(restored[0], restored[1], Path(args.run))
+        return
     run, cfg, _ = _restored(args)
     _plot(run, cfg, Path(args.run), args.compare)
 

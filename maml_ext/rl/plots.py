@@ -1,0 +1,82 @@
+"""PNG plots of a meta-RL run: returns during training, average return vs adaptation steps,
+and 2D trajectories before and after adaptation (paper Fig. 4, left)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maml_ext.train.plots import _pyplot
+
+from .algorithms import MetaRL
+from .envs.base import TaskEnv
+from .evaluate import adaptation_returns, test_tasks
+
+
+def learning_curve(metrics: Path, out: Path) -> Path:
+    """Average return of the pre- and post-update rollouts per meta-iteration."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    its = [r["iteration"] for r in records]
+    ax.plot(its, [r["return_pre"] for r in records], label="pre-update")
+    ax.plot(its, [r["return_post"] for r in records], label="post-update (1 step)")
+    ax.set(xlabel="meta-iteration", ylabel="average return (training tasks)", title="Learning curve")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def returns_vs_steps(results: dict[str, Any], out: Path, title: str = "") -> Path:
+    """Average return ± 95% CI vs number of gradient steps at test (paper Figs. 4-5)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, r in results["returns"].items():
+        ax.errorbar(range(len(r["mean"])), r["mean"], yerr=r["ci95"], capsize=3, marker="o",
+                    label=name.replace("_", " "))
+    ax.set(xlabel="number of gradient steps", ylabel="average return (mean ± 95% CI)",
+           title=title or f"{results['num_tasks']} test tasks")
+    ax.set_xticks(range(len(next(iter(results["returns"].values()))["mean"])))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+@torch.no_grad()
+def trajectories(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], out: Path, tasks: int = 4,
+                 shown: int = 3) -> Path:
+    """2D positions of ``shown`` rollouts per task before and after 1 and 2 adaptation steps,
+    for the first ``tasks`` test tasks (the observation is the position, the task the goal)."""
+    if env.obs_dim != 2 or env.task_dim != 2:
+        raise ValueError(f"trajectory plots need a 2D point environment, got obs_dim={env.obs_dim}")
+    goals, noise_seed = test_tasks(env, ecfg)
+    goals = goals[:tasks]
+    steps = min(2, ecfg["steps"])
+    _, batches = adaptation_returns(learner, env, goals, rollouts=ecfg["rollouts"], steps=steps, lr=ecfg["lr"],
+                                    later_lr=ecfg["later_lr"], generator=torch.Generator().manual_seed(noise_seed))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, tasks, figsize=(3.2 * tasks, 3.4), squeeze=False)
+    styles = {0: (":", "pre-update"), 1: ("--", "1 grad step"), 2: ("-", "2 grad steps")}
+    for t, ax in enumerate(axes[0]):
+        for s, batch in enumerate(batches):
+            ls, label = styles[s]
+            for r in range(min(shown, batch.obs.shape[1])):
+                n = int(batch.mask[t, r].sum().item())
+                path = batch.obs[t, r, :n]  # the position before each step, from the origin on
+                ax.plot(path[:, 0], path[:, 1], ls, color=f"C{s}", lw=1, label=label if r == 0 else None)
+        ax.plot(goals[t, 0], goals[t, 1], "r*", ms=12, label="goal")
+        ax.plot(0, 0, "ko", ms=4)
+        ax.set(xlim=(-0.6, 0.6), ylim=(-0.6, 0.6), aspect="equal", title=f"task {t}")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+

@@ -1,0 +1,198 @@
+"""Meta-RL training loop: build a run from its config, meta-train with checkpoints, resume
+exactly, evaluate (average return vs adaptation steps) and plot.
+
+Config sections as the supervised loop (``maml_ext.train.config.RL_SCHEMA`` holds the keys and
+defaults): ``[task]`` names a family whose factory returns a :class:`TaskEnv`, ``[model]`` the
+policy (``gaussian_mlp``), ``[algorithm]`` ``maml`` or ``fomaml`` with its inner step size
+``lr``, ``[train]`` the meta-batch, rollouts per task and the meta-optimizer (TRPO or Adam),
+``[eval]`` the test protocol. The run directory, checkpoint and metrics files are the supervised
+loop's (written by the same helpers).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maml_ext import plugins
+from maml_ext.train import checkpoint
+from maml_ext.train import loop as supervised
+from maml_ext.train.config import RL_SCHEMA, Config, ConfigError, validate
+from maml_ext.train.progress import Progress
+
+from . import evaluate as rl_evaluate
+from . import plots as rl_plots
+from .algorithms import MetaRL
+from .envs.base import TaskEnv
+from .policy import GaussianMLPPolicy
+
+CHECKPOINT, METRICS, RESULTS = supervised.CHECKPOINT, supervised.METRICS, "eval.json"
+KIND = "rl"  # marks a meta-RL checkpoint, so `maml-ext eval/plot` pick this loop
+ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
+
+
+@dataclass
+class RLRun:
+    config: Config
+    env: TaskEnv
+    learner: MetaRL
+
+
+def is_rl_task(name: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether task family ``name`` is a meta-RL environment: its factory's return annotation
+    is a :class:`TaskEnv`; a factory without a usable annotation is built once and checked."""
+    factory = plugins.tasks.factory(name)
+    try:
+        returned = typing.get_type_hints(factory).get("return")
+    except Exception:  # unresolvable annotation strings: fall back to building it
+        returned = None
+    if isinstance(returned, type):
+        return issubclass(returned, TaskEnv)
+    return isinstance(plugins.build_task(name, **(options or {})), TaskEnv)
+
+
+def is_rl_config(cfg: Config) -> bool:
+    task = cfg.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+        return False
+    return is_rl_task(task["name"], {k: v for k, v in task.items() if k != "name"})
+
+
+def load_config(raw: Config) -> Config:
+    """Validate a meta-RL config (defaults filled, each bad value named)."""
+    cfg = validate(raw, RL_SCHEMA)
+    if cfg["algorithm"]["name"] not in ALGORITHMS:
+        raise ConfigError(f"algorithm.name for meta-RL must be one of {sorted(ALGORITHMS)}, "
+                          f"got {cfg['algorithm']['name']!r}")
+    unknown = sorted(set(cfg["algorithm"]) - {"name", "lr"})
+    if unknown:
+        raise ConfigError(f"unknown [algorithm] option(s) {unknown} for meta-RL; known: ['lr']")
+    lr = cfg["algorithm"].get("lr", 0.1)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ConfigError(f"algorithm.lr must be a number > 0, got {lr!r}")
+    cfg["algorithm"]["lr"] = float(lr)
+    return cfg
+
+
+def build(cfg: Config) -> RLRun:
+    """Environment, policy (initialised from ``seed``) and learner of a validated config."""
+    torch.manual_seed(cfg["seed"])
+    options = lambda section: {k: v for k, v in cfg[section].items() if k != "name"}  # noqa: E731
+    env = plugins.build_task(cfg["task"]["name"], **options("task"))
+    if not isinstance(env, TaskEnv):
+        raise ConfigError(f"task {cfg['task']['name']!r} is not a meta-RL environment (TaskEnv)")
+    model = plugins.build_model(cfg["model"]["name"], in_features=env.obs_dim, out_features=env.act_dim,
+                                **options("model"))
+    if not isinstance(model, GaussianMLPPolicy):
+        raise ConfigError(f"model {cfg['model']['name']!r} is not a Gaussian MLP policy; use 'gaussian_mlp'")
+    t = cfg["train"]
+    learner = MetaRL(
+        model, lr=cfg["algorithm"]["lr"], first_order=ALGORITHMS[cfg["algorithm"]["name"]],
+        optimizer=t["optimizer"], meta_lr=t["meta_lr"], max_kl=t["max_kl"], cg_iters=t["cg_iters"],
+        cg_damping=t["cg_damping"], backtrack_ratio=t["backtrack_ratio"], max_backtracks=t["max_backtracks"],
+        gamma=t["gamma"], gae_lambda=t["gae_lambda"], center_advantages=t["center_advantages"],
+    )
+    return RLRun(cfg, env, learner)
+
+
+def _rng_state(tasks: torch.Generator, noise: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "tasks": tasks.get_state(), "noise": noise.get_state(),
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any], tasks: torch.Generator, noise: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    tasks.set_state(state["tasks"])
+    noise.set_state(state["noise"])
+    random.setstate(state["python"])
+
+
+def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the
+    checkpoint path. Tasks come from a generator seeded by ``seed``, the rollouts' noise (and
+    start states) from one seeded by ``seed + 1``; both are checkpointed, so ``resume`` continues
+    the uninterrupted run exactly."""
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+    run = build(cfg)
+    tcfg, learner = cfg["train"], run.learner
+    tasks_gen = torch.Generator().manual_seed(cfg["seed"])
+    noise_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    start = 0
+    state = supervised._open_out_dir(cfg, out_dir, resume)
+    if state is not None:
+        if state.get("kind") != KIND:
+            raise checkpoint.CheckpointError(f"{out_dir / CHECKPOINT} is not a meta-RL checkpoint")
+        learner.load_state_dict(state["learner"])
+        _set_rng_state(state["rng"], tasks_gen, noise_gen)
+        start = state["iteration"]
+    bar = Progress(tcfg["iterations"], start) if progress else None
+    t0, info = time.perf_counter(), {"loss": float("nan")}
+    with (out_dir / METRICS).open("a") as metrics:
+        for it in range(start, tcfg["iterations"]):
+            tasks = run.env.sample_tasks(tcfg["meta_batch"], tasks_gen)
+            info = learner.iteration(run.env, tasks, tcfg["rollouts"], noise_gen)
+            done = it + 1
+            if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
+                record = {"iteration": done, **info, "it_s": (done - start) / (time.perf_counter() - t0)}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if progress:
+                    print(f"iteration {done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
+                          + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
+            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
+                checkpoint.save({"kind": KIND, "iteration": done, "config": cfg, "learner": learner.state_dict(),
+                                 "optimizer": None, "rng": _rng_state(tasks_gen, noise_gen)}, out_dir / CHECKPOINT)
+            if bar is not None:
+                bar.update(done, info["loss"])
+    if bar is not None:
+        bar.close(max(start, tcfg["iterations"]), info["loss"])
+    return out_dir / CHECKPOINT
+
+
+def is_rl_checkpoint(path: Path) -> bool:
+    return checkpoint.load(path).get("kind") == KIND
+
+
+def restore(path: Path) -> tuple[RLRun, int]:
+    """The trained run stored in a meta-RL checkpoint, and its iteration."""
+    state = checkpoint.load(path)
+    if state.get("kind") != KIND:
+        raise checkpoint.CheckpointError(f"{path} is not a meta-RL checkpoint")
+    run = build(state["config"])
+    run.learner.load_state_dict(state["learner"])
+    return run, state["iteration"]
+
+
+def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path) -> dict[str, Any]:
+    """``eval.*`` protocol on the trained policy (and from the run's random initialisation when
+    ``eval.random_init``); writes eval.json and prints the table."""
+    initial = build(run.config).learner if cfg["eval"]["random_init"] else None
+    results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial)
+    results["iteration"] = iteration
+    path = out_dir / RESULTS
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(rl_evaluate.table(results))
+    print(f"results: {path}")
+    return results
+
+
+def plot(run: RLRun, cfg: Config, out_dir: Path) -> list[Path]:
+    made = [rl_plots.learning_curve(out_dir / METRICS, out_dir / "learning_curve.png")]
+    results_path = out_dir / RESULTS
+    if results_path.exists():
+        made.append(rl_plots.returns_vs_steps(json.loads(results_path.read_text()), out_dir / "adaptation.png",
+                                              title=f"{cfg['task']['name']}, {cfg['algorithm']['name']}"))
+    if run.env.obs_dim == 2 and run.env.task_dim == 2 and cfg["eval"]["trajectories"]:
+        made.append(rl_plots.trajectories(run.learner, run.env, cfg["eval"], out_dir / "trajectories.png",
+                                          tasks=cfg["eval"]["trajectories"]))
+    print("plots: " + ", ".join(str(p) for p in made))
+    return made
