@@ -234,3 +234,11 @@ def test_resume_equals_uninterrupted(tmp_path, name):
         assert torch.equal(a[k], b[k]), k
     run, iteration = loop.restore(split / loop.CHECKPOINT)
     assert iteration == 4 and type(run.learner).__name__ == name.upper()
+
+
+@pytest.mark.parametrize("name", ["bmaml", "platipus"])
+def test_single_set_adaptation_is_refused(name):
+    learner = build_algorithm(name, mlp64())
+    batch = batch64()
+    with pytest.raises(NotImplementedError, match="adapts several parameter sets per task"):
+        learner.adapt(batch.x_support, batch.y_support)

@@ -20,7 +20,7 @@ from maml_ext import ops
 from maml_ext.models import FusedMLPSpec, fused_spec
 from maml_ext.tasks import TaskBatch
 
-from .base import MetaLearner, task_loss
+from .base import MetaLearner, Params, task_loss
 
 Rows = dict[str, Tensor]
 
@@ -34,7 +34,8 @@ class RowLearner(MetaLearner):
     """A learner whose adapted parameters are several sets per task, held as rows.
 
     Every parameter is adapted (there is no ``adapt`` option) and BatchNorm uses batch
-    statistics. ``fused``: use the fused MLP op for per-row gradients when the model declares a
+    statistics. The single-set ``inner_loop`` / ``adapt`` of :class:`MetaLearner` do not apply
+    and raise; ``adapted_sets`` and ``sample_predictions`` give the adapted sets. ``fused``: use the fused MLP op for per-row gradients when the model declares a
     fused MLP spec (None: whenever possible; True: required, else an error).
     """
 
@@ -53,6 +54,14 @@ class RowLearner(MetaLearner):
         if fused and reason:
             raise ValueError(f"fused=True is not possible: {reason}")
         self.fused_spec: FusedMLPSpec | None = None if (reason or fused is False) else spec
+
+    def inner_loop(self, *args: object, **kwargs: object) -> Iterator[Params]:
+        raise NotImplementedError(
+            f"{type(self).__name__} adapts several parameter sets per task: use adapted_sets() or sample_predictions()"
+        )
+
+    def adapt(self, *args: object, **kwargs: object) -> Params:
+        return next(self.inner_loop())
 
     # ----- rows ---------------------------------------------------------------------------
     def row_predict(self, rows: Rows, x: Tensor) -> Tensor:
@@ -119,7 +128,7 @@ class RowLearner(MetaLearner):
     @torch.no_grad()
     def evaluate_metrics(self, batch: TaskBatch, steps: int, lr: float | None = None) -> dict[str, Tensor]:
         """Query metrics ``[steps + 1, T]`` of the predictive distribution (see
-        :func:`predictive_metrics`): "loss" (MSE of the mean prediction, or the NLL of the averaged
+        :func:`point_metrics`): "loss" (MSE of the mean prediction, or the NLL of the averaged
         class probabilities) and, for classification, "accuracy". Samples are seeded with 0."""
         gen = torch.Generator(device=batch.x_support.device).manual_seed(0)
         samples = self.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, gen)

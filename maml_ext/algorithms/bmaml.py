@@ -77,11 +77,11 @@ class BMAML(RowLearner):
         self.first_order = bool(first_order)
         named = dict(model.named_parameters())
         # Particles 1..M-1 (particle 0 is the model itself), one tensor [M-1, ...] per parameter.
-        self.extra = nn.ParameterList(
-            nn.Parameter((named[n].detach().unsqueeze(0) + init_noise * torch.randn(particles - 1, *named[n].shape,
-                                                                                     dtype=named[n].dtype, device=named[n].device)))
-            for n in self.adapt_names
-        ) if particles > 1 else nn.ParameterList()
+        self.extra = nn.ParameterList()
+        for name in self.adapt_names if particles > 1 else ():
+            p = named[name].detach()
+            noise = torch.randn(particles - 1, *p.shape, dtype=p.dtype, device=p.device)
+            self.extra.append(nn.Parameter(p.unsqueeze(0) + init_noise * noise))
 
     # ----- particles ----------------------------------------------------------------------
     def initial_particles(self) -> Rows:

@@ -70,9 +70,8 @@ class PLATIPUS(RowLearner):
         for key, value in (("samples", samples), ("test_samples", test_samples)):
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-        for key, value in (("kl_weight", kl_weight),):
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+        if not (isinstance(kl_weight, (int, float)) and not isinstance(kl_weight, bool) and kl_weight >= 0):
+            raise ValueError(f"kl_weight must be a number >= 0, got {kl_weight!r}")
         for key, value in (("init_std", init_std), ("gamma", 1.0 if gamma is None else gamma)):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{key} must be a number > 0, got {value!r}")

@@ -26,13 +26,14 @@ def pairwise_sq_dists(particles: Sequence[Tensor]) -> Tensor:
 
     Uses ‖a‖² + ‖b‖² − 2a·b (no ``[T, M, M, D]`` difference tensor, which would not fit for
     conv nets); the diagonal is set to exactly 0 and rounding negatives are clamped."""
-    total = None
+    if not particles:
+        raise ValueError("particles: expected at least one tensor [T, M, ...], got none")
+    total = particles[0].new_zeros(())
     for p in particles:
         flat = p.flatten(2)
         norms = flat.pow(2).sum(-1)
         sq = norms.unsqueeze(2) + norms.unsqueeze(1) - 2.0 * flat @ flat.transpose(1, 2)
-        total = sq if total is None else total + sq
-    assert total is not None
+        total = total + sq
     m = total.shape[-1]
     off_diagonal = 1.0 - torch.eye(m, dtype=total.dtype, device=total.device)
     return total.clamp_min(0.0) * off_diagonal
