@@ -38,9 +38,9 @@ Observations (``observation=``):
   qvel and the torso subtree's centre of mass (20 values; the COM's x coordinate does carry the
   absolute position); the Ant sees the full qpos (x and y included), qvel, clipped ``cfrc_ext``
   of all 14 bodies, the torso's orientation matrix and its subtree COM (125 values). Derived
-  quantities are those of the state after the step (an ``mj_forward`` per step, as rllab's
-  ``model.forward()``), which costs about 15-20% more simulation time. It is the default because
-  the paper's numbers were obtained with it.
+  quantities are those of the state after the step, as after rllab's ``model.forward()``: the
+  cheetah recomputes its body positions (a few % more time), the Ant runs a whole ``mj_forward``
+  (about 15-20% more). It is the default because the paper's numbers were obtained with it.
 * ``"gymnasium"``: exactly HalfCheetah-v5's (qpos without x, qvel: 17) and Ant-v5's (qpos
   without x, y, qvel, clipped ``cfrc_ext`` of the 13 non-world bodies: 105) default observations.
 """
@@ -141,7 +141,9 @@ class LocomotionEnv(TaskEnv):
         self.dtype = dtype
         self.sim = MujocoBatch(
             robot.xml_file, FRAME_SKIP, contact_forces=robot.contact_cost > 0,
-            forward_after_step=observation == "rllab",
+            # rllab's observation is of the final state: the cheetah's needs only the COM, the
+            # Ant's contact forces need the whole forward pass.
+            after_step="none" if observation == "gymnasium" else "forward" if robot.contact_cost else "positions",
         )
         self.dt = self.sim.dt
         self.act_dim = self.sim.nu

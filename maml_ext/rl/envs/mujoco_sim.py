@@ -46,6 +46,7 @@ def gymnasium_asset(xml_file: str) -> Path:
     return path
 
 
+AFTER_STEP = ("none", "positions", "forward")
 _TOTALMASS = re.compile(r'\s+settotalmass="([^"]+)"')
 
 
@@ -69,20 +70,23 @@ class MujocoBatch:
     ``qvel [N, nv]`` (and ``cfrc_ext [N, nbody, 6]`` when ``contact_forces``) hold every
     simulation's current values.
 
-    ``forward_after_step`` runs ``mj_forward`` after each step so that derived quantities (body
-    positions, subtree COMs, contact forces) are those of the final state, as rllab's
-    ``model.forward()`` after a step did; without it they are those of the last sub-step's start,
-    as in gymnasium v5. The physics state is the same either way."""
+    ``after_step`` says which derived quantities are brought to the final state after each step:
+    ``"none"`` leaves them at the last sub-step's start, as gymnasium v5 does; ``"positions"``
+    recomputes body poses and subtree COMs (``mj_kinematics`` + ``mj_comPos``); ``"forward"``
+    runs ``mj_forward`` (then contact forces too), as rllab's ``model.forward()`` after a step did.
+    The physics state is the same in all three."""
 
     def __init__(
-        self, xml_file: str, frame_skip: int, contact_forces: bool, forward_after_step: bool = False
+        self, xml_file: str, frame_skip: int, contact_forces: bool, after_step: str = "none"
     ) -> None:
         if frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
         self.model = load_model(gymnasium_asset(xml_file))
         self.frame_skip = frame_skip
         self.contact_forces = contact_forces
-        self.forward_after_step = forward_after_step
+        if after_step not in AFTER_STEP:
+            raise ValueError(f"after_step must be one of {AFTER_STEP}, got {after_step!r}")
+        self.after_step = after_step
         self.dt = float(self.model.opt.timestep) * frame_skip
         self.ctrl_low = self.model.actuator_ctrlrange[:, 0].copy()
         self.ctrl_high = self.model.actuator_ctrlrange[:, 1].copy()
@@ -140,13 +144,17 @@ class MujocoBatch:
     def step(self, ctrl: np.ndarray, active: np.ndarray) -> None:
         """Advance the simulations listed in ``active`` by ``frame_skip`` steps under ``ctrl [N, nu]``
         (already within the control range); the others are left untouched."""
-        m, fs, contact, forward = self.model, self.frame_skip, self.contact_forces, self.forward_after_step
+        m, fs, contact = self.model, self.frame_skip, self.contact_forces
+        forward, positions = self.after_step == "forward", self.after_step == "positions"
         for i in active.tolist():
             d = self._datas[i]
             d.ctrl[:] = ctrl[i]
             mujoco.mj_step(m, d, nstep=fs)
             if forward:
                 mujoco.mj_forward(m, d)
+            elif positions:
+                mujoco.mj_kinematics(m, d)
+                mujoco.mj_comPos(m, d)
             if contact:
                 mujoco.mj_rnePostConstraint(m, d)
             self._gather(i, d)
