@@ -110,13 +110,15 @@ class MetaObjective:
             self.old_log_prob = policy.log_prob(self.adapted, post.obs, post.actions, activation)
 
     def gradient(self) -> tuple[float, list[Tensor]]:
-        """The surrogate's value and exact meta-gradient at θ (one fused ``mlp_maml_grad`` call)."""
-        query_loss, grads, _ = ops.mlp_maml_grad(
+        """The surrogate's value and exact meta-gradient at θ (one fused ``mlp_maml_grad`` call:
+        the gradient of the advantage-weighted NLL of the post-update samples equals the
+        surrogate's, since ∇ratio = ratio·∇log π and the ratio is 1 at θ)."""
+        _, grads, _ = ops.mlp_maml_grad(
             self.params, self.pre.obs, self.pre.actions, self.post.obs, self.post.actions, lr=self.lr,
             steps=1, activation=self.activation, loss=LOSS, first_order=self.first_order,
             w_support=self.pre.weight, w_query=self.post.weight,
         )
-        return query_loss.mean().item(), grads
+        return -self.post.weight.mean(-1).mean().item(), grads
 
     @torch.no_grad()
     def evaluate(self, params: Sequence[Tensor]) -> tuple[float, float]:

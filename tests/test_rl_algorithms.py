@@ -1,0 +1,187 @@
+"""MAML-RL's fused, batched path against the plain per-task autograd reference (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from maml_ext import ops
+from maml_ext.rl import algorithms as A
+from maml_ext.rl import looped, policy, trpo
+from maml_ext.rl.envs.point_nav import PointNav
+from maml_ext.rl.policy import GaussianMLPPolicy
+from maml_ext.rl.rollouts import sample
+
+LR = 0.1
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """A tiny float64 meta-batch: 3 tasks × 4 rollouts × 12 steps, pre- and post-update data."""
+    torch.manual_seed(0)
+    env = PointNav(horizon=12, action_scale=0.1, dtype=torch.float64)
+    pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.7).double()
+    with torch.no_grad():
+        pol.log_std.copy_(torch.tensor([-0.3, 0.2]))
+        for layer in pol.layers:  # away from the ReLU kink (zero biases, rollouts from the origin)
+            layer.bias.uniform_(-0.3, 0.3)
+    gen = torch.Generator().manual_seed(3)
+    tasks = env.sample_tasks(3, gen)
+    params = [p.detach() for p in pol.params()]
+    pre = A.process(sample(env, tasks, params, 4, gen))
+    adapted = A.adapt(params, pre, LR)
+    post = A.process(sample(env, tasks, adapted, 4, gen))
+    return params, pre, post, adapted
+
+
+def _close(a, b, rtol=1e-8, atol=1e-10):
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+
+
+def test_surrogate_gradient_matches_autograd(batch):
+    params, pre, _, _ = batch
+    per_task = [p.expand(3, *p.shape).contiguous() for p in params]
+    _, grads, _ = ops.mlp_hvp(per_task, pre.obs, pre.actions, [torch.zeros_like(p) for p in per_task],
+                              loss="gaussian_nll", sample_weight=pre.weight)
+    for t in range(3):
+        leaves = [p.clone().requires_grad_() for p in params]
+        expected = torch.autograd.grad(looped.inner_loss(leaves, looped._task(pre, t)), leaves)
+        _close([g[t] for g in grads], expected)
+
+
+def test_adapt_matches_autograd_shared_and_per_task(batch):
+    params, pre, post, adapted = batch
+    for t in range(3):
+        leaves = [p.clone().requires_grad_() for p in params]
+        _close([a[t] for a in adapted], looped.adapt(leaves, looped._task(pre, t), LR))
+    # a second step from per-task parameters (the test-time path through mlp_hvp)
+    again = A.adapt(adapted, post, 0.05)
+    for t in range(3):
+        leaves = [a[t].clone().requires_grad_() for a in adapted]
+        _close([a[t] for a in again], looped.adapt(leaves, looped._task(post, t), 0.05))
+
+
+def test_inner_loss_is_mean_over_valid_steps(batch):
+    params, pre, _, _ = batch
+    loss, _, _ = ops.mlp_hvp([p.expand(3, *p.shape).contiguous() for p in params], pre.obs, pre.actions,
+                             [torch.zeros(3, *p.shape, dtype=p.dtype) for p in params],
+                             loss="gaussian_nll", sample_weight=pre.weight)
+    mask = pre.valid > 0
+    logp = policy.log_prob(params, pre.obs, pre.actions)
+    for t in range(3):
+        expected = -(pre.advantages[t] * logp[t])[mask[t]].mean()
+        torch.testing.assert_close(loss[t], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_meta_gradient_matches_second_order_autograd(batch):
+    params, pre, post, adapted = batch
+    objective = A.MetaObjective(params, pre, post, LR, adapted=adapted)
+    loss, grads = objective.gradient()
+    objs = looped.objectives(params, pre, post, LR)
+    _close(grads, looped.meta_gradient(params, objs))
+    with torch.enable_grad():
+        leaves = [p.clone().requires_grad_() for p in params]
+        torch.testing.assert_close(loss, sum(o.surrogate(leaves).item() for o in objs) / 3)
+    # the second-order term matters here: the first-order gradient differs
+    fo = A.MetaObjective(params, pre, post, LR, first_order=True).gradient()[1]
+    assert max((a - b).abs().max().item() for a, b in zip(fo, grads)) > 1e-6
+
+
+def test_kl_hvp_matches_autograd_third_derivatives(batch):
+    params, pre, post, adapted = batch
+    objective = A.MetaObjective(params, pre, post, LR, adapted=adapted)
+    gen = torch.Generator().manual_seed(5)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    objs = looped.objectives(params, pre, post, LR)
+    exact = looped.kl_hvp_exact(params, objs, v)
+    _close(objective.kl_hvp(v), exact, rtol=1e-7, atol=1e-9)
+    # the paper's finite differences agree to their truncation error
+    _close(looped.kl_hvp_fd(params, objs, v), exact, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluate_matches_autograd_surrogate_and_kl(batch):
+    params, pre, post, adapted = batch
+    objective = A.MetaObjective(params, pre, post, LR, adapted=adapted)
+    moved = [p + 0.01 * torch.ones_like(p) for p in params]
+    loss, kl = objective.evaluate(moved)
+    objs = looped.objectives(params, pre, post, LR)
+    with torch.enable_grad():
+        moved = [p.requires_grad_() for p in moved]
+        torch.testing.assert_close(loss, sum(o.surrogate(moved).item() for o in objs) / 3)
+        torch.testing.assert_close(kl, sum(o.kl(moved).item() for o in objs) / 3)
+    assert kl > 0
+    assert objective.evaluate(params)[1] == pytest.approx(0.0, abs=1e-14)
+
+
+def test_conjugate_gradient_solves_spd_system():
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    h = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    x = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=6)
+    torch.testing.assert_close(h @ x, b, rtol=1e-8, atol=1e-8)
+
+
+def test_trpo_step_respects_kl_bound_and_improves(batch):
+    params, pre, post, adapted = batch
+    objective = A.MetaObjective(params, pre, post, LR, adapted=adapted)
+    loss, grads = objective.gradient()
+    sizes = [p.numel() for p in params]
+
+    def unflat(x):
+        return [c.view_as(p) for c, p in zip(torch.split(x, sizes), params)]
+
+    theta = torch.cat([p.reshape(-1) for p in params])
+    for max_kl in (0.01, 1e-4):
+        new, result = trpo.step(theta, torch.cat([g.reshape(-1) for g in grads]),
+                                lambda x: torch.cat([h.reshape(-1) for h in objective.kl_hvp(unflat(x))]),
+                                lambda x: objective.evaluate(unflat(x)), max_kl=max_kl)
+        assert result.accepted
+        assert result.kl <= max_kl
+        assert result.loss_after < result.loss_before == pytest.approx(loss)
+        assert objective.evaluate(unflat(new)) == (result.loss_after, result.kl)
+    # a loss that never decreases is rejected and leaves θ unchanged
+    new, result = trpo.step(theta, torch.cat([g.reshape(-1) for g in grads]),
+                            lambda x: torch.cat([h.reshape(-1) for h in objective.kl_hvp(unflat(x))]),
+                            lambda x: (float((x - theta).norm()), 0.0), max_kl=0.01, max_backtracks=3)
+    assert not result.accepted and result.backtracks == 3
+    assert torch.equal(new, theta)
+
+
+def test_trpo_rejects_bad_constants():
+    with pytest.raises(ValueError, match="max_kl"):
+        trpo.step(torch.zeros(2), torch.ones(2), lambda v: v, lambda x: (0.0, 0.0), max_kl=0.0)
+    with pytest.raises(ValueError, match="backtrack_ratio"):
+        trpo.step(torch.zeros(2), torch.ones(2), lambda v: v, lambda x: (0.0, 0.0), backtrack_ratio=1.5)
+
+
+def test_looped_and_batched_iterations_agree():
+    """One TRPO meta-iteration of the per-task loop (finite-difference HVPs) and of the batched
+    fused path, from the same state and noise: the same rollouts and nearly the same update."""
+    env = PointNav(horizon=10, action_scale=0.1, dtype=torch.float64)
+    results = []
+    for cls in (A.MetaRL, looped.LoopedMetaRL):
+        torch.manual_seed(0)
+        learner = cls(GaussianMLPPolicy(2, 2, hidden=(8, 8)).double())
+        tasks = env.sample_tasks(1, torch.Generator().manual_seed(0))  # T = 1: same noise order
+        info = learner.iteration(env, tasks, 5, torch.Generator().manual_seed(1))
+        results.append((info, [p.detach().clone() for p in learner.params()]))
+    (a, pa), (b, pb) = results
+    assert a["return_pre"] == pytest.approx(b["return_pre"], rel=1e-12)
+    assert a["return_post"] == pytest.approx(b["return_post"], rel=1e-12)
+    assert a["accepted"] and b["accepted"]
+    _close(pa, pb, rtol=1e-6, atol=1e-8)
+
+
+def test_bad_learner_options():
+    pol = GaussianMLPPolicy(2, 2, hidden=(4,))
+    with pytest.raises(ValueError, match="optimizer"):
+        A.MetaRL(pol, optimizer="sgd")
+    with pytest.raises(ValueError, match="lr"):
+        A.MetaRL(pol, lr=0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        A.MetaRL(pol, gamma=1.5)
+    assert math.isfinite(A.MetaRL(pol, optimizer="adam").lr)
