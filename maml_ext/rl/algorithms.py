@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import vector_to_parameters
 
 from maml_ext import ops
 
@@ -37,6 +37,11 @@ from .policy import LOSS, GaussianMLPPolicy
 from .rollouts import Rollouts, sample
 
 OPTIMIZERS = ("trpo", "adam")
+
+
+def flat(tensors: Sequence[Tensor]) -> Tensor:
+    """One vector of all entries (any strides: the reference ops may return expanded views)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 @dataclass
@@ -229,10 +234,10 @@ class MetaRL:
                 i += s.numel()
             return out
 
-        theta = parameters_to_vector([p.detach() for p in params])
+        theta = flat([p.detach() for p in params])
         new, result = trpo.step(
-            theta, parameters_to_vector(grads),
-            lambda x: parameters_to_vector(objective.kl_hvp(unflat(x))),
+            theta, flat(grads),
+            lambda x: flat(objective.kl_hvp(unflat(x))),
             lambda x: objective.evaluate(unflat(x)),
             **self.trpo_options,
         )

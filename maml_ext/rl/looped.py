@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import vector_to_parameters
 
 from . import policy, trpo
-from .algorithms import MetaRL, TaskData
+from .algorithms import MetaRL, TaskData, flat
 from .envs.base import TaskEnv
 from .rollouts import sample
 
@@ -170,9 +170,9 @@ class LoopedMetaRL(MetaRL):
                 kl = sum(o.kl(candidate).item() for o in objs) / len(objs)
             return loss, kl
 
-        theta = parameters_to_vector(detached)
-        new, result = trpo.step(theta, parameters_to_vector(grads),
-                                lambda x: parameters_to_vector(self.hvp(detached, objs, unflat(x))),
+        theta = flat(detached)
+        new, result = trpo.step(theta, flat(grads),
+                                lambda x: flat(self.hvp(detached, objs, unflat(x))),
                                 evaluate, **self.trpo_options)
         with torch.no_grad():
             vector_to_parameters(new, params)

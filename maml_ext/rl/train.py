@@ -135,7 +135,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
         _set_rng_state(state["rng"], tasks_gen, noise_gen)
         start = state["iteration"]
     bar = Progress(tcfg["iterations"], start) if progress else None
-    t0, info = time.perf_counter(), {"loss": float("nan")}
+    t0, info = time.perf_counter(), {}
     with (out_dir / METRICS).open("a") as metrics:
         for it in range(start, tcfg["iterations"]):
             tasks = run.env.sample_tasks(tcfg["meta_batch"], tasks_gen)
@@ -152,9 +152,9 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
                 checkpoint.save({"kind": KIND, "iteration": done, "config": cfg, "learner": learner.state_dict(),
                                  "optimizer": None, "rng": _rng_state(tasks_gen, noise_gen)}, out_dir / CHECKPOINT)
             if bar is not None:
-                bar.update(done, info["loss"])
+                bar.update(done, -info["return_post"])  # the bar's "loss": minus the post-update return
     if bar is not None:
-        bar.close(max(start, tcfg["iterations"]), info["loss"])
+        bar.close(max(start, tcfg["iterations"]), -info.get("return_post", float("nan")))
     return out_dir / CHECKPOINT
 
 
