@@ -1,0 +1,136 @@
+"""2D navigation meta-RL speed: ours (all tasks batched, fused ops) vs a per-task loop (plain
+torch autograd), in the same run.
+
+    python benchmarks/bench_rl.py [--quick] [--write]
+
+Rows, each timed for both implementations on identical settings and seeds:
+
+* sampling: environment steps per second of rollout collection with the Gaussian policy (one
+  batched policy call and one environment step for all T × R episodes per time step, vs a loop
+  over tasks stepping each task's R episodes together);
+* meta-iteration: one full MAML-TRPO iteration (pre-update rollouts, advantages, inner step,
+  post-update rollouts, exact meta-gradient, 10 CG iterations of KL Hessian-vector products,
+  line search), as ``maml-ext train point-nav`` runs it. The per-task loop differentiates through
+  each task's inner step with autograd (``create_graph``) and gets the KL Hessian-vector products
+  by autograd's double backward (``LoopedMetaRL(hvp="exact")``) or by the paper's finite
+  differences of the KL gradient (``hvp="finite_difference"``).
+
+Wall and CPU seconds (process time, robust to a shared machine) are both reported, with the
+ratios loop / ours. ``--write`` replaces this script's section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from maml_ext import ops
+from maml_ext.rl.algorithms import MetaRL
+from maml_ext.rl.envs.point_nav import PointNav
+from maml_ext.rl.looped import LoopedMetaRL
+from maml_ext.rl.policy import GaussianMLPPolicy
+from maml_ext.rl.rollouts import sample
+from results_md import replace_section
+
+
+def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``fn`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _policy() -> GaussianMLPPolicy:
+    torch.manual_seed(0)
+    return GaussianMLPPolicy(2, 2, hidden=(100, 100))
+
+
+def sampling_rows(tasks: int, rollouts: int, repeats: int) -> list[tuple[str, float, float, int]]:
+    env = PointNav(action_scale=0.1)
+    goals = env.sample_tasks(tasks, torch.Generator().manual_seed(0))
+    params = [p.detach() for p in _policy().params()]
+    gen = torch.Generator().manual_seed(1)
+    steps = tasks * rollouts * env.horizon
+
+    def batched() -> None:
+        sample(env, goals, params, rollouts, gen)
+
+    def looped() -> None:
+        for t in range(tasks):
+            sample(env, goals[t:t + 1], params, rollouts, gen)
+
+    return [(name, *_time(fn, repeats), steps) for name, fn in (("ours (batched)", batched), ("per-task loop", looped))]
+
+
+def iteration_rows(tasks: int, rollouts: int, repeats: int, with_fd: bool) -> list[tuple[str, float, float, int]]:
+    env = PointNav(action_scale=0.1)
+    rows = []
+    makers = [("ours (batched, fused)", lambda: MetaRL(_policy())),
+              ("per-task loop, autograd HVP", lambda: LoopedMetaRL(_policy(), hvp="exact"))]
+    if with_fd:
+        makers.append(("per-task loop, finite-difference HVP", lambda: LoopedMetaRL(_policy(), hvp="finite_difference")))
+    for name, make in makers:
+        learner = make()
+        task_gen, noise_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+
+        def step() -> None:
+            learner.iteration(env, env.sample_tasks(tasks, task_gen), rollouts, noise_gen)
+
+        rows.append((name, *_time(step, repeats), 1))
+    return rows
+
+
+def _rate(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:,.0f}"
+
+
+def _table(title: str, rows: list[tuple[str, float, float, int]], unit: str, per: str) -> list[str]:
+    base_wall, base_cpu = rows[0][1], rows[0][2]
+    lines = [f"**{title}**", "", f"| implementation | {unit} (wall) | {unit} (CPU) | wall s {per} | loop / ours (wall) | loop / ours (CPU) |",
+             "|---|---|---|---|---|---|"]
+    for name, wall, cpu, count in rows:
+        lines.append(f"| {name} | {_rate(count / wall)} | {_rate(count / cpu)} | {wall:.3f} | "
+                     f"{wall / base_wall:.2f} | {cpu / base_cpu:.2f} |")
+    return lines + [""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke test, not a measurement)")
+    p.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    tasks, rollouts = (4, 5) if args.quick else (20, 20)
+    repeats = 1 if args.quick else 3
+    header = [
+        f"2D navigation, Gaussian MLP 2-100-100-2 ReLU, {tasks} tasks x {rollouts} rollouts x horizon 100 "
+        f"({'a smoke-test size' if args.quick else 'the paper meta-batch'}), float32, {args.threads} thread(s), compiled kernels: "
+        f"{ops.extension_available()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs (shared machine: the CPU column is the steadier one). "
+        "Medians of " + (f"{repeats} timed calls after one warm-up." if repeats > 1 else "1 call (quick)."),
+        "",
+    ]
+    lines = header + _table("Rollout sampling (policy + environment)", sampling_rows(tasks, rollouts, 5 * repeats),
+                            "env steps/s", "per call")
+    lines += _table("One MAML-TRPO meta-iteration", iteration_rows(tasks, rollouts, repeats, with_fd=True),
+                    "meta-iterations/s", "per iteration")
+    text = "\n".join(lines)
+    print(text)
+    if args.write and not args.quick:
+        replace_section("bench_rl", ["## Meta-RL: 2D navigation (benchmarks/bench_rl.py)", "", text])
+
+
+if __name__ == "__main__":
+    main()
