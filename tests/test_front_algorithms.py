@@ -151,7 +151,7 @@ def test_anil_adapts_only_the_head():
 
 
 def test_unknown_algorithm_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: anil, fomaml, maml, maml\\+\\+, metasgd, pretrain, reptile"):
+    with pytest.raises(ValueError, match="available: anil, bmaml, fomaml, maml, maml\\+\\+, metasgd, platipus, pretrain, reptile"):
         build_algorithm("mmal", small_mlp())
 
 
