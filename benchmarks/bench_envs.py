@@ -20,16 +20,23 @@ in [-1, 1], one thread:
 Printed per row: env-steps/s of wall time and of this process's CPU time (on a shared machine
 the CPU-time rate of a one-thread row is the one other jobs do not distort; the 2-thread rollout
 row's CPU time counts both threads). ``--write`` replaces this script's section of RESULTS.md.
+
+``--runs DIR ...`` adds, per meta-RL run directory of ``maml-ext train`` (its config.json and
+metrics.jsonl), the measured seconds per meta-iteration, the projected time of the paper's 500
+iterations and the average return every few iterations (``--only-runs`` skips the env rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import platform
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -172,6 +179,37 @@ def run(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def training_summary(run: Path, every: int) -> list[str]:
+    """Seconds per meta-iteration, projected 500-iteration time and the return curve of a run."""
+    cfg = json.loads((run / "config.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not records:
+        raise SystemExit(f"{run}: metrics.jsonl is empty")
+    # it_s is cumulative (iterations done in this process / seconds since its loop started).
+    elapsed = [r["iteration"] / r["it_s"] for r in records]
+    per_it = [b - a for a, b in zip([0.0, *elapsed[:-1]], elapsed)]
+    sec = statistics.median(per_it)
+    t, task = cfg["train"], cfg["task"]
+    steps = 2 * t["meta_batch"] * t["rollouts"] * task["horizon"]
+    lines = [
+        f"**{run.name}** (`{task['name']}`, {t['meta_batch']} tasks × {t['rollouts']} rollouts × horizon "
+        f"{task['horizon']}, TRPO, {t['threads']} thread): {len(records)} meta-iterations in "
+        f"{elapsed[-1] / 60:.1f} min, median {sec:.1f} s per meta-iteration "
+        f"({1 / sec:.4f} it/s; ≤ {steps:,} env-steps each, pre- and post-update), "
+        f"so 500 iterations (the paper's \"up to 500\") of this configuration: {500 * sec / 3600:.1f} h.",
+        "",
+        "| iteration | average return before adaptation | after 1 step |",
+        "|---|---|---|",
+    ]
+    shown = [r for r in records if r["iteration"] == 1 or r["iteration"] % every == 0 or r is records[-1]]
+    lines += [f"| {r['iteration']} | {r['return_pre']:.1f} | {r['return_post']:.1f} |" for r in shown]
+    k = min(5, len(records))
+    first = statistics.mean(r["return_post"] for r in records[:k])
+    last = statistics.mean(r["return_post"] for r in records[-k:])
+    lines += ["", f"Mean post-update return over the first {k} iterations {first:.1f}, over the last {k} {last:.1f}.", ""]
+    return lines
+
+
 def environment() -> str:
     import gymnasium
 
@@ -187,15 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per row")
     p.add_argument("--quick", action="store_true", help="1 and 20 episodes only")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    p.add_argument("--runs", nargs="*", type=Path, default=[], help="meta-RL run directories to summarise")
+    p.add_argument("--every", type=int, default=10, help="return table: every N-th iteration")
+    p.add_argument("--only-runs", action="store_true", help="summarise --runs only, no env timing")
     args = p.parse_args(argv)
+    for run_dir in args.runs:
+        if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "config.json").is_file():
+            p.error(f"--runs {run_dir}: no metrics.jsonl and config.json there")
     torch.set_num_threads(1)
     header = environment()
     print(header, flush=True)
-    rows = run(args)
+    rows = [] if args.only_runs else run(args)
+    runs = [line for run_dir in args.runs for line in training_summary(run_dir, args.every)]
+    print("\n".join(runs), flush=True)
     if args.write:
         command = " ".join(["python", "benchmarks/bench_envs.py", *sys.argv[1:]])
         replace_section("bench_envs", [
-            "", "## MuJoCo locomotion envs: env-steps/s", "", f"`{command}` — {header}", "", *rows, ""])
+            "", "## MuJoCo locomotion envs: env-steps/s and meta-RL iteration time", "",
+            f"`{command}` — {header}", "", *rows, "", *runs])
     return 0
 
 
