@@ -92,20 +92,20 @@ class PLATIPUS(RowLearner):
         g0 = float(lr if gamma is None else gamma)
         self.prior_logvar = nn.ParameterList(like(n, logvar) for n in self.adapt_names)
         self.q_logvar = nn.ParameterList(like(n, logvar) for n in self.adapt_names)
-        self.gamma_p = nn.ParameterList(scalar(n, g0) for n in self.adapt_names)
-        self.gamma_q = nn.ParameterList(scalar(n, g0) for n in self.adapt_names)
+        self.log_gamma_p = nn.ParameterList(scalar(n, math.log(g0)) for n in self.adapt_names)
+        self.log_gamma_q = nn.ParameterList(scalar(n, math.log(g0)) for n in self.adapt_names)
 
     def _mean(self) -> Rows:
         named = dict(self.model.named_parameters())
         return {n: named[n] for n in self.adapt_names}
 
-    def _stepped_mean(self, x: Tensor, y: Tensor, gammas: nn.ParameterList, create_graph: bool) -> Rows:
+    def _stepped_mean(self, x: Tensor, y: Tensor, log_gammas: nn.ParameterList, create_graph: bool) -> Rows:
         """μ_θ − γ ∇L(μ_θ, (x, y)) per task ``[T, ...]``."""
         mu = self._mean()
         tasks = x.shape[0]
         _, grads = self.row_grads({n: p.expand(tasks, *p.shape) for n, p in mu.items()}, x, y, create_graph)
         names = list(mu)
-        return dict(zip(names, ops.inner_update([mu[n] for n in names], [grads[n] for n in names], list(gammas))))
+        return dict(zip(names, ops.inner_update([mu[n] for n in names], [grads[n] for n in names], [g.exp() for g in log_gammas])))
 
     def _sample(self, mean: Rows, logvars: nn.ParameterList, sets: int, generator: torch.Generator | None) -> Rows:
         """``sets`` reparameterised draws per task from N(mean [T, ...], e^{logvar}), as rows."""
@@ -124,8 +124,8 @@ class PLATIPUS(RowLearner):
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         second = not self.first_order
-        mu_p = self._stepped_mean(batch.x_support, batch.y_support, self.gamma_p, second)
-        mu_q = self._stepped_mean(batch.x_query, batch.y_query, self.gamma_q, second)
+        mu_p = self._stepped_mean(batch.x_support, batch.y_support, self.log_gamma_p, second)
+        mu_q = self._stepped_mean(batch.x_query, batch.y_query, self.log_gamma_q, second)
         theta = self._sample(mu_q, self.q_logvar, self.samples, None)  # global RNG: checkpointed by the loop
         s = self.samples
         for theta in self.sgd_rows(theta, expand_rows(batch.x_support, s), expand_rows(batch.y_support, s),
@@ -140,7 +140,7 @@ class PLATIPUS(RowLearner):
     ) -> Iterator[tuple[Rows, int]]:
         """θ ~ N(μ_θ − γ_p ∇L(μ_θ, support), σ²_θ), ``test_samples`` per task, then SGD on the support set."""
         s = self.test_samples
-        mu_p = {n: p.detach() for n, p in self._stepped_mean(x_support, y_support, self.gamma_p, False).items()}
+        mu_p = {n: p.detach() for n, p in self._stepped_mean(x_support, y_support, self.log_gamma_p, False).items()}
         rows = {n: p.detach() for n, p in self._sample(mu_p, self.prior_logvar, s, generator).items()}
         yield rows, s
         x, y = expand_rows(x_support, s), expand_rows(y_support, s)

@@ -23,7 +23,8 @@ train_sinusoid() {
 }
 train_glyphs() {
   for spec in "bmaml --set algorithm.particles=5 --set algorithm.first_order=true" "platipus --set algorithm.test_samples=5"; do
-    local name=${spec%% *} out=$OUT/glyphs-$name
+    local name=${spec%% *}
+    local out=$OUT/glyphs-$name
     echo "== glyphs $name start $(date +%T)"
     local t0=$(date +%s)
     nice -n 10 timeout 9m $BIN train glyphs-5way --out $out --set algorithm.name=$spec --set train.threads=1 \
@@ -34,7 +35,8 @@ train_glyphs() {
 evaluate() {
   mkdir -p $RES
   for name in maml fomaml bmaml platipus; do
-    local run=$OUT/sinusoid-$name e0=$(date +%s)
+    local run=$OUT/sinusoid-$name
+    local e0=$(date +%s)
     nice -n 10 $BIN eval $run && cp $run/eval.json $RES/sinusoid-$name.json
     echo "eval_wall_s $(( $(date +%s) - e0 ))" >> $run/wall.txt
     nice -n 10 $BIN plot $run && cp $run/fits_5shot.png $RES/sinusoid-$name-fits_5shot.png
@@ -43,7 +45,8 @@ evaluate() {
     mkdir -p $OUT/glyphs-$name && cp runs/glyphs/5way-$name/{checkpoint.pt,metrics.jsonl,config.json} $OUT/glyphs-$name/
   done
   for name in maml fomaml bmaml platipus; do
-    local e0=$(date +%s) run=$OUT/glyphs-$name
+    local e0=$(date +%s)
+    local run=$OUT/glyphs-$name
     nice -n 10 $BIN eval $run --set eval.shots=[1] --set eval.k_query=1 --set eval.steps=3 \
         && cp $run/eval.json $RES/glyphs-$name.json
     echo "eval_wall_s $(( $(date +%s) - e0 ))" >> $run/wall.txt
