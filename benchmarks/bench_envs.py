@@ -142,14 +142,24 @@ def _state(model: mujoco.MjModel, data: mujoco.MjData, spec: int) -> np.ndarray:
     return out
 
 
-def rate(step: Callable[[], int], min_time: float) -> tuple[float, float]:
-    """Env-steps per second of wall time and of CPU time over at least ``min_time`` seconds."""
-    for _ in range(3):
-        step()  # warm-up
-    start, cpu, steps = time.perf_counter(), time.process_time(), 0
-    while time.perf_counter() - start < min_time:
-        steps += step()
-    return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
+def rate(steppers: dict[str, Callable[[], int]], min_time: float, rounds: int = 2) -> dict[str, tuple[float, float]]:
+    """Env-steps per second of wall time and of CPU time of each stepper, timed in ``rounds``
+    interleaved turns of ``min_time / rounds`` seconds (a load change on the shared machine then
+    hits every implementation alike)."""
+    totals = {name: [0, 0.0, 0.0] for name in steppers}
+    for step in steppers.values():
+        for _ in range(3):
+            step()  # warm-up
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            start, cpu, steps = time.perf_counter(), time.process_time(), 0
+            while time.perf_counter() - start < min_time / rounds:
+                steps += step()
+            acc = totals[name]
+            acc[0] += steps
+            acc[1] += time.perf_counter() - start
+            acc[2] += time.process_time() - cpu
+    return {name: (n / wall, n / cpu) for name, (n, wall, cpu) in totals.items()}
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -159,24 +169,33 @@ def run(args: argparse.Namespace) -> list[str]:
     ]
     print(rows[0], flush=True)
     sizes = SIZES[:2] if args.quick else SIZES
+    verdict = []
     for robot, (env_id, build) in ROBOTS.items():
         contact = robot == "Ant"
         for tasks, rollouts in sizes:
             n = tasks * rollouts
-            impls: dict[str, Callable[[], Callable[[], int]]] = {
-                "gymnasium SyncVectorEnv": lambda: gym_sync(env_id, n),
-                "maml_ext LocomotionEnv, observation=rllab": lambda: ours(build, "rllab", tasks, rollouts),
-                "maml_ext LocomotionEnv, observation=gymnasium": lambda: ours(build, "gymnasium", tasks, rollouts),
-                "raw mj_step loop (physics only)": lambda: raw_loop(build, n, contact),
-                "mujoco.rollout, 1 thread (no contact forces)": lambda: native_rollout(build, n, 1),
-                "mujoco.rollout, 2 threads (no contact forces)": lambda: native_rollout(build, n, 2),
+            steppers = {
+                "gymnasium SyncVectorEnv": gym_sync(env_id, n),
+                "maml_ext LocomotionEnv, observation=rllab": ours(build, "rllab", tasks, rollouts),
+                "maml_ext LocomotionEnv, observation=gymnasium": ours(build, "gymnasium", tasks, rollouts),
+                "raw mj_step loop (physics only)": raw_loop(build, n, contact),
+                "mujoco.rollout, 1 thread (no contact forces)": native_rollout(build, n, 1),
+                "mujoco.rollout, 2 threads (no contact forces)": native_rollout(build, n, 2),
             }
-            rates = {name: rate(make(), args.min_time) for name, make in impls.items()}
+            rates = rate(steppers, args.min_time)
             base = rates["gymnasium SyncVectorEnv"][1]
             for name, (wall, cpu) in rates.items():
                 rows.append(f"| {robot} | {n} ({tasks} × {rollouts}) | {name} | {wall:,.0f} | {cpu:,.0f} | {cpu / base:.2f}× |")
                 print(rows[-1], flush=True)
-    return rows
+        ratio = {name: cpu / base for name, (_, cpu) in rates.items()}
+        verdict.append(
+            f"{robot}, {n} episodes, CPU-time rate relative to gymnasium's sync vector env: maml_ext "
+            f"{ratio['maml_ext LocomotionEnv, observation=gymnasium']:.2f}× (gymnasium observation) / "
+            f"{ratio['maml_ext LocomotionEnv, observation=rllab']:.2f}× (rllab observation), raw mj_step loop "
+            f"{ratio['raw mj_step loop (physics only)']:.2f}×, mujoco.rollout "
+            f"{ratio['mujoco.rollout, 1 thread (no contact forces)']:.2f}× (1 thread)."
+        )
+    return [*rows, "", *verdict]
 
 
 def training_summary(run: Path, every: int) -> list[str]:

@@ -273,3 +273,13 @@ def test_actions_are_clipped_to_the_control_range():
         env.reset(torch.tensor([[1.0]]), 2, g)
         rewards.append(env.step(scale * torch.tensor([1.0, -1.0]).repeat(1, 2, 3)).reward)
     torch.testing.assert_close(rewards[0], rewards[1])
+
+
+@pytest.mark.parametrize("name,obs_dim", [("halfcheetah_vel", 17), ("halfcheetah_dir", 17), ("ant_vel", 105), ("ant_dir", 105)])
+def test_task_plugins_build_the_families_with_config_options(name, obs_dim):
+    from maml_ext import plugins
+
+    env = plugins.build_task(name, horizon=50, observation="gymnasium")
+    assert isinstance(env, L.LocomotionEnv) and env.horizon == 50 and env.obs_dim == obs_dim
+    assert env.task == ("velocity" if name.endswith("vel") else "direction")
+    assert FACTORIES[name]().obs_dim == {17: 20, 105: 125}[obs_dim]  # rllab's observation
