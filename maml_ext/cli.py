@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,9 +49,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _train_rl(args: argparse.Namespace, cfg: config.Config, out: Path) -> None:
-    if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise config.ConfigError("meta-RL training runs in one process (--nproc and torchrun are not supported for it)")
-    ckpt = rl.train(cfg, out, resume=args.resume, progress=not args.quiet)
+    if args.nproc > 1:
+        distributed.launch(args.nproc, rl.train, cfg, out, resume=args.resume, progress=not args.quiet,
+                           timeout=args.timeout, expected=EXPECTED_ERRORS)
+        ckpt = out / rl.CHECKPOINT
+    else:  # one process, or one rank of a torchrun job
+        with distributed.join(args.timeout) as shard:
+            ckpt = rl.train(cfg, out, resume=args.resume, progress=not args.quiet)
+        if not shard.is_main:
+            return
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
         run, iteration = rl.restore(ckpt)

@@ -21,7 +21,7 @@ trade truncation against rounding error) and no third derivatives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,11 @@ OPTIMIZERS = ("trpo", "adam")
 def flat(tensors: Sequence[Tensor]) -> Tensor:
     """One vector of all entries (any strides: the reference ops may return expanded views)."""
     return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Inverse of :func:`flat` for tensors shaped like ``like``."""
+    return [c.view_as(t) for c, t in zip(torch.split(vector, [t.numel() for t in like]), like)]
 
 
 @dataclass
@@ -102,7 +107,12 @@ class MetaObjective:
 
     def __init__(self, params: Sequence[Tensor], pre: TaskData, post: TaskData, lr: float,
                  activation: str = "relu", first_order: bool = False,
-                 adapted: Sequence[Tensor] | None = None) -> None:
+                 adapted: Sequence[Tensor] | None = None, total_tasks: int | None = None,
+                 reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        # Data parallel: this process holds ``pre.obs.shape[0]`` of ``total_tasks`` tasks; every
+        # mean over tasks is a local sum / total_tasks completed by ``reduce`` (an all-reduce).
+        self.total = pre.obs.shape[0] if total_tasks is None else total_tasks
+        self.reduce = reduce if reduce is not None else (lambda x: x)
         self.params = [p.detach() for p in params]
         self.pre, self.post, self.lr = pre, post, lr
         self.activation, self.first_order = activation, first_order
@@ -118,12 +128,16 @@ class MetaObjective:
         """The surrogate's value and exact meta-gradient at θ (one fused ``mlp_maml_grad`` call:
         the gradient of the advantage-weighted NLL of the post-update samples equals the
         surrogate's, since ∇ratio = ratio·∇log π and the ratio is 1 at θ)."""
+        tasks = self.pre.obs.shape[0]
         _, grads, _ = ops.mlp_maml_grad(
             self.params, self.pre.obs, self.pre.actions, self.post.obs, self.post.actions, lr=self.lr,
             steps=1, activation=self.activation, loss=LOSS, first_order=self.first_order,
             w_support=self.pre.weight, w_query=self.post.weight,
+            loss_weight=self.params[0].new_full((tasks,), 1.0 / self.total),
         )
-        return -self.post.weight.mean(-1).mean().item(), grads
+        value = -self.post.weight.mean(-1).sum().reshape(1) / self.total
+        both = self.reduce(torch.cat([value, flat(grads)]))
+        return both[0].item(), unflatten(both[1:], self.params)
 
     @torch.no_grad()
     def evaluate(self, params: Sequence[Tensor]) -> tuple[float, float]:
@@ -131,10 +145,11 @@ class MetaObjective:
         adapted = adapt(params, self.pre, self.lr, self.activation)
         log_prob = policy.log_prob(adapted, self.post.obs, self.post.actions, self.activation)
         ratio = torch.exp(log_prob - self.old_log_prob)
-        loss = -(ratio * self.post.weight).mean(-1).mean()
+        loss = -(ratio * self.post.weight).mean(-1).sum()
         new_mean = policy.mean(adapted, self.post.obs, self.activation)
-        kl = policy.kl(self.old_mean, self.adapted[-1], new_mean, adapted[-1])
-        return loss.item(), (kl * self.post.valid).mean(-1).mean().item()
+        kl = (policy.kl(self.old_mean, self.adapted[-1], new_mean, adapted[-1]) * self.post.valid).mean(-1).sum()
+        both = self.reduce(torch.stack([loss, kl]) / self.total)
+        return both[0].item(), both[1].item()
 
     @torch.no_grad()
     def kl_hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
@@ -150,7 +165,7 @@ class MetaObjective:
         fu[-1] = fu[-1] + 2.0 * u[-1]  # the log-std block of the Gaussian KL's Hessian
         if not self.first_order:
             fu = [a - self.lr * b for a, b in zip(fu, self._inner_hvp(per_task, fu))]
-        return [x.mean(0) for x in fu]
+        return unflatten(self.reduce(flat([x.sum(0) for x in fu]) / self.total), self.params)
 
     def _inner_hvp(self, per_task: list[Tensor], direction: Sequence[Tensor]) -> list[Tensor]:
         _, _, hv = ops.mlp_hvp(per_task, self.pre.obs, self.pre.actions, [d.contiguous() for d in direction],
@@ -214,11 +229,14 @@ class MetaRL:
     def adapt(self, params: Sequence[Tensor], rollouts: Rollouts, lr: float | None = None) -> list[Tensor]:
         return adapt(params, self.process(rollouts), self.lr if lr is None else lr, self.activation)
 
-    def meta_step(self, pre: TaskData, post: TaskData, adapted: Sequence[Tensor] | None = None) -> dict[str, Any]:
+    def meta_step(self, pre: TaskData, post: TaskData, adapted: Sequence[Tensor] | None = None,
+                  total_tasks: int | None = None, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
         """One meta-update of θ from the pre- and post-update samples of a meta-batch
-        (``adapted``: the post-update policies, when the caller has them already)."""
+        (``adapted``: the post-update policies, when the caller has them already; ``total_tasks``
+        and ``reduce``: this process's share of a data-parallel meta-batch, see MetaObjective)."""
         params = self.params()
-        objective = MetaObjective(params, pre, post, self.lr, self.activation, self.first_order, adapted)
+        objective = MetaObjective(params, pre, post, self.lr, self.activation, self.first_order, adapted,
+                                  total_tasks, reduce)
         loss, grads = objective.gradient()
         if self.adam is not None:
             for p, g in zip(params, grads):
@@ -228,11 +246,7 @@ class MetaRL:
         shapes = [p.detach() for p in params]
 
         def unflat(x: Tensor) -> list[Tensor]:
-            out, i = [], 0
-            for s in shapes:
-                out.append(x[i:i + s.numel()].view_as(s))
-                i += s.numel()
-            return out
+            return unflatten(x, shapes)
 
         theta = flat([p.detach() for p in params])
         new, result = trpo.step(
@@ -246,16 +260,23 @@ class MetaRL:
         return {"loss": loss, "accepted": result.accepted, "kl": result.kl, "backtracks": result.backtracks,
                 "surrogate_change": result.loss_after - result.loss_before}
 
-    def iteration(self, env: TaskEnv, tasks: Tensor, rollouts: int, generator: torch.Generator) -> dict[str, Any]:
-        """Sample pre-update rollouts, adapt, sample post-update rollouts, meta-update."""
-        params = self.params()
-        pre_rollouts = sample(env, tasks, params, rollouts, generator, self.activation)
+    def iteration(self, env: TaskEnv, tasks: Tensor, rollouts: int, generator: torch.Generator,
+                  shard: tuple[int, int] | None = None,
+                  reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+        """Sample pre-update rollouts, adapt, sample post-update rollouts, meta-update.
+
+        Data parallel: every process passes the whole meta-batch ``tasks`` and the same
+        ``generator`` state, runs only its ``shard=(start, stop)`` of the tasks, and ``reduce``
+        sums a tensor over the processes (every process then takes the same step)."""
+        params, total = self.params(), tasks.shape[0]
+        pre_rollouts = sample(env, tasks, params, rollouts, generator, self.activation, shard)
         pre = self.process(pre_rollouts)
         adapted = adapt(params, pre, self.lr, self.activation)
-        post_rollouts = sample(env, tasks, adapted, rollouts, generator, self.activation)
-        info = self.meta_step(pre, self.process(post_rollouts), adapted)
-        info["return_pre"] = pre_rollouts.returns().mean().item()
-        info["return_post"] = post_rollouts.returns().mean().item()
+        post_rollouts = sample(env, tasks, adapted, rollouts, generator, self.activation, shard)
+        info = self.meta_step(pre, self.process(post_rollouts), adapted, total, reduce)
+        returns = torch.stack([pre_rollouts.returns().mean(1).sum(), post_rollouts.returns().mean(1).sum()]) / total
+        returns = returns if reduce is None else reduce(returns)
+        info["return_pre"], info["return_post"] = returns[0].item(), returns[1].item()
         return info
 
     def state_dict(self) -> dict[str, Any]:

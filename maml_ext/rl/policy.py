@@ -105,7 +105,12 @@ def build(
     hidden: Sequence[int] = (100, 100),
     activation: str = "relu",
     init_std: float = 1.0,
+    dtype: str = "float32",
 ) -> GaussianMLPPolicy:
-    """Entry point ``maml_ext.models: gaussian_mlp`` (in = observation size, out = action size)."""
-    return GaussianMLPPolicy(int(in_features), int(out_features), tuple(int(h) for h in hidden),
-                             activation, float(init_std))
+    """Entry point ``maml_ext.models: gaussian_mlp`` (in = observation size, out = action size;
+    ``dtype="float64"`` runs the policy, its rollouts and the meta-update in double precision)."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    policy = GaussianMLPPolicy(int(in_features), int(out_features), tuple(int(h) for h in hidden),
+                               activation, float(init_std))
+    return policy.double() if dtype == "float64" else policy

@@ -54,23 +54,35 @@ def sample(
     rollouts: int,
     generator: torch.Generator,
     activation: str = "relu",
+    shard: tuple[int, int] | None = None,
 ) -> Rollouts:
     """Run ``rollouts`` episodes of each task in ``tasks [T, task_dim]`` with the Gaussian policy
-    ``params`` (shared, or per task with a leading T); the noise comes only from ``generator``."""
+    ``params`` (shared, or per task with a leading T); the noise comes only from ``generator``.
+
+    ``shard=(start, stop)``: run only tasks ``start:stop`` (per-task params then hold those
+    tasks only), while drawing the action noise of all T tasks and keeping this slice, so the
+    shards of a data-parallel job act exactly as one process does (start states drawn by the
+    environment from ``generator`` are the exception: see ``maml_ext.rl.train``)."""
     if tasks.dim() != 2:
         raise ValueError(f"tasks must be [T, task_dim], got shape {tuple(tasks.shape)}")
-    t = tasks.shape[0]
+    total = tasks.shape[0]
+    start, stop = (0, total) if shard is None else shard
+    if not 0 <= start < stop <= total:
+        raise ValueError(f"shard must be (start, stop) with 0 <= start < stop <= {total}, got {shard}")
+    tasks, t = tasks[start:stop], stop - start
     if params[0].dim() == 3 and params[0].shape[0] != t:
-        raise ValueError(f"per-task params have {params[0].shape[0]} tasks, tasks has {t}")
+        raise ValueError(f"per-task params have {params[0].shape[0]} tasks, this shard has {t}")
     horizon, dtype = env.horizon, params[0].dtype
     obs = env.reset(tasks, rollouts, generator).to(dtype)
+    log_std = params[-1].unsqueeze(-2) if params[-1].dim() == 2 else params[-1]
     buf_obs = torch.zeros(t, rollouts, horizon, env.obs_dim, dtype=dtype)
     buf_act = torch.zeros(t, rollouts, horizon, env.act_dim, dtype=dtype)
     buf_rew = torch.zeros(t, rollouts, horizon, dtype=dtype)
     buf_mask = torch.zeros(t, rollouts, horizon, dtype=dtype)
     live = torch.ones(t, rollouts, dtype=torch.bool)
     for h in range(horizon):
-        action = policy.sample(params, obs, generator, activation)
+        noise = torch.randn(total, rollouts, env.act_dim, generator=generator, dtype=dtype)[start:stop]
+        action = policy.mean(params, obs, activation) + torch.exp(log_std) * noise
         step = env.step(action)
         buf_obs[:, :, h] = obs
         buf_act[:, :, h] = action

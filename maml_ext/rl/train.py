@@ -11,6 +11,7 @@ loop's (written by the same helpers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from maml_ext import plugins
-from maml_ext.train import checkpoint
+from maml_ext.train import checkpoint, distributed
 from maml_ext.train import loop as supervised
 from maml_ext.train.config import RL_SCHEMA, Config, ConfigError, validate
 from maml_ext.train.progress import Progress
@@ -115,11 +117,28 @@ def _set_rng_state(state: dict[str, Any], tasks: torch.Generator, noise: torch.G
     random.setstate(state["python"])
 
 
+def _all_reduce(shard: distributed.Shard) -> Any:
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().clone()
+        shard._collective("all_reduce of the meta-RL sums", lambda: dist.all_reduce(x))
+        return x
+    return reduce
+
+
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the
     checkpoint path. Tasks come from a generator seeded by ``seed``, the rollouts' noise (and
     start states) from one seeded by ``seed + 1``; both are checkpointed, so ``resume`` continues
-    the uninterrupted run exactly."""
+    the uninterrupted run exactly.
+
+    Inside a torch.distributed process group (``--nproc``, torchrun) every rank draws the same
+    meta-batch and the action noise of all its rollouts, runs its contiguous share of the tasks
+    (sampling, baselines, inner steps, meta-gradient and KL products), and the sums over tasks
+    are all-reduced, so every rank takes the single-process TRPO/Adam step; rank 0 alone writes.
+    N processes then equal one (up to the order of floating-point sums) for families whose
+    start states are deterministic (``point_nav``); a family that draws random start states from
+    the generator draws them per shard, so its runs are as random but not the same numbers."""
+    shard = distributed.current()
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
     run = build(cfg)
@@ -127,20 +146,26 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     tasks_gen = torch.Generator().manual_seed(cfg["seed"])
     noise_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     start = 0
-    state = supervised._open_out_dir(cfg, out_dir, resume)
+    state = shard.from_main(lambda: supervised._open_out_dir(cfg, out_dir, resume))
     if state is not None:
         if state.get("kind") != KIND:
             raise checkpoint.CheckpointError(f"{out_dir / CHECKPOINT} is not a meta-RL checkpoint")
         learner.load_state_dict(state["learner"])
         _set_rng_state(state["rng"], tasks_gen, noise_gen)
         start = state["iteration"]
-    bar = Progress(tcfg["iterations"], start) if progress else None
+    shard.prepare(learner.policy, tcfg["meta_batch"])
+    bounds = shard.bounds(tcfg["meta_batch"]) if shard.world > 1 else None
+    reduce = _all_reduce(shard) if shard.world > 1 else None
+    main = shard.is_main
+    bar = Progress(tcfg["iterations"], start) if progress and main else None
     t0, info = time.perf_counter(), {}
-    with (out_dir / METRICS).open("a") as metrics:
+    with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
         for it in range(start, tcfg["iterations"]):
             tasks = run.env.sample_tasks(tcfg["meta_batch"], tasks_gen)
-            info = learner.iteration(run.env, tasks, tcfg["rollouts"], noise_gen)
+            info = learner.iteration(run.env, tasks, tcfg["rollouts"], noise_gen, bounds, reduce)
             done = it + 1
+            if not main:
+                continue
             if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
                 record = {"iteration": done, **info, "it_s": (done - start) / (time.perf_counter() - t0)}
                 metrics.write(json.dumps(record) + "\n")
