@@ -80,14 +80,6 @@ def log_prob(params: Params, obs: Tensor, actions: Tensor, activation: str = "re
     return (-0.5 * z.pow(2) - ls - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def sample(params: Params, obs: Tensor, generator: torch.Generator, activation: str = "relu") -> Tensor:
-    """Actions ``[T, K, act]`` ~ N(mean, std²), the noise drawn only from ``generator``."""
-    mu = mean(params, obs, activation)
-    ls = _expand_log_std(params)
-    noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-    return mu + torch.exp(ls) * noise
-
-
 def kl(old_mean: Tensor, old_log_std: Tensor, new_mean: Tensor, new_log_std: Tensor) -> Tensor:
     """KL(old || new) of diagonal Gaussians per sample ``[T, K]`` (log-stds [T, act] or [act])."""
     if old_log_std.dim() == 2:
