@@ -222,10 +222,16 @@ def training_summary(run: Path, every: int) -> list[str]:
     ]
     shown = [r for r in records if r["iteration"] == 1 or r["iteration"] % every == 0 or r is records[-1]]
     lines += [f"| {r['iteration']} | {r['return_pre']:.1f} | {r['return_post']:.1f} |" for r in shown]
-    k = min(5, len(records))
-    first = statistics.mean(r["return_post"] for r in records[:k])
-    last = statistics.mean(r["return_post"] for r in records[-k:])
-    lines += ["", f"Mean post-update return over the first {k} iterations {first:.1f}, over the last {k} {last:.1f}.", ""]
+    # Each iteration samples new goal velocities, so single iterations are noisy: compare windows.
+    k = max(1, min(10, len(records) // 3))
+    summary = []
+    for key, label in (("return_pre", "before adaptation"), ("return_post", "after 1 step")):
+        windows = [[r[key] for r in records[:k]], [r[key] for r in records[-k:]]]
+        (m0, e0), (m1, e1) = [(statistics.mean(w), statistics.stdev(w) / len(w) ** 0.5 if len(w) > 1 else float("nan"))
+                              for w in windows]
+        summary.append(f"{label}: {m0:.1f} ± {e0:.1f} → {m1:.1f} ± {e1:.1f}")
+    lines += ["", f"Mean return of the first vs the last {k} iterations (± standard error over iterations), "
+              + "; ".join(summary) + ".", ""]
     return lines
 
 
