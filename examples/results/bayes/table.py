@@ -48,7 +48,7 @@ def rows(runs: Path) -> list[str]:
         r = json.loads(path.read_text())["shots"]["1"]
         it_s, its = _it_s(runs / f"glyphs-{algo}")
         out.append(
-            f"| glyphs 5-way 1-shot | {LABELS[algo]} | {its:,} | {1 / it_s:.2f} | {_pm(r['accuracy'], 3, 100, 2, '%')} | "
+            f"| glyphs 5-way 1-shot | {LABELS[algo]}{' first-order' if algo == 'bmaml' else ''} | {its:,} | {1 / it_s:.2f} | {_pm(r['accuracy'], 3, 100, 2, '%')} | "
             f"{_pm(r['nll'], 3)} | ECE {100 * r['ece']['value'][3]:.2f}% ({r['ece']['bins']} bins) |"
         )
     return out
