@@ -1,0 +1,88 @@
+"""BMAML / PLATIPUS meta-iterations per second on the sinusoid, fused MLP op vs the generic path.
+
+One meta-iteration = ``meta_loss`` + ``backward`` for a meta-batch of 25 tasks, K = 10 support
+and 10 query points, 1-40-40-1 ReLU MLP, one inner step (the paper's sinusoid setting). MAML
+(fused ``mlp_maml_loss``) is the reference row. ``--write`` updates this script's section of
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from typing import Any
+
+import torch
+
+from bench_classification import rate
+from maml_ext.algorithms import build_algorithm
+from maml_ext.models.mlp import MLP
+from maml_ext.tasks import TaskBatch
+from maml_ext.tasks.sinusoid import Sinusoid
+from results_md import replace_section
+
+ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("MAML", "maml", {}),
+    ("BMAML M=1, likelihood", "bmaml", {"particles": 1, "objective": "likelihood"}),
+    ("BMAML M=5, Chaser", "bmaml", {"particles": 5}),
+    ("BMAML M=5, likelihood", "bmaml", {"particles": 5, "objective": "likelihood"}),
+    ("BMAML M=5, Chaser, first-order", "bmaml", {"particles": 5, "first_order": True}),
+    ("PLATIPUS, 1 sample", "platipus", {}),
+    ("PLATIPUS, 5 samples", "platipus", {"samples": 5}),
+]
+
+
+def step(learner: torch.nn.Module):
+    def run(batch: TaskBatch) -> list[torch.Tensor]:
+        learner.zero_grad(set_to_none=True)
+        learner.meta_loss(batch).backward()
+        return [p.grad for p in learner.parameters() if p.grad is not None]
+
+    return run
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    batch = Sinusoid().sample(25, 10, 10, torch.Generator().manual_seed(0))
+    rows = [
+        "| algorithm | path | meta-it/s (wall) | meta-it/s (CPU time) | fused vs generic (CPU time) |",
+        "|---|---|---|---|---|",
+    ]
+    print(rows[0], flush=True)
+    for label, name, options in ROWS:
+        found = {}
+        for path in (("fused",) if name == "maml" else ("fused", "generic")):
+            torch.manual_seed(0)
+            extra = {} if name == "maml" else {"fused": path == "fused"}
+            learner = build_algorithm(name, MLP(1, 1, init="trunc_normal"), **options, **extra)
+            found[path] = rate(step(learner), batch, args.min_time, lambda: None)
+        for path, (wall, cpu) in found.items():
+            speedup = f"{cpu / found['generic'][1]:.2f}×" if path == "fused" and "generic" in found else "–"
+            rows.append(f"| {label} | {path} | {wall:.1f} | {cpu:.1f} | {speedup} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--min-time", type=float, default=3.0, help="seconds of timing per row")
+    p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    header = (f"torch {torch.__version__}, CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+              f"{torch.get_num_threads()} thread(s), float32, sinusoid meta-batch 25, K = 10, 1 inner step")
+    print(header, flush=True)
+    rows = run(args)
+    if args.write:
+        command = " ".join(["python", "benchmarks/bench_bayes.py", *sys.argv[1:]])
+        replace_section("bench_bayes", [
+            "", "## BMAML and PLATIPUS: meta-iterations/s, fused MLP op vs generic path", "",
+            f"`{command}` — {header}", "", *rows, ""])
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    raise SystemExit(main())
