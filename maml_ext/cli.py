@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from maml_ext import plugins
@@ -23,46 +23,40 @@ from maml_ext.train import checkpoint, config, distributed, evaluate, loop, plot
 EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError)
 
 
+def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Config, out: Path) -> Path | None:
+    """Run ``train(cfg, out, ...)`` in this process, in ``--nproc`` local ranks, or as one rank of
+    a torchrun job; the checkpoint path on the main process, None on the other ranks."""
+    if args.nproc > 1:
+        distributed.launch(args.nproc, train, cfg, out, resume=args.resume, progress=not args.quiet,
+                           timeout=args.timeout, expected=EXPECTED_ERRORS)
+        return out / loop.CHECKPOINT
+    with distributed.join(args.timeout) as shard:  # one process, or one rank of a torchrun job
+        ckpt = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    return ckpt if shard.is_main else None
+
+
 def _train(args: argparse.Namespace) -> None:
+    if args.nproc < 1:
+        raise config.ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     raw = config.apply_overrides(config.read(args.config), args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if rl.is_rl_config(raw):  # the task family is a meta-RL environment
-        _train_rl(args, rl.load_config(raw), out)
+        ckpt = _launch(args, rl.train, rl.load_config(raw), out)
+        if ckpt is not None:
+            print(f"checkpoint: {ckpt}")
+            if not args.no_eval:
+                run_rl, iteration = rl.restore(ckpt)
+                rl.evaluate(run_rl, run_rl.config, iteration, out)
+                rl.plot(run_rl, run_rl.config, out)
         return
-    cfg = config.validate(raw)
-    if args.nproc < 1:
-        raise config.ConfigError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.nproc > 1:
-        distributed.launch(args.nproc, loop.train, cfg, out, resume=args.resume, progress=not args.quiet,
-                           timeout=args.timeout, expected=EXPECTED_ERRORS)
-        ckpt = out / loop.CHECKPOINT
-    else:  # one process, or one rank of a torchrun job
-        with distributed.join(args.timeout) as shard:
-            ckpt = loop.train(cfg, out, resume=args.resume, progress=not args.quiet)
-        if not shard.is_main:
-            return
+    ckpt = _launch(args, loop.train, config.validate(raw), out)
+    if ckpt is None:
+        return
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
         run, iteration = loop.restore(ckpt)
         _evaluate(run, run.config, iteration, out)
         _plot(run, run.config, out)
-
-
-def _train_rl(args: argparse.Namespace, cfg: config.Config, out: Path) -> None:
-    if args.nproc > 1:
-        distributed.launch(args.nproc, rl.train, cfg, out, resume=args.resume, progress=not args.quiet,
-                           timeout=args.timeout, expected=EXPECTED_ERRORS)
-        ckpt = out / rl.CHECKPOINT
-    else:  # one process, or one rank of a torchrun job
-        with distributed.join(args.timeout) as shard:
-            ckpt = rl.train(cfg, out, resume=args.resume, progress=not args.quiet)
-        if not shard.is_main:
-            return
-    print(f"checkpoint: {ckpt}")
-    if not args.no_eval:
-        run, iteration = rl.restore(ckpt)
-        rl.evaluate(run, run.config, iteration, out)
-        rl.plot(run, run.config, out)
 
 
 def _restored_rl(args: argparse.Namespace) -> tuple[rl.RLRun, config.Config, int] | None:

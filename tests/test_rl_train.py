@@ -123,8 +123,3 @@ def test_non_policy_model_is_rejected(tmp_path):
             rl.build(cfg)
     finally:
         plugins.models.unregister("plain_mlp_for_rl_test")
-
-
-def test_rl_refuses_nproc(tmp_path, capsys):
-    assert cli.main(["train", "point-nav", "--out", str(tmp_path), "--nproc", "2"]) == 2
-    assert "one process" in capsys.readouterr().err
