@@ -68,9 +68,3 @@ def test_cli_nproc_adam(tmp_path, capsys):
         torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-7)
     assert (out / "eval.json").exists()
     assert capsys.readouterr().out.count("checkpoint: ") == 1
-
-
-def test_more_processes_than_tasks_is_refused(tmp_path):
-    with pytest.raises(distributed.DistributedError, match="meta_batch"):
-        distributed.launch(2, _train_all, [(_cfg("train.meta_batch=1"), tmp_path / "x", False)], timeout=60,
-                           expected=(config.ConfigError,))
