@@ -195,7 +195,20 @@ def run(args: argparse.Namespace) -> list[str]:
             f"{ratio['raw mj_step loop (physics only)']:.2f}×, mujoco.rollout "
             f"{ratio['mujoco.rollout, 1 thread (no contact forces)']:.2f}× (1 thread)."
         )
-    return [*rows, "", *verdict]
+    return [*rows, "", *verdict, "", CHOICE]
+
+
+CHOICE = (
+    "Choice: maml_ext steps its own loop over `MjData` (the raw-loop rows plus building observations and "
+    "rewards). `mujoco.rollout` runs the bare physics fastest (no Python call per episode), but used "
+    "closed-loop it cannot return contact forces (the Ant's observation and contact cost need "
+    "`cfrc_ext`), does not carry the constraint solver's warm start from one call to the next (results "
+    "then no longer equal gymnasium's step for step), and the rllab observation's centre of mass would "
+    "need a Python call per episode again; its second thread gains nothing on this shared 2-core machine. "
+    "Worker processes (gymnasium's async vector env) were measured slower than sync here "
+    "(machine-notes.md §3). The wall-time columns are distorted by the other jobs on the machine; "
+    "compare the CPU-time columns."
+)
 
 
 def training_summary(run: Path, every: int) -> list[str]:
@@ -227,12 +240,47 @@ def training_summary(run: Path, every: int) -> list[str]:
     summary = []
     for key, label in (("return_pre", "before adaptation"), ("return_post", "after 1 step")):
         windows = [[r[key] for r in records[:k]], [r[key] for r in records[-k:]]]
-        (m0, e0), (m1, e1) = [(statistics.mean(w), statistics.stdev(w) / len(w) ** 0.5 if len(w) > 1 else float("nan"))
-                              for w in windows]
-        summary.append(f"{label}: {m0:.1f} ± {e0:.1f} → {m1:.1f} ± {e1:.1f}")
-    lines += ["", f"Mean return of the first vs the last {k} iterations (± standard error over iterations), "
+        summary.append(f"{label}: {_mean_se(windows[0])} → {_mean_se(windows[1])}")
+    lines += ["", f"Mean return of the first vs the last {k} iteration(s) (± standard error over iterations), "
               + "; ".join(summary) + ".", ""]
-    return lines
+    return lines + eval_summary(run)
+
+
+def _mean_se(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(values) / len(values) ** 0.5:.1f}"
+
+
+def eval_summary(run: Path) -> list[str]:
+    """The run's eval.json (``maml-ext eval``): the trained policy against its own random
+    initialisation on the same fixed test tasks, with the paired per-task difference."""
+    path = run / "eval.json"
+    if not path.is_file():
+        return []
+    res = json.loads(path.read_text())
+    returns = res["returns"]
+    if "maml" not in returns or "random_init" not in returns:
+        return []
+    lines = [
+        f"`maml-ext eval {run.as_posix()}` at iteration {res['iteration']}: {res['num_tasks']} fixed test tasks "
+        f"(seed {res['seed']}) × {res['rollouts']} rollouts, inner step size {res['lr']}; mean ± 95% CI over tasks, "
+        "and the per-task paired difference trained − initial.",
+        "",
+        "| adaptation steps | trained policy | its random initialisation | paired difference | tasks improved |",
+        "|---|---|---|---|---|",
+    ]
+    trained, initial = returns["maml"], returns["random_init"]
+    for step in range(len(trained["mean"])):
+        diff = [a[step] - b[step] for a, b in zip(trained["per_task"], initial["per_task"])]
+        half = 1.96 * statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+        lines.append(
+            f"| {step} | {trained['mean'][step]:.1f} ± {trained['ci95'][step]:.1f} | "
+            f"{initial['mean'][step]:.1f} ± {initial['ci95'][step]:.1f} | {statistics.mean(diff):+.1f} ± {half:.1f} | "
+            f"{sum(d > 0 for d in diff)}/{len(diff)} |"
+        )
+    return [*lines, ""]
 
 
 def environment() -> str:
