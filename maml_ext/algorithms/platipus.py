@@ -138,7 +138,9 @@ class PLATIPUS(RowLearner):
     def adapted_sets(
         self, x_support: Tensor, y_support: Tensor, steps: int, lr: float | None, generator: torch.Generator | None
     ) -> Iterator[tuple[Rows, int]]:
-        """θ ~ N(μ_θ − γ_p ∇L(μ_θ, support), σ²_θ), ``test_samples`` per task, then SGD on the support set."""
+        """θ ~ N(μ_θ − γ_p ∇L(μ_θ, support), σ²_θ), ``test_samples`` per task, then SGD on the
+        support set with ``lr`` (eval.lr; None: α). The first yield (0 steps) already includes the
+        γ_p step on the support set."""
         s = self.test_samples
         mu_p = {n: p.detach() for n, p in self._stepped_mean(x_support, y_support, self.log_gamma_p, False).items()}
         rows = {n: p.detach() for n, p in self._sample(mu_p, self.prior_logvar, s, generator).items()}
