@@ -47,6 +47,7 @@ Observations (``observation=``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -290,49 +291,33 @@ class LocomotionEnv(TaskEnv):
 
 
 # -------------------------------------------------------------------- plugin factories
-def build_halfcheetah_vel(
-    horizon: int = 200,
-    observation: str = "rllab",
-    reset_noise_scale: float = 0.1,
-    min_velocity: float = 0.0,
-    max_velocity: float = 2.0,
-) -> LocomotionEnv:
-    """HalfCheetah goal velocity, v* ~ U[min_velocity, max_velocity] (paper: U[0, 2])."""
-    return LocomotionEnv(
-        HALF_CHEETAH, "velocity", horizon=horizon, observation=observation,
-        reset_noise_scale=reset_noise_scale, velocity_range=(min_velocity, max_velocity),
-    )
+# Keyword options are the config's [task] table. Real functions (not partials), so the registry
+# can read their return type without building an environment.
+def _velocity_factory(robot: Robot, high: float) -> Callable[..., LocomotionEnv]:
+    def build(horizon: int = 200, observation: str = "rllab", reset_noise_scale: float = 0.1,
+              min_velocity: float = 0.0, max_velocity: float = high) -> LocomotionEnv:
+        return LocomotionEnv(robot, "velocity", horizon=horizon, observation=observation,
+                             reset_noise_scale=reset_noise_scale, velocity_range=(min_velocity, max_velocity))
+
+    build.__doc__ = f"{robot.name} goal velocity, v* ~ U[min_velocity, max_velocity] (paper: U[0, {high:g}])."
+    return _named(build, f"build_{robot.name}_vel")
 
 
-def build_halfcheetah_dir(
-    horizon: int = 200, observation: str = "rllab", reset_noise_scale: float = 0.1
-) -> LocomotionEnv:
-    """HalfCheetah forward/backward: reward d·v with d = ±1."""
-    return LocomotionEnv(
-        HALF_CHEETAH, "direction", horizon=horizon, observation=observation,
-        reset_noise_scale=reset_noise_scale,
-    )
+def _direction_factory(robot: Robot) -> Callable[..., LocomotionEnv]:
+    def build(horizon: int = 200, observation: str = "rllab", reset_noise_scale: float = 0.1) -> LocomotionEnv:
+        return LocomotionEnv(robot, "direction", horizon=horizon, observation=observation,
+                             reset_noise_scale=reset_noise_scale)
+
+    build.__doc__ = f"{robot.name} forward/backward: reward d·v with d = ±1 (probability 1/2 each)."
+    return _named(build, f"build_{robot.name}_dir")
 
 
-def build_ant_vel(
-    horizon: int = 200,
-    observation: str = "rllab",
-    reset_noise_scale: float = 0.1,
-    min_velocity: float = 0.0,
-    max_velocity: float = 3.0,
-) -> LocomotionEnv:
-    """Ant goal velocity, v* ~ U[min_velocity, max_velocity] (paper: U[0, 3])."""
-    return LocomotionEnv(
-        ANT, "velocity", horizon=horizon, observation=observation,
-        reset_noise_scale=reset_noise_scale, velocity_range=(min_velocity, max_velocity),
-    )
+def _named(function: Callable[..., LocomotionEnv], name: str) -> Callable[..., LocomotionEnv]:
+    function.__name__ = function.__qualname__ = name
+    return function
 
 
-def build_ant_dir(
-    horizon: int = 200, observation: str = "rllab", reset_noise_scale: float = 0.1
-) -> LocomotionEnv:
-    """Ant forward/backward: reward d·v with d = ±1."""
-    return LocomotionEnv(
-        ANT, "direction", horizon=horizon, observation=observation,
-        reset_noise_scale=reset_noise_scale,
-    )
+build_halfcheetah_vel = _velocity_factory(HALF_CHEETAH, 2.0)
+build_halfcheetah_dir = _direction_factory(HALF_CHEETAH)
+build_ant_vel = _velocity_factory(ANT, 3.0)
+build_ant_dir = _direction_factory(ANT)
