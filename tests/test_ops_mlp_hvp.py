@@ -95,6 +95,30 @@ def test_autograd_matches_reference(case):
     assert_rel(fused_d, ref_d, what="d/dv <w, H v>")
 
 
+@cases
+@pytest.mark.parametrize("direction", [None, []], ids=["none", "empty"])
+def test_gradient_only_mode_matches_the_full_op(case, direction):
+    """No direction: the same loss and gradient, no HVP, and the gradient still differentiable
+    (d/dθ <u, ∇L> = H u, checked against the reference's double backward)."""
+    params, x, y, v, w = case.inputs(seed=5)
+    g = gen(6)
+    c, u = randn(g, case.tasks), like(g, params)
+
+    def derivatives(fn, direction):
+        p = leaves(params)
+        loss, grads, hvps = fn(p, x, y, direction, **case.kwargs(w))
+        d_params = torch.autograd.grad((c * loss).sum() + dot(u, grads), p)
+        return loss, grads, hvps, d_params
+
+    loss, grads, hvps, d_params = derivatives(ops.mlp_hvp, direction)
+    full_loss, full_grads, _, _ = derivatives(ops.mlp_hvp, v)
+    ref = derivatives(reference.mlp_hvp, direction)
+    assert hvps == [] and ref[2] == []
+    assert_rel(loss, full_loss, what="loss")
+    assert_rel(grads, full_grads, what="grads")
+    assert_rel(d_params, ref[3], what="d/dθ (c·loss + <u, grad>)")
+
+
 GRADCHECK_CASES = [
     Case(2, 3, (2, 3, 2), "tanh", "mse", weighted=True),
     Case(2, 3, (2, 3, 3), "relu", "cross_entropy"),
@@ -114,8 +138,13 @@ def test_gradcheck(case):
     def loss_only(*p):
         return ops.mlp_hvp(list(p), x, y, v, **kw)[0]
 
+    def gradient_only_mode(*p):
+        loss, grads, _ = ops.mlp_hvp(list(p), x, y, **kw)
+        return (loss, *grads)
+
     assert torch.autograd.gradcheck(loss_and_grads, tuple(leaves(params)))
     assert torch.autograd.gradgradcheck(loss_only, tuple(leaves(params)))
+    assert torch.autograd.gradcheck(gradient_only_mode, tuple(leaves(params)))
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)

@@ -72,15 +72,17 @@ def test_inner_update_in_place():
 LOSSES = ["gaussian_nll", "mse", "cross_entropy"]
 
 
+@pytest.mark.parametrize("with_direction", [True, False], ids=["hvp", "gradient-only"])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_mlp_hvp(loss):
+def test_mlp_hvp(loss, with_direction):
     g = gen(3)
     widths = (2, 3, 3)
     params = mlp_params(g, widths, loss, tasks=2)
     x, y = mlp_batch(g, widths, loss, 2, 4)
     weight = randn(g, 2, 4) if loss == "gaussian_nll" else None
+    direction = leaves(like(g, params)) if with_direction else []
     opcheck(torch.ops.maml_ext.mlp_hvp.default,
-            (leaves(params), x, y, leaves(like(g, params)), weight, "relu", loss), loss, LOSSES)
+            (leaves(params), x, y, direction, weight, "relu", loss), loss, LOSSES)
 
 
 MAML_VARIANTS = {

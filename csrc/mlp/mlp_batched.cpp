@@ -164,6 +164,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_hvp
   net.forward(in.theta);
   at::Tensor losses = net.loss(in.theta);
   const at::Tensor grad = net.backward(in.theta);
+  if (!in.direction.defined()) return {losses, unpack(grad, params, true, in.tasks), {}};
   const at::Tensor hv = net.hvp(in.theta, in.direction);
   return {losses, unpack(grad, params, true, in.tasks), unpack(hv, params, true, in.tasks)};
 }

@@ -278,9 +278,10 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
   in.layout = layout_from_params(params, true, in.tasks, std::string(activation), std::string(loss));
   check_batch(in.layout, "support", x, y, sample_weight, in.tasks, params[0]);
   check_labels(in.layout, y, "support");
-  TORCH_CHECK_VALUE(direction.size() == params.size(), "direction: expected ", params.size(),
-                    " tensors like params, got ", direction.size());
-  for (size_t i = 0; i < params.size(); ++i) {
+  // An empty direction list asks for the loss and gradient only (no R-pass).
+  TORCH_CHECK_VALUE(direction.empty() || direction.size() == params.size(), "direction: expected ",
+                    params.size(), " tensors like params (or none), got ", direction.size());
+  for (size_t i = 0; i < direction.size(); ++i) {
     TORCH_CHECK_VALUE(direction[i].sizes() == params[i].sizes(), "direction[", i,
                       "]: expected shape ", params[i].sizes(), ", got ", direction[i].sizes());
     TORCH_CHECK_TYPE(direction[i].scalar_type() == params[i].scalar_type(), "direction[", i,
@@ -289,7 +290,7 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
                 params[i].device(), ", got ", direction[i].device());
   }
   in.theta = pack(params, true);
-  in.direction = pack(direction, true);
+  if (!direction.empty()) in.direction = pack(direction, true);
   in.x = x.contiguous();
   in.y = y.contiguous();
   in.weight = contiguous(sample_weight);

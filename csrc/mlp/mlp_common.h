@@ -40,7 +40,7 @@ std::vector<at::Tensor> reduce_lr_grads(const at::Tensor& flat, at::TensorList l
 struct HvpInputs {
   Layout layout;
   int64_t tasks;
-  at::Tensor theta, direction, x, y;  // theta, direction packed [T, P]
+  at::Tensor theta, direction, x, y;  // theta, direction packed [T, P]; direction undefined: no HVP
   std::optional<at::Tensor> weight;
 };
 

@@ -50,20 +50,22 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_hvp
   const auto& wc = in.weight;
   at::Tensor loss_out = at::empty({tasks}, theta.options());
   at::Tensor grad = at::empty_like(theta);
-  at::Tensor hv = at::empty_like(theta);
+  const bool with_hvp = v.defined();
+  at::Tensor hv = with_hvp ? at::empty_like(theta) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "mlp_hvp_cpu", [&] {
     HvpArgs<scalar_t> a{&L,
                         theta.data_ptr<scalar_t>(),
-                        v.data_ptr<scalar_t>(),
+                        with_hvp ? v.data_ptr<scalar_t>() : nullptr,
                         make_batch<scalar_t>(xc, yc, wc, L.loss),
                         loss_out.data_ptr<scalar_t>(),
                         grad.data_ptr<scalar_t>(),
-                        hv.data_ptr<scalar_t>()};
+                        with_hvp ? hv.data_ptr<scalar_t>() : nullptr};
     const auto fn = engine<scalar_t>().hvp_tasks;
     at::parallel_for(0, tasks, task_grain(L, in.x.size(1), 1),
                      [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   });
-  return {loss_out, unpack(grad, params, true, tasks), unpack(hv, params, true, tasks)};
+  return {loss_out, unpack(grad, params, true, tasks),
+          with_hvp ? unpack(hv, params, true, tasks) : std::vector<at::Tensor>{}};
 }
 
 template <typename T>

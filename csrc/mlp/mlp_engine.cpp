@@ -631,7 +631,7 @@ void hvp_tasks(const HvpArgs<T>& a, int64_t t0, int64_t t1) {
     net.bind(a.batch, t);
     net.forward(th, a.batch.x + t * k * d0, k);
     a.loss[t] = net.loss(th, a.batch, t, a.grad + t * P);
-    net.hvp(th, a.direction + t * P, a.hvp + t * P);
+    if (a.direction != nullptr) net.hvp(th, a.direction + t * P, a.hvp + t * P);
   }
 }
 

@@ -51,7 +51,7 @@ template <typename T>
 struct HvpArgs {
   const Layout* layout;
   const T* theta;      // [T, P]
-  const T* direction;  // [T, P]
+  const T* direction;  // [T, P], or nullptr: loss and gradient only (hvp untouched)
   Batch<T> batch;
   T* loss;             // [T]
   T* grad;             // [T, P]

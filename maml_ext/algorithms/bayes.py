@@ -80,9 +80,8 @@ class RowLearner(MetaLearner):
         if spec is not None:
             params = [rows[n] if create_graph else rows[n].detach() for n in spec.param_names]
             params = [p.contiguous() for p in params]
-            zeros = [torch.zeros_like(p) for p in params]
-            with torch.enable_grad():
-                losses, grads, _ = ops.mlp_hvp(params, x, y, zeros, activation=spec.activation, loss=self.loss)
+            with torch.enable_grad():  # no direction: loss and gradient only, no R-pass
+                losses, grads, _ = ops.mlp_hvp(params, x, y, activation=spec.activation, loss=self.loss)
             if not create_graph:
                 losses, grads = losses.detach(), [g.detach() for g in grads]
             return losses, dict(zip(spec.param_names, grads))

@@ -79,7 +79,7 @@ def mlp_hvp(
     params: Sequence[Tensor],
     x: Tensor,
     y: Tensor,
-    direction: Sequence[Tensor],
+    direction: Sequence[Tensor] | None = None,
     *,
     activation: str = "relu",
     loss: str = "mse",
@@ -91,7 +91,9 @@ def mlp_hvp(
         params: [W1 [T, d1, d0], b1 [T, d1], ..., WL, bL] (+ log_std [T, dL] for
             ``loss="gaussian_nll"``): each task's own parameters, nn.Linear layout.
         x: [T, K, d0] inputs. y: [T, K, dL] targets (mse, gaussian_nll) or [T, K] int64 labels.
-        direction: v, shaped like params.
+        direction: v, shaped like params; None (or empty) for the loss and gradient only: the
+            R-pass is skipped and the HVP list is empty (cheaper inner steps that stay exactly
+            differentiable, e.g. SVGD or any hand-written inner loop).
         activation: "relu" or "tanh" (hidden layers; the output layer is linear).
         loss: "mse" (mean over K and outputs), "cross_entropy", or "gaussian_nll" (the
             policy-gradient surrogate: −log N(y | out, exp(log_std)²) weighted by sample_weight).
@@ -106,7 +108,7 @@ def mlp_hvp(
             params, x, y, direction, activation=activation, loss=loss, sample_weight=sample_weight
         )
     loss_t, grads, hvps = torch.ops.maml_ext.mlp_hvp(
-        list(params), x, y, list(direction), sample_weight, activation, loss
+        list(params), x, y, list(direction or []), sample_weight, activation, loss
     )
     return loss_t, list(grads), list(hvps)
 

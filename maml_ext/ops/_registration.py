@@ -70,13 +70,13 @@ def _mlp_hvp_fake(params, x, y, direction, sample_weight, activation, loss):
     return (
         params[0].new_empty(x.shape[0]),
         [torch.empty_like(p) for p in params],
-        [torch.empty_like(p) for p in params],
+        [torch.empty_like(p) for p in params] if direction else [],
     )
 
 
 def _mlp_hvp_setup(ctx, inputs, output):
     params, x, y, direction, weight, activation, loss = inputs
-    ctx.n = len(params)
+    ctx.n, ctx.n_direction = len(params), len(direction)
     ctx.activation, ctx.loss = activation, loss
     ctx.has_weight = weight is not None
     grads = output[1]
@@ -90,12 +90,16 @@ def _mlp_hvp_backward(ctx, grad_loss, grad_grads, grad_hvps):
     x, y = saved[2 * n], saved[2 * n + 1]
     weight = saved[2 * n + 2] if ctx.has_weight else None
     hvp = torch.ops.maml_ext.mlp_hvp
-    # d/dθ <u, ∇L> = H u (H symmetric); d/dv <w, H v> = H w.
-    _, _, h_u = hvp(params, x, y, list(grad_grads), weight, ctx.activation, ctx.loss)
-    _, _, h_w = hvp(params, x, y, list(grad_hvps), weight, ctx.activation, ctx.loss)
-    d_params = [
-        g * grad_loss.reshape(-1, *([1] * (g.dim() - 1))) + hu for g, hu in zip(grads, h_u)
-    ]
+    # d/dθ <u, ∇L> = H u (H symmetric); d/dv <w, H v> = H w. Each HVP only when its input needs it.
+    # Gradients are returned in the inputs' structure (a list per tensor-list input).
+    d_params, h_w = [None] * n, [None] * ctx.n_direction
+    if ctx.needs_input_grad[0]:
+        _, _, h_u = hvp(params, x, y, list(grad_grads), weight, ctx.activation, ctx.loss)
+        d_params = [
+            g * grad_loss.reshape(-1, *([1] * (g.dim() - 1))) + hu for g, hu in zip(grads, h_u)
+        ]
+    if ctx.needs_input_grad[3] and grad_hvps:
+        _, _, h_w = hvp(params, x, y, list(grad_hvps), weight, ctx.activation, ctx.loss)
     return d_params, None, None, h_w, None, None, None
 
 

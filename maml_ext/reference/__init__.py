@@ -110,13 +110,14 @@ def mlp_hvp(
     params: Sequence[Tensor],
     x: Tensor,
     y: Tensor,
-    direction: Sequence[Tensor],
+    direction: Sequence[Tensor] | None = None,
     *,
     activation: str = "relu",
     loss: str = "mse",
     sample_weight: Tensor | None = None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Per-task support loss [T], its gradient and its Hessian-vector product with ``direction``."""
+    """Per-task support loss [T], its gradient and its Hessian-vector product with ``direction``
+    (no direction, or an empty one: loss and gradient only, and an empty HVP list)."""
     _checks.check_choice("activation", activation, _checks.ACTIVATIONS)
     _checks.check_choice("loss", loss, _checks.LOSSES)
     if x.dim() != 3:
@@ -124,8 +125,9 @@ def mlp_hvp(
     tasks = x.shape[0]
     widths = _checks.mlp_widths(params, True, tasks, loss)
     _checks.check_batch("support", widths, loss, x, y, sample_weight, tasks, params[0])
-    if len(direction) != len(params):
-        raise ValueError(f"direction: expected {len(params)} tensors like params, got {len(direction)}")
+    direction = list(direction or [])
+    if direction and len(direction) != len(params):
+        raise ValueError(f"direction: expected {len(params)} tensors like params (or none), got {len(direction)}")
     for i, (v, p) in enumerate(zip(direction, params)):
         if v.shape != p.shape:
             raise ValueError(f"direction[{i}]: expected shape {tuple(p.shape)}, got {tuple(v.shape)}")
@@ -135,8 +137,8 @@ def mlp_hvp(
     steered = torch.is_grad_enabled() and any(d.requires_grad for d in direction)
     with torch.enable_grad():
         losses = mlp_task_losses(leaves, mlp_forward(leaves, x, activation, loss), y, loss, sample_weight)
-        grads = torch.autograd.grad(losses.sum(), leaves, create_graph=True)
-        hvps = torch.autograd.grad(grads, leaves, grad_outputs=list(direction), create_graph=tracked or steered)
+        grads = torch.autograd.grad(losses.sum(), leaves, create_graph=tracked or bool(direction))
+        hvps = torch.autograd.grad(grads, leaves, grad_outputs=direction, create_graph=tracked or steered) if direction else []
     if not tracked:
         return losses.detach(), [g.detach() for g in grads], [h if steered else h.detach() for h in hvps]
     return losses, list(grads), list(hvps)
