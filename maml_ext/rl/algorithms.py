@@ -83,16 +83,15 @@ def process(rollouts: Rollouts, gamma: float = 0.99, gae_lambda: float = 1.0, ce
 def adapt(params: Sequence[Tensor], data: TaskData, lr: float, activation: str = "relu") -> list[Tensor]:
     """One policy-gradient step per task, θ'_t = θ − α∇L_t(θ): from shared parameters by the fused
     ``mlp_maml``; from per-task parameters ``[T, ...]`` (later test-time steps) with the per-task
-    gradient of the fused ``mlp_hvp``."""
+    gradient of the fused ``mlp_hvp`` (its gradient-only mode) and ``ops.inner_update``."""
     params = [p.detach() for p in params]
     if params[0].dim() == 2:
         one_x, one_y = data.obs[:, :1], data.actions[:, :1]  # the query set is not used here
         _, adapted = ops.mlp_maml(params, data.obs, data.actions, one_x, one_y, lr=lr, steps=1,
                                   activation=activation, loss=LOSS, w_support=data.weight)
         return adapted
-    zeros = [torch.zeros_like(p) for p in params]
-    _, grads, _ = ops.mlp_hvp(params, data.obs, data.actions, zeros, activation=activation, loss=LOSS,
-                              sample_weight=data.weight)
+    _, grads, _ = ops.mlp_hvp(params, data.obs, data.actions, None, activation=activation, loss=LOSS,
+                              sample_weight=data.weight)  # gradient-only mode: no R-pass
     return ops.inner_update(params, grads, lr)
 
 
