@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +109,26 @@ class _DyingSinusoid(Sinusoid):
         if os.environ["RANK"] == "1" and self.calls == 3:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().sample(*args, **kwargs)
+
+
+def _report_package(out):
+    import maml_ext
+    from maml_ext import ops
+
+    rank = int(os.environ["RANK"])
+    (out / f"rank{rank}.json").write_text(json.dumps([maml_ext.__file__, ops.extension_available()]))
+
+
+def test_ranks_import_the_same_package_as_the_launcher(tmp_path, monkeypatch):
+    """Launched from a source checkout (the working directory here), the ranks must still import the
+    installed package with its compiled kernels, as the launching process does."""
+    import maml_ext
+    from maml_ext import ops
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    distributed.launch(2, _report_package, tmp_path, timeout=30)
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [maml_ext.__file__, ops.extension_available()]
 
 
 def _train_dying(c, out):

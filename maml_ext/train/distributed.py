@@ -214,6 +214,23 @@ def _describe(rank: int, exitcode: int | None, report: Path) -> str:
     return f"rank {rank} exited with code {exitcode}{message}"
 
 
+@contextmanager
+def _installed_package_first() -> Iterator[None]:
+    """The forkserver (and spawn) interpreter runs ``python -c``, which puts the working directory
+    first on ``sys.path``: launched from a source checkout, the ranks would import that tree's
+    ``maml_ext`` (without the compiled kernels) instead of the installed package. PYTHONSAFEPATH
+    (Python >= 3.11) leaves the working directory out."""
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
+
+
 def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFAULT_TIMEOUT,
            expected: tuple[type[BaseException], ...] = (), **kwargs: Any) -> None:
     """Run ``fn(*args, **kwargs)`` in ``nproc`` local processes joined in one process group.
@@ -240,8 +257,9 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFA
                         args=(r, nproc, init_method, timeout, threads, reports[r], expected, fn, args, kwargs))
             for r in range(nproc)
         ]
-        for p in procs:
-            p.start()
+        with _installed_package_first():
+            for p in procs:
+                p.start()
         failed, stopped = False, set()
         try:
             pending = {p.sentinel: r for r, p in enumerate(procs)}
