@@ -120,7 +120,7 @@ def _set_rng_state(state: dict[str, Any], tasks: torch.Generator, noise: torch.G
 def _all_reduce(shard: distributed.Shard) -> Any:
     def reduce(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous().clone()
-        shard._collective("all_reduce of the meta-RL sums", lambda: dist.all_reduce(x))
+        shard.collective("all_reduce of the meta-RL sums", lambda: dist.all_reduce(x))
         return x
     return reduce
 
@@ -146,7 +146,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     tasks_gen = torch.Generator().manual_seed(cfg["seed"])
     noise_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     start = 0
-    state = shard.from_main(lambda: supervised._open_out_dir(cfg, out_dir, resume))
+    state = shard.from_main(lambda: supervised.open_out_dir(cfg, out_dir, resume))
     if state is not None:
         if state.get("kind") != KIND:
             raise checkpoint.CheckpointError(f"{out_dir / CHECKPOINT} is not a meta-RL checkpoint")

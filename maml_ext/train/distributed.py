@@ -98,7 +98,7 @@ class Shard:
                 box[0] = (True, fn())
             except Exception as exc:  # re-raised on every rank, so none waits for the others
                 box[0] = (False, exc)
-        self._collective("broadcast from rank 0", lambda: dist.broadcast_object_list(box, src=0))
+        self.collective("broadcast from rank 0", lambda: dist.broadcast_object_list(box, src=0))
         ok, value = box[0]
         if not ok:
             raise value
@@ -113,7 +113,7 @@ class Shard:
         if self.world == 1:
             return
         for tensor in (*learner.parameters(), *learner.buffers()):
-            self._collective("broadcast of the parameters", lambda t=tensor: dist.broadcast(t.data, src=0))
+            self.collective("broadcast of the parameters", lambda t=tensor: dist.broadcast(t.data, src=0))
 
     def backward(self, learner: MetaLearner, batch: TaskBatch, iteration: int, chunk: int | None = None) -> float:
         """Meta-gradient of the whole ``batch`` into ``.grad`` on every rank; returns the meta-loss.
@@ -130,7 +130,7 @@ class Shard:
         # Buffers travel as deltas: unchanged ones stay bit-identical, updated ones get the task-weighted mean.
         parts = [next(learner.parameters()).detach().new_tensor([loss]), *(g.reshape(-1) for g in grads), *((b - b0).reshape(-1) for b, b0 in zip(buffers, before))]
         flat = torch.cat(parts) * weight
-        self._collective(f"all_reduce at iteration {iteration}", lambda: dist.all_reduce(flat))
+        self.collective(f"all_reduce at iteration {iteration}", lambda: dist.all_reduce(flat))
         offset = 1
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -140,7 +140,8 @@ class Shard:
             offset += b.numel()
         return flat[0].item()
 
-    def _collective(self, what: str, call: Callable[[], Any]) -> None:
+    def collective(self, what: str, call: Callable[[], Any]) -> None:
+        """Run a collective (``call``); a peer's failure becomes a DistributedError naming ``what``."""
         try:
             call()
         except RuntimeError as exc:  # gloo/NCCL errors: a peer closed its connection or timed out

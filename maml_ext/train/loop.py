@@ -89,7 +89,7 @@ def _tensorboard(out_dir: Path) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _open_out_dir(cfg: Config, out_dir: Path, resume: bool) -> dict[str, Any] | None:
+def open_out_dir(cfg: Config, out_dir: Path, resume: bool) -> dict[str, Any] | None:
     """The run directory's file work before training (rank 0 only): the checkpoint to resume from,
     or None for a new run."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     optimizer = torch.optim.Adam(learner.parameters(), lr=tcfg["meta_lr"])
     tasks = torch.Generator().manual_seed(cfg["seed"])
     start, window = 0, [0.0, 0]
-    state = shard.from_main(lambda: _open_out_dir(cfg, out_dir, resume))
+    state = shard.from_main(lambda: open_out_dir(cfg, out_dir, resume))
     if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
