@@ -72,10 +72,12 @@ class Registry:
         try:
             factory = ep.load()
         except Exception as exc:
-            raise PluginError(
-                f"failed to load {self.kind} plugin {name!r} ({ep.value}): {exc!r}. "
-                f"Disable third-party plugin autoloading with {AUTOLOAD_ENV}=0."
-            ) from exc
+            own = ep.dist is not None and ep.dist.name == _OWN_DISTRIBUTION
+            # A built-in plugin fails only for a missing optional dependency (its message names it);
+            # a third-party one can also be switched off.
+            hint = ("" if own else
+                    f" Disable third-party plugin autoloading with {AUTOLOAD_ENV}=0.")
+            raise PluginError(f"failed to load {self.kind} plugin {name!r} ({ep.value}): {exc!r}.{hint}") from exc
         if not callable(factory):
             raise PluginError(f"{self.kind} plugin {name!r} ({ep.value}) is not callable")
         self._loaded[name] = factory

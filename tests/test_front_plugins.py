@@ -81,6 +81,18 @@ def test_broken_plugin_error_names_it_and_the_switch(third_party, registry):
     assert registry.build("linear", in_features=2, out_features=1).in_features == 2
 
 
+def test_builtin_plugin_missing_its_optional_dependency_names_the_install(monkeypatch):
+    # No mujoco: the locomotion families' module refuses to import with the install command, and
+    # the registry does not suggest the third-party switch, which cannot help a built-in plugin.
+    for module in ("maml_ext.rl.envs.locomotion", "maml_ext.rl.envs.mujoco_sim"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, "mujoco", None)
+    registry = plugins.Registry("task", "maml_ext.tasks")
+    with pytest.raises(plugins.PluginError, match=r"'halfcheetah_vel'.*pip install 'gymnasium\[mujoco\]==1.4.0'") as info:
+        registry.factory("halfcheetah_vel")
+    assert plugins.AUTOLOAD_ENV not in str(info.value)
+
+
 def test_kill_switch_hides_third_party_but_keeps_builtins(third_party, registry, monkeypatch):
     monkeypatch.setenv(plugins.AUTOLOAD_ENV, "0")
     assert "broken" not in registry.names() and "linear" not in registry.names()
