@@ -115,3 +115,11 @@ def test_sinusoid_fits_draw_sets_and_ambiguous_tasks(tmp_path):
     width = tasks.x_support.amax(1) - tasks.x_support.amin(1)
     assert (width <= plots.AMBIGUOUS_WIDTH).all() and tasks.x_query.shape == (4, 200, 1)
     torch.testing.assert_close(tasks.y_support, run.family.curve(tasks.info, tasks.x_support))
+
+
+@pytest.mark.parametrize(("last", "columns"), [(3, (0, 1, 2, 3)), (5, (0, 1, 2, 3, 4, 5)), (10, (0, 1, 2, 3, 5, 10)),
+                                               (12, (0, 1, 2, 3, 5, 10, 12))])
+def test_table_columns_follow_the_evaluated_steps(last, columns):
+    values = {"mean": [0.5] * (last + 1), "ci95": [0.1] * (last + 1)}
+    header = evaluate.table({"shots": {"5": values}}).splitlines()[0]
+    assert header == "| shots | " + " | ".join(f"{s} steps" for s in columns) + " |"

@@ -227,9 +227,18 @@ def _cells(values: dict[str, list[float]], steps: tuple[int, ...], scale: float 
     ]
 
 
-def table(results: dict[str, Any], steps: tuple[int, ...] = (0, 1, 5, 10)) -> str:
-    """Markdown table of the query loss after the given numbers of steps, then (where evaluated)
-    accuracy, NLL and calibration rows."""
+def _columns(results: dict[str, Any]) -> tuple[int, ...]:
+    """Every evaluated step count up to 5 steps; beyond, 0-3 and every 5th, always ending at the last."""
+    last = max(len(r["mean"]) for r in results["shots"].values()) - 1
+    if last <= 5:
+        return tuple(range(last + 1))
+    return tuple(sorted({*range(4), *range(5, last + 1, 5), last}))
+
+
+def table(results: dict[str, Any], steps: tuple[int, ...] | None = None) -> str:
+    """Markdown table of the query loss after the given numbers of steps (default: see
+    ``_columns``), then (where evaluated) accuracy, NLL and calibration rows."""
+    steps = _columns(results) if steps is None else steps
     rows = ["| shots | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
     for shots, r in results["shots"].items():
         rows.append(f"| {shots} | " + " | ".join(_cells(r, steps)) + " |")
