@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from maml_ext.algorithms import build_algorithm
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
-from results_md import replace_section
+from results_md import write_run
 
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("MAML", "maml", {}),
@@ -76,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     rows = run(args)
     if args.write:
-        command = " ".join(["python", "benchmarks/bench_bayes.py", *sys.argv[1:]])
-        replace_section("bench_bayes", [
-            "", "## BMAML and PLATIPUS: meta-iterations/s, fused MLP op vs generic path", "",
-            f"`{command}` — {header}", "", *rows, ""])
+        write_run("bench_bayes", header, rows, "BMAML and PLATIPUS: meta-iterations/s, fused MLP op vs generic path")
     return 0
 
 

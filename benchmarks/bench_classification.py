@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from torch.func import functional_call, grad, vmap
 from maml_ext.algorithms import build_algorithm
 from maml_ext.models.conv4 import Conv4
 from maml_ext.tasks import TaskBatch
-from results_md import replace_section
+from results_md import write_run
 
 
 @dataclass(frozen=True)
@@ -178,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     rows = run(args)
     if args.write:
-        command = " ".join(["python", "benchmarks/bench_classification.py", *sys.argv[1:]])
-        replace_section("bench_classification", [
-            "", "## Few-shot classification: conv4 MAML meta-iterations/s", "",
-            f"`{command}` — {header}", "", *rows, ""])
+        write_run("bench_classification", header, rows, "Few-shot classification: conv4 MAML meta-iterations/s")
     return 0
 
 

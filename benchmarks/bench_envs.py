@@ -33,7 +33,6 @@ import json
 import os
 import statistics
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 import mujoco
 import mujoco.rollout
 from maml_ext.rl.envs import locomotion as L
-from results_md import replace_section
+from results_md import write_run
 
 SIZES = ((1, 1), (1, 20), (5, 20), (20, 20))  # (tasks, rollouts): 1, 20, 100, 400 episodes
 ROBOTS = {"HalfCheetah": ("HalfCheetah-v5", L.build_halfcheetah_vel), "Ant": ("Ant-v5", L.build_ant_vel)}
@@ -313,10 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [line for run_dir in args.runs for line in training_summary(run_dir, args.every)]
     print("\n".join(runs), flush=True)
     if args.write:
-        command = " ".join(["python", "benchmarks/bench_envs.py", *sys.argv[1:]])
-        replace_section("bench_envs", [
-            "", "## MuJoCo locomotion envs: env-steps/s and meta-RL iteration time", "",
-            f"`{command}` — {header}", "", *rows, "", *runs])
+        write_run("bench_envs", header, rows, "MuJoCo locomotion envs: env-steps/s and meta-RL iteration time", runs)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch.utils.benchmark as tbench
 
 import maml_ext
 from maml_ext import ops, reference
-from results_md import replace_section
+from results_md import write_run
 
 
 
@@ -201,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     rows = run(args)
     if args.write:
-        command = " ".join(["python", "benchmarks/bench_ops.py", *sys.argv[1:]])
-        replace_section("bench_ops", ["", f"`{command}` — {header}", "", *rows, ""])
+        write_run("bench_ops", header, rows)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -18,3 +20,13 @@ def replace_section(name: str, lines: list[str]) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def write_run(name: str, header: str, rows: Sequence[str], heading: str | None = None,
+              extra: Sequence[str] = ()) -> None:
+    """Write a script's run into its section: optional heading, the exact command (this process's
+    arguments) with its environment ``header``, the table ``rows``, then ``extra`` lines."""
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    title = ["", f"## {heading}"] if heading else []
+    tail = ["", *extra] if extra else []
+    replace_section(name, [*title, "", f"`{command}` — {header}", "", *rows, *tail, ""])
