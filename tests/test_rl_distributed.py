@@ -2,8 +2,10 @@
 steps as one process (point_nav: deterministic start states, so the same rollouts).
 
 In float64: the all-reduced sums differ from one process's sums in rounding only, which TRPO's
-conjugate gradient amplifies to ~1e-7 relative after a few steps (float32: ~1e-3), while any
-real difference in tasks, noise or reductions would show at the percent level."""
+conjugate gradient (damping 1e-5) amplifies ~1000x per meta-iteration: measured KL differences
+1e-13, 1e-10, 1e-7 .. 1.5e-6 relative at iterations 1, 2, 3 (the last depends on thread count and
+machine), so the comparison stops at iteration 2, where 1e-6 leaves four orders of margin while
+any real difference in tasks, noise or reductions would show at the percent level."""
 
 from __future__ import annotations
 
@@ -49,9 +51,9 @@ def _assert_same(a, b):
 
 def test_two_ranks_equal_one_process_with_resume(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    runs = [(_cfg("train.iterations=2"), two, False), (_cfg("train.iterations=3"), two, True)]
+    runs = [(_cfg("train.iterations=1"), two, False), (_cfg("train.iterations=2"), two, True)]
     distributed.launch(2, _train_all, runs, timeout=60)
-    rl.train(_cfg("train.iterations=3"), one, progress=False)
+    rl.train(_cfg("train.iterations=2"), one, progress=False)
     _assert_same(two, one)
 
 
