@@ -15,9 +15,9 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
-def test_readme_has_the_two_python_examples():
+def test_readme_has_the_three_python_examples():
     blocks = _python_blocks()
-    assert len(blocks) == 2 and "ops.mlp_maml(" in blocks[0] and "MAML(model" in blocks[1]
+    assert len(blocks) == 3 and "ops.mlp_maml(" in blocks[0] and "MAML(model" in blocks[1] and ".clone()" in blocks[2]
 
 
 def test_readme_fused_ops_block_runs_and_both_calls_agree():
@@ -41,6 +41,16 @@ def test_readme_front_end_block_runs_and_learns():
     # After its 1,000 meta-iterations, 10 adaptation steps clearly beat none on these tasks.
     mse = lambda p: (p - batch.y_query).pow(2).mean().item()  # noqa: E731
     assert mse(after) < 0.7 * mse(before)
+
+    # The clone block continues in the same session: one more meta-step, by per-task clones.
+    expected = torch.autograd.grad(learner.meta_loss(batch), list(learner.parameters()))
+    step = scope["meta_opt"].step
+    seen = []
+    scope["meta_opt"].step = lambda: seen.append([p.grad.clone() for p in learner.parameters()])
+    exec(compile(_python_blocks()[2], "README.md: clone", "exec"), scope)
+    scope["meta_opt"].step = step
+    for got, want in zip(seen[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_fused_ops_example_script_runs(tmp_path):

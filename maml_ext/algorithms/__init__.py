@@ -29,16 +29,18 @@ from typing import Any
 
 from torch import nn
 
-from .base import MetaLearner, Params, task_loss
+from .base import LossFn, MetaLearner, Params, task_loss
 from .bayes import RowLearner
 from .bmaml import BMAML
+from .clone import TaskClone
 from .maml import MAML, msl_weights
 from .platipus import PLATIPUS
 from .pretrain import Pretrain
 from .reptile import Reptile
 
 __all__ = [
-    "ALGORITHMS", "BMAML", "MAML", "MetaLearner", "PLATIPUS", "RowLearner", "Params", "Pretrain", "Reptile", "build_algorithm",
+    "ALGORITHMS", "BMAML", "LossFn", "MAML", "MetaLearner", "PLATIPUS", "RowLearner", "Params", "Pretrain", "Reptile",
+    "TaskClone", "build_algorithm",
     "msl_weights", "task_loss",
 ]
 

@@ -11,8 +11,8 @@ the adapted parameters gives the exact second-order meta-gradient for any model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,27 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
+from .clone import TaskClone
+
 LOSSES = ("mse", "cross_entropy")
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""A custom loss: outputs ``[T, K, ...]`` and targets ``[T, K, ...]`` to per-task losses ``[T]``."""
+Loss = Union[str, LossFn]
 
 
-def task_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
+def check_loss(loss: Loss) -> None:
+    if not callable(loss) and loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} or a callable (outputs, targets) -> [T], got {loss!r}")
+
+
+def task_loss(out: Tensor, y: Tensor, loss: Loss) -> Tensor:
     """Per-task mean loss ``[T]`` of outputs ``[T, K, out]`` (mse: mean over K and outputs)."""
+    if callable(loss):
+        value = loss(out, y)
+        if not isinstance(value, Tensor) or value.shape != out.shape[:1]:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"loss: a custom loss must return per-task losses of shape [{out.shape[0]}], got {got}")
+        return value
     if loss == "mse":
         return (out - y).pow(2).flatten(1).mean(1)
     per_example = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
@@ -59,7 +75,9 @@ class MetaLearner(nn.Module, ABC):
         model: any ``nn.Module``; its parameters are the meta-learned initialisation.
         lr: inner-loop step size α.
         steps: inner-loop steps during meta-training.
-        loss: "mse" or "cross_entropy" (per task, mean over the K examples).
+        loss: "mse" or "cross_entropy" (per task, mean over the K examples), or a callable
+            ``(outputs [T, K, ...], targets [T, K, ...]) -> [T]`` (generic path only: the fused MLP
+            op computes the two named losses).
         adapt: names (or name prefixes) of the parameters adapted in the inner loop; None adapts all.
         per_step_bn: per-inner-step BatchNorm running statistics (MAML++).
         task_batched: run the model's own ``forward_tasks(params, x)`` (per-task parameters
@@ -73,14 +91,13 @@ class MetaLearner(nn.Module, ABC):
         *,
         lr: float = 0.01,
         steps: int = 1,
-        loss: str = "mse",
+        loss: Loss = "mse",
         adapt: Sequence[str] | None = None,
         per_step_bn: bool = False,
         task_batched: bool | None = None,
     ) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        check_loss(loss)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if steps < 1:
@@ -216,6 +233,14 @@ class MetaLearner(nn.Module, ABC):
         for params in self.inner_loop(x_support, y_support, steps or self.steps, first_order=False):
             pass
         return params
+
+    def clone(self, first_order: bool | None = None) -> TaskClone:
+        """One task's differentiable copy of the initialisation, adapted with ``adapt(loss)`` on
+        losses the caller computes (learn2learn's ``clone()``); see :class:`TaskClone`.
+        ``first_order`` defaults to the learner's own setting."""
+        if first_order is None:
+            first_order = bool(getattr(self, "first_order", False))
+        return TaskClone(self, first_order)
 
     # ----- algorithm interface ------------------------------------------------------------
     @abstractmethod

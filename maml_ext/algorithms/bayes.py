@@ -21,6 +21,7 @@ from maml_ext.models import FusedMLPSpec, fused_spec
 from maml_ext.tasks import TaskBatch
 
 from .base import MetaLearner, Params, task_loss
+from .clone import TaskClone
 
 Rows = dict[str, Tensor]
 
@@ -43,6 +44,8 @@ class RowLearner(MetaLearner):
         self, model: nn.Module, *, lr: float, steps: int, loss: str, fused: bool | None,
         task_batched: bool | None,
     ) -> None:
+        if callable(loss):  # the predictive metrics (point_metrics) are defined for these two
+            raise ValueError(f"loss: {type(self).__name__} needs 'mse' or 'cross_entropy', got a callable")
         super().__init__(model, lr=lr, steps=steps, loss=loss, task_batched=task_batched)
         spec = fused_spec(model)
         names = [n for n, _ in model.named_parameters()]
@@ -62,6 +65,9 @@ class RowLearner(MetaLearner):
 
     def adapt(self, *args: object, **kwargs: object) -> Params:
         return next(self.inner_loop())
+
+    def clone(self, first_order: bool | None = None) -> TaskClone:
+        raise NotImplementedError(f"{type(self).__name__} adapts several parameter sets per task: clone() adapts one")
 
     # ----- rows ---------------------------------------------------------------------------
     def row_predict(self, rows: Rows, x: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from maml_ext import ops
 from maml_ext.models import FusedMLPSpec, fused_spec
 from maml_ext.tasks import TaskBatch
 
-from .base import MetaLearner
+from .base import Loss, MetaLearner
 
 LEARN_LR = ("none", "elementwise", "per_step")
 
@@ -54,7 +54,7 @@ class MAML(MetaLearner):
         steps: int = 1,
         *,
         first_order: bool = False,
-        loss: str = "mse",
+        loss: Loss = "mse",
         adapt: Sequence[str] | None = None,
         learn_lr: str = "none",
         multi_step_loss: int = 0,
@@ -97,6 +97,7 @@ class MAML(MetaLearner):
                 ("only part of the model is adapted (ANIL)", self.adapt_names != names),
                 ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
                 ("per-step BatchNorm statistics", bool(self.bn_names)),
+                ("a custom loss function (the fused op computes mse and cross_entropy)", callable(self.loss)),
                 ("the spec does not list every parameter", spec is not None and sorted(spec.param_names) != sorted(names)),
             )
             if bad

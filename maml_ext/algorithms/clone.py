@@ -1,0 +1,73 @@
+"""learn2learn-style per-task adaptation: ``clone()`` a learner, ``adapt(loss)`` on any loss.
+
+The batched ``meta_loss`` is the fast path; a clone is for tasks that do not fit a
+``TaskBatch`` (variable support sizes, losses built from several model calls, RL surrogates
+written by hand). A clone is the learner's functional core with one task (``T = 1``), so it
+uses the same inner update, learned rates and grouped-convolution forward as ``meta_loss``, and
+backpropagating a clone's query loss gives the same exact meta-gradient.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from maml_ext import ops
+
+if TYPE_CHECKING:
+    from .base import MetaLearner, Params
+
+
+class TaskClone:
+    """One task's copy of a learner's initialisation, differentiably connected to it.
+
+    Usage::
+
+        task = learner.clone()                      # MAML(model, lr=0.4) or any MetaLearner
+        for _ in range(steps):
+            task.adapt(loss_fn(task(x_support), y_support))
+        loss_fn(task(x_query), y_query).backward()  # exact second-order meta-gradient
+
+    Args:
+        learner: the meta-learner whose initialisation (and learned rates, adapt names) it uses.
+        first_order: drop the second-order term in ``adapt`` (FOMAML).
+    """
+
+    def __init__(self, learner: MetaLearner, first_order: bool) -> None:
+        if learner.bn_names:
+            raise ValueError("clone() cannot keep per-step BatchNorm statistics (per_step_bn=True): use meta_loss")
+        self.learner = learner
+        self.first_order = bool(first_order)
+        self.params: Params = learner.init_params()
+
+    @property
+    def steps_taken(self) -> int:
+        return self.params.step
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The model's output on ``x [N, ...]`` with this task's current parameters."""
+        return self.learner.predict(self.params, x.unsqueeze(0))[0]
+
+    def adapt(self, loss: Tensor, lr: float | None = None) -> TaskClone:
+        """One SGD step on ``loss`` (a scalar computed from this clone's outputs); returns self.
+
+        ``lr`` overrides the learner's step size (and its learned rates, if any)."""
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"loss: expected a scalar tensor, got {shape}")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        names = list(self.params.adapted)
+        current = [self.params.adapted[n] for n in names]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, current, create_graph=not self.first_order, allow_unused=True)
+        # Unused parameters (e.g. a head a loss ignores) have zero gradient; shared θ needs [1, ...] g.
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(current, grads)]
+        if not self.params.per_task:
+            grads = [g.unsqueeze(0) for g in grads]
+        step_lr, row = (lr, None) if lr is not None else self.learner.step_lr(self.params.step)
+        new = ops.inner_update(current, grads, step_lr, row)
+        self.params = type(self.params)(dict(zip(names, new)), self.params.frozen, self.params.step + 1)
+        return self

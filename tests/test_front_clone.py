@@ -1,0 +1,140 @@
+"""learn2learn-style ``clone()`` / ``adapt(loss)`` and custom loss callables: a per-task loop of
+clones gives the batched ``meta_loss``'s exact meta-gradient (float64), on the fused MLP path,
+the generic path and conv4's grouped convolutions."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maml_ext.algorithms import BMAML, MAML
+from maml_ext.models.conv4 import Conv4
+from maml_ext.models.mlp import build
+from maml_ext.tasks import TaskBatch
+from maml_ext.tasks.sinusoid import Sinusoid
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return build(1, 1, hidden=(16, 16)).double()
+
+
+def _sinusoids(tasks=4, seed=1):
+    b = Sinusoid().sample(tasks, 5, 7, torch.Generator().manual_seed(seed))
+    return TaskBatch(*(t.double() for t in (b.x_support, b.y_support, b.x_query, b.y_query)))
+
+
+def _clone_meta_loss(learner, batch, loss_fn, steps, **clone_options):
+    total = 0.0
+    for t in range(batch.num_tasks):
+        task = learner.clone(**clone_options)
+        for _ in range(steps):
+            task.adapt(loss_fn(task(batch.x_support[t]), batch.y_support[t]))
+        total = total + loss_fn(task(batch.x_query[t]), batch.y_query[t])
+    return total / batch.num_tasks
+
+
+def _grads(learner, loss):
+    params = [p for p in learner.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params)
+
+
+def _assert_same_meta_gradient(learner, batch, loss_fn, **clone_options):
+    batched = learner.meta_loss(batch)
+    cloned = _clone_meta_loss(learner, batch, loss_fn, learner.steps, **clone_options)
+    torch.testing.assert_close(cloned, batched, rtol=1e-10, atol=1e-12)
+    for a, b in zip(_grads(learner, cloned), _grads(learner, batched)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("options", [{}, {"first_order": True}, {"learn_lr": "elementwise"}, {"learn_lr": "per_step"}],
+                         ids=["maml", "fomaml", "metasgd", "lslr"])
+def test_clone_loop_equals_batched_meta_loss_mlp(fused, options):
+    learner = MAML(_mlp(), lr=0.05, steps=2, fused=fused, **options)
+    assert (learner.fused_spec is not None) == (fused is None)
+    _assert_same_meta_gradient(learner, _sinusoids(), F.mse_loss)
+
+
+def test_clone_loop_equals_batched_meta_loss_anil():
+    anil = MAML(_mlp(), lr=0.05, steps=2, adapt=["4"])  # the output layer of MLP(1, 16, 16, 1)
+    assert anil.adapt_names == ["4.weight", "4.bias"]
+    _assert_same_meta_gradient(anil, _sinusoids(), F.mse_loss)
+
+
+def test_clone_loop_equals_batched_meta_loss_conv4_cross_entropy():
+    torch.manual_seed(0)
+    model = Conv4(1, 3, filters=4, image_size=16).double()
+    learner = MAML(model, lr=0.3, steps=1, loss="cross_entropy")
+    assert learner.forward_tasks is not None  # grouped convolutions, not vmap
+    g = torch.Generator().manual_seed(2)
+    y = torch.arange(3).repeat(2).expand(2, -1).contiguous()
+    batch = TaskBatch(torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64), y,
+                      torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64), y)
+    _assert_same_meta_gradient(learner, batch, F.cross_entropy)
+
+
+def test_clone_first_order_override_and_lr_override():
+    learner = MAML(_mlp(), lr=0.05, steps=1)
+    batch = _sinusoids()
+    fo = MAML(_mlp(), lr=0.05, steps=1, first_order=True)
+    _assert_same_meta_gradient(fo, batch, F.mse_loss)
+    # clone(first_order=True) on a second-order learner is FOMAML too.
+    a = _grads(learner, _clone_meta_loss(learner, batch, F.mse_loss, 1, first_order=True))
+    b = _grads(fo, fo.meta_loss(batch))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
+    # adapt(loss, lr=...) takes that step size.
+    task = learner.clone()
+    before = [p.detach().clone() for p in task.params.adapted.values()]
+    loss = F.mse_loss(task(batch.x_support[0]), batch.y_support[0])
+    grads = torch.autograd.grad(loss, list(task.params.adapted.values()), retain_graph=True)
+    task.adapt(loss, lr=0.2)
+    assert task.steps_taken == 1
+    for p0, g, p1 in zip(before, grads, task.params.adapted.values()):
+        torch.testing.assert_close(p1[0], p0 - 0.2 * g, rtol=1e-12, atol=1e-14)
+
+
+def test_clone_rejects_bad_input_and_unsupported_learners():
+    learner = MAML(_mlp(), lr=0.05)
+    task = learner.clone()
+    out = task(torch.zeros(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"loss: expected a scalar tensor, got \(3, 1\)"):
+        task.adapt(out)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        task.adapt(out.sum(), lr=-1.0)
+    with pytest.raises(NotImplementedError, match="BMAML adapts several parameter sets"):
+        BMAML(_mlp(), particles=2).clone()
+    bn = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    with pytest.raises(ValueError, match="per_step_bn"):
+        MAML(bn, per_step_bn=True).clone()
+
+
+def _per_task_mse(out, y):
+    return (out - y).pow(2).flatten(1).mean(1)
+
+
+def test_custom_loss_callable_equals_named_loss_and_skips_the_fused_op():
+    batch = _sinusoids()
+    named = MAML(_mlp(), lr=0.05, steps=2)
+    custom = MAML(_mlp(), lr=0.05, steps=2, loss=_per_task_mse)
+    assert named.fused_spec is not None and custom.fused_spec is None
+    a, b = named.meta_loss(batch), custom.meta_loss(batch)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for x, y in zip(_grads(named, a), _grads(custom, b)):
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="fused=True is not possible: a custom loss"):
+        MAML(_mlp(), loss=_per_task_mse, fused=True)
+
+
+def test_custom_loss_checks():
+    batch = _sinusoids()
+    with pytest.raises(ValueError, match=r"loss: a custom loss must return per-task losses of shape \[4\], got \(\)"):
+        MAML(_mlp(), loss=lambda out, y: (out - y).pow(2).mean()).meta_loss(batch)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MAML(_mlp(), loss="huber")
+    with pytest.raises(ValueError, match="BMAML needs 'mse' or 'cross_entropy'"):
+        BMAML(_mlp(), loss=_per_task_mse)
+    # A genuinely different loss trains through the generic path.
+    huber = MAML(_mlp(), lr=0.05, loss=lambda out, y: F.huber_loss(out, y, reduction="none").flatten(1).mean(1))
+    huber.meta_loss(batch).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in huber.parameters())
