@@ -22,11 +22,12 @@ do MAML:
 - ``learn2learn``: ``l2l.algorithms.MAML(model, lr).clone()`` + ``adapt`` per task.
 
 Before timing, every implementation's meta-gradient is compared with maml_ext's on the same batch
-and weights, in float64 (the gate: ``TOLERANCE_F64``) and in float32 (printed; loose gate
-``TOLERANCE_F32``); one that differs is reported and not timed. Time: median over per-call samples (wall and process CPU time)
-after a warm-up, rounds interleaved across implementations. Memory: a fresh subprocess per
-implementation (see :func:`measure_memory`). Peers that are not installed or cannot be imported
-are listed with the reason. ``--write`` replaces this script's section of benchmarks/RESULTS.md.
+and weights in float64 (the gate, ``TOLERANCE_F64``), and its float32 meta-gradient with that
+float64 one (rounding error, printed, loose gate ``TOLERANCE_F32``); one that differs is reported
+and not timed. Time: median over per-call samples (wall and process CPU time) after a warm-up,
+rounds interleaved across implementations. Memory: a fresh subprocess per implementation (see
+:func:`measure_memory`). Peers that are not installed or cannot be imported are listed with the
+reason. ``--write`` replaces this script's section of benchmarks/RESULTS.md.
 
 The peers' virtual environment (peers always with ``--no-deps`` so pip can never replace torch):
 
@@ -82,14 +83,15 @@ from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
 from results_md import write_run
 
-# Largest accepted |g - g_maml_ext| relative to the gradient's scale (relative_difference). The
-# gate is a float64 run of the same batch and weights: there the same computation in another order
-# agrees to ~1e-12, and a different one (a missing second-order term, a wrong loss scale, a wrong
-# batching rule) is off by > 1e-4. In float32 rounding alone reaches ~2e-3 on the 1-shot conv4
-# settings (batch-statistics BatchNorm over 5 images, α = 0.4), the size of real errors, so the
-# float32 difference of the timed batch is printed and only gated loosely.
+# The meta-gradient check (relative_difference, same batch and weights). The gate is float64: there
+# the same computation in another order agrees with maml_ext to ~1e-12, and a different one (a
+# missing second-order term, a wrong loss scale, a wrong batching rule) is off by > 1e-4. In float32,
+# rounding alone reaches a few 1e-2 on the 1-shot conv4 settings (batch-statistics BatchNorm over
+# 5-20 images, up to 5 steps), as large as real errors; so each implementation's float32
+# meta-gradient is compared with the float64 one (its rounding error, printed for every row,
+# maml_ext's included) and only gated loosely, against float32-only breakage.
 TOLERANCE_F64 = 1e-8
-TOLERANCE_F32 = 1e-2
+TOLERANCE_F32 = 1e-1
 
 OURS = "maml_ext"
 PEERS = {"higher": "higher", "torchopt": "torchopt", "learn2learn": "learn2learn"}  # name: module
@@ -375,14 +377,16 @@ def relative_difference(grads: list[Tensor], reference: list[Tensor]) -> float:
 
 
 def check(names: list[str], w: Workload, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Relative meta-gradient difference of each implementation to maml_ext's on the same batch
-    and weights: (in float64, in float32)."""
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for dtype in (torch.float64, torch.float32):
-        ref = meta_gradient(OURS, w, seed, dtype)
-        for name in names:
-            out[name].append(relative_difference(meta_gradient(name, w, seed, dtype), ref))
-    return {name: (d[0], d[1]) for name, d in out.items()}
+    """For each implementation, on the same batch and weights: (relative difference of its float64
+    meta-gradient to maml_ext's float64 one, relative error of its float32 meta-gradient against
+    that float64 value). ``names`` may include maml_ext itself (its float32 rounding error)."""
+    truth = meta_gradient(OURS, w, seed, torch.float64)
+    out = {}
+    for name in names:
+        f64 = 0.0 if name == OURS else relative_difference(meta_gradient(name, w, seed, torch.float64), truth)
+        f32 = relative_difference([g.double() for g in meta_gradient(name, w, seed, torch.float32)], truth)
+        out[name] = (f64, f32)
+    return out
 
 
 def agrees(diff: tuple[float, float]) -> bool:
@@ -528,7 +532,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                         row.memory = measure_memory(name, w, args.threads, key, args.tiny)
                 else:
                     row.status = (f"NOT TIMED: meta-gradient differs from maml_ext's (tolerance {TOLERANCE_F64:g} "
-                                  f"in float64, {TOLERANCE_F32:g} in float32)")
+                                  f"in float64, {TOLERANCE_F32:g} for float32 against float64)")
                 done += 1
             rows.append(row)
             print(f"[{done}/{total}, {time.perf_counter() - t0:.0f} s] {format_row(row, rows)}", flush=True)
@@ -545,6 +549,8 @@ def format_row(row: Row, rows: list[Row]) -> str:
         diff = "" if row.diff is None else f"{row.diff[0]:.1e} ({row.diff[1]:.1e})"
         return f"{head} {diff} | {row.status} | | | | | | |"
     ours = _ours_row(row, rows)
+    if ours.wall is None:  # maml_ext itself failed its float32 check: nothing to compare with
+        return f"{head} {row.diff[0]:.1e} ({row.diff[1]:.1e}) | {row.wall * 1e3:.2f} | {row.cpu * 1e3:.2f} | - | - | | | |"
     mem = "not measured | | |"
     if row.memory is not None:
         first, steady = row.memory["first_mib"], row.memory["steady_mib"]
@@ -555,7 +561,7 @@ def format_row(row: Row, rows: list[Row]) -> str:
 
 
 HEADER = [
-    "| workload | implementation | max rel. Δ meta-grad vs maml_ext, float64 (float32) | wall ms / meta-it (median) | CPU ms / meta-it (median) | wall vs maml_ext | CPU vs maml_ext | peak MiB, 1st meta-it (fresh process) | peak MiB, 2nd meta-it | 1st-it memory vs maml_ext |",
+    "| workload | implementation | max rel. Δ meta-grad: float64 vs maml_ext (float32 vs float64) | wall ms / meta-it (median) | CPU ms / meta-it (median) | wall vs maml_ext | CPU vs maml_ext | peak MiB, 1st meta-it (fresh process) | peak MiB, 2nd meta-it | 1st-it memory vs maml_ext |",
     "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -567,7 +573,7 @@ def plot(rows: list[Row], out: Path) -> Path:
     matplotlib.use("Agg")  # files only, never a display (as maml_ext.train.plots)
     import matplotlib.pyplot as plt
 
-    timed = [r for r in rows if r.cpu is not None]
+    timed = [r for r in rows if r.cpu is not None and _ours_row(r, rows).cpu is not None]
     workloads = list(dict.fromkeys(r.workload.key for r in timed))
     names = list(dict.fromkeys(r.name for r in timed))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -630,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plot: {plot(rows, args.plot)}; wall time of the run {time.perf_counter() - start:.0f} s", flush=True)
     if args.write:
         extra = [f"Meta-gradient check: same batch and weights, relative to each gradient's largest entry, tolerance "
-                 f"{TOLERANCE_F64:g} in float64 and {TOLERANCE_F32:g} in float32. "
+                 f"{TOLERANCE_F64:g} in float64 against maml_ext's float64 meta-gradient (the gate); in brackets each "
+                 f"implementation's float32 meta-gradient against that float64 one (rounding error; gate {TOLERANCE_F32:g}). "
                  f"Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"wall time of the run {time.perf_counter() - start:.0f} s."]
         if any(r.name == "torch.func" and r.workload.setting is not None and r.status for r in rows):
