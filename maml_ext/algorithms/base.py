@@ -80,6 +80,10 @@ class MetaLearner(nn.Module, ABC):
             op computes the two named losses).
         adapt: names (or name prefixes) of the parameters adapted in the inner loop; None adapts all.
         per_step_bn: per-inner-step BatchNorm running statistics (MAML++).
+        per_step_bn_weights: with ``per_step_bn``, MAML++'s per-step learned BatchNorm weights
+            and biases: row s of ``bn_weight_i`` / ``bn_bias_i`` ``[steps + 1, C]`` (initialised
+            from the model's) serves the forward passes with parameters after s steps, in place
+            of the model's own; they are meta-learned and not adapted in the inner loop.
         task_batched: run the model's own ``forward_tasks(params, x)`` (per-task parameters
             ``[T, ...]``, inputs ``[T, N, ...]``; e.g. conv4's grouped convolutions) instead of
             ``vmap``; None: whenever the model has one and ``per_step_bn`` is off.
@@ -94,10 +98,13 @@ class MetaLearner(nn.Module, ABC):
         loss: Loss = "mse",
         adapt: Sequence[str] | None = None,
         per_step_bn: bool = False,
+        per_step_bn_weights: bool = False,
         task_batched: bool | None = None,
     ) -> None:
         super().__init__()
         check_loss(loss)
+        if per_step_bn_weights and not per_step_bn:
+            raise ValueError("per_step_bn_weights needs per_step_bn=True (MAML++ keeps both per step)")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if steps < 1:
@@ -123,12 +130,27 @@ class MetaLearner(nn.Module, ABC):
         self.steps = int(steps)
         self.loss = loss
         names = [n for n, _ in model.named_parameters()]
+        self.step_affine = self._per_step_affine() if per_step_bn_weights else {}
         if adapt is None:
-            self.adapt_names = names
+            self.adapt_names = [n for n in names if n not in self.step_affine]
         else:
-            self.adapt_names = [n for n in names if any(n == a or n.startswith(a + ".") for a in adapt)]
-            if not self.adapt_names:
-                raise ValueError(f"adapt={list(adapt)} matches no parameter; parameters: {names}")
+            self.adapt_names = [n for n in names if any(n == a or n.startswith(a + ".") for a in adapt)
+                                and n not in self.step_affine]
+        if not self.adapt_names:
+            raise ValueError(f"adapt={adapt} leaves no parameter to adapt; parameters: {names}"
+                             + (" (per-step BatchNorm weights are not adapted)" if self.step_affine else ""))
+
+    def _per_step_affine(self) -> dict[str, str]:
+        """Registers ``bn_weight_i`` / ``bn_bias_i`` ``[steps + 1, C]``; maps the model's BatchNorm
+        parameter names to them."""
+        mapping = {}
+        for i, name in enumerate(self.bn_names):
+            bn = self.model.get_submodule(name)
+            for kind in ("weight", "bias") if bn.affine else ():
+                rows = getattr(bn, kind).detach().repeat(self.steps + 1, 1)
+                self.register_parameter(f"bn_{kind}_{i}", nn.Parameter(rows))
+                mapping[f"{name}.{kind}"] = f"bn_{kind}_{i}"
+        return mapping
 
     # ----- functional pieces -------------------------------------------------------------
     def init_params(self) -> Params:
@@ -176,6 +198,9 @@ class MetaLearner(nn.Module, ABC):
             params.update(adapted if batched else {n: p.expand(tasks, *p.shape) for n, p in adapted.items()})
             return self.forward_tasks(params, x)
         buffers, buffer_dim = self._step_buffers(step, x.shape[0])
+        if self.step_affine:
+            row = min(step, self.steps)
+            frozen = {**frozen, **{n: getattr(self, attr)[row] for n, attr in self.step_affine.items()}}
         dims = 0 if batched else None
         out = vmap(self._call, in_dims=(dims, None, buffer_dim, 0))(adapted, frozen, buffers, x)
         self._commit_buffers(step, buffers)

@@ -60,11 +60,13 @@ class MAML(MetaLearner):
         multi_step_loss: int = 0,
         second_order_after: int = 0,
         per_step_bn: bool = False,
+        per_step_bn_weights: bool = False,
         task_batched: bool | None = None,
         fused: bool | None = None,
     ) -> None:
         super().__init__(
-            model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn, task_batched=task_batched
+            model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn,
+            per_step_bn_weights=per_step_bn_weights, task_batched=task_batched,
         )
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
