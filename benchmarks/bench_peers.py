@@ -611,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory subprocesses")
     p.add_argument("--plot", type=Path, default=Path("runs/bench_peers.png"), help="bar chart of the ratios")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    p.add_argument("--note", default="", help="a line added under the table (e.g. which commit maml_ext was built from)")
     p.add_argument("--memory-child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -640,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"implementation's float32 meta-gradient against that float64 one (rounding error; gate {TOLERANCE_F32:g}). "
                  f"Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"wall time of the run {time.perf_counter() - start:.0f} s."]
+        if args.note:
+            extra.append(args.note)
         if any(r.name == "torch.func" and r.workload.setting is not None and r.status for r in rows):
             extra.append("torch.func on conv4 is not timed because its meta-gradient is wrong: `vmap` of `grad` "
                          "through batch-statistics BatchNorm gets the second-order terms wrong in torch "
