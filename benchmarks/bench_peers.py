@@ -393,24 +393,23 @@ def agrees(diff: tuple[float, float]) -> bool:
     return diff[0] <= TOLERANCE_F64 and diff[1] <= TOLERANCE_F32
 
 
-def time_steps(steps: dict[str, Step], min_time: float, rounds: int = 3, min_calls: int = 5) -> dict[str, tuple[float, float]]:
+def time_steps(steps: dict[str, Step], min_time: float, rounds: int = 3, min_calls: int = 2) -> dict[str, tuple[float, float]]:
     """Median seconds per call (wall, process CPU) of each step, after one warm-up call. The
-    implementations take turns in ``rounds`` rounds, so a load change on the shared machine hits
-    all of them rather than one."""
+    implementations take turns in ``rounds`` rounds of at least ``min_calls`` calls and
+    ``min_time / rounds`` seconds each, so a load change on the shared machine hits all of them."""
     samples: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in steps}
     for fn in steps.values():
         fn()
     for _ in range(rounds):
         for name, fn in steps.items():
             walls, cpus = samples[name]
-            start = time.perf_counter()
-            while len(walls) < min_calls or time.perf_counter() - start < min_time / rounds:
+            start, calls = time.perf_counter(), 0
+            while calls < min_calls or time.perf_counter() - start < min_time / rounds:
                 w0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 cpus.append(time.process_time() - c0)
                 walls.append(time.perf_counter() - w0)
-                if len(walls) >= min_calls and time.perf_counter() - start >= min_time / rounds:
-                    break
+                calls += 1
     return {n: (statistics.median(w), statistics.median(c)) for n, (w, c) in samples.items()}
 
 
@@ -456,18 +455,20 @@ def _measure_here(name: str, w: Workload, threads: int) -> dict[str, float]:
     return {"first_mib": peaks[0], "steady_mib": peaks[1]}
 
 
-def measure_memory(name: str, w: Workload, threads: int, workload_key: str, quick_size: bool) -> dict[str, float]:
+def measure_memory(name: str, key: str, threads: int, tiny_size: bool = False) -> dict[str, float]:
     """Peak memory of one meta-iteration of ``name`` in a fresh subprocess (imports, model and
     batch are built before the baseline; the peak high-water mark is reset right before the
     iteration through /proc/self/clear_refs, so setup peaks do not mask it as they would with
     ru_maxrss, which cannot be reset)."""
-    cmd = [sys.executable, __file__, "--memory-child", workload_key, name, "--threads", str(threads)]
-    if quick_size:
+    if key not in WORKLOADS or name not in IMPLEMENTATIONS:
+        raise ValueError(f"need a workload of {list(WORKLOADS)} and an implementation of {list(IMPLEMENTATIONS)}, got {key!r}, {name!r}")
+    cmd = [sys.executable, __file__, "--memory-child", key, name, "--threads", str(threads)]
+    if tiny_size:
         cmd.append("--tiny")
     env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"memory run of {name} on {w.key} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"memory run of {name} on {key} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -529,7 +530,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 if name in times:
                     row.wall, row.cpu = times[name]
                     if not args.no_memory:
-                        row.memory = measure_memory(name, w, args.threads, key, args.tiny)
+                        row.memory = measure_memory(name, key, args.threads, args.tiny)
                 else:
                     row.status = (f"NOT TIMED: meta-gradient differs from maml_ext's (tolerance {TOLERANCE_F64:g} "
                                   f"in float64, {TOLERANCE_F32:g} for float32 against float64)")
