@@ -120,9 +120,7 @@ def _eval_command(args: argparse.Namespace) -> None:
 def _plot_command(args: argparse.Namespace) -> None:
     restored = _restored_rl(args)
     if restored is not None:
-        if args.compare:
-            raise config.ConfigError("--compare is not supported for meta-RL runs")
-        rl.plot(restored[0], restored[1], Path(args.run))
+        rl.plot(restored[0], restored[1], Path(args.run), args.compare)
         return
     run, cfg, _ = _restored(args)
     _plot(run, cfg, Path(args.run), args.compare)

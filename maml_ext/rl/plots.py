@@ -41,7 +41,7 @@ def returns_vs_steps(results: dict[str, Any], out: Path, title: str = "") -> Pat
                     label=name.replace("_", " "))
     ax.set(xlabel="number of gradient steps", ylabel="average return (mean ± 95% CI)",
            title=title or f"{results['num_tasks']} test tasks")
-    ax.set_xticks(range(len(next(iter(results["returns"].values()))["mean"])))
+    ax.set_xticks(range(max(len(r["mean"]) for r in results["returns"].values())))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -210,11 +210,39 @@ def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path) -> dict[str
     return results
 
 
-def plot(run: RLRun, cfg: Config, out_dir: Path) -> list[Path]:
+def compared_returns(results: dict[str, Any], task: str, others: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """``results`` with the returns rows of other evaluated runs added as "<run>: <row>";
+    ``others`` maps a run's name to its task family and eval results. Runs evaluated on other
+    test tasks (family, number or seed) are refused: their returns would not be comparable."""
+    merged = {**results, "returns": dict(results["returns"])}
+    for name, (their_task, theirs) in others.items():
+        ours_key = (task, results["num_tasks"], results["seed"])
+        their_key = (their_task, theirs["num_tasks"], theirs["seed"])
+        if their_key != ours_key:
+            raise ConfigError(
+                f"--compare {name}: evaluated on {their_key[1]} {their_key[0]} test tasks with seed {their_key[2]}, "
+                f"this run on {ours_key[1]} {ours_key[0]} tasks with seed {ours_key[2]}: compare runs evaluated on "
+                "the same test tasks (eval.num_tasks, eval.seed)")
+        merged["returns"].update({f"{name}: {row}": r for row, r in theirs["returns"].items()})
+    return merged
+
+
+def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] = ()) -> list[Path]:
+    """learning_curve.png, adaptation.png (with the ``compare`` runs' returns) and, for 2D
+    navigation, trajectories.png."""
     made = [rl_plots.learning_curve(out_dir / METRICS, out_dir / "learning_curve.png")]
     results_path = out_dir / RESULTS
+    others = {}
+    for other in map(Path, compare):
+        if not (other / RESULTS).exists() or not (other / "config.json").exists():
+            raise ConfigError(f"--compare {other}: no {RESULTS} or config.json (run `maml-ext eval` on it)")
+        their_cfg = json.loads((other / "config.json").read_text())
+        others[other.name] = (their_cfg["task"]["name"], json.loads((other / RESULTS).read_text()))
+    if others and not results_path.exists():
+        raise ConfigError(f"--compare needs this run evaluated first: no {results_path} (run `maml-ext eval`)")
     if results_path.exists():
-        made.append(rl_plots.returns_vs_steps(json.loads(results_path.read_text()), out_dir / "adaptation.png",
+        results = compared_returns(json.loads(results_path.read_text()), cfg["task"]["name"], others)
+        made.append(rl_plots.returns_vs_steps(results, out_dir / "adaptation.png",
                                               title=f"{cfg['task']['name']}, {cfg['algorithm']['name']}"))
     if run.env.obs_dim == 2 and run.env.task_dim == 2 and cfg["eval"]["trajectories"]:
         made.append(rl_plots.trajectories(run.learner, run.env, cfg["eval"], out_dir / "trajectories.png",
