@@ -16,299 +16,33 @@
 #include <vector>
 
 #include "mlp/mlp_engine.h"
+#include "mlp/mlp_gemm.h"
 
 namespace maml_ext::mlp::MAML_EXT_CPU_CAPABILITY {
 namespace {
 
-// Register-tiled GEMM: C[M,N] (+)= A[M,Kd] B[Kd,N] with A(i,k) = A[i*a_rs + k*a_cs] (so one
-// kernel serves A and A^T) and B, C row-major. Each MR x (NV vectors) tile of C stays in vector
-// registers over the whole Kd loop, so B is streamed once per MR rows instead of once per row.
-// GCC vector types keep this portable across the capability builds (their width follows the
-// -m flags). Sums are not reassociated, so results do not depend on the tiling.
-#if defined(__AVX512F__)
-constexpr int kVectorBytes = 64;
-#elif defined(__AVX2__)
-constexpr int kVectorBytes = 32;
-#else
-constexpr int kVectorBytes = 16;
-#endif
-constexpr int kMR = 6;
-
-template <typename T, int VB>
-struct Vec {
-  static constexpr int lanes = VB / static_cast<int>(sizeof(T));
-  typedef T type __attribute__((vector_size(VB)));
-  typedef T unaligned __attribute__((vector_size(VB), aligned(sizeof(T))));
-};
-
-template <typename T, int VB, int MR, int NV>
-inline void gemm_tile(int64_t Kd, const T* __restrict A, int64_t a_rs, int64_t a_cs,
-                      const T* __restrict B, int64_t ldb, T* __restrict C, int64_t ldc,
-                      bool accumulate) {
-  using V = typename Vec<T, VB>::type;
-  using U = typename Vec<T, VB>::unaligned;
-  constexpr int L = Vec<T, VB>::lanes;
-  V c[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j)
-      c[i][j] = accumulate ? V(*reinterpret_cast<const U*>(C + i * ldc + j * L)) : V{};
-  for (int64_t k = 0; k < Kd; ++k) {
-    V b[NV];
-    for (int j = 0; j < NV; ++j) b[j] = *reinterpret_cast<const U*>(B + k * ldb + j * L);
-    for (int i = 0; i < MR; ++i) {
-      const T a = A[i * a_rs + k * a_cs];
-      for (int j = 0; j < NV; ++j) c[i][j] += a * b[j];
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) *reinterpret_cast<U*>(C + i * ldc + j * L) = c[i][j];
-}
-
-// Columns narrower than one vector: plain loops.
-template <typename T>
-inline void gemm_scalar(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs,
-                        const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) {
-      T acc = accumulate ? C[i * ldc + j] : T(0);
-      for (int64_t k = 0; k < Kd; ++k) acc += A[i * a_rs + k * a_cs] * B[k * ldb + j];
-      C[i * ldc + j] = acc;
-    }
-}
-
-// Rows [0, M) for one column block of NV vectors: full kMR-row tiles, then one tile of the rest.
-template <typename T, int VB, int NV>
-inline void gemm_rows(int64_t M, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-                      int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  int64_t i = 0;
-  for (; i + kMR <= M; i += kMR)
-    gemm_tile<T, VB, kMR, NV>(Kd, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc, ldc, accumulate);
-  const T* a = A + i * a_rs;
-  T* c = C + i * ldc;
-  switch (M - i) {
-    case 5: gemm_tile<T, VB, 5, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
-    case 4: gemm_tile<T, VB, 4, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
-    case 3: gemm_tile<T, VB, 3, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
-    case 2: gemm_tile<T, VB, 2, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
-    case 1: gemm_tile<T, VB, 1, NV>(Kd, a, a_rs, a_cs, B, ldb, c, ldc, accumulate); break;
-    default: break;
-  }
-}
-
-// Columns in blocks of two vectors, then one vector, then narrower vectors, then scalars.
-template <typename T, int VB>
-inline void gemm_cols(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs,
-                      const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  constexpr int L = Vec<T, VB>::lanes;
-  int64_t j = 0;
-  if constexpr (VB == kVectorBytes) {
-    for (; j + 2 * L <= N; j += 2 * L)
-      gemm_rows<T, VB, 2>(M, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
-  }
-  for (; j + L <= N; j += L)
-    gemm_rows<T, VB, 1>(M, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
-  if (j == N) return;
-  if constexpr (VB / 2 >= 16 && VB / 2 >= static_cast<int>(2 * sizeof(T))) {
-    gemm_cols<T, VB / 2>(M, N - j, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
-  } else {
-    gemm_scalar(M, N - j, Kd, A, a_rs, a_cs, B + j, ldb, C + j, ldc, accumulate);
-  }
-}
-
-template <typename T>
-inline void gemm(int64_t M, int64_t N, int64_t Kd, const T* A, int64_t a_rs, int64_t a_cs,
-                 const T* B, T* C, bool accumulate) {
-  gemm_cols<T, kVectorBytes>(M, N, Kd, A, a_rs, a_cs, B, N, C, N, accumulate);
-}
-
-// Horizontal sums of four vectors at once: two levels of pairwise shuffle-adds leave one vector
-// whose lanes hold partial sums of the four, then a short scalar fold. Much cheaper than four
-// separate lane-by-lane reductions, which dominated the dot-product GEMM below.
-template <typename T>
-struct IntOf;
-template <>
-struct IntOf<float> {
-  using type = int32_t;
-};
-template <>
-struct IntOf<double> {
-  using type = int64_t;
-};
-
-template <typename T>
-struct Reduce4 {
-  static constexpr int L = Vec<T, kVectorBytes>::lanes;
-  static constexpr int kBlock = L / 4;  // lanes per input after the two pairwise levels
-  typedef T V __attribute__((vector_size(kVectorBytes)));
-  typedef typename IntOf<T>::type I __attribute__((vector_size(kVectorBytes)));
-  I lo[2], hi[2];
-  I fold[4];     // lane ^ m for m = kBlock/2, ..., 1: sums each block into its first lane
-  int owner[4];  // which input the q-th block of the final vector belongs to
-
-  Reduce4() {
-    int ids[4][L];
-    for (int n = 0; n < 4; ++n)
-      for (int l = 0; l < L; ++l) ids[n][l] = n;
-    int count = 4;
-    for (int level = 0; level < 2; ++level) {
-      const int s = L >> (level + 1);
-      int next[2][L];
-      for (int l = 0; l < L; ++l) {
-        const int b = l / s, o = l % s, blk = 2 * (b / 2);
-        lo[level][l] = (b % 2) * L + blk * s + o;
-        hi[level][l] = (b % 2) * L + (blk + 1) * s + o;
-        for (int p = 0; p < count / 2; ++p) next[p][l] = ids[2 * p + b % 2][blk * s + o];
-      }
-      count /= 2;
-      for (int p = 0; p < count; ++p)
-        for (int l = 0; l < L; ++l) ids[p][l] = next[p][l];
-    }
-    int f = 0;
-    for (int m = kBlock / 2; m >= 1; m /= 2, ++f)
-      for (int l = 0; l < L; ++l) fold[f][l] = l ^ m;
-    for (int q = 0; q < 4; ++q) owner[q] = ids[0][q * kBlock];
-  }
-
-  void operator()(const V* a, T* sums) const {
-    const V c0 = __builtin_shuffle(a[0], a[1], lo[0]) + __builtin_shuffle(a[0], a[1], hi[0]);
-    const V c1 = __builtin_shuffle(a[2], a[3], lo[0]) + __builtin_shuffle(a[2], a[3], hi[0]);
-    V d = __builtin_shuffle(c0, c1, lo[1]) + __builtin_shuffle(c0, c1, hi[1]);
-    int f = 0;
-    for (int m = kBlock / 2; m >= 1; m /= 2, ++f) d += __builtin_shuffle(d, fold[f]);
-    for (int q = 0; q < 4; ++q) sums[owner[q]] += d[q * kBlock];
-  }
-};
-
-template <typename T>
-const Reduce4<T>& reduce4() {
-  static const Reduce4<T> r;
-  return r;
-}
-
-// C[M,N] (+)= A[M,Kd] B[N,Kd]^T, row-major: dot products along the contiguous k of both, so
-// the forward z = h W^T needs no transposed copy of W. MR x NJ accumulators stay in registers.
-template <typename T, int MR, int NJ>
-inline void gemm_nt_tile(int64_t Kd, const T* __restrict A, int64_t lda, const T* __restrict B,
-                         int64_t ldb, T* __restrict C, int64_t ldc, bool accumulate) {
-  using V = typename Vec<T, kVectorBytes>::type;
-  using U = typename Vec<T, kVectorBytes>::unaligned;
-  constexpr int L = Vec<T, kVectorBytes>::lanes;
-  V acc[MR][NJ];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NJ; ++j) acc[i][j] = V{};
-  int64_t k = 0;
-  for (; k + L <= Kd; k += L) {
-    V a[MR], b[NJ];
-    for (int i = 0; i < MR; ++i) a[i] = *reinterpret_cast<const U*>(A + i * lda + k);
-    for (int j = 0; j < NJ; ++j) b[j] = *reinterpret_cast<const U*>(B + j * ldb + k);
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NJ; ++j) acc[i][j] += a[i] * b[j];
-  }
-  for (int i = 0; i < MR; ++i) {
-    T sums[NJ];
-    for (int j = 0; j < NJ; ++j) sums[j] = accumulate ? C[i * ldc + j] : T(0);
-    if constexpr (NJ == 4 && L >= 4) {
-      reduce4<T>()(acc[i], sums);
-    } else {
-      for (int j = 0; j < NJ; ++j)
-        for (int l = 0; l < L; ++l) sums[j] += acc[i][j][l];
-    }
-    for (int j = 0; j < NJ; ++j) {
-      for (int64_t kk = k; kk < Kd; ++kk) sums[j] += A[i * lda + kk] * B[j * ldb + kk];
-      C[i * ldc + j] = sums[j];
-    }
-  }
-}
-
-template <typename T, int MR>
-inline void gemm_nt_rows(int64_t N, int64_t Kd, const T* A, int64_t lda, const T* B, int64_t ldb,
-                         T* C, int64_t ldc, bool accumulate) {
-  constexpr int NJ = 4;
-  int64_t j = 0;
-  for (; j + NJ <= N; j += NJ)
-    gemm_nt_tile<T, MR, NJ>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate);
-  switch (N - j) {
-    case 3: gemm_nt_tile<T, MR, 3>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate); break;
-    case 2: gemm_nt_tile<T, MR, 2>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate); break;
-    case 1: gemm_nt_tile<T, MR, 1>(Kd, A, lda, B + j * ldb, ldb, C + j, ldc, accumulate); break;
-    default: break;
-  }
-}
-
-template <typename T>
-inline void gemm_nt_dot(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C,
-                        bool accumulate) {
-  // MR x 4 accumulators plus the MR + 4 loaded vectors must fit the register file (32 vector
-  // registers with AVX-512, 16 otherwise); more rows per tile means fewer passes over B.
-  constexpr int MR = kVectorBytes == 64 ? 5 : 2;
-  int64_t i = 0;
-  for (; i + MR <= M; i += MR)
-    gemm_nt_rows<T, MR>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate);
-  switch (M - i) {
-    case 4: gemm_nt_rows<T, 4>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
-    case 3: gemm_nt_rows<T, 3>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
-    case 2: gemm_nt_rows<T, 2>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
-    case 1: gemm_nt_rows<T, 1>(N, Kd, A + i * Kd, Kd, B, Kd, C + i * N, N, accumulate); break;
-    default: break;
-  }
-}
-
+// Thin wrappers over the kernels of mlp_gemm.h for the products the passes below need.
 // C[M,N] (+)= A[M,Kd] B[Kd,N], all row-major.
 template <typename T>
 inline void gemm_nn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate) {
-  gemm(M, N, Kd, A, Kd, 1, B, C, accumulate);
+  const Prod<T> p[1] = {nn(Kd, A, B, N)};
+  gemm_sum(M, N, p, C, accumulate);
 }
 
 // C[M,N] (+)= A[Kd,M]^T B[Kd,N], all row-major.
 template <typename T>
 inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate) {
-  gemm(M, N, Kd, A, 1, M, B, C, accumulate);
+  const Prod<T> p[1] = {tn(M, Kd, A, B, N)};
+  gemm_sum(M, N, p, C, accumulate);
 }
 
-// B x B blocks transposed in registers (B = lanes of a 16-byte vector: 4 floats, 2 doubles),
-// the ragged edges element by element.
-template <typename T>
-inline void transpose_block(const T* A, int64_t lda, T* At, int64_t ldat) {
-  typedef typename IntOf<T>::type I16 __attribute__((vector_size(16)));
-  using V = typename Vec<T, 16>::type;
-  using U = typename Vec<T, 16>::unaligned;
-  if constexpr (Vec<T, 16>::lanes == 4) {
-    const V r0 = *reinterpret_cast<const U*>(A), r1 = *reinterpret_cast<const U*>(A + lda);
-    const V r2 = *reinterpret_cast<const U*>(A + 2 * lda), r3 = *reinterpret_cast<const U*>(A + 3 * lda);
-    const V t0 = __builtin_shuffle(r0, r1, I16{0, 4, 1, 5}), t1 = __builtin_shuffle(r0, r1, I16{2, 6, 3, 7});
-    const V t2 = __builtin_shuffle(r2, r3, I16{0, 4, 1, 5}), t3 = __builtin_shuffle(r2, r3, I16{2, 6, 3, 7});
-    *reinterpret_cast<U*>(At) = __builtin_shuffle(t0, t2, I16{0, 1, 4, 5});
-    *reinterpret_cast<U*>(At + ldat) = __builtin_shuffle(t0, t2, I16{2, 3, 6, 7});
-    *reinterpret_cast<U*>(At + 2 * ldat) = __builtin_shuffle(t1, t3, I16{0, 1, 4, 5});
-    *reinterpret_cast<U*>(At + 3 * ldat) = __builtin_shuffle(t1, t3, I16{2, 3, 6, 7});
-  } else {
-    const V r0 = *reinterpret_cast<const U*>(A), r1 = *reinterpret_cast<const U*>(A + lda);
-    *reinterpret_cast<U*>(At) = __builtin_shuffle(r0, r1, I16{0, 2});
-    *reinterpret_cast<U*>(At + ldat) = __builtin_shuffle(r0, r1, I16{1, 3});
-  }
-}
-
-template <typename T>
-inline void transpose(int64_t rows, int64_t cols, const T* __restrict A, T* __restrict At) {
-  constexpr int64_t B = Vec<T, 16>::lanes;
-  const int64_t rb = rows - rows % B, cb = cols - cols % B;
-  for (int64_t r = 0; r < rb; r += B)
-    for (int64_t c = 0; c < cb; c += B) transpose_block(A + r * cols + c, cols, At + c * rows + r, rows);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = (r < rb ? cb : 0); c < cols; ++c) At[c * rows + r] = A[r * cols + c];
-}
-
-// C[M,N] (+)= A[M,Kd] B[N,Kd]^T. Long rows: dot products (no copy of B). Short rows, where
-// the dot products' horizontal sums and tails would dominate: transpose B into `scratch`.
+// C[M,N] (+)= A[M,Kd] B[N,Kd]^T.
 template <typename T>
 inline void gemm_nt(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate,
                     T* scratch) {
-  if (Kd * static_cast<int64_t>(sizeof(T)) >= 512) {
-    gemm_nt_dot(M, N, Kd, A, B, C, accumulate);
-  } else {
-    transpose(N, Kd, B, scratch);
-    gemm_nn(M, N, Kd, A, scratch, C, accumulate);
-  }
+  const T* const a[1] = {A};
+  const T* const b[1] = {B};
+  gemm_nt_sum<T, 1>(M, N, Kd, a, b, C, accumulate, scratch);
 }
 
 template <typename T>
@@ -358,7 +92,7 @@ class Net {
     tmp_ = off;
     off += kmax * L_.max_width();
     scratch_ = off;
-    off += L_.max_width() * L_.max_width();
+    off += 2 * L_.max_width() * L_.max_width();  // gemm_nt_sum: up to two transposed B
     buf_ = thread_buffer<T>(0, off);
     for (int l = 1; l <= n; ++l) state_width_ += 3 * L_.dim[l];
     state_width_ += L_.dim[n];
@@ -459,8 +193,13 @@ class Net {
       const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
       T* rz = at(rz_, l);
       broadcast_rows(k, dout, v + L_.b_off[l], rz);
-      gemm_nt(k, dout, din, input(l), v + L_.w_off[l], rz, true, scratch());
-      if (l > 1) gemm_nt(k, dout, din, at(rh_, l - 1), th + L_.w_off[l], rz, true, scratch());
+      if (l == 1) {
+        gemm_nt(k, dout, din, input(l), v + L_.w_off[l], rz, true, scratch());
+      } else {  // both products in one pass over rz
+        const T* const a[2] = {input(l), at(rh_, l - 1)};
+        const T* const b[2] = {v + L_.w_off[l], th + L_.w_off[l]};
+        gemm_nt_sum<T, 2>(k, dout, din, a, b, rz, true, scratch());
+      }
       if (l < n) {
         const T* h = at(h_, l);
         T* rh = at(rh_, l);
@@ -471,13 +210,19 @@ class Net {
     for (int l = n; l >= 1; --l) {
       const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
       T* rd = at(rdelta_, l);
-      gemm_tn(dout, din, k, rd, input(l), hv + L_.w_off[l], false);
-      if (l > 1) gemm_tn(dout, din, k, at(delta_, l), at(rh_, l - 1), hv + L_.w_off[l], true);
+      if (l == 1) {
+        gemm_tn(dout, din, k, rd, input(l), hv + L_.w_off[l], false);
+      } else {
+        const Prod<T> p[2] = {tn(dout, k, rd, input(l), din),
+                              tn(dout, k, at(delta_, l), at(rh_, l - 1), din)};
+        gemm_sum(dout, din, p, hv + L_.w_off[l], false);
+      }
       column_sums(k, dout, rd, hv + L_.b_off[l]);
       if (l > 1) {
         T* tmp = buf_ + tmp_;
-        gemm_nn(k, din, dout, rd, th + L_.w_off[l], tmp, false);
-        gemm_nn(k, din, dout, at(delta_, l), v + L_.w_off[l], tmp, true);
+        const Prod<T> p[2] = {nn(dout, rd, th + L_.w_off[l], din),
+                              nn(dout, at(delta_, l), v + L_.w_off[l], din)};
+        gemm_sum(k, din, p, tmp, false);
         const T* h = at(h_, l - 1);
         const T* rzp = at(rz_, l - 1);
         const T* dhp = at(dh_, l - 1);
