@@ -502,8 +502,9 @@ def environment(args: argparse.Namespace) -> str:
         reason, version = peer_status(name)
         peers.append(f"{name} {version or '-'}" + ("" if reason is None else f" ({reason.split(':')[0]})"))
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    built = f" built from {args.built_from}" if args.built_from else ""
     return (f"device: {cpu_model()} ({os.cpu_count()} cores); torch {torch.__version__}; "
-            f"maml_ext {importlib.metadata.version('maml_ext')} (extension loaded: {ops.extension_available()}); "
+            f"maml_ext {importlib.metadata.version('maml_ext')}{built} (extension loaded: {ops.extension_available()}); "
             f"peers: {', '.join(peers)}; threads {args.threads}; dtype float32; load average at start {load}")
 
 
@@ -555,7 +556,7 @@ def format_row(row: Row, rows: list[Row]) -> str:
     mem = "not measured | | |"
     if row.memory is not None:
         first, steady = row.memory["first_mib"], row.memory["steady_mib"]
-        ratio = f"{first / ours.memory['first_mib']:.1f}×" if ours.memory and ours.memory["first_mib"] > 0 else "-"
+        ratio = f"{first / ours.memory['first_mib']:.2g}×" if ours.memory and ours.memory["first_mib"] > 0 else "-"
         mem = f"{first:.2f} | {steady:.2f} | {ratio} |"
     return (f"{head} {row.diff[0]:.1e} ({row.diff[1]:.1e}) | {row.wall * 1e3:.2f} | {row.cpu * 1e3:.2f} | "
             f"{row.wall / ours.wall:.2f}× | {row.cpu / ours.cpu:.2f}× | {mem}")
@@ -612,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory subprocesses")
     p.add_argument("--plot", type=Path, default=Path("runs/bench_peers.png"), help="bar chart of the ratios")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    p.add_argument("--note", default="", help="a line added under the table (e.g. which commit maml_ext was built from)")
+    p.add_argument("--built-from", default="", metavar="REV",
+                   help="the commit the installed maml_ext was built from, recorded in the header")
     p.add_argument("--memory-child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -637,15 +639,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*HEADER, *(format_row(r, rows) for r in rows)]
     print(f"plot: {plot(rows, args.plot)}; wall time of the run {time.perf_counter() - start:.0f} s", flush=True)
     if args.write:
-        extra = [f"Meta-gradient check: same batch and weights, relative to each gradient's largest entry, tolerance "
-                 f"{TOLERANCE_F64:g} in float64 against maml_ext's float64 meta-gradient (the gate); in brackets each "
-                 f"implementation's float32 meta-gradient against that float64 one (rounding error; gate {TOLERANCE_F32:g}). "
-                 f"Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        extra = [f"- Meta-gradient check: same batch and weights, relative to each gradient's largest entry; "
+                 f"tolerance {TOLERANCE_F64:g} in float64 against maml_ext's float64 meta-gradient (the gate); in "
+                 f"brackets each implementation's float32 meta-gradient against that float64 one (its rounding "
+                 f"error; gate {TOLERANCE_F32:g}).",
+                 "- Memory: peak RSS above the settled RSS in a fresh process per implementation, after a warm-up "
+                 "at a smaller size (glibc with a fixed 4 KiB mmap threshold, so freed buffers leave the RSS).",
+                 f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"wall time of the run {time.perf_counter() - start:.0f} s."]
-        if args.note:
-            extra.append(args.note)
         if any(r.name == "torch.func" and r.workload.setting is not None and r.status for r in rows):
-            extra.append("torch.func on conv4 is not timed because its meta-gradient is wrong: `vmap` of `grad` "
+            extra.append("- torch.func on conv4 is not timed because its meta-gradient is wrong: `vmap` of `grad` "
                          "through batch-statistics BatchNorm gets the second-order terms wrong in torch "
                          f"{torch.__version__} (in float64 too; the same torch.func code without `vmap` is exact), "
                          "the open pytorch/functorch#534 (batch_norm backward batching rule).")
