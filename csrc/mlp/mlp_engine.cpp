@@ -31,9 +31,10 @@ inline void gemm_nn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T*
 
 // C[M,N] (+)= A[Kd,M]^T B[Kd,N], all row-major.
 template <typename T>
-inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate) {
+inline void gemm_tn(int64_t M, int64_t N, int64_t Kd, const T* A, const T* B, T* C, bool accumulate,
+                    const Epilogue<T>* epi = nullptr) {
   const Prod<T> p[1] = {tn(M, Kd, A, B, N)};
-  gemm_sum(M, N, p, C, accumulate);
+  gemm_sum(M, N, p, C, accumulate, epi);
 }
 
 // C[M,N] (+)= A[M,Kd] B[N,Kd]^T.
@@ -91,6 +92,8 @@ class Net {
     off += kmax * L_.dim[n];
     tmp_ = off;
     off += kmax * L_.max_width();
+    raw_ = off;  // bias / log_std rows before an update is applied
+    off += L_.max_width();
     scratch_ = off;
     off += 2 * L_.max_width() * L_.max_width();  // gemm_nt_sum: up to two transposed B
     buf_ = thread_buffer<T>(0, off);
@@ -112,8 +115,10 @@ class Net {
   }
 
   // Loss of the last forward pass (mean over examples of the weighted per-example loss).
-  // With `grad` set, also its gradient w.r.t. all P parameters (delta_l kept for hvp()).
-  T loss(const T* th, const Batch<T>& b, int64_t task, T* grad) {
+  // With `grad` set, also its gradient w.r.t. all P parameters (delta_l kept for hvp()); with
+  // `upd` too, `grad` receives upd applied to the gradient instead (e.g. an SGD step from th;
+  // upd's base must not be `grad`).
+  T loss(const T* th, const Batch<T>& b, int64_t task, T* grad, const Epilogue<T>* upd = nullptr) {
     const int n = L_.layers;
     const int64_t D = L_.dim[n], k = k_;
     const T* out = at(h_, n);
@@ -181,12 +186,19 @@ class Net {
         break;
       }
     }
-    if (grad) backward(th, grad);
+    if (grad) backward(th, grad, upd);
+    if (grad && upd && L_.loss == Loss::GaussianNll) {
+      T* g_log_std = grad + L_.log_std_off;
+      upd->shifted(L_.log_std_off).apply(D, g_log_std, g_log_std);
+    }
     return T(total);
   }
 
   // Hessian-vector product with direction v, at the parameters of the last forward + loss(grad).
-  void hvp(const T* th, const T* v, T* hv) {
+  // With `upd`, hv receives upd applied to the product instead; then hv may be upd's base (the
+  // walk's v <- v - Hu in place) and upd's out2 may be v itself: each block of v is read before
+  // its block of out2 is written.
+  void hvp(const T* th, const T* v, T* hv, const Epilogue<T>* upd = nullptr) {
     const int n = L_.layers;
     const int64_t k = k_;
     for (int l = 1; l <= n; ++l) {
@@ -206,23 +218,26 @@ class Net {
         for (int64_t i = 0; i < k * dout; ++i) rh[i] = act_grad(h[i]) * rz[i];
       }
     }
-    loss_rop(th, v, hv);
+    loss_rop(th, v, hv, upd);
     for (int l = n; l >= 1; --l) {
       const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
       T* rd = at(rdelta_, l);
-      if (l == 1) {
-        gemm_tn(dout, din, k, rd, input(l), hv + L_.w_off[l], false);
-      } else {
-        const Prod<T> p[2] = {tn(dout, k, rd, input(l), din),
-                              tn(dout, k, at(delta_, l), at(rh_, l - 1), din)};
-        gemm_sum(dout, din, p, hv + L_.w_off[l], false);
-      }
-      column_sums(k, dout, rd, hv + L_.b_off[l]);
-      if (l > 1) {
-        T* tmp = buf_ + tmp_;
+      T* tmp = buf_ + tmp_;
+      if (l > 1) {  // first: it reads block l of v, which the update below may overwrite
         const Prod<T> p[2] = {nn(dout, rd, th + L_.w_off[l], din),
                               nn(dout, at(delta_, l), v + L_.w_off[l], din)};
         gemm_sum(k, din, p, tmp, false);
+      }
+      const Epilogue<T> ew = upd ? upd->shifted(L_.w_off[l]) : Epilogue<T>{};
+      if (l == 1) {
+        gemm_tn(dout, din, k, rd, input(l), hv + L_.w_off[l], false, upd ? &ew : nullptr);
+      } else {
+        const Prod<T> p[2] = {tn(dout, k, rd, input(l), din),
+                              tn(dout, k, at(delta_, l), at(rh_, l - 1), din)};
+        gemm_sum(dout, din, p, hv + L_.w_off[l], false, upd ? &ew : nullptr);
+      }
+      bias_rows(k, dout, rd, hv, L_.b_off[l], upd);
+      if (l > 1) {
         const T* h = at(h_, l - 1);
         const T* rzp = at(rz_, l - 1);
         const T* dhp = at(dh_, l - 1);
@@ -253,14 +268,24 @@ class Net {
     return L_.act == Activation::Relu ? T(0) : T(-2) * h * (T(1) - h * h);
   }
 
-  void backward(const T* th, T* grad) {
+  // Bias rows of a gradient or HVP (column sums of `rows`) into out[off, off + cols), through
+  // the update if any.
+  void bias_rows(int64_t k, int64_t cols, const T* rows, T* out, int64_t off, const Epilogue<T>* upd) {
+    if (!upd) return column_sums(k, cols, rows, out + off);
+    T* raw = buf_ + raw_;
+    column_sums(k, cols, rows, raw);
+    upd->shifted(off).apply(cols, raw, out + off);
+  }
+
+  void backward(const T* th, T* grad, const Epilogue<T>* upd) {
     const int n = L_.layers;
     const int64_t k = k_;
     for (int l = n; l >= 1; --l) {
       const int64_t dout = L_.dim[l], din = L_.dim[l - 1];
       const T* d = at(delta_, l);
-      gemm_tn(dout, din, k, d, input(l), grad + L_.w_off[l], false);
-      column_sums(k, dout, d, grad + L_.b_off[l]);
+      const Epilogue<T> ew = upd ? upd->shifted(L_.w_off[l]) : Epilogue<T>{};
+      gemm_tn(dout, din, k, d, input(l), grad + L_.w_off[l], false, upd ? &ew : nullptr);
+      bias_rows(k, dout, d, grad, L_.b_off[l], upd);
       if (l > 1) {
         T* dh = at(dh_, l - 1);
         gemm_nn(k, din, dout, d, th + L_.w_off[l], dh, false);
@@ -272,7 +297,7 @@ class Net {
   }
 
   // Rdelta_L (the loss Hessian applied to Rz_L) and, for the Gaussian NLL, the log_std rows of Hv.
-  void loss_rop(const T* th, const T* v, T* hv) {
+  void loss_rop(const T* th, const T* v, T* hv, const Epilogue<T>* upd) {
     const int n = L_.layers;
     const int64_t D = L_.dim[n], k = k_;
     const T* rz = at(rz_, n);
@@ -302,7 +327,7 @@ class Net {
       case Loss::GaussianNll: {
         const T* log_std = th + L_.log_std_off;
         const T* rs = v + L_.log_std_off;
-        T* hs = hv + L_.log_std_off;
+        T* hs = upd ? buf_ + raw_ : hv + L_.log_std_off;
         std::fill(hs, hs + D, T(0));
         const T* out = at(h_, n);
         for (int64_t i = 0; i < k; ++i) {
@@ -314,6 +339,7 @@ class Net {
             hs[d] += wi * invk * T(2) * inv_var * (r * r * rs[d] - r * rz[i * D + d]);
           }
         }
+        if (upd) upd->shifted(L_.log_std_off).apply(D, hs, hv + L_.log_std_off);
         break;
       }
     }
@@ -360,7 +386,7 @@ class Net {
   const T* batch_weight_ = nullptr;
   const T* batch_target_ = nullptr;
   std::vector<int64_t> h_, dh_, delta_, rz_, rh_, rdelta_;
-  int64_t probs_ = 0, tmp_ = 0, scratch_ = 0;
+  int64_t probs_ = 0, tmp_ = 0, raw_ = 0, scratch_ = 0;
   T* buf_;
 };
 
@@ -487,9 +513,38 @@ void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t t
   }
 }
 
+// The learning rates of each row of alpha as an update coefficient: a scalar where the row is
+// uniform (a float lr, the common case), which saves reading alpha in every fused update.
+template <typename T>
+class LrCoefficients {
+ public:
+  explicit LrCoefficients(const MamlArgs<T>& a) : a_(a) {
+    const int64_t P = a.layout->numel;
+    for (int64_t r = 0; r < a.alpha_rows; ++r) {
+      const T* row = a.alpha + r * P;
+      const bool uniform = std::all_of(row, row + P, [&](T x) { return x == row[0]; });
+      rows_.push_back(uniform ? nullptr : row);
+      values_.push_back(row[0]);
+    }
+  }
+  // coef / coef_value of step s (as Epilogue's coef or coef2 fields).
+  void of_step(int64_t s, const T*& coef, T& value) const {
+    const int64_t r = a_.alpha_rows > 1 ? s : 0;
+    coef = rows_[r];
+    value = values_[r];
+  }
+
+ private:
+  const MamlArgs<T>& a_;
+  std::vector<const T*> rows_;
+  std::vector<T> values_;
+};
+
 // Query loss and meta-gradient in one pass per task: the forward keeps every theta_k and the
 // hvp() state of every step in per-thread buffers, so the reverse walk recomputes nothing and
-// memory is O(threads * S * P) rather than O(T * S * P).
+// memory is O(threads * S * P) rather than O(T * S * P). The parameter-sized updates are fused
+// into the stores of the gradients' weight blocks: theta_{k+1} = theta_k - alpha_k g_k as g_k is
+// computed, and in the walk v <- v - H_k u, u <- alpha_{k-1} v as H_k u is (u = alpha_k v).
 template <typename T>
 void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread) {
   const Layout& L = *a.layout;
@@ -497,30 +552,44 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
   Net<T> net(L, std::max(ks, kq));
   T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
   const bool walk = !a.first_order || grad_alpha;
+  const bool fused_step = !grad_alpha;  // the lr gradients need every g_k: kept, then the step
+  const LrCoefficients<T> lr(a);
   const int64_t ss = net.state_size(ks);
   T* u = thread_buffer<T>(1, P);
-  T* hv = thread_buffer<T>(2, P);
   T* thetas = thread_buffer<T>(3, a.steps * P);
   T* states = thread_buffer<T>(4, walk ? a.steps * ss : 0);
-  T* grads = thread_buffer<T>(5, grad_alpha ? a.steps * P : P);  // g_k of each step for lr grads
+  T* grads = thread_buffer<T>(5, fused_step ? 0 : a.steps * P);  // g_k of each step for lr grads
   for (int64_t t = t0; t < t1; ++t) {
     const T* x = a.support.x + t * ks * d0;
     const T* cur = a.theta0;
     net.bind(a.support, t);
     for (int64_t s = 0; s < a.steps; ++s) {
-      T* g = grads + (grad_alpha ? s * P : 0);
-      net.forward(cur, x, ks);
-      net.loss(cur, a.support, t, g);
-      if (walk) net.save_state(states + s * ss);
       T* dst = thetas + s * P;
-      sgd_step(cur, alpha_row(a, s), g, dst, P);
+      net.forward(cur, x, ks);
+      if (fused_step) {
+        Epilogue<T> step;
+        step.base = cur;
+        lr.of_step(s, step.coef, step.coef_value);
+        net.loss(cur, a.support, t, dst, &step);
+      } else {
+        T* g = grads + s * P;
+        net.loss(cur, a.support, t, g);
+        sgd_step(cur, alpha_row(a, s), g, dst, P);
+      }
+      if (walk) net.save_state(states + s * ss);
       cur = dst;
     }
+    // v = loss_weight[t] * the query gradient (and u = alpha_{S-1} v for the walk).
     T* v = a.grad_theta + t * P;
+    Epilogue<T> scale;
+    scale.coef_value = -a.grad_loss[t];
+    if (!a.first_order) {
+      scale.out2 = u;
+      lr.of_step(a.steps - 1, scale.coef2, scale.coef2_value);
+    }
     net.bind(a.query, t);
     net.forward(cur, a.query.x + t * kq * d0, kq);
-    a.query_loss[t] = net.loss(cur, a.query, t, v);
-    for (int64_t p = 0; p < P; ++p) v[p] *= a.grad_loss[t];
+    a.query_loss[t] = net.loss(cur, a.query, t, v, &scale);
     if (!walk) continue;
     net.bind(a.support, t);
     for (int64_t s = a.steps - 1; s >= 0; --s) {
@@ -532,10 +601,14 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
         for (int64_t p = 0; p < P; ++p) ga[p] -= g[p] * v[p];
       }
       if (!a.first_order) {
-        const T* alpha = alpha_row(a, s);
-        for (int64_t p = 0; p < P; ++p) u[p] = alpha[p] * v[p];
-        net.hvp(th, u, hv);
-        for (int64_t p = 0; p < P; ++p) v[p] -= hv[p];
+        // d theta_{s+1} / d theta_s = I - diag(alpha_s) H_s: v <- v - H_s u, u = alpha_s v.
+        Epilogue<T> back;
+        back.base = v;
+        if (s > 0) {
+          back.out2 = u;
+          lr.of_step(s - 1, back.coef2, back.coef2_value);
+        }
+        net.hvp(th, u, v, &back);
       }
     }
   }

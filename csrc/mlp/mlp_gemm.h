@@ -89,12 +89,52 @@ __attribute__((always_inline)) inline void tile_product(typename Vec<T, VB>::typ
   } while (++k < kd);
 }
 
+// What is written instead of the result R of a GEMM (R includes C when accumulating):
+//   C = base - coef * R, and, when out2 is set, also out2 = coef2 * C (elementwise).
+// With it, an SGD step (theta' = theta - alpha * g) or the reverse walk's update (v' = v - Hu,
+// u' = alpha * v') happen as the gradient's tiles are stored, instead of in passes of their own
+// over all parameters. base, coef, out2 and coef2 address the output's element (0, 0) and share
+// its leading dimension; base may be C itself. A null coef (coef2) means the scalar coef_value
+// (coef2_value), a null base means 0.
+template <typename T>
+struct Epilogue {
+  const T* base = nullptr;
+  const T* coef = nullptr;
+  T coef_value = T(1);
+  T* out2 = nullptr;
+  const T* coef2 = nullptr;
+  T coef2_value = T(1);
+
+  // The same update for the sub-block that starts `off` elements further on.
+  Epilogue shifted(int64_t off) const {
+    Epilogue e = *this;
+    if (e.base) e.base += off;
+    if (e.coef) e.coef += off;
+    if (e.out2) e.out2 += off;
+    if (e.coef2) e.coef2 += off;
+    return e;
+  }
+
+  // The value stored at element `i` (counted from (0, 0)) for the result `raw`; writes out2[i].
+  T one(int64_t i, T raw) const {
+    const T r = (coef ? coef[i] : coef_value) * raw;
+    const T o = base ? base[i] - r : -r;
+    if (out2) out2[i] = (coef2 ? coef2[i] : coef2_value) * o;
+    return o;
+  }
+
+  // out[i] = one(i, raw[i]) for i < n; raw may be out when base is not.
+  void apply(int64_t n, const T* raw, T* out) const {
+    for (int64_t i = 0; i < n; ++i) out[i] = one(i, raw[i]);
+  }
+};
+
 // Register tile: C[MR, NV vectors] (+)= sum_q A_q B_q. The tile stays in registers over the
 // whole inner loops (the products are unrolled at compile time so that it can), so each row of
 // B is loaded once per MR rows of C.
 template <typename T, int VB, int MR, int NV, int NP>
 inline void gemm_tile(const Prod<T>* __restrict p, int64_t i0, int64_t j0, T* __restrict C,
-                      int64_t ldc, bool accumulate) {
+                      int64_t ldc, bool accumulate, const Epilogue<T>* epi) {
   using V = typename Vec<T, VB>::type;
   using U = typename Vec<T, VB>::unaligned;
   constexpr int L = Vec<T, VB>::lanes;
@@ -107,6 +147,22 @@ inline void gemm_tile(const Prod<T>* __restrict p, int64_t i0, int64_t j0, T* __
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NV; ++j) c[i][j] += *reinterpret_cast<const U*>(C + i * ldc + j * L);
   }
+  if (epi) {
+    // A local copy: the stores below could alias *epi, which would reload it for every vector.
+    const Epilogue<T> e = epi->shifted(i0 * ldc + j0);
+    auto at = [&](const T* base, int i, int j) {
+      return V(*reinterpret_cast<const U*>(base + i * ldc + j * L));
+    };
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NV; ++j) {
+        const V r = e.coef ? at(e.coef, i, j) * c[i][j] : e.coef_value * c[i][j];
+        c[i][j] = e.base ? at(e.base, i, j) - r : -r;
+        if (e.out2) {
+          *reinterpret_cast<U*>(e.out2 + i * ldc + j * L) =
+              e.coef2 ? at(e.coef2, i, j) * c[i][j] : e.coef2_value * c[i][j];
+        }
+      }
+  }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) *reinterpret_cast<U*>(C + i * ldc + j * L) = c[i][j];
 }
@@ -114,14 +170,14 @@ inline void gemm_tile(const Prod<T>* __restrict p, int64_t i0, int64_t j0, T* __
 // Columns narrower than one vector: plain loops.
 template <typename T, int NP>
 inline void gemm_scalar(int64_t M, int64_t N, const Prod<T>* p, int64_t j0, T* C, int64_t ldc,
-                        bool accumulate) {
+                        bool accumulate, const Epilogue<T>* epi) {
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
       T acc = accumulate ? C[i * ldc + j] : T(0);
       for (int q = 0; q < NP; ++q)
         for (int64_t k = 0; k < p[q].kd; ++k)
           acc += p[q].a[i * p[q].a_rs + k * p[q].a_cs] * p[q].b[k * p[q].ldb + j0 + j];
-      C[i * ldc + j] = acc;
+      C[i * ldc + j] = epi ? epi->one(i * ldc + j0 + j, acc) : acc;
     }
 }
 
@@ -145,13 +201,14 @@ inline void with_rows(int64_t rows, F&& f) {
 // Rows [0, M) for one column block: the fewest tiles of at most MR rows, of equal heights (a
 // ragged last tile of one or two rows would stream B once more for almost no work).
 template <typename T, int VB, int NV, int NP, int MR>
-inline void gemm_rows(int64_t M, const Prod<T>* p, int64_t j0, T* C, int64_t ldc, bool accumulate) {
+inline void gemm_rows(int64_t M, const Prod<T>* p, int64_t j0, T* C, int64_t ldc, bool accumulate,
+                      const Epilogue<T>* epi) {
   const int64_t tiles = (M + MR - 1) / MR;
   int64_t i = 0;
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t rows = (M - i) / (tiles - t);
     with_rows<MR>(rows, [&](auto r) {
-      gemm_tile<T, VB, decltype(r)::value, NV, NP>(p, i, j0, C + i * ldc, ldc, accumulate);
+      gemm_tile<T, VB, decltype(r)::value, NV, NP>(p, i, j0, C + i * ldc, ldc, accumulate, epi);
     });
     i += rows;
   }
@@ -165,30 +222,40 @@ constexpr int kMRWide = kMR / 2;
 // then scalars.
 template <typename T, int VB, int NP>
 inline void gemm_cols(int64_t M, int64_t N, const Prod<T>* p, int64_t j0, T* C, int64_t ldc,
-                      bool accumulate) {
+                      bool accumulate, const Epilogue<T>* epi) {
   constexpr int L = Vec<T, VB>::lanes;
   int64_t j = 0;
   if constexpr (VB == kVectorBytes) {
     if (M > kMR) {
       for (; j + 4 * L <= N; j += 4 * L)
-        gemm_rows<T, VB, 4, NP, kMRWide>(M, p, j0 + j, C + j, ldc, accumulate);
+        gemm_rows<T, VB, 4, NP, kMRWide>(M, p, j0 + j, C + j, ldc, accumulate, epi);
     }
     for (; j + 2 * L <= N; j += 2 * L)
-      gemm_rows<T, VB, 2, NP, kMR>(M, p, j0 + j, C + j, ldc, accumulate);
+      gemm_rows<T, VB, 2, NP, kMR>(M, p, j0 + j, C + j, ldc, accumulate, epi);
   }
-  for (; j + L <= N; j += L) gemm_rows<T, VB, 1, NP, kMR>(M, p, j0 + j, C + j, ldc, accumulate);
+  for (; j + L <= N; j += L) gemm_rows<T, VB, 1, NP, kMR>(M, p, j0 + j, C + j, ldc, accumulate, epi);
   if (j == N) return;
   if constexpr (VB / 2 >= 16 && VB / 2 >= static_cast<int>(2 * sizeof(T))) {
-    gemm_cols<T, VB / 2, NP>(M, N - j, p, j0 + j, C + j, ldc, accumulate);
+    gemm_cols<T, VB / 2, NP>(M, N - j, p, j0 + j, C + j, ldc, accumulate, epi);
   } else {
-    gemm_scalar<T, NP>(M, N - j, p, j0 + j, C + j, ldc, accumulate);
+    gemm_scalar<T, NP>(M, N - j, p, j0 + j, C + j, ldc, accumulate, epi);
   }
 }
 
-// C[M, N] (+)= sum_q A_q B_q, C row-major with leading dimension N.
+// C[M, N] (+)= sum_q A_q B_q, C row-major with leading dimension N, then the epilogue if any.
 template <typename T, int NP>
-inline void gemm_sum(int64_t M, int64_t N, const Prod<T> (&p)[NP], T* C, bool accumulate) {
-  gemm_cols<T, kVectorBytes, NP>(M, N, p, 0, C, N, accumulate);
+inline void gemm_sum(int64_t M, int64_t N, const Prod<T> (&p)[NP], T* C, bool accumulate,
+                     const Epilogue<T>* epi = nullptr) {
+  bool column_major_a = N == 1 && M > 1;
+  for (int q = 0; q < NP; ++q) column_major_a = column_major_a && p[q].a_rs == 1;
+  if (column_major_a) {
+    // One column (e.g. the weight gradient of a 1-wide input): as C^T[1, M] = sum_q B_q^T A_q^T,
+    // same memory, vectorised over M instead of M scalar dot products.
+    Prod<T> t[NP];
+    for (int q = 0; q < NP; ++q) t[q] = {p[q].b, 0, p[q].ldb, p[q].a, p[q].a_cs, p[q].kd};
+    return gemm_cols<T, kVectorBytes, NP>(1, M, t, 0, C, M, accumulate, epi);
+  }
+  gemm_cols<T, kVectorBytes, NP>(M, N, p, 0, C, N, accumulate, epi);
 }
 
 // Products of row-major matrices: A[M, Kd] B[Kd, N] ...
