@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ def write_run(name: str, header: str, rows: Sequence[str], heading: str | None =
               extra: Sequence[str] = ()) -> None:
     """Write a script's run into its section: optional heading, the exact command (this process's
     arguments) with its environment ``header``, the table ``rows``, then ``extra`` lines."""
-    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     title = ["", f"## {heading}"] if heading else []
     tail = ["", *extra] if extra else []
     replace_section(name, [*title, "", f"`{command}` — {header}", "", *rows, *tail, ""])
