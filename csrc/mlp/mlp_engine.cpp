@@ -556,6 +556,7 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
   const LrCoefficients<T> lr(a);
   const int64_t ss = net.state_size(ks);
   T* u = thread_buffer<T>(1, P);
+  T* v = thread_buffer<T>(2, P);
   T* thetas = thread_buffer<T>(3, a.steps * P);
   T* states = thread_buffer<T>(4, walk ? a.steps * ss : 0);
   T* grads = thread_buffer<T>(5, fused_step ? 0 : a.steps * P);  // g_k of each step for lr grads
@@ -580,7 +581,6 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
       cur = dst;
     }
     // v = loss_weight[t] * the query gradient (and u = alpha_{S-1} v for the walk).
-    T* v = a.grad_theta + t * P;
     Epilogue<T> scale;
     scale.coef_value = -a.grad_loss[t];
     if (!a.first_order) {
@@ -590,7 +590,11 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
     net.bind(a.query, t);
     net.forward(cur, a.query.x + t * kq * d0, kq);
     a.query_loss[t] = net.loss(cur, a.query, t, v, &scale);
-    if (!walk) continue;
+    T* sum = a.grad_theta_sum + thread * P;
+    if (!walk) {
+      for (int64_t p = 0; p < P; ++p) sum[p] += v[p];
+      continue;
+    }
     net.bind(a.support, t);
     for (int64_t s = a.steps - 1; s >= 0; --s) {
       const T* th = s == 0 ? a.theta0 : thetas + (s - 1) * P;
@@ -611,6 +615,7 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
         net.hvp(th, u, v, &back);
       }
     }
+    for (int64_t p = 0; p < P; ++p) sum[p] += v[p];
   }
 }
 
