@@ -106,7 +106,7 @@ struct Epilogue {
   T coef2_value = T(1);
 
   // The same update for the sub-block that starts `off` elements further on.
-  Epilogue shifted(int64_t off) const {
+  __attribute__((always_inline)) Epilogue shifted(int64_t off) const {
     Epilogue e = *this;
     if (e.base) e.base += off;
     if (e.coef) e.coef += off;
@@ -386,7 +386,8 @@ inline void gemm_nt_tile(const NtProd<T>* __restrict p, int64_t i0, int64_t j0, 
     for (int j = 0; j < NJ; ++j) sums[i * NJ + j] = accumulate ? C[i * ldc + j] : T(0);
   int n = 0;
   if constexpr (L >= 4) {
-    for (; n + 4 <= N; n += 4) reduce4<T>()(acc + n, sums + n);
+    const Reduce4<T>& reduce = reduce4<T>();
+    for (; n + 4 <= N; n += 4) reduce(acc + n, sums + n);
   }
   for (; n < N; ++n)
     for (int l = 0; l < L; ++l) sums[n] += acc[n][l];
