@@ -38,7 +38,9 @@ class MamlConfig:
 
 
 PAPER = MamlConfig("sinusoid (paper)", (1, 40, 40, 1), tasks=25, k=10, steps=1)
-LARGE = MamlConfig("large MLP", (1, 256, 256, 1), tasks=100, k=10, steps=5)
+# α = 0.001: with He init and x in [-5, 5], five steps at 0.01 diverge (inf/NaN losses and
+# meta-gradients), which would time arithmetic on non-finite numbers.
+LARGE = MamlConfig("large MLP", (1, 256, 256, 1), tasks=100, k=10, steps=5, lr=0.001)
 
 
 def make_problem(cfg: MamlConfig, dtype: torch.dtype, device: str, seed: int = 0):
@@ -155,13 +157,17 @@ def run(args) -> list[str]:
     for cfg in configs:
         problem = make_problem(cfg, dtype, args.device)
         for first_order in (False, True):
+            grads = maml_step("maml_ext grad", cfg, problem, first_order)()
+            if not all(torch.isfinite(g).all() for g in grads):
+                raise SystemExit(f"{cfg.name}: the meta-gradient is not finite at lr={cfg.lr}: timing it "
+                                 "would measure arithmetic on inf/NaN")
             times = {impl: time_it(maml_step(impl, cfg, problem, first_order), args.threads,
                                    args.min_time)
                      for impl in ("maml_ext grad", "maml_ext", "reference", "torch.func")}
             ours = times["maml_ext grad"]
             cpu = cpu_time_it(maml_step("maml_ext grad", cfg, problem, first_order), args.min_time)
             label = (f"{cfg.name}: MLP {'-'.join(map(str, cfg.widths))}, T={cfg.tasks}, "
-                     f"K={cfg.k}, S={cfg.steps}")
+                     f"K={cfg.k}, S={cfg.steps}, α={cfg.lr}")
             order = "first" if first_order else "second"
             rows.append(
                 f"| {label} | {order} | {ours * 1e3:.3f} ms | {times['maml_ext'] * 1e3:.3f} ms | "
