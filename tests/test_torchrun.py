@@ -10,6 +10,8 @@ from maml_ext.train import loop
 
 from test_dist_train import TINY, assert_same_run, cfg, single
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
 
 def _torchrun(out, iterations: int, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -18,6 +20,14 @@ def _torchrun(out, iterations: int, *extra: str) -> subprocess.CompletedProcess:
     # Outside the source tree, so that the ranks import the installed package (as users run it).
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=240)
+    if done.returncode != 0 and TEARDOWN_ABORT in done.stderr and "checkpoint: " in done.stdout:
+        # Seen once in CI (not locally in 6 runs): a rank aborted in torch's C++ teardown after
+        # training had finished and rank 0 had written the checkpoint. Retried once, and named.
+        print(f"torchrun: a rank aborted at exit ({TEARDOWN_ABORT!r}); retrying once")
+        if "--resume" not in extra:
+            (out / loop.CHECKPOINT).unlink()
+            (out / loop.METRICS).unlink()
+        done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 

@@ -181,6 +181,8 @@ def join(timeout: float = DEFAULT_TIMEOUT, init_method: str = "env://") -> Itera
     _timeout = timeout
     try:
         yield current()
+        # Leave together: no rank tears its group down while another still talks to it.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
