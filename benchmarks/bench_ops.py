@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
 
 import maml_ext
 from maml_ext import ops, reference
-from results_md import write_run
+from results_md import cpu_model, write_run
 
 
 
@@ -134,15 +132,7 @@ def saved_bytes(fn: Callable[[], object]) -> int:
 
 
 def environment(args) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
     cap = maml_ext._extension.C.cpu_capability() if ops.extension_available() else "n/a"
     return (f"device: {device}; torch {torch.__version__}; threads {args.threads}; "
             f"dtype {args.dtype}; CPU kernels: {cap}; extension loaded: {ops.extension_available()}")

@@ -57,7 +57,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -81,7 +80,7 @@ from maml_ext.algorithms import MAML
 from maml_ext.models import conv4, mlp
 from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
-from results_md import write_run
+from results_md import cpu_model, write_run
 
 # The meta-gradient check (relative_difference, same batch and weights). The gate is float64: there
 # the same computation in another order agrees with maml_ext to ~1e-12, and a different one (a
@@ -484,16 +483,6 @@ class Row:
     wall: float | None = None
     cpu: float | None = None
     memory: dict[str, float] | None = None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(args: argparse.Namespace) -> str:

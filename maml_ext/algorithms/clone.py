@@ -69,5 +69,5 @@ class TaskClone:
             grads = [g.unsqueeze(0) for g in grads]
         step_lr, row = (lr, None) if lr is not None else self.learner.step_lr(self.params.step)
         new = ops.inner_update(current, grads, step_lr, row)
-        self.params = type(self.params)(dict(zip(names, new)), self.params.frozen, self.params.step + 1)
+        self.params = self.params._replace(adapted=dict(zip(names, new)), step=self.params.step + 1)
         return self
