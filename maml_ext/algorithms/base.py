@@ -17,13 +17,13 @@ from typing import NamedTuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
 from .clone import TaskClone
+from .functional import FunctionalModel, Output
 
 LOSSES = ("mse", "cross_entropy")
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -45,6 +45,8 @@ def task_loss(out: Tensor, y: Tensor, loss: Loss) -> Tensor:
             raise ValueError(f"loss: a custom loss must return per-task losses of shape [{out.shape[0]}], got {got}")
         return value
     if loss == "mse":
+        if out.shape != y.shape:  # no silent broadcasting ([T, K] against [T, K, 1]), as in the fused op
+            raise ValueError(f"y: expected targets of the outputs' shape {tuple(out.shape)}, got {tuple(y.shape)}")
         return (out - y).pow(2).flatten(1).mean(1)
     per_example = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
     return per_example.view(y.shape).mean(1)
@@ -66,8 +68,12 @@ class Params(NamedTuple):
 class MetaLearner(nn.Module, ABC):
     """Wraps a model; subclasses define ``meta_loss``.
 
-    BatchNorm layers use batch statistics at train and test time by default, as in the original
-    MAML (their running statistics are dropped). ``per_step_bn=True`` (MAML++) keeps one set of
+    The model itself is never modified (see :mod:`.functional`): tied and reused parameters stay
+    the module's own, parameters with ``requires_grad=False`` are neither adapted nor
+    meta-learned, and parameters a loss does not use get a zero inner-loop gradient and no
+    meta-gradient (None). BatchNorm layers use batch statistics at train and test time by
+    default, as in the original MAML (the module's running statistics are neither used nor
+    updated). ``per_step_bn=True`` (MAML++) keeps one set of
     running statistics per inner step instead: updated from every task's batch statistics in
     training mode, used in place of batch statistics in eval mode.
 
@@ -78,7 +84,8 @@ class MetaLearner(nn.Module, ABC):
         loss: "mse" or "cross_entropy" (per task, mean over the K examples), or a callable
             ``(outputs [T, K, ...], targets [T, K, ...]) -> [T]`` (generic path only: the fused MLP
             op computes the two named losses).
-        adapt: names (or name prefixes) of the parameters adapted in the inner loop; None adapts all.
+        adapt: names (or name prefixes) of the parameters adapted in the inner loop; None adapts
+            all (those with ``requires_grad=False`` are never adapted).
         per_step_bn: per-inner-step BatchNorm running statistics (MAML++).
         per_step_bn_weights: with ``per_step_bn``, MAML++'s per-step learned BatchNorm weights
             and biases: row s of ``bn_weight_i`` / ``bn_bias_i`` ``[steps + 1, C]`` (initialised
@@ -87,6 +94,8 @@ class MetaLearner(nn.Module, ABC):
         task_batched: run the model's own ``forward_tasks(params, x)`` (per-task parameters
             ``[T, ...]``, inputs ``[T, N, ...]``; e.g. conv4's grouped convolutions) instead of
             ``vmap``; None: whenever the model has one and ``per_step_bn`` is off.
+        output: for a model returning a tuple, list or dict, which part the loss sees (None:
+            element 0 of a tuple or list; an index or key; or a callable ``output -> Tensor``).
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class MetaLearner(nn.Module, ABC):
         per_step_bn: bool = False,
         per_step_bn_weights: bool = False,
         task_batched: bool | None = None,
+        output: Output = None,
     ) -> None:
         super().__init__()
         check_loss(loss)
@@ -119,8 +129,7 @@ class MetaLearner(nn.Module, ABC):
                 # Row s: statistics of the forward passes made with parameters after s steps.
                 self.register_buffer(f"bn_mean_{i}", bn.running_mean.detach().repeat(steps + 1, 1))
                 self.register_buffer(f"bn_var_{i}", bn.running_var.detach().repeat(steps + 1, 1))
-        else:
-            torch.func.replace_all_batch_norm_modules_(model)
+        self.functional = FunctionalModel(model, output, self.bn_names)
         forward_tasks = getattr(model, "forward_tasks", None)
         if task_batched and (not callable(forward_tasks) or per_step_bn):
             raise ValueError("task_batched=True needs a model with forward_tasks(params, x) and per_step_bn off")
@@ -129,15 +138,14 @@ class MetaLearner(nn.Module, ABC):
         self.lr = float(lr)
         self.steps = int(steps)
         self.loss = loss
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.step_affine = self._per_step_affine() if per_step_bn_weights else {}
-        if adapt is None:
-            self.adapt_names = [n for n in names if n not in self.step_affine]
-        else:
-            self.adapt_names = [n for n in names if any(n == a or n.startswith(a + ".") for a in adapt)
-                                and n not in self.step_affine]
+        self.adapt_names = [n for n in names if n not in self.step_affine
+                            and (adapt is None or any(n == a or n.startswith(a + ".") for a in adapt))]
         if not self.adapt_names:
-            raise ValueError(f"adapt={adapt} leaves no parameter to adapt; parameters: {names}"
+            frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+            raise ValueError(f"adapt={adapt} leaves no parameter to adapt; trainable parameters: {names}"
+                             + (f" (requires_grad=False, never adapted: {frozen})" if frozen else "")
                              + (" (per-step BatchNorm weights are not adapted)" if self.step_affine else ""))
 
     def _per_step_affine(self) -> dict[str, str]:
@@ -158,9 +166,6 @@ class MetaLearner(nn.Module, ABC):
         adapted = {n: named[n] for n in self.adapt_names}
         frozen = {n: p for n, p in named.items() if n not in adapted}
         return Params(adapted, frozen, step=0)
-
-    def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.model, ({**frozen, **adapted}, buffers), (x,))
 
     def _step_buffers(self, step: int, tasks: int) -> tuple[dict[str, Tensor], int | None]:
         """BatchNorm buffers for a forward pass with parameters after ``step`` steps, and their vmap dim.
@@ -197,12 +202,10 @@ class MetaLearner(nn.Module, ABC):
             params = {n: p.expand(tasks, *p.shape) for n, p in frozen.items()}
             params.update(adapted if batched else {n: p.expand(tasks, *p.shape) for n, p in adapted.items()})
             return self.forward_tasks(params, x)
-        buffers, buffer_dim = self._step_buffers(step, x.shape[0])
         if self.step_affine:
             row = min(step, self.steps)
             frozen = {**frozen, **{n: getattr(self, attr)[row] for n, attr in self.step_affine.items()}}
-        dims = 0 if batched else None
-        out = vmap(self._call, in_dims=(dims, None, buffer_dim, 0))(adapted, frozen, buffers, x)
+        out, buffers = self.functional.over_tasks(adapted, frozen, batched, lambda: self._step_buffers(step, x.shape[0]), x)
         self._commit_buffers(step, buffers)
         return out
 
@@ -228,8 +231,9 @@ class MetaLearner(nn.Module, ABC):
                 inputs[name] = p if p.requires_grad else p.detach().requires_grad_()
             out = self._over_tasks(inputs, params.frozen, params.step, True, x)
             total = task_loss(out, y, self.loss).sum()
-            grads = torch.autograd.grad(total, list(inputs.values()), create_graph=create_graph)
-        return dict(zip(inputs, grads))
+            grads = torch.autograd.grad(total, list(inputs.values()), create_graph=create_graph, allow_unused=True)
+        # A parameter the loss does not use has zero gradient (it keeps its value).
+        return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(inputs.items(), grads)}
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
         """The lr argument of ``ops.inner_update`` for inner step ``step`` (overridden by learned rates)."""

@@ -9,6 +9,7 @@ backpropagating a clone's query loss gives the same exact meta-gradient.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,39 +31,72 @@ class TaskClone:
             task.adapt(loss_fn(task(x_support), y_support))
         loss_fn(task(x_query), y_query).backward()  # exact second-order meta-gradient
 
+    Like a learn2learn clone it is ``nn.Module``-like: callable, ``parameters()``,
+    ``named_parameters()``, ``clone()`` and ``detach()``. It holds differentiable copies of the
+    initialisation, so stepping the model in place (``meta_opt.step()``) does not change it.
+
     Args:
         learner: the meta-learner whose initialisation (and learned rates, adapt names) it uses.
         first_order: drop the second-order term in ``adapt`` (FOMAML).
     """
 
-    def __init__(self, learner: MetaLearner, first_order: bool) -> None:
+    def __init__(self, learner: MetaLearner, first_order: bool, params: Params | None = None) -> None:
         if learner.bn_names:
             raise ValueError("clone() cannot keep per-step BatchNorm statistics (per_step_bn=True): use meta_loss")
         self.learner = learner
         self.first_order = bool(first_order)
-        self.params: Params = learner.init_params()
+        if params is None:
+            init = learner.init_params()
+            params = init._replace(adapted={n: p.clone() for n, p in init.adapted.items()},
+                                   frozen={n: p.clone() for n, p in init.frozen.items()})
+        self.params: Params = params
 
     @property
     def steps_taken(self) -> int:
         return self.params.step
 
     def __call__(self, x: Tensor) -> Tensor:
-        """The model's output on ``x [N, ...]`` with this task's current parameters."""
+        """The model's output on ``x [N, ...]`` with this task's current parameters (for a model
+        returning a tuple or dict, the part the learner's ``output`` selects)."""
         return self.learner.predict(self.params, x.unsqueeze(0))[0]
 
+    def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """This task's current parameters, in the model's order and shapes."""
+        for name, _ in self.learner.model.named_parameters():
+            if name in self.params.adapted:
+                p = self.params.adapted[name]
+                yield name, p[0] if self.params.per_task else p
+            else:
+                yield name, self.params.frozen[name]
+
+    def parameters(self) -> Iterator[Tensor]:
+        return (p for _, p in self.named_parameters())
+
+    def clone(self) -> TaskClone:
+        """A copy that adapts independently from here on, still connected to the initialisation."""
+        return TaskClone(self.learner, self.first_order, self.params)
+
+    def detach(self) -> TaskClone:
+        """A copy with this task's current values and no graph to the initialisation (adapting it
+        still works; its losses give no meta-gradient)."""
+        adapted = {n: p.detach().requires_grad_() for n, p in self.params.adapted.items()}
+        frozen = {n: p.detach() for n, p in self.params.frozen.items()}
+        return TaskClone(self.learner, self.first_order, self.params._replace(adapted=adapted, frozen=frozen))
+
     def adapt(self, loss: Tensor, lr: float | None = None) -> TaskClone:
-        """One SGD step on ``loss`` (a scalar computed from this clone's outputs); returns self.
+        """One SGD step on ``loss`` (a scalar, or a one-element tensor such as ``(1, 1)``,
+        computed from this clone's outputs); returns self.
 
         ``lr`` overrides the learner's step size (and its learned rates, if any)."""
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"loss: expected a scalar tensor, got {shape}")
+            raise ValueError(f"loss: expected a scalar (one-element) tensor, got {shape}")
         if lr is not None and not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         names = list(self.params.adapted)
         current = [self.params.adapted[n] for n in names]
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss, current, create_graph=not self.first_order, allow_unused=True)
+            grads = torch.autograd.grad(loss.reshape(()), current, create_graph=not self.first_order, allow_unused=True)
         # Unused parameters (e.g. a head a loss ignores) have zero gradient; shared θ needs [1, ...] g.
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(current, grads)]
         if not self.params.per_task:

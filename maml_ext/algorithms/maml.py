@@ -8,10 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from maml_ext import ops
-from maml_ext.models import FusedMLPSpec, fused_spec
+from maml_ext.models import FusedMLPSpec
 from maml_ext.tasks import TaskBatch
 
 from .base import Loss, MetaLearner
+from .functional import Output
+from .fusable import model_spec, unfusable_reasons
 
 LEARN_LR = ("none", "elementwise", "per_step")
 
@@ -43,8 +45,10 @@ class MAML(MetaLearner):
             weights anneal from uniform to the last step (0: only the final query loss).
         second_order_after: MAML++ derivative-order annealing; first-order meta-gradients for
             iterations before this one, second order afterwards.
-        fused: use ``ops.mlp_maml`` for models that declare a fused MLP spec (None: whenever
-            possible; it is skipped for ANIL and multi-step loss, which it does not compute).
+        fused: use ``ops.mlp_maml`` for models that declare a fused MLP spec or are a plain
+            ``nn.Sequential`` of ``nn.Linear`` and ReLU/Tanh (detected; None: whenever possible;
+            it is skipped for ANIL, multi-step loss, frozen, shared or hooked parameters and
+            anything else it would compute differently).
     """
 
     def __init__(
@@ -63,10 +67,11 @@ class MAML(MetaLearner):
         per_step_bn_weights: bool = False,
         task_batched: bool | None = None,
         fused: bool | None = None,
+        output: Output = None,
     ) -> None:
         super().__init__(
             model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn,
-            per_step_bn_weights=per_step_bn_weights, task_batched=task_batched,
+            per_step_bn_weights=per_step_bn_weights, task_batched=task_batched, output=output,
         )
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
@@ -90,17 +95,15 @@ class MAML(MetaLearner):
         self.fused_spec = self._fused_spec(fused)
 
     def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
-        spec = fused_spec(self.model)
-        names = [n for n, _ in self.model.named_parameters()]
-        reasons = [
+        spec = model_spec(self.model)
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        reasons = unfusable_reasons(self.model, spec) + [
             why
             for why, bad in (
-                ("the model declares no fused MLP spec", spec is None),
                 ("only part of the model is adapted (ANIL)", self.adapt_names != names),
                 ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
                 ("per-step BatchNorm statistics", bool(self.bn_names)),
                 ("a custom loss function (the fused op computes mse and cross_entropy)", callable(self.loss)),
-                ("the spec does not list every parameter", spec is not None and sorted(spec.param_names) != sorted(names)),
             )
             if bad
         ]

@@ -1,0 +1,128 @@
+"""Running a user's ``nn.Module`` functionally over a batch of tasks, without touching it.
+
+- Every parameter name, tied and reused ones included (``named_parameters(remove_duplicate=False)``),
+  is passed to ``functional_call`` explicitly with ``tie_weights=False``, so a tied or shared
+  parameter takes the same adapted tensor everywhere and the module's own ``nn.Parameter``\\ s are
+  never replaced.
+- BatchNorm running statistics are passed as ``None`` (batch statistics in train and eval mode,
+  as in the original MAML, and no in-place update of the module's buffers).
+- Tasks run under ``vmap``; a model vmap cannot batch (RNNs, dropout, data-dependent control flow)
+  runs as an exact per-task loop instead, with a one-time notice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+Output = Union[int, str, Callable[[object], Tensor], None]
+"""Which part of a model's output the loss sees: None (a tensor as is, element 0 of a tuple or
+list), an index, a dict key, or a callable ``output -> Tensor``."""
+
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def check_output(output: Output) -> None:
+    if output is not None and not isinstance(output, (int, str)) and not callable(output):
+        raise ValueError(f"output: expected None, an index, a dict key or a callable, got {type(output).__name__}")
+
+
+def select_output(out: object, output: Output) -> Tensor:
+    """The prediction the loss sees (see :data:`Output`)."""
+    if callable(output):
+        chosen = output(out)
+    elif output is None:
+        if isinstance(out, dict):
+            raise ValueError(f"output: the model returns a dict (keys {sorted(out)}); pass output=<key>")
+        chosen = out[0] if isinstance(out, (tuple, list)) else out
+    else:
+        chosen = out[output]
+    if not isinstance(chosen, Tensor):
+        raise ValueError(f"output: expected the selected model output to be a tensor, got {type(chosen).__name__}")
+    return chosen
+
+
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """One name per (module, attribute) slot holding a parameter -> the parameter's canonical
+    name in ``named_parameters()``. Tied weights (one tensor in two modules) need every slot set;
+    a reused module (one module under two names) must be set once, or ``functional_call`` would
+    restore its own substitute as the "original" and leave it in the user's module."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    return {
+        f"{prefix}.{attr}" if prefix else attr: canonical[id(p)]
+        for prefix, owner in model.named_modules()  # each module once, under its first name
+        for attr, p in owner.named_parameters(recurse=False)
+    }
+
+
+def batch_stat_buffers(model: nn.Module, skip: list[str]) -> dict[str, None]:
+    """BatchNorm running statistics replaced by None: batch statistics, no in-place update."""
+    found = {}
+    for name, m in model.named_modules():  # each module once (see parameter_aliases)
+        if isinstance(m, _BatchNorm) and name not in skip:
+            for stat in BN_STATS:
+                if getattr(m, stat, None) is not None:
+                    found[f"{name}.{stat}" if name else stat] = None
+    return found
+
+
+class FunctionalModel:
+    """A model called with given parameters and buffers, per task or over a batch of tasks."""
+
+    def __init__(self, model: nn.Module, output: Output, keep_stats: list[str]) -> None:
+        check_output(output)
+        self.model = model
+        self.output = output
+        self.aliases = parameter_aliases(model)
+        self.no_stats = batch_stat_buffers(model, keep_stats)
+        self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
+
+    def __call__(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        full = {alias: params[name] for alias, name in self.aliases.items()}
+        out = functional_call(self.model, (full, {**self.no_stats, **buffers}), (x,), tie_weights=False)
+        return select_output(out, self.output)
+
+    def over_tasks(
+        self,
+        adapted: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        batched: bool,
+        make_buffers: Callable[[], tuple[dict[str, Tensor], int | None]],
+        x: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Outputs ``[T, N, ...]`` and the buffers used; ``adapted`` has a task dimension when
+        ``batched``; ``make_buffers`` gives fresh buffers and their task dimension (None: shared)."""
+        if self.vmap_ok is not False:
+            buffers, buffer_dim = make_buffers()
+            try:
+                call = vmap(self._call, in_dims=(0 if batched else None, None, buffer_dim, 0))
+                out = call(adapted, frozen, buffers, x)
+                self.vmap_ok = True
+                return out, buffers
+            except RuntimeError as exc:
+                failure = exc
+        buffers, buffer_dim = make_buffers()  # fresh: a failed vmap may have updated some in place
+        outs = []
+        for t in range(x.shape[0]):
+            a = {n: p[t] for n, p in adapted.items()} if batched else adapted
+            b = buffers if buffer_dim is None else {n: v[t] for n, v in buffers.items()}
+            outs.append(self._call(a, frozen, b, x[t]))
+        if self.vmap_ok is not False:
+            # Only now: had the loop failed too, its (the model's own) error would be the one raised.
+            self.vmap_ok = False
+            first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+            warnings.warn(
+                f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({first_line}); "
+                "running it as an exact per-task loop from now on (same results, slower)",
+                stacklevel=4,
+            )
+        return torch.stack(outs), buffers
+
+    def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return self({**frozen, **adapted}, buffers, x)

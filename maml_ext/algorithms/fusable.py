@@ -1,0 +1,55 @@
+"""When a model may run in the fused MLP op: a declared spec, or a plain ``nn.Sequential`` MLP
+detected automatically; never a model the op would compute differently."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.modules import module as module_globals
+
+from maml_ext.models import FusedMLPSpec, fused_spec
+
+# Exact types only: a subclass may override forward and compute something else.
+FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                "_global_backward_pre_hooks")
+
+
+def plain_mlp_spec(model: nn.Module) -> FusedMLPSpec | None:
+    """The spec of an ``nn.Sequential`` (exactly that type) of ``nn.Linear`` layers with bias
+    separated by one kind of fusable activation, ending in a Linear; None for anything else."""
+    if type(model) is not nn.Sequential or len(model) < 3 or len(model) % 2 == 0:
+        return None
+    layers = list(model)
+    linears, activations = layers[0::2], layers[1::2]
+    if any(type(m) is not nn.Linear or m.bias is None for m in linears):
+        return None
+    kinds = {type(m) for m in activations}
+    if len(kinds) != 1 or next(iter(kinds)) not in FUSABLE_ACTIVATIONS:
+        return None
+    if any(a.out_features != b.in_features for a, b in zip(linears[:-1], linears[1:])):
+        return None
+    names = tuple(f"{i}.{kind}" for i in range(0, len(layers), 2) for kind in ("weight", "bias"))
+    return FusedMLPSpec(FUSABLE_ACTIVATIONS[next(iter(kinds))], names)
+
+
+def model_spec(model: nn.Module) -> FusedMLPSpec | None:
+    """A declared spec (``fused_mlp_spec()``), else an automatically detected plain MLP's."""
+    return fused_spec(model) or plain_mlp_spec(model)
+
+
+def unfusable_reasons(model: nn.Module, spec: FusedMLPSpec | None) -> list[str]:
+    """Why the op would compute another function than the module (empty: it would not)."""
+    if spec is None:
+        return ["the model is not a plain MLP (no fused MLP spec declared or detected)"]
+    named = list(model.named_parameters())
+    checks = (
+        ("a parameter or module is shared or reused (the op would treat it as separate layers)",
+         len(list(model.named_parameters(remove_duplicate=False))) != len(named)
+         or len(list(model.named_modules(remove_duplicate=False))) != len(list(model.named_modules()))),
+        ("the spec does not list every parameter", sorted(spec.param_names) != sorted(n for n, _ in named)),
+        ("frozen parameters (requires_grad=False)", any(not p.requires_grad for _, p in named)),
+        ("module hooks", any(getattr(m, h, None) for m in model.modules() for h in HOOKS)
+         or any(getattr(module_globals, h, None) for h in GLOBAL_HOOKS)),
+    )
+    return [why for why, bad in checks if bad]

@@ -1,0 +1,274 @@
+"""Models users write (docs/models.md's table, one case per row): the batched ``meta_loss`` and a
+per-task ``clone()`` loop give a per-task ``torch.autograd`` reference's meta-gradient in float64,
+and the user's module, its parameters and ``state_dict()`` are left exactly as they were."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from maml_ext.algorithms import MAML
+from maml_ext.tasks import TaskBatch
+
+LR, STEPS, TASKS, K = 0.3, 2, 3, 4
+
+
+# ----- models users write ------------------------------------------------------------------
+class LSTMRegressor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(1, 5, batch_first=True)
+        self.head = nn.Linear(5, 1)
+
+    def forward(self, x):
+        h, _ = self.lstm(x)
+        return self.head(h[:, -1])
+
+
+class TiedEmbeddings(nn.Module):
+    def __init__(self, vocab: int = 7, dim: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, vocab)
+        self.out.weight = self.embed.weight  # tied input/output embeddings
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.hidden(self.embed(tokens))))
+
+
+def frozen_features() -> nn.Module:
+    model = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 1))
+    model[0].requires_grad_(False)  # a frozen feature extractor; 2 is meta-learned, 4 (adapt=) adapted
+    return model
+
+
+class ResBlockBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin1, self.bn1 = nn.Linear(4, 6), nn.BatchNorm1d(6)
+        self.lin2, self.bn2 = nn.Linear(6, 6), nn.BatchNorm1d(6)
+        self.skip, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.lin1(x)))
+        return self.head(torch.relu(self.bn2(self.lin2(h)) + self.skip(x)))
+
+
+class UnusedBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(2, 5), nn.Linear(5, 1)
+        self.aux_head = nn.Linear(5, 3)  # defined, never called
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+class WithAux(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(2, 5), nn.Linear(5, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        return self.head(h), h.pow(2).mean()  # (prediction, auxiliary)
+
+
+class Standardised(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.tensor([0.5, -1.0]))
+        self.net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1))
+
+    def forward(self, x):
+        return self.net(x - self.shift)
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 1), nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else self.b(x).tanh()  # Python control flow on the data
+
+
+def reused_module() -> nn.Module:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    model[4] = model[0]  # the same layer twice
+    return model
+
+
+def dropout_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
+
+
+def per_task_huber(out, y):
+    return F.huber_loss(out, y, reduction="none", delta=0.5).flatten(1).mean(1)
+
+
+# ----- data ------------------------------------------------------------------------------------
+def regression(x_shape=(2,), out=1):
+    g = torch.Generator().manual_seed(3)
+    return TaskBatch(*(torch.randn(TASKS, K, *shape, generator=g, dtype=torch.float64)
+                       for shape in (x_shape, (out,), x_shape, (out,))))
+
+
+def classification(inputs, classes):
+    g = torch.Generator().manual_seed(4)
+    labels = lambda: torch.randint(0, classes, (TASKS, K), generator=g)  # noqa: E731
+    return TaskBatch(inputs(g), labels(), inputs(g), labels())
+
+
+@dataclass
+class Case:
+    build: Callable[[], nn.Module]
+    batch: Callable[[], TaskBatch]
+    loss: str | Callable = "mse"
+    options: dict = field(default_factory=dict)
+    select: Callable = lambda out: out  # noqa: E731
+    random: bool = False  # dropout: the per-task reference draws masks in the same order
+
+
+CASES = {
+    "lstm": Case(LSTMRegressor, lambda: regression((3, 1))),
+    "tied": Case(TiedEmbeddings, lambda: classification(lambda g: torch.randint(0, 7, (TASKS, K), generator=g), 7),
+                 "cross_entropy"),
+    "shared_module": Case(reused_module, lambda: regression((3,), 3)),
+    "frozen": Case(frozen_features, regression, options={"adapt": ["4"]}),
+    "unused": Case(UnusedBranch, regression),
+    "buffers": Case(Standardised, regression),
+    "batchnorm": Case(ResBlockBN, lambda: classification(
+        lambda g: torch.randn(TASKS, K, 4, generator=g, dtype=torch.float64), 3), "cross_entropy"),
+    "dropout": Case(dropout_mlp, regression, random=True),
+    "control_flow": Case(DataDependent, regression),
+    "tuple_output": Case(WithAux, regression, select=lambda out: out[0]),
+    "dict_output": Case(lambda: OutputDict(WithAux()), regression, options={"output": "y"},
+                        select=lambda out: out["y"]),
+    "custom_loss": Case(frozen_features, regression, per_task_huber),
+}
+
+
+class OutputDict(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        y, aux = self.inner(x)
+        return {"aux": aux, "y": y}
+
+
+def one_task_loss(loss):
+    """The learner's per-task loss on one task's ``[K, ...]`` outputs."""
+    if loss == "mse":
+        return F.mse_loss
+    if loss == "cross_entropy":
+        return F.cross_entropy
+    return lambda out, y: loss(out[None], y[None])[0]
+
+
+# ----- the per-task torch.autograd reference -------------------------------------------------
+def reference_meta_loss(model, batch, case, adapt, task_major):
+    """Plain per-task MAML with torch.autograd on a copy of the module (batch statistics in
+    BatchNorm, as in the original MAML); gradients flow to the user's own parameters."""
+    twin = copy.deepcopy(model)
+    torch.func.replace_all_batch_norm_modules_(twin)
+    named = dict(model.named_parameters())
+    loss = one_task_loss(case.loss)
+    fast = [{n: named[n] for n in adapt} for _ in range(TASKS)]
+
+    def f(params, x):
+        return case.select(functional_call(twin, {**named, **params}, (x,)))
+
+    def step(t):
+        value = loss(f(fast[t], batch.x_support[t]), batch.y_support[t])
+        grads = torch.autograd.grad(value, list(fast[t].values()), create_graph=True, allow_unused=True)
+        fast[t] = {n: p if g is None else p - LR * g for (n, p), g in zip(fast[t].items(), grads)}
+
+    def query(t):
+        return loss(f(fast[t], batch.x_query[t]), batch.y_query[t])
+
+    if task_major:  # clone() loop order: task by task
+        losses = []
+        for t in range(TASKS):
+            for _ in range(STEPS):
+                step(t)
+            losses.append(query(t))
+    else:  # batched order: each step for every task, then the queries
+        for _ in range(STEPS):
+            for t in range(TASKS):
+                step(t)
+        losses = [query(t) for t in range(TASKS)]
+    return torch.stack(losses).mean()
+
+
+def clone_meta_loss(learner, batch, loss):
+    loss = one_task_loss(loss)
+    total = 0.0
+    for t in range(TASKS):
+        task = learner.clone()
+        for _ in range(STEPS):
+            task.adapt(loss(task(batch.x_support[t]), batch.y_support[t]))
+        total = total + loss(task(batch.x_query[t]), batch.y_query[t])
+    return total / TASKS
+
+
+def meta_grads(model, value):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(value, trainable, allow_unused=True)
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            dict(model.named_parameters(remove_duplicate=False)), model.training)
+
+
+def assert_untouched(model, before):
+    state, params, training = before
+    now = model.state_dict()
+    assert list(now) == list(state)
+    for k, v in state.items():
+        assert torch.equal(now[k], v), k
+    for n, p in model.named_parameters(remove_duplicate=False):
+        assert p is params[n] and type(p) is nn.Parameter, n
+    assert model.training == training
+
+
+def assert_same(got, want):
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_meta_gradient_equals_per_task_autograd(name):
+    case = CASES[name]
+    torch.manual_seed(0)
+    model = case.build().double()
+    batch = case.batch()
+    before = snapshot(model)
+    learner = MAML(model, lr=LR, steps=STEPS, loss=case.loss, **case.options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the per-task-loop notice has its own test
+        for task_major, run in ((False, lambda: learner.meta_loss(batch)),
+                                (True, lambda: clone_meta_loss(learner, batch, case.loss))):
+            torch.manual_seed(1)
+            got = run()
+            torch.manual_seed(1)
+            want = reference_meta_loss(model, batch, case, learner.adapt_names, task_major)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+            assert_same(meta_grads(model, got), meta_grads(model, want))
+            assert_untouched(model, before)
+    if name == "unused":
+        assert meta_grads(model, learner.meta_loss(batch))[-1] is None
