@@ -55,11 +55,14 @@ def bn_classification(seed=0):
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
 def test_classification_with_batchnorm_uses_batch_statistics(name):
     model, batch = bn_classification()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     learner = build_algorithm(name, model, lr=0.1, steps=2, loss="cross_entropy")
     learner.meta_loss(batch).backward()
     bn = model[1]
-    # Original MAML: no running statistics, batch statistics in train and eval mode alike.
-    assert bn.running_mean is None and not bn.track_running_stats
+    # Original MAML: batch statistics in train and eval mode alike, applied functionally: the
+    # user's BatchNorm keeps its running statistics, untouched.
+    assert bn.track_running_stats and list(model.state_dict()) == list(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert bn.weight.grad is not None
     learner.eval()
     assert torch.isfinite(learner.evaluate(batch, steps=2)).all()

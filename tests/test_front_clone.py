@@ -98,7 +98,7 @@ def test_clone_rejects_bad_input_and_unsupported_learners():
     learner = MAML(_mlp(), lr=0.05)
     task = learner.clone()
     out = task(torch.zeros(3, 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"loss: expected a scalar tensor, got \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"loss: expected a scalar \(one-element\) tensor, got \(3, 1\)"):
         task.adapt(out)
     with pytest.raises(ValueError, match="lr must be > 0"):
         task.adapt(out.sum(), lr=-1.0)

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
 from .clone import TaskClone
-from .functional import FunctionalModel, Output
+from .functional import FunctionalModel, Output, inner_step
 
 LOSSES = ("mse", "cross_entropy")
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -216,8 +215,9 @@ class MetaLearner(nn.Module, ABC):
     def losses(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return task_loss(self.predict(params, x), y, self.loss)
 
-    def _grads(self, params: Params, x: Tensor, y: Tensor, create_graph: bool) -> dict[str, Tensor]:
-        """Per-task gradients ``[T, ...]`` of the support losses w.r.t. the adapted parameters.
+    def _grads(self, params: Params, x: Tensor, y: Tensor, create_graph: bool) -> dict[str, Tensor | None]:
+        """Per-task gradients ``[T, ...]`` of the support losses w.r.t. the adapted parameters
+        (None for a parameter the loss does not use).
 
         Tasks are independent, so the gradient of the summed losses w.r.t. task-batched parameters
         (shared ones expanded to ``[T, ...]``) is every task's own gradient: one batched backward
@@ -232,8 +232,7 @@ class MetaLearner(nn.Module, ABC):
             out = self._over_tasks(inputs, params.frozen, params.step, True, x)
             total = task_loss(out, y, self.loss).sum()
             grads = torch.autograd.grad(total, list(inputs.values()), create_graph=create_graph, allow_unused=True)
-        # A parameter the loss does not use has zero gradient (it keeps its value).
-        return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(inputs.items(), grads)}
+        return dict(zip(inputs, grads))
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
         """The lr argument of ``ops.inner_update`` for inner step ``step`` (overridden by learned rates)."""
@@ -251,9 +250,8 @@ class MetaLearner(nn.Module, ABC):
         for s in range(steps):
             grads = self._grads(params, x, y, create_graph=not first_order)
             step_lr, row = (lr, None) if lr is not None else self.step_lr(s)
-            names = list(params.adapted)
-            new = ops.inner_update([params.adapted[n] for n in names], [grads[n] for n in names], step_lr, row)
-            params = Params(dict(zip(names, new)), params.frozen, params.step + 1)
+            new = inner_step(params.adapted, grads, step_lr, row, x.shape[0], params.per_task)
+            params = Params(new, params.frozen, params.step + 1)
             yield params
 
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from maml_ext import ops
+from .functional import inner_step
 
 if TYPE_CHECKING:
     from .base import MetaLearner, Params
@@ -94,14 +94,12 @@ class TaskClone:
         if lr is not None and not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         names = list(self.params.adapted)
-        current = [self.params.adapted[n] for n in names]
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss.reshape(()), current, create_graph=not self.first_order, allow_unused=True)
-        # Unused parameters (e.g. a head a loss ignores) have zero gradient; shared θ needs [1, ...] g.
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(current, grads)]
-        if not self.params.per_task:
-            grads = [g.unsqueeze(0) for g in grads]
+            grads = torch.autograd.grad(loss.reshape(()), [self.params.adapted[n] for n in names],
+                                        create_graph=not self.first_order, allow_unused=True)
+        if not self.params.per_task:  # shared θ takes task-batched [1, ...] gradients
+            grads = [None if g is None else g.unsqueeze(0) for g in grads]
         step_lr, row = (lr, None) if lr is not None else self.learner.step_lr(self.params.step)
-        new = ops.inner_update(current, grads, step_lr, row)
-        self.params = self.params._replace(adapted=dict(zip(names, new)), step=self.params.step + 1)
+        new = inner_step(self.params.adapted, dict(zip(names, grads)), step_lr, row, 1, self.params.per_task)
+        self.params = self.params._replace(adapted=new, step=self.params.step + 1)
         return self
