@@ -138,3 +138,40 @@ def test_custom_loss_checks():
     huber = MAML(_mlp(), lr=0.05, loss=lambda out, y: F.huber_loss(out, y, reduction="none").flatten(1).mean(1))
     huber.meta_loss(batch).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in huber.parameters())
+
+
+def test_clone_is_module_like():
+    learner = MAML(_mlp(), lr=0.05, steps=1)
+    batch = _sinusoids()
+    names = [n for n, _ in learner.model.named_parameters()]
+    task = learner.clone()
+    assert [n for n, _ in task.named_parameters()] == names
+    for p, (_, q) in zip(task.parameters(), learner.model.named_parameters()):
+        assert p.shape == q.shape and p is not q
+    task.adapt(F.mse_loss(task(batch.x_support[0]), batch.y_support[0]))
+    assert [p.shape for p in task.parameters()] == [p.shape for p in learner.model.parameters()]
+    # clone(): adapts independently from here on, still connected to the initialisation.
+    copy = task.clone()
+    copy.adapt(F.mse_loss(copy(batch.x_support[0]), batch.y_support[0]))
+    assert copy.steps_taken == 2 and task.steps_taken == 1
+    assert not torch.equal(next(copy.parameters()), next(task.parameters()))
+    assert all(g is not None for g in torch.autograd.grad(copy(batch.x_query[0]).sum(), list(learner.model.parameters())))
+    # detach(): same values, no graph to the initialisation; adapting it still works.
+    cut = task.detach()
+    for p, q in zip(cut.parameters(), task.parameters()):
+        assert torch.equal(p, q)
+    cut.adapt(F.mse_loss(cut(batch.x_support[0]), batch.y_support[0]))
+    assert cut.steps_taken == 2
+    out = cut(batch.x_query[0]).sum()
+    assert torch.autograd.grad(out, list(learner.model.parameters()), allow_unused=True) == (None,) * len(names)
+
+
+def test_clone_does_not_follow_in_place_steps_of_the_model():
+    learner = MAML(_mlp(), lr=0.05, steps=1)
+    x = _sinusoids().x_query[0]
+    task = learner.clone()
+    before = task(x).detach().clone()
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.add_(0.1)  # what meta_opt.step() does
+    torch.testing.assert_close(task(x), before, rtol=0, atol=0)

@@ -272,3 +272,68 @@ def test_meta_gradient_equals_per_task_autograd(name):
             assert_untouched(model, before)
     if name == "unused":
         assert meta_grads(model, learner.meta_loss(batch))[-1] is None
+
+
+def test_vmap_fallback_is_announced_once_and_only_when_needed():
+    torch.manual_seed(0)
+    learner = MAML(LSTMRegressor().double(), lr=LR, steps=1)
+    batch = regression((3, 1))
+    with pytest.warns(UserWarning, match="vmap cannot batch LSTMRegressor.*exact per-task loop") as seen:
+        learner.meta_loss(batch)
+        learner.meta_loss(batch)
+    assert len(seen) == 1 and learner.functional.vmap_ok is False
+    plain = MAML(frozen_features().double(), lr=LR, steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.meta_loss(regression())
+    assert plain.functional.vmap_ok is True
+
+
+def test_a_model_error_is_the_models_own_not_a_functorch_one():
+    learner = MAML(nn.Sequential(nn.Linear(3, 1)).double(), lr=LR)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied") as info:
+        learner.meta_loss(regression((2,)))
+    assert "vmap" not in str(info.value)
+
+
+def test_output_rule_tuple_dict_and_bad_selector():
+    torch.manual_seed(0)
+    batch = regression()
+    tuple_learner = MAML(WithAux().double(), lr=LR)
+    task = tuple_learner.clone()
+    out = task(batch.x_query[0])
+    assert out.shape == (K, 1)  # the prediction, no task dimension left over
+    torch.testing.assert_close(out, tuple_learner.model(batch.x_query[0])[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"output: the model returns a dict \(keys \['aux', 'y'\]\); pass output=<key>"):
+        MAML(OutputDict(WithAux()).double(), lr=LR).meta_loss(batch)
+    by_callable = MAML(OutputDict(WithAux()).double(), lr=LR, output=lambda out: out["y"])
+    assert by_callable.clone()(batch.x_query[0]).shape == (K, 1)
+    with pytest.raises(ValueError, match="output: expected None, an index, a dict key or a callable, got float"):
+        MAML(WithAux(), output=1.5)
+    with pytest.raises(ValueError, match="output: expected the selected model output to be a tensor, got dict"):
+        MAML(OutputDict(WithAux()).double(), lr=LR, output=lambda out: out).meta_loss(batch)
+
+
+@pytest.mark.parametrize("fused", [None, False], ids=["fused", "generic"])
+def test_targets_must_match_the_outputs_shape(fused):
+    from maml_ext.models.mlp import build
+
+    torch.manual_seed(0)
+    learner = MAML(build(2, 1, hidden=(4,)).double(), lr=LR, fused=fused)
+    assert (learner.fused_spec is not None) == (fused is None)
+    batch = regression()
+    flat = TaskBatch(batch.x_support[:, :TASKS], batch.y_support[:, :TASKS, 0],
+                     batch.x_query[:, :TASKS], batch.y_query[:, :TASKS, 0])  # [T, K] against [T, K, 1], T == K
+    with pytest.raises(ValueError, match=r"y: expected"):
+        learner.meta_loss(flat)
+
+
+def test_adapt_accepts_one_element_losses():
+    torch.manual_seed(0)
+    learner = MAML(WithAux().double(), lr=LR)
+    batch = regression()
+    a, b = learner.clone(), learner.clone()
+    a.adapt(F.mse_loss(a(batch.x_support[0]), batch.y_support[0]).reshape(1, 1))
+    b.adapt(F.mse_loss(b(batch.x_support[0]), batch.y_support[0]))
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
