@@ -144,7 +144,8 @@ CASES = {
     "tied": Case(TiedEmbeddings, lambda: classification(lambda g: torch.randint(0, 7, (TASKS, K), generator=g), 7),
                  "cross_entropy"),
     "shared_module": Case(reused_module, lambda: regression((3,), 3)),
-    "frozen": Case(frozen_features, regression, options={"adapt": ["4"]}),
+    "frozen": Case(frozen_features, regression),
+    "frozen_adapt_head": Case(frozen_features, regression, options={"adapt": ["4"]}),
     "unused": Case(UnusedBranch, regression),
     "buffers": Case(Standardised, regression),
     "batchnorm": Case(ResBlockBN, lambda: classification(
@@ -154,7 +155,7 @@ CASES = {
     "tuple_output": Case(WithAux, regression, select=lambda out: out[0]),
     "dict_output": Case(lambda: OutputDict(WithAux()), regression, options={"output": "y"},
                         select=lambda out: out["y"]),
-    "custom_loss": Case(frozen_features, regression, per_task_huber),
+    "custom_loss": Case(UnusedBranch, regression, per_task_huber),
 }
 
 
