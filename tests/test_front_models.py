@@ -338,3 +338,24 @@ def test_adapt_accepts_one_element_losses():
     b.adapt(F.mse_loss(b(batch.x_support[0]), batch.y_support[0]))
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fused", [None, False], ids=["fused", "generic"])
+def test_bad_batches_are_named_before_any_work(fused):
+    from maml_ext.models.mlp import build
+
+    learner = MAML(build(2, 1, hidden=(4,)).double(), lr=LR, fused=fused)
+    good = regression()
+    cases = [
+        (TaskBatch(good.x_support.float(), good.y_support, good.x_query, good.y_query), TypeError,
+         r"x_support: expected dtype torch.float64 like the model's parameters, got torch.float32"),
+        (TaskBatch(good.x_support, good.y_support, good.x_query[:2], good.y_query), ValueError,
+         r"x_query: expected \[T=3, K, ...\] with the K of x_query, got shape \(2, 4, 2\)"),
+        (TaskBatch(good.x_support, good.y_support[:, :2], good.x_query, good.y_query), ValueError,
+         r"y_support: expected \[T=3, K, ...\] with the K of x_support, got shape \(3, 2, 1\)"),
+        (TaskBatch(good.x_support, good.y_support, good.x_query, good.y_query.to("meta")), RuntimeError,
+         r"y_query: expected device cpu like the model's parameters, got meta"),
+    ]
+    for batch, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            learner.meta_loss(batch)

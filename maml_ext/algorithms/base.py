@@ -269,6 +269,21 @@ class MetaLearner(nn.Module, ABC):
             first_order = bool(getattr(self, "first_order", False))
         return TaskClone(self, first_order)
 
+    def check_batch(self, batch: TaskBatch) -> None:
+        """Device, dtype and task/example counts, each error naming the tensor, before any work."""
+        ref = self.model.get_parameter(self.adapt_names[0])
+        tasks = batch.x_support.shape[0] if batch.x_support.dim() else 0
+        for name in ("x_support", "y_support", "x_query", "y_query"):
+            t = getattr(batch, name)
+            if t.device != ref.device:
+                raise RuntimeError(f"{name}: expected device {ref.device} like the model's parameters, got {t.device}")
+            if t.is_floating_point() and t.dtype != ref.dtype:
+                raise TypeError(f"{name}: expected dtype {ref.dtype} like the model's parameters, got {t.dtype}")
+            x = getattr(batch, "x_" + name.split("_")[1])
+            if t.dim() < 2 or t.shape[0] != tasks or t.shape[1] != x.shape[1]:
+                raise ValueError(f"{name}: expected [T={tasks}, K, ...] with the K of x_{name.split('_')[1]}, "
+                                 f"got shape {tuple(t.shape)}")
+
     # ----- algorithm interface ------------------------------------------------------------
     @abstractmethod
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:

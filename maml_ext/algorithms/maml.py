@@ -121,6 +121,7 @@ class MAML(MetaLearner):
         return self.first_order or iteration < self.second_order_after
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
+        self.check_batch(batch)
         first_order = self.uses_first_order(iteration)
         if self.fused_spec is not None:
             return self._fused_meta_loss(batch, first_order)
