@@ -33,13 +33,14 @@ from .base import LossFn, MetaLearner, Params, task_loss
 from .bayes import RowLearner
 from .bmaml import BMAML
 from .clone import TaskClone
+from .inner import Adam, InnerSGD, Momentum
 from .maml import MAML, msl_weights
 from .platipus import PLATIPUS
 from .pretrain import Pretrain
 from .reptile import Reptile
 
 __all__ = [
-    "ALGORITHMS", "BMAML", "LossFn", "MAML", "MetaLearner", "PLATIPUS", "RowLearner", "Params", "Pretrain", "Reptile",
+    "ALGORITHMS", "Adam", "BMAML", "InnerSGD", "LossFn", "Momentum", "MAML", "MetaLearner", "PLATIPUS", "RowLearner", "Params", "Pretrain", "Reptile",
     "TaskClone", "build_algorithm",
     "msl_weights", "task_loss",
 ]

@@ -22,7 +22,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from maml_ext.tasks import TaskBatch
 
 from .clone import TaskClone
-from .functional import FunctionalModel, Output, inner_step
+from .functional import FunctionalModel, Output
+from .inner import InnerSGD, State, inner_step
 
 LOSSES = ("mse", "cross_entropy")
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -58,6 +59,7 @@ class Params(NamedTuple):
     adapted: dict[str, Tensor]
     frozen: dict[str, Tensor]
     step: int
+    opt_state: State | None = None  # the inner optimizer's (momentum, Adam moments)
 
     @property
     def per_task(self) -> bool:
@@ -95,6 +97,10 @@ class MetaLearner(nn.Module, ABC):
             ``vmap``; None: whenever the model has one and ``per_step_bn`` is off.
         output: for a model returning a tuple, list or dict, which part the loss sees (None:
             element 0 of a tuple or list; an index or key; or a callable ``output -> Tensor``).
+        inner_optimizer: the differentiable inner-loop optimizer (:mod:`.inner`: ``InnerSGD()``,
+            the default, ``Momentum(0.9, nesterov=...)``, ``Adam(betas, eps)``); step size α.
+        lr_groups: per-parameter-group step sizes ``{name or prefix: α}`` (the longest matching
+            prefix wins; other parameters use ``lr``).
     """
 
     def __init__(
@@ -109,6 +115,8 @@ class MetaLearner(nn.Module, ABC):
         per_step_bn_weights: bool = False,
         task_batched: bool | None = None,
         output: Output = None,
+        inner_optimizer: InnerSGD | None = None,
+        lr_groups: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         check_loss(loss)
@@ -146,6 +154,23 @@ class MetaLearner(nn.Module, ABC):
             raise ValueError(f"adapt={adapt} leaves no parameter to adapt; trainable parameters: {names}"
                              + (f" (requires_grad=False, never adapted: {frozen})" if frozen else "")
                              + (" (per-step BatchNorm weights are not adapted)" if self.step_affine else ""))
+        if inner_optimizer is not None and not isinstance(inner_optimizer, InnerSGD):
+            raise ValueError(f"inner_optimizer: expected InnerSGD, Momentum or Adam, got {type(inner_optimizer).__name__}")
+        self.inner_optimizer = inner_optimizer or InnerSGD()
+        self.adapt_lrs = self._group_lrs(lr_groups or {})
+
+    def _group_lrs(self, groups: dict[str, float]) -> dict[str, float]:
+        """Each adapted parameter's step size: its longest matching ``lr_groups`` prefix, else lr."""
+        for prefix, value in groups.items():
+            if not any(n == prefix or n.startswith(prefix + ".") for n in self.adapt_names):
+                raise ValueError(f"lr_groups: {prefix!r} matches no adapted parameter; adapted: {self.adapt_names}")
+            if not value > 0:
+                raise ValueError(f"lr_groups: step sizes must be > 0, got {prefix!r}: {value}")
+        lrs = {}
+        for n in self.adapt_names:
+            matches = [p for p in groups if n == p or n.startswith(p + ".")]
+            lrs[n] = float(groups[max(matches, key=len)]) if matches else self.lr
+        return lrs
 
     def _per_step_affine(self) -> dict[str, str]:
         """Registers ``bn_weight_i`` / ``bn_bias_i`` ``[steps + 1, C]``; maps the model's BatchNorm
@@ -236,7 +261,10 @@ class MetaLearner(nn.Module, ABC):
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
         """The lr argument of ``ops.inner_update`` for inner step ``step`` (overridden by learned rates)."""
-        return self.lr, None
+        if all(v == self.lr for v in self.adapt_lrs.values()):
+            return self.lr, None
+        named = dict(self.model.named_parameters())
+        return [torch.full((), v, dtype=named[n].dtype, device=named[n].device) for n, v in self.adapt_lrs.items()], None
 
     def inner_loop(
         self, x: Tensor, y: Tensor, steps: int, *, first_order: bool, lr: float | None = None
@@ -250,8 +278,9 @@ class MetaLearner(nn.Module, ABC):
         for s in range(steps):
             grads = self._grads(params, x, y, create_graph=not first_order)
             step_lr, row = (lr, None) if lr is not None else self.step_lr(s)
-            new = inner_step(params.adapted, grads, step_lr, row, x.shape[0], params.per_task)
-            params = Params(new, params.frozen, params.step + 1)
+            new, state = inner_step(params.adapted, grads, step_lr, row, x.shape[0], params.per_task,
+                                    self.inner_optimizer, params.opt_state or {}, params.step + 1)
+            params = Params(new, params.frozen, params.step + 1, state)
             yield params
 
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:

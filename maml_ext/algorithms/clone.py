@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .functional import inner_step
+from .inner import inner_step
 
 if TYPE_CHECKING:
     from .base import MetaLearner, Params
@@ -100,6 +100,7 @@ class TaskClone:
         if not self.params.per_task:  # shared θ takes task-batched [1, ...] gradients
             grads = [None if g is None else g.unsqueeze(0) for g in grads]
         step_lr, row = (lr, None) if lr is not None else self.learner.step_lr(self.params.step)
-        new = inner_step(self.params.adapted, dict(zip(names, grads)), step_lr, row, 1, self.params.per_task)
-        self.params = self.params._replace(adapted=new, step=self.params.step + 1)
+        new, state = inner_step(self.params.adapted, dict(zip(names, grads)), step_lr, row, 1, self.params.per_task,
+                                self.learner.inner_optimizer, self.params.opt_state or {}, self.params.step + 1)
+        self.params = self.params._replace(adapted=new, step=self.params.step + 1, opt_state=state)
         return self

@@ -21,8 +21,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from maml_ext import ops
-
 Output = Union[int, str, Callable[[object], Tensor], None]
 """Which part of a model's output the loss sees: None (a tensor as is, element 0 of a tuple or
 list), an index, a dict key, or a callable ``output -> Tensor``."""
@@ -129,21 +127,3 @@ class FunctionalModel:
     def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         return self({**frozen, **adapted}, buffers, x)
 
-
-def inner_step(
-    adapted: dict[str, Tensor],
-    grads: dict[str, Tensor | None],
-    lr: float | list[Tensor],
-    row: int | None,
-    tasks: int,
-    per_task: bool,
-) -> dict[str, Tensor]:
-    """One ``ops.inner_update`` step with task-batched ``grads [T, ...]`` (``adapted`` has the
-    task dimension when ``per_task``). A parameter the loss did not use (gradient None) keeps its
-    value without a graph through the step, so, as with autograd's ``allow_unused``, it gets no
-    meta-gradient unless a later loss uses it."""
-    names = [n for n in adapted if grads[n] is not None]
-    if isinstance(lr, list):  # learned rates, one per adapted parameter
-        lr = [rate for n, rate in zip(adapted, lr) if grads[n] is not None]
-    new = dict(zip(names, ops.inner_update([adapted[n] for n in names], [grads[n] for n in names], lr, row))) if names else {}
-    return {n: new.get(n, p if per_task else p.expand(tasks, *p.shape)) for n, p in adapted.items()}

@@ -13,6 +13,7 @@ from maml_ext.tasks import TaskBatch
 
 from .base import Loss, MetaLearner
 from .functional import Output
+from .inner import InnerSGD
 from .fusable import model_spec, unfusable_reasons
 
 LEARN_LR = ("none", "elementwise", "per_step")
@@ -68,10 +69,13 @@ class MAML(MetaLearner):
         task_batched: bool | None = None,
         fused: bool | None = None,
         output: Output = None,
+        inner_optimizer: InnerSGD | None = None,
+        lr_groups: dict[str, float] | None = None,
     ) -> None:
         super().__init__(
             model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn,
             per_step_bn_weights=per_step_bn_weights, task_batched=task_batched, output=output,
+            inner_optimizer=inner_optimizer, lr_groups=lr_groups,
         )
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
@@ -84,13 +88,13 @@ class MAML(MetaLearner):
         named = dict(model.named_parameters())
         if learn_lr == "elementwise":
             self.lrs = nn.ParameterList(
-                nn.Parameter(torch.full_like(named[n], self.lr).detach()) for n in self.adapt_names
+                nn.Parameter(torch.full_like(named[n], self.adapt_lrs[n]).detach()) for n in self.adapt_names
             )
         elif learn_lr == "per_step":
             ref = named[self.adapt_names[0]]
             self.lrs = nn.ParameterList(
-                nn.Parameter(torch.full((steps,), self.lr, dtype=ref.dtype, device=ref.device))
-                for _ in self.adapt_names
+                nn.Parameter(torch.full((steps,), self.adapt_lrs[n], dtype=ref.dtype, device=ref.device))
+                for n in self.adapt_names
             )
         self.fused_spec = self._fused_spec(fused)
 
@@ -104,6 +108,8 @@ class MAML(MetaLearner):
                 ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
                 ("per-step BatchNorm statistics", bool(self.bn_names)),
                 ("a custom loss function (the fused op computes mse and cross_entropy)", callable(self.loss)),
+                ("an inner optimizer other than plain SGD", type(self.inner_optimizer) is not InnerSGD),
+                ("per-group step sizes (lr_groups)", len(set(self.adapt_lrs.values())) > 1 and self.learn_lr == "none"),
             )
             if bad
         ]
@@ -113,7 +119,7 @@ class MAML(MetaLearner):
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
         if self.learn_lr == "none":
-            return self.lr, None
+            return super().step_lr(step)
         # Evaluation may run more steps than training: later steps reuse the last learned row.
         return list(self.lrs), (min(step, self.steps - 1) if self.learn_lr == "per_step" else None)
 
