@@ -61,11 +61,13 @@ OPTIMIZERS = {"momentum": Momentum(0.9), "nesterov": Momentum(0.9, nesterov=True
 @pytest.mark.parametrize("rates", ["groups", "metasgd", "lslr"])
 @pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
 def test_inner_optimizer_meta_gradient_equals_unrolled_autograd(kind, rates, first_order):
-    options = {"lr_groups": {"4": 0.02, "0.bias": 0.1}} if rates == "groups" else {
+    options = {"lr_groups": {"4": 0.02, "4.bias": 0.07, "0.bias": 0.1}} if rates == "groups" else {
         "learn_lr": "elementwise" if rates == "metasgd" else "per_step", "lr_groups": {"4": 0.02}}
     learner = MAML(_model(), lr=ALPHA, steps=STEPS, first_order=first_order, inner_optimizer=OPTIMIZERS[kind], **options)
     assert learner.fused_spec is None or kind == "sgd"
     if rates == "groups":
+        assert learner.adapt_lrs == {"0.weight": ALPHA, "0.bias": 0.1, "2.weight": ALPHA, "2.bias": ALPHA,
+                                     "4.weight": 0.02, "4.bias": 0.07}  # the longest prefix wins
         lr_of = lambda n, s: learner.adapt_lrs[n]  # noqa: E731
     else:
         by_name = dict(zip(learner.adapt_names, learner.lrs))
