@@ -74,9 +74,12 @@ def test_classification_with_batchnorm_uses_batch_statistics(name):
 
 def test_per_step_batchnorm_statistics():
     model, batch = bn_classification()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     learner = build_algorithm("maml++", model, lr=0.1, steps=2, loss="cross_entropy")
     assert learner.bn_mean_0.shape == (3, 8) and learner.fused_spec is None
     learner.meta_loss(batch).backward()
+    # The statistics live in the learner; the user's BatchNorm buffers are not touched.
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # Every row (before step 1, before step 2, query after step 2) moved away from its init.
     assert (learner.bn_mean_0 != 0).all(dim=1).all() and (learner.bn_var_0 != 1).all(dim=1).all()
     assert not torch.equal(learner.bn_mean_0[0], learner.bn_mean_0[2])
