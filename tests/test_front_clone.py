@@ -150,6 +150,9 @@ def test_clone_is_module_like():
         assert p.shape == q.shape and p is not q
     task.adapt(F.mse_loss(task(batch.x_support[0]), batch.y_support[0]))
     assert [p.shape for p in task.parameters()] == [p.shape for p in learner.model.parameters()]
+    # The parameters are the tensors the forward pass uses: differentiable as on a module.
+    grads = torch.autograd.grad(F.mse_loss(task(batch.x_query[0]), batch.y_query[0]), list(task.parameters()))
+    assert all(g.shape == p.shape for g, p in zip(grads, task.parameters()))
     # clone(): adapts independently from here on, still connected to the initialisation.
     copy = task.clone()
     copy.adapt(F.mse_loss(copy(batch.x_support[0]), batch.y_support[0]))

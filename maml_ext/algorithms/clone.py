@@ -50,6 +50,12 @@ class TaskClone:
             params = init._replace(adapted={n: p.clone() for n, p in init.adapted.items()},
                                    frozen={n: p.clone() for n, p in init.frozen.items()})
         self.params: Params = params
+        self._shaped = self._model_shaped()
+
+    def _model_shaped(self) -> dict[str, Tensor]:
+        """The adapted parameters in the model's shapes; forward passes use these very tensors,
+        so ``torch.autograd.grad(loss, clone.parameters())`` works as on a module."""
+        return {n: p[0] if self.params.per_task else p for n, p in self.params.adapted.items()}
 
     @property
     def steps_taken(self) -> int:
@@ -58,14 +64,14 @@ class TaskClone:
     def __call__(self, x: Tensor) -> Tensor:
         """The model's output on ``x [N, ...]`` with this task's current parameters (for a model
         returning a tuple or dict, the part the learner's ``output`` selects)."""
-        return self.learner.predict(self.params, x.unsqueeze(0))[0]
+        adapted = {n: p.unsqueeze(0) for n, p in self._shaped.items()} if self.params.per_task else self._shaped
+        return self.learner.predict(self.params._replace(adapted=adapted), x.unsqueeze(0))[0]
 
     def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
         """This task's current parameters, in the model's order and shapes."""
         for name, _ in self.learner.model.named_parameters():
-            if name in self.params.adapted:
-                p = self.params.adapted[name]
-                yield name, p[0] if self.params.per_task else p
+            if name in self._shaped:
+                yield name, self._shaped[name]
             else:
                 yield name, self.params.frozen[name]
 
@@ -103,4 +109,5 @@ class TaskClone:
         new, state = inner_step(self.params.adapted, dict(zip(names, grads)), step_lr, row, 1, self.params.per_task,
                                 self.learner.inner_optimizer, self.params.opt_state or {}, self.params.step + 1)
         self.params = self.params._replace(adapted=new, step=self.params.step + 1, opt_state=state)
+        self._shaped = self._model_shaped()
         return self
