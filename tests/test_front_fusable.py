@@ -65,6 +65,14 @@ def _extra_parameter():
     return model
 
 
+def _declared_but_changed(layer):
+    def make():
+        model = build(1, 1, hidden=(6, 6))  # declares relu
+        model[1] = layer
+        return model
+    return make
+
+
 class _Subclassed(nn.Sequential):
     def forward(self, x):
         return super().forward(x) * 2
@@ -76,11 +84,13 @@ class _Subclassed(nn.Sequential):
     (_frozen, "frozen parameters"),
     (_extra_parameter, "does not list every parameter"),
     (lambda: _Subclassed(*_sequential()), "not a plain MLP"),
+    (_declared_but_changed(nn.Tanh()), "the declared spec does not match the layers"),
+    (_declared_but_changed(nn.Sigmoid()), "the declared spec does not match the layers"),
     (lambda: nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1)), "not a plain MLP"),
     (lambda: nn.Sequential(nn.Linear(1, 4), nn.Sigmoid(), nn.Linear(4, 1)), "not a plain MLP"),
     (lambda: nn.Sequential(nn.Linear(1, 4, bias=False), nn.ReLU(), nn.Linear(4, 1)), "not a plain MLP"),
     (lambda: nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1), nn.ReLU()), "not a plain MLP"),
-], ids=["reused", "hook", "frozen", "extra_param", "subclass", "mixed_act", "sigmoid", "no_bias", "ends_in_act"])
+], ids=["reused", "hook", "frozen", "extra_param", "subclass", "declared_tanh_swap", "declared_sigmoid_swap", "mixed_act", "sigmoid", "no_bias", "ends_in_act"])
 def test_models_the_op_would_compute_differently_are_never_fused(make, why):
     model = make().double()
     assert MAML(model, lr=0.05).fused_spec is None

@@ -18,7 +18,12 @@ GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_b
 def plain_mlp_spec(model: nn.Module) -> FusedMLPSpec | None:
     """The spec of an ``nn.Sequential`` (exactly that type) of ``nn.Linear`` layers with bias
     separated by one kind of fusable activation, ending in a Linear; None for anything else."""
-    if type(model) is not nn.Sequential or len(model) < 3 or len(model) % 2 == 0:
+    return layers_spec(model) if type(model) is nn.Sequential else None
+
+
+def layers_spec(model: nn.Sequential) -> FusedMLPSpec | None:
+    """What the layers of a Sequential compute, as a spec (None: not a plain MLP)."""
+    if len(model) < 3 or len(model) % 2 == 0:
         return None
     layers = list(model)
     linears, activations = layers[0::2], layers[1::2]
@@ -48,6 +53,8 @@ def unfusable_reasons(model: nn.Module, spec: FusedMLPSpec | None) -> list[str]:
          len(list(model.named_parameters(remove_duplicate=False))) != len(named)
          or len(list(model.named_modules(remove_duplicate=False))) != len(list(model.named_modules()))),
         ("the spec does not list every parameter", sorted(spec.param_names) != sorted(n for n, _ in named)),
+        # A declared spec of a Sequential (e.g. our MLP with a layer since replaced) must be its layers'.
+        ("the declared spec does not match the layers", isinstance(model, nn.Sequential) and layers_spec(model) != spec),
         ("frozen parameters (requires_grad=False)", any(not p.requires_grad for _, p in named)),
         ("module hooks", any(getattr(m, h, None) for m in model.modules() for h in HOOKS)
          or any(getattr(module_globals, h, None) for h in GLOBAL_HOOKS)),
