@@ -17,25 +17,28 @@ GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_b
 
 def plain_mlp_spec(model: nn.Module) -> FusedMLPSpec | None:
     """The spec of an ``nn.Sequential`` (exactly that type) of ``nn.Linear`` layers with bias
-    separated by one kind of fusable activation, ending in a Linear; None for anything else."""
-    return layers_spec(model) if type(model) is nn.Sequential else None
+    separated by one kind of fusable activation, ending in a Linear; None for anything else
+    (a lone Linear too: there is no inner loop to fuse worth the detection)."""
+    spec = layers_spec(model) if type(model) is nn.Sequential else None
+    return spec if spec is not None and spec.activation else None
 
 
 def layers_spec(model: nn.Sequential) -> FusedMLPSpec | None:
-    """What the layers of a Sequential compute, as a spec (None: not a plain MLP)."""
-    if len(model) < 3 or len(model) % 2 == 0:
+    """What the layers of a Sequential compute, as a spec (None: not a plain MLP; activation ""
+    for a single Linear, which has no hidden layer)."""
+    if len(model) % 2 == 0:
         return None
     layers = list(model)
     linears, activations = layers[0::2], layers[1::2]
     if any(type(m) is not nn.Linear or m.bias is None for m in linears):
         return None
     kinds = {type(m) for m in activations}
-    if len(kinds) != 1 or next(iter(kinds)) not in FUSABLE_ACTIVATIONS:
+    if len(kinds) > 1 or not kinds <= FUSABLE_ACTIVATIONS.keys():
         return None
     if any(a.out_features != b.in_features for a, b in zip(linears[:-1], linears[1:])):
         return None
     names = tuple(f"{i}.{kind}" for i in range(0, len(layers), 2) for kind in ("weight", "bias"))
-    return FusedMLPSpec(FUSABLE_ACTIVATIONS[next(iter(kinds))], names)
+    return FusedMLPSpec(FUSABLE_ACTIVATIONS[kinds.pop()] if kinds else "", names)
 
 
 def model_spec(model: nn.Module) -> FusedMLPSpec | None:
@@ -54,9 +57,15 @@ def unfusable_reasons(model: nn.Module, spec: FusedMLPSpec | None) -> list[str]:
          or len(list(model.named_modules(remove_duplicate=False))) != len(list(model.named_modules()))),
         ("the spec does not list every parameter", sorted(spec.param_names) != sorted(n for n, _ in named)),
         # A declared spec of a Sequential (e.g. our MLP with a layer since replaced) must be its layers'.
-        ("the declared spec does not match the layers", isinstance(model, nn.Sequential) and layers_spec(model) != spec),
+        ("the declared spec does not match the layers", isinstance(model, nn.Sequential) and not _same(layers_spec(model), spec)),
         ("frozen parameters (requires_grad=False)", any(not p.requires_grad for _, p in named)),
         ("module hooks", any(getattr(m, h, None) for m in model.modules() for h in HOOKS)
          or any(getattr(module_globals, h, None) for h in GLOBAL_HOOKS)),
     )
     return [why for why, bad in checks if bad]
+
+
+def _same(layers: FusedMLPSpec | None, declared: FusedMLPSpec) -> bool:
+    """The layers compute the declared MLP (a single Linear, any declared activation)."""
+    return (layers is not None and layers.param_names == declared.param_names
+            and layers.activation in ("", declared.activation))
