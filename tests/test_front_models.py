@@ -359,3 +359,21 @@ def test_bad_batches_are_named_before_any_work(fused):
     for batch, kind, message in cases:
         with pytest.raises(kind, match=message):
             learner.meta_loss(batch)
+
+
+@pytest.mark.parametrize("algorithm", ["anil", "bmaml", "fomaml", "maml", "maml++", "metasgd", "platipus", "pretrain", "reptile"])
+def test_every_learner_leaves_the_users_module_untouched(algorithm):
+    from maml_ext.algorithms import ALGORITHMS, build_algorithm
+
+    assert algorithm in ALGORITHMS
+    torch.manual_seed(0)
+    model = ResBlockBN().double()
+    model.out = model.head  # a second name for the head: shared parameters too
+    before = snapshot(model)
+    batch = CASES["batchnorm"].batch()
+    learner = build_algorithm(algorithm, model, lr=LR, steps=2, loss="cross_entropy")
+    learner.meta_loss(batch).backward()
+    learner.eval()
+    learner.evaluate(batch, steps=2)
+    learner.train()
+    assert_untouched(model, before)
