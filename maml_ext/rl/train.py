@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import sys
 import time
@@ -87,12 +88,10 @@ def load_config(raw: Config) -> Config:
 def build(cfg: Config) -> RLRun:
     """Environment, policy (initialised from ``seed``) and learner of a validated config."""
     torch.manual_seed(cfg["seed"])
-    options = lambda section: {k: v for k, v in cfg[section].items() if k != "name"}  # noqa: E731
-    env = plugins.build_task(cfg["task"]["name"], **options("task"))
+    env = supervised.build_plugin("task", cfg, plugins.tasks)
     if not isinstance(env, TaskEnv):
         raise ConfigError(f"task {cfg['task']['name']!r} is not a meta-RL environment (TaskEnv)")
-    model = plugins.build_model(cfg["model"]["name"], in_features=env.obs_dim, out_features=env.act_dim,
-                                **options("model"))
+    model = supervised.build_plugin("model", cfg, plugins.models, in_features=env.obs_dim, out_features=env.act_dim)
     if not isinstance(model, GaussianMLPPolicy):
         raise ConfigError(f"model {cfg['model']['name']!r} is not a Gaussian MLP policy; use 'gaussian_mlp'")
     t = cfg["train"]
@@ -148,25 +147,28 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     start = 0
     state = shard.from_main(lambda: supervised.open_out_dir(cfg, out_dir, resume))
     if state is not None:
+        path = out_dir / CHECKPOINT
         if state.get("kind") != KIND:
-            raise checkpoint.CheckpointError(f"{out_dir / CHECKPOINT} is not a meta-RL checkpoint")
-        learner.load_state_dict(state["learner"])
+            raise checkpoint.CheckpointError(f"{path} is not a meta-RL checkpoint")
+        _load_learner(path, learner, state["learner"])
+        checkpoint.check_rng(path, state["rng"], ("tasks", "noise"))
         _set_rng_state(state["rng"], tasks_gen, noise_gen)
         start = state["iteration"]
     shard.prepare(learner.policy, tcfg["meta_batch"])
     bounds = shard.bounds(tcfg["meta_batch"]) if shard.world > 1 else None
     reduce = _all_reduce(shard) if shard.world > 1 else None
-    main = shard.is_main
+    main, every = shard.is_main, supervised.log_every(tcfg)
     bar = Progress(tcfg["iterations"], start) if progress and main else None
-    t0, info = time.perf_counter(), {}
+    t0, info, saved = time.perf_counter(), {}, start if state is not None else None
     with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
         for it in range(start, tcfg["iterations"]):
             tasks = run.env.sample_tasks(tcfg["meta_batch"], tasks_gen)
             info = learner.iteration(run.env, tasks, tcfg["rollouts"], noise_gen, bounds, reduce)
             done = it + 1
+            _check_finite(done, info, learner, out_dir / CHECKPOINT, saved)
             if not main:
                 continue
-            if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
+            if done % every == 0 or done == tcfg["iterations"]:
                 record = {"iteration": done, **info, "it_s": (done - start) / (time.perf_counter() - t0)}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
@@ -176,11 +178,32 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
             if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
                 checkpoint.save({"kind": KIND, "iteration": done, "config": cfg, "learner": learner.state_dict(),
                                  "optimizer": None, "rng": _rng_state(tasks_gen, noise_gen)}, out_dir / CHECKPOINT)
+                saved = done
             if bar is not None:
                 bar.update(done, -info["return_post"])  # the bar's "loss": minus the post-update return
     if bar is not None:
         bar.close(max(start, tcfg["iterations"]), -info.get("return_post", float("nan")))
     return out_dir / CHECKPOINT
+
+
+def _load_learner(path: Path, learner: MetaRL, saved: dict[str, Any]) -> None:
+    if set(saved) != {"policy", "adam"}:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: learner must hold 'policy' and 'adam', got {sorted(saved)}")
+    checkpoint.load_into(path, learner.policy, saved["policy"], "learner.policy")
+    if learner.adam is not None:
+        checkpoint.load_optimizer(path, learner.adam, saved["adam"])
+
+
+def _check_finite(iteration: int, info: dict[str, Any], learner: MetaRL, ckpt_path: Path, saved: int | None) -> None:
+    """Stop at the first non-finite statistic or policy parameter (the update is already applied
+    in memory, so it is never checkpointed)."""
+    bad = sorted(k for k, v in info.items() if isinstance(v, float) and not math.isfinite(v))
+    if not bad and not all(bool(p.isfinite().all()) for p in learner.parameters()):
+        bad = ["policy parameters"]
+    if bad:
+        kept = f"{ckpt_path} keeps iteration {saved}" if saved is not None else "no checkpoint had been written yet"
+        raise supervised.TrainingError(f"iteration {iteration}: non-finite {', '.join(bad)}; training stopped, "
+                                       f"{kept} (try a smaller train.max_kl or train.meta_lr, or algorithm.lr)")
 
 
 def is_rl_checkpoint(path: Path) -> bool:
@@ -192,8 +215,8 @@ def restore(path: Path) -> tuple[RLRun, int]:
     state = checkpoint.load(path)
     if state.get("kind") != KIND:
         raise checkpoint.CheckpointError(f"{path} is not a meta-RL checkpoint")
-    run = build(state["config"])
-    run.learner.load_state_dict(state["learner"])
+    run = build(load_config(state["config"]))
+    _load_learner(path, run.learner, state["learner"])
     return run, state["iteration"]
 
 
