@@ -37,12 +37,12 @@ def _positive_float() -> tuple[Callable[[Any], bool], str]:
     return ok, "a number > 0"
 
 
-def _float_in(lo: float, hi: float, lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return False
-        return (v > lo if lo_open else v >= lo) and v <= hi
-    return ok, f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return ok, f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 def _bool() -> tuple[Callable[[Any], bool], str]:
@@ -92,7 +92,7 @@ RL_SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
     "train.max_kl": (_positive_float(), 0.01),
     "train.cg_iters": (_int(1), 10),
     "train.cg_damping": (_float_in(0.0, 1e6), 1e-5),
-    "train.backtrack_ratio": (_float_in(0.0, 1.0, lo_open=True), 0.8),
+    "train.backtrack_ratio": (_float_in(0.0, 1.0, lo_open=True, hi_open=True), 0.8),  # 1 would never shrink
     "train.max_backtracks": (_int(1), 15),
     "train.gamma": (_float_in(0.0, 1.0, lo_open=True), 0.99),
     "train.gae_lambda": (_float_in(0.0, 1.0), 1.0),
