@@ -198,7 +198,7 @@ def _check_finite(iteration: int, info: dict[str, Any], learner: MetaRL, ckpt_pa
     """Stop at the first non-finite statistic or policy parameter (the update is already applied
     in memory, so it is never checkpointed)."""
     bad = sorted(k for k, v in info.items() if isinstance(v, float) and not math.isfinite(v))
-    if not bad and not all(bool(p.isfinite().all()) for p in learner.parameters()):
+    if not bad and not all(bool(p.isfinite().all()) for p in learner.policy.parameters()):
         bad = ["policy parameters"]
     if bad:
         kept = f"{ckpt_path} keeps iteration {saved}" if saved is not None else "no checkpoint had been written yet"
