@@ -228,8 +228,8 @@ def check_finite(iteration: int, loss: float, params: Iterable[torch.Tensor], ck
                  saved: int | None) -> None:
     """Stop before a non-finite meta-loss or meta-gradient reaches the weights (the checkpoint on
     disk stays the last good one)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if math.isfinite(loss) and (not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())):
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    if math.isfinite(loss) and (not grads or bool(torch.cat(grads).isfinite().all())):  # one pass, one sync
         return
     what = f"meta-loss is {loss}" if not math.isfinite(loss) else "meta-gradient has non-finite entries"
     kept = f"{ckpt_path} keeps iteration {saved}" if saved is not None else "no checkpoint had been written yet"
