@@ -23,8 +23,7 @@ from pathlib import Path
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
 from maml_ext.rl import train as rl
-from maml_ext.train import checkpoint, config, distributed, evaluate, loop, plots
-
+from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
 
 
 class MissingDependency(RuntimeError):
@@ -33,7 +32,7 @@ class MissingDependency(RuntimeError):
 
 # User errors: reported as one ``maml-ext: error: ...`` line, exit status 2, no traceback.
 EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError,
-                   loop.TrainingError, MissingDependency)
+                   driver.TrainingError, MissingDependency)
 
 
 def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Config, out: Path) -> Path | None:

@@ -14,7 +14,7 @@ import torch
 
 from maml_ext import cli, plugins
 from maml_ext.tasks.sinusoid import Sinusoid
-from maml_ext.train import checkpoint, config, loop
+from maml_ext.train import checkpoint, config, driver, loop
 
 TINY = ["model.hidden=[8]", "train.iterations=6", "train.meta_batch=2", "train.log_every=1", "train.checkpoint_every=2"]
 
@@ -68,7 +68,7 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkp
             *(a for item in TINY for a in ("--set", item))]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"maml-ext: error: iteration 5: the meta-loss is nan; training stopped before the update, "
+    assert err == [f"maml-ext: error: iteration 5: the meta-loss is nan; training stopped, "
                    f"{out / loop.CHECKPOINT} keeps iteration 4 (try a smaller train.meta_lr or algorithm.lr, or "
                    "train.clip_grad)"]
     state = checkpoint.load(out / loop.CHECKPOINT)
@@ -79,14 +79,21 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkp
     assert [json.loads(r)["iteration"] for r in (out / loop.METRICS).read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
-def test_non_finite_meta_gradient_is_named(tmp_path):
+def test_non_finite_meta_gradient_is_named():
     p = torch.nn.Parameter(torch.zeros(3))
     p.grad = torch.tensor([0.0, float("inf"), 1.0])
-    with pytest.raises(loop.TrainingError, match=r"^iteration 7: the meta-gradient has non-finite entries; .*no "
-                                                 "checkpoint had been written yet"):
-        loop.check_finite(7, 0.5, [p], tmp_path / "c.pt", None)
+    with pytest.raises(driver.NonFinite, match=r"^the meta-gradient has non-finite entries$"):
+        loop.check_finite(0.5, [p])
     p.grad = torch.ones(3)
-    loop.check_finite(7, 0.5, [p], tmp_path / "c.pt", None)  # finite: no error
+    loop.check_finite(0.5, [p])  # finite: no error
+    with pytest.raises(driver.NonFinite, match=r"^the meta-loss is inf$"):
+        loop.check_finite(float("inf"), [p])
+
+
+def test_non_finite_before_any_checkpoint(tmp_path, poisoned):
+    with pytest.raises(driver.TrainingError, match=r"^iteration 1: the meta-loss is nan; training stopped, no checkpoint "
+                                                   r"had been written yet \(try a smaller train.meta_lr"):
+        loop.train(tiny("task.name=poisoned_sinusoid", "task.poison_at=1"), tmp_path / "run", progress=False)
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from maml_ext import cli, plugins
-from maml_ext.train import checkpoint, config, loop
+from maml_ext.train import checkpoint, config, driver, loop
 
 TINY = ["model.hidden=[8]", "train.meta_batch=2", "train.log_every=1", "train.checkpoint_every=2",
         "algorithm.lr=0.02", "seed=3"]
@@ -75,7 +75,7 @@ def test_resume_without_config_json_or_name_is_an_error(tmp_path, capsys):
     (7, 100, list(range(1, 8))),  # fewer iterations than points: every one
 ])
 def test_short_runs_log_a_learning_curve(tmp_path, iterations, log_every, logged):
-    assert loop.log_every({"iterations": iterations, "log_every": log_every}) == (logged[1] - logged[0])
+    assert driver.log_every({"iterations": iterations, "log_every": log_every}) == (logged[1] - logged[0])
     out = tmp_path / "run"
     assert train(out, *TINY, f"train.iterations={iterations}", f"train.log_every={log_every}") == 0
     records = [json.loads(line) for line in (out / loop.METRICS).read_text().splitlines()]

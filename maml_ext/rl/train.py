@@ -5,18 +5,15 @@ Config sections as the supervised loop (``maml_ext.train.config.RL_SCHEMA`` hold
 defaults): ``[task]`` names a family whose factory returns a :class:`TaskEnv`, ``[model]`` the
 policy (``gaussian_mlp``), ``[algorithm]`` ``maml`` or ``fomaml`` with its inner step size
 ``lr``, ``[train]`` the meta-batch, rollouts per task and the meta-optimizer (TRPO or Adam),
-``[eval]`` the test protocol. The run directory, checkpoint and metrics files are the supervised
-loop's (written by the same helpers).
+``[eval]`` the test protocol. The loop, run directory, checkpoints and metrics are the supervised
+run's (``maml_ext.train.driver``); ``RLStep`` is the meta-iteration.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import sys
-import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 from maml_ext import plugins
-from maml_ext.train import checkpoint, distributed
+from maml_ext.train import checkpoint, distributed, driver
 from maml_ext.train import loop as supervised
 from maml_ext.train.config import RL_SCHEMA, Config, ConfigError, validate
-from maml_ext.train.progress import Progress
+from maml_ext.train.driver import NonFinite
 
 from . import evaluate as rl_evaluate
 from . import plots as rl_plots
@@ -104,24 +101,58 @@ def build(cfg: Config) -> RLRun:
     return RLRun(cfg, env, learner)
 
 
-def _rng_state(tasks: torch.Generator, noise: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "tasks": tasks.get_state(), "noise": noise.get_state(),
-            "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any], tasks: torch.Generator, noise: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    tasks.set_state(state["tasks"])
-    noise.set_state(state["noise"])
-    random.setstate(state["python"])
-
-
 def _all_reduce(shard: distributed.Shard) -> Any:
     def reduce(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous().clone()
         shard.collective("all_reduce of the meta-RL sums", lambda: dist.all_reduce(x))
         return x
     return reduce
+
+
+class RLStep:
+    """One MAML-RL meta-iteration (``MetaRL.iteration``: rollouts, inner steps, TRPO/Adam step) on
+    this rank's share of the tasks; stops at the first non-finite statistic or policy parameter
+    (the update is then applied in memory only, never checkpointed); logs the last iteration's
+    statistics, and with ``progress`` prints them on stderr."""
+
+    kind = KIND
+
+    def __init__(self, run: RLRun, shard: distributed.Shard, progress: bool) -> None:
+        self.run, self.tcfg, self.progress = run, run.config["train"], progress
+        self.module = run.learner.policy
+        # Tasks from ``seed``, the rollouts' noise (and start states) from ``seed + 1``.
+        self.generators = {"tasks": torch.Generator().manual_seed(run.config["seed"]),
+                           "noise": torch.Generator().manual_seed(run.config["seed"] + 1)}
+        world = shard.world > 1
+        self.bounds = shard.bounds(self.tcfg["meta_batch"]) if world else None
+        self.reduce = _all_reduce(shard) if world else None
+        self.info: dict[str, Any] = {}
+        self.done = 0
+
+    def __call__(self, iteration: int) -> float:
+        tasks = self.run.env.sample_tasks(self.tcfg["meta_batch"], self.generators["tasks"])
+        self.info = self.run.learner.iteration(self.run.env, tasks, self.tcfg["rollouts"], self.generators["noise"],
+                                               self.bounds, self.reduce)
+        self.done = iteration + 1
+        bad = sorted(k for k, v in self.info.items() if isinstance(v, float) and not math.isfinite(v))
+        if not bad and not all(bool(p.isfinite().all()) for p in self.run.learner.policy.parameters()):
+            bad = ["policy parameters"]
+        if bad:
+            raise NonFinite(f"non-finite {', '.join(bad)}", "try a smaller train.max_kl or train.meta_lr, or algorithm.lr")
+        return -self.info["return_post"]  # the bar's "loss": minus the post-update return
+
+    def record(self) -> dict[str, float]:
+        if self.progress:
+            info = self.info
+            print(f"iteration {self.done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
+                  + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
+        return dict(self.info)
+
+    def state(self) -> dict[str, Any]:
+        return {"learner": self.run.learner.state_dict(), "optimizer": None}
+
+    def load(self, path: Path, state: dict[str, Any]) -> None:
+        _load_learner(path, self.run.learner, state["learner"])
 
 
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -137,53 +168,9 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     N processes then equal one (up to the order of floating-point sums) for families whose
     start states are deterministic (``point_nav``); a family that draws random start states from
     the generator draws them per shard, so its runs are as random but not the same numbers."""
-    shard = distributed.current()
-    if cfg["train"]["threads"]:
-        torch.set_num_threads(cfg["train"]["threads"])
-    run = build(cfg)
-    tcfg, learner = cfg["train"], run.learner
-    tasks_gen = torch.Generator().manual_seed(cfg["seed"])
-    noise_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    start = 0
-    state = shard.from_main(lambda: supervised.open_out_dir(cfg, out_dir, resume))
-    if state is not None:
-        path = out_dir / CHECKPOINT
-        if state.get("kind") != KIND:
-            raise checkpoint.CheckpointError(f"{path} is not a meta-RL checkpoint")
-        _load_learner(path, learner, state["learner"])
-        checkpoint.check_rng(path, state["rng"], ("tasks", "noise"))
-        _set_rng_state(state["rng"], tasks_gen, noise_gen)
-        start = state["iteration"]
-    shard.prepare(learner.policy, tcfg["meta_batch"])
-    bounds = shard.bounds(tcfg["meta_batch"]) if shard.world > 1 else None
-    reduce = _all_reduce(shard) if shard.world > 1 else None
-    main, every = shard.is_main, supervised.log_every(tcfg)
-    bar = Progress(tcfg["iterations"], start) if progress and main else None
-    t0, info, saved = time.perf_counter(), {}, start if state is not None else None
-    with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
-        for it in range(start, tcfg["iterations"]):
-            tasks = run.env.sample_tasks(tcfg["meta_batch"], tasks_gen)
-            info = learner.iteration(run.env, tasks, tcfg["rollouts"], noise_gen, bounds, reduce)
-            done = it + 1
-            _check_finite(done, info, learner, out_dir / CHECKPOINT, saved)
-            if not main:
-                continue
-            if done % every == 0 or done == tcfg["iterations"]:
-                record = {"iteration": done, **info, "it_s": (done - start) / (time.perf_counter() - t0)}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if progress:
-                    print(f"iteration {done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
-                          + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
-            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
-                checkpoint.save({"kind": KIND, "iteration": done, "config": cfg, "learner": learner.state_dict(),
-                                 "optimizer": None, "rng": _rng_state(tasks_gen, noise_gen)}, out_dir / CHECKPOINT)
-                saved = done
-            if bar is not None:
-                bar.update(done, -info["return_post"])  # the bar's "loss": minus the post-update return
-    if bar is not None:
-        bar.close(max(start, tcfg["iterations"]), -info.get("return_post", float("nan")))
-    return out_dir / CHECKPOINT
+    driver.set_threads(cfg)
+    step = RLStep(build(cfg), distributed.current(), progress)
+    return driver.train(step, cfg, out_dir, resume=resume, progress=progress)
 
 
 def _load_learner(path: Path, learner: MetaRL, saved: dict[str, Any]) -> None:
@@ -192,18 +179,6 @@ def _load_learner(path: Path, learner: MetaRL, saved: dict[str, Any]) -> None:
     checkpoint.load_into(path, learner.policy, saved["policy"], "learner.policy")
     if learner.adam is not None:
         checkpoint.load_optimizer(path, learner.adam, saved["adam"])
-
-
-def _check_finite(iteration: int, info: dict[str, Any], learner: MetaRL, ckpt_path: Path, saved: int | None) -> None:
-    """Stop at the first non-finite statistic or policy parameter (the update is already applied
-    in memory, so it is never checkpointed)."""
-    bad = sorted(k for k, v in info.items() if isinstance(v, float) and not math.isfinite(v))
-    if not bad and not all(bool(p.isfinite().all()) for p in learner.policy.parameters()):
-        bad = ["policy parameters"]
-    if bad:
-        kept = f"{ckpt_path} keeps iteration {saved}" if saved is not None else "no checkpoint had been written yet"
-        raise supervised.TrainingError(f"iteration {iteration}: non-finite {', '.join(bad)}; training stopped, "
-                                       f"{kept} (try a smaller train.max_kl or train.meta_lr, or algorithm.lr)")
 
 
 def is_rl_checkpoint(path: Path) -> bool:
