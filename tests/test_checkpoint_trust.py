@@ -253,3 +253,28 @@ def test_kill_mid_write_leaves_the_previous_checkpoint_loadable(trained, tmp_pat
 def test_checkpoint_stays_a_plain_torch_file(trained):
     state = torch.load(trained / loop.CHECKPOINT, weights_only=True)
     assert state["checksum"] == checkpoint.digest({k: v for k, v in state.items() if k != "checksum"})
+
+
+def test_meta_rl_stops_on_a_non_finite_statistic(tmp_path, monkeypatch):
+    from maml_ext.rl import train as rl
+    from maml_ext.rl.algorithms import MetaRL
+
+    real, calls = MetaRL.iteration, []
+
+    def iteration(self, *args, **kwargs):
+        info = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            info["return_post"] = float("nan")
+        return info
+
+    monkeypatch.setattr(MetaRL, "iteration", iteration)
+    small = ["model.hidden=[8]", "train.meta_batch=2", "train.rollouts=2", "task.horizon=5", "train.iterations=3",
+             "train.checkpoint_every=1", "eval.num_tasks=2", "eval.trajectories=0"]
+    cfg = rl.load_config(config.apply_overrides(config.read("point-nav"), small))
+    out = tmp_path / "run"
+    with pytest.raises(driver.TrainingError, match=r"^iteration 2: non-finite return_post; training stopped, .*"
+                                                   r"checkpoint.pt keeps iteration 1 \(try a smaller train.max_kl"):
+        rl.train(cfg, out, progress=False)
+    state = checkpoint.load(out / loop.CHECKPOINT)
+    assert state["iteration"] == 1 and state["kind"] == "rl"

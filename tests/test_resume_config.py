@@ -46,6 +46,8 @@ def test_resume_names_both_values_of_a_changed_key(tmp_path, capsys):
         "maml-ext: error: --resume with a different config: algorithm.lr is 0.02 in the run, 0.05 now; "
         "model.hidden is [8] in the run, [9] now; only train.iterations, train.log_every, train.checkpoint_every "
         "and eval.* may change"]
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet", "--unset", "model.init"]) == 2
+    assert "model.init is 'trunc_normal' in the run, unset now" in capsys.readouterr().err
     # Keys that do not change the weights may change.
     assert train(out, "train.iterations=4", "train.checkpoint_every=1", "eval.num_tasks=7", resume=True) == 0
 

@@ -88,7 +88,9 @@ def _check_resumable(saved: Config, cfg: Config, iteration: int, out_dir: Path) 
     a, b = flatten(saved), flatten(cfg)
     diff = sorted(k for k in set(a) | set(b) if not k.startswith(RESUMABLE) and a.get(k) != b.get(k))
     if diff:
-        changes = "; ".join(f"{k} is {a.get(k, '(unset)')!r} in the run, {b.get(k, '(unset)')!r} now" for k in diff)
+        shown = lambda c, k: repr(c[k]) if k in c else "unset"  # noqa: E731
+        changes = "; ".join(f"{k} is {shown(a, k)} in the run, {shown(b, k)} now" for k in diff[:5])
+        changes += f"; and {len(diff) - 5} more" if len(diff) > 5 else ""
         raise ConfigError(f"--resume with a different config: {changes}; only {', '.join(RESUMABLE[:-1])} "
                           "and eval.* may change")
     total = cfg["train"]["iterations"]
