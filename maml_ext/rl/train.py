@@ -46,24 +46,14 @@ class RLRun:
     learner: MetaRL
 
 
-def is_rl_task(name: str, options: dict[str, Any] | None = None) -> bool:
-    """Whether task family ``name`` is a meta-RL environment: its factory's return annotation
-    is a :class:`TaskEnv`; a factory without a usable annotation is built once and checked."""
-    factory = plugins.tasks.factory(name)
-    try:
-        returned = typing.get_type_hints(factory).get("return")
-    except Exception:  # unresolvable annotation strings: fall back to building it
-        returned = None
-    if isinstance(returned, type):
-        return issubclass(returned, TaskEnv)
-    return isinstance(plugins.build_task(name, **(options or {})), TaskEnv)
-
-
 def is_rl_config(cfg: Config) -> bool:
+    """Whether the config's task family is a meta-RL environment, as the family itself declares
+    (it is a :class:`TaskEnv`): the family is built once to ask it. A config without a task name
+    is not (its validation then says what is missing)."""
     task = cfg.get("task")
     if not isinstance(task, dict) or not isinstance(task.get("name"), str):
         return False
-    return is_rl_task(task["name"], {k: v for k, v in task.items() if k != "name"})
+    return isinstance(supervised.build_plugin("task", cfg, plugins.tasks), TaskEnv)
 
 
 def load_config(raw: Config) -> Config:
