@@ -40,7 +40,7 @@ def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Co
     a torchrun job; the checkpoint path on the main process, None on the other ranks."""
     if args.nproc > 1:
         distributed.launch(args.nproc, train, cfg, out, resume=args.resume, progress=not args.quiet,
-                           timeout=args.timeout, expected=EXPECTED_ERRORS)
+                           timeout=args.timeout, expected=(*EXPECTED_ERRORS, OSError))
         return out / loop.CHECKPOINT
     with distributed.join(args.timeout) as shard:  # one process, or one rank of a torchrun job
         ckpt = train(cfg, out, resume=args.resume, progress=not args.quiet)
