@@ -1,7 +1,8 @@
 """``maml-ext``: train, evaluate and plot meta-learning runs from a TOML config.
 
-    maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--resume] [--nproc 2]
-        (then evaluates and plots the run, unless --no-eval; also runs under torchrun)
+    maml-ext train sinusoid --out runs/sinusoid [--set train.iterations=1000 ...] [--unset model.init ...]
+        [--nproc 2] (then evaluates and plots the run, unless --no-eval; also runs under torchrun)
+    maml-ext train --resume --out runs/sinusoid [--set train.iterations=2000]
     maml-ext eval runs/sinusoid [--set eval.num_tasks=600 ...]
     maml-ext plot runs/sinusoid [--compare runs/other ...]
     maml-ext list
@@ -10,17 +11,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
 from maml_ext.rl import train as rl
-from maml_ext.train import checkpoint, config, distributed, evaluate, loop, plots
+from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
 
-EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError)
+
+class MissingDependency(RuntimeError):
+    """An optional package a command needs is not installed."""
+
+
+# User errors: reported as one ``maml-ext: error: ...`` line, exit status 2, no traceback.
+EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError,
+                   driver.TrainingError, MissingDependency)
 
 
 def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Config, out: Path) -> Path | None:
@@ -28,18 +40,35 @@ def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Co
     a torchrun job; the checkpoint path on the main process, None on the other ranks."""
     if args.nproc > 1:
         distributed.launch(args.nproc, train, cfg, out, resume=args.resume, progress=not args.quiet,
-                           timeout=args.timeout, expected=EXPECTED_ERRORS)
+                           timeout=args.timeout, expected=(*EXPECTED_ERRORS, OSError))
         return out / loop.CHECKPOINT
     with distributed.join(args.timeout) as shard:  # one process, or one rank of a torchrun job
         ckpt = train(cfg, out, resume=args.resume, progress=not args.quiet)
     return ckpt if shard.is_main else None
 
 
+def _base_config(args: argparse.Namespace, out: Path) -> config.Config:
+    """The config the overrides apply to: on --resume the run's own config.json (so only changed
+    keys are given), else the named config."""
+    saved = out / "config.json"
+    if args.resume and saved.is_file():
+        try:
+            return json.loads(saved.read_text())
+        except (ValueError, OSError) as exc:
+            raise config.ConfigError(f"cannot read {saved}: {exc}") from exc
+    if args.config is None:
+        raise config.ConfigError(f"--resume: no {saved}; give the run's config" if args.resume else
+                                 "give a config (a .toml file or a packaged name, see `maml-ext list`)")
+    return config.read(args.config)
+
+
 def _train(args: argparse.Namespace) -> None:
     if args.nproc < 1:
         raise config.ConfigError(f"--nproc must be at least 1, got {args.nproc}")
-    raw = config.apply_overrides(config.read(args.config), args.set)
+    if args.out is None and args.config is None:
+        raise config.ConfigError("give a config, or --out RUN_DIR with --resume")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    raw = config.apply_overrides(_base_config(args, out), args.set, args.unset)
     if rl.is_rl_config(raw):  # the task family is a meta-RL environment
         ckpt = _launch(args, rl.train, rl.load_config(raw), out)
         if ckpt is not None:
@@ -47,7 +76,8 @@ def _train(args: argparse.Namespace) -> None:
             if not args.no_eval:
                 run_rl, iteration = rl.restore(ckpt)
                 rl.evaluate(run_rl, run_rl.config, iteration, out)
-                rl.plot(run_rl, run_rl.config, out)
+                with _plotting(out):
+                    rl.plot(run_rl, run_rl.config, out)
         return
     ckpt = _launch(args, loop.train, config.validate(raw), out)
     if ckpt is None:
@@ -57,6 +87,19 @@ def _train(args: argparse.Namespace) -> None:
         run, iteration = loop.restore(ckpt)
         _evaluate(run, run.config, iteration, out)
         _plot(run, run.config, out)
+
+
+@contextlib.contextmanager
+def _plotting(out: Path) -> Iterator[None]:
+    """Plots come last (the checkpoint and results are already written): without matplotlib,
+    say how to install it instead of failing on the import."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "matplotlib":
+            raise
+        raise MissingDependency(f"plots need matplotlib: pip install 'maml_ext[plots]' (the run in {out} is saved; "
+                                f"draw it then with `maml-ext plot {out}`)") from exc
 
 
 def _restored_rl(args: argparse.Namespace) -> tuple[rl.RLRun, config.Config, int] | None:
@@ -89,6 +132,11 @@ def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> N
 
 
 def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] = ()) -> None:
+    with _plotting(out):
+        _draw(run, cfg, out, compare)
+
+
+def _draw(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str]) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
     for directory in (out, *map(Path, compare)):
@@ -120,7 +168,8 @@ def _eval_command(args: argparse.Namespace) -> None:
 def _plot_command(args: argparse.Namespace) -> None:
     restored = _restored_rl(args)
     if restored is not None:
-        rl.plot(restored[0], restored[1], Path(args.run), args.compare)
+        with _plotting(Path(args.run)):
+            rl.plot(restored[0], restored[1], Path(args.run), args.compare)
         return
     run, cfg, _ = _restored(args)
     _plot(run, cfg, Path(args.run), args.compare)
@@ -133,16 +182,27 @@ def _list(args: argparse.Namespace) -> None:
     print("configs:    " + ", ".join(config.builtin_configs()))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error format (argparse prints the usage first)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"maml-ext: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maml-ext", description=__doc__.split("\n")[0])
+    p = _Parser(prog="maml-ext", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (TOML syntax)")
 
     t = sub.add_parser("train", help="meta-train from a config")
-    t.add_argument("config", help="a .toml file or a packaged config name (see `maml-ext list`)")
+    t.add_argument("config", nargs="?",
+                   help="a .toml file or a packaged config name (see `maml-ext list`); with --resume, optional")
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--set", **overrides)
-    t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    t.add_argument("--unset", action="append", default=[], metavar="KEY",
+                   help="drop a config key (e.g. model.activation for a model without that option)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's checkpoint, with its config.json plus --set/--unset")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation and plots after training")
     t.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -165,13 +225,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(message: str) -> int:
+    print("maml-ext: error: " + " ".join(message.split()), file=sys.stderr)  # always one line
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
     except EXPECTED_ERRORS as exc:
-        print(f"maml-ext: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except BrokenPipeError:
+        # The reader went away (`maml-ext list | head -1`): stop quietly, as a SIGPIPE'd tool
+        # does. Point stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except OSError as exc:  # the file system refused (read-only or full output directory, ...)
+        return _error(f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc))
     return 0
 
 

@@ -102,7 +102,7 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     ("algorithm.name=reptile", "algorithm.name for meta-RL must be one of"),
     ("algorithm.lr=0", "algorithm.lr must be a number > 0"),
     ("algorithm.steps=2", "unknown \\[algorithm\\] option"),
-    ("model.name=mlp", "model 'mlp' rejected its options"),
+    ("model.name=mlp", r"model 'mlp' has no option\(s\) \['init_std'\]"),
     ("eval.trajectories=50", "eval.trajectories must be <="),
 ])
 def test_bad_config_is_rejected_by_name(tmp_path, capsys, override, message):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +24,12 @@ class MLP(nn.Sequential):
         activation: str = "relu",
         init: str = "torch",
     ) -> None:
+        # A string is a sequence too: hidden="40" must not become layers of widths 4 and 0.
+        widths_ok = not isinstance(hidden, str) and isinstance(hidden, Iterable) and all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)
+        if not widths_ok:
+            raise ValueError(f"hidden must be a list of layer widths (integers >= 1), got {hidden!r}")
+        hidden = tuple(int(h) for h in hidden)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         widths = [in_features, *hidden, out_features]
@@ -56,4 +63,4 @@ def build(
     init: str = "torch",
 ) -> MLP:
     """Entry point ``maml_ext.models: mlp``."""
-    return MLP(in_features, out_features, tuple(int(h) for h in hidden), activation, init)
+    return MLP(in_features, out_features, hidden, activation, init)

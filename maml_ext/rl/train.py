@@ -5,17 +5,15 @@ Config sections as the supervised loop (``maml_ext.train.config.RL_SCHEMA`` hold
 defaults): ``[task]`` names a family whose factory returns a :class:`TaskEnv`, ``[model]`` the
 policy (``gaussian_mlp``), ``[algorithm]`` ``maml`` or ``fomaml`` with its inner step size
 ``lr``, ``[train]`` the meta-batch, rollouts per task and the meta-optimizer (TRPO or Adam),
-``[eval]`` the test protocol. The run directory, checkpoint and metrics files are the supervised
-loop's (written by the same helpers).
+``[eval]`` the test protocol. The loop, run directory, checkpoints and metrics are the supervised
+run's (``maml_ext.train.driver``); ``RLStep`` is the meta-iteration.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
+import math
 import sys
-import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 from maml_ext import plugins
-from maml_ext.train import checkpoint, distributed
+from maml_ext.train import checkpoint, distributed, driver
 from maml_ext.train import loop as supervised
 from maml_ext.train.config import RL_SCHEMA, Config, ConfigError, validate
-from maml_ext.train.progress import Progress
+from maml_ext.train.driver import NonFinite
 
 from . import evaluate as rl_evaluate
 from . import plots as rl_plots
@@ -48,24 +46,14 @@ class RLRun:
     learner: MetaRL
 
 
-def is_rl_task(name: str, options: dict[str, Any] | None = None) -> bool:
-    """Whether task family ``name`` is a meta-RL environment: its factory's return annotation
-    is a :class:`TaskEnv`; a factory without a usable annotation is built once and checked."""
-    factory = plugins.tasks.factory(name)
-    try:
-        returned = typing.get_type_hints(factory).get("return")
-    except Exception:  # unresolvable annotation strings: fall back to building it
-        returned = None
-    if isinstance(returned, type):
-        return issubclass(returned, TaskEnv)
-    return isinstance(plugins.build_task(name, **(options or {})), TaskEnv)
-
-
 def is_rl_config(cfg: Config) -> bool:
+    """Whether the config's task family is a meta-RL environment, as the family itself declares
+    (it is a :class:`TaskEnv`): the family is built once to ask it. A config without a task name
+    is not (its validation then says what is missing)."""
     task = cfg.get("task")
     if not isinstance(task, dict) or not isinstance(task.get("name"), str):
         return False
-    return is_rl_task(task["name"], {k: v for k, v in task.items() if k != "name"})
+    return isinstance(supervised.build_plugin("task", cfg, plugins.tasks), TaskEnv)
 
 
 def load_config(raw: Config) -> Config:
@@ -87,12 +75,10 @@ def load_config(raw: Config) -> Config:
 def build(cfg: Config) -> RLRun:
     """Environment, policy (initialised from ``seed``) and learner of a validated config."""
     torch.manual_seed(cfg["seed"])
-    options = lambda section: {k: v for k, v in cfg[section].items() if k != "name"}  # noqa: E731
-    env = plugins.build_task(cfg["task"]["name"], **options("task"))
+    env = supervised.build_plugin("task", cfg, plugins.tasks)
     if not isinstance(env, TaskEnv):
         raise ConfigError(f"task {cfg['task']['name']!r} is not a meta-RL environment (TaskEnv)")
-    model = plugins.build_model(cfg["model"]["name"], in_features=env.obs_dim, out_features=env.act_dim,
-                                **options("model"))
+    model = supervised.build_plugin("model", cfg, plugins.models, in_features=env.obs_dim, out_features=env.act_dim)
     if not isinstance(model, GaussianMLPPolicy):
         raise ConfigError(f"model {cfg['model']['name']!r} is not a Gaussian MLP policy; use 'gaussian_mlp'")
     t = cfg["train"]
@@ -105,24 +91,58 @@ def build(cfg: Config) -> RLRun:
     return RLRun(cfg, env, learner)
 
 
-def _rng_state(tasks: torch.Generator, noise: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "tasks": tasks.get_state(), "noise": noise.get_state(),
-            "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any], tasks: torch.Generator, noise: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    tasks.set_state(state["tasks"])
-    noise.set_state(state["noise"])
-    random.setstate(state["python"])
-
-
 def _all_reduce(shard: distributed.Shard) -> Any:
     def reduce(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous().clone()
         shard.collective("all_reduce of the meta-RL sums", lambda: dist.all_reduce(x))
         return x
     return reduce
+
+
+class RLStep:
+    """One MAML-RL meta-iteration (``MetaRL.iteration``: rollouts, inner steps, TRPO/Adam step) on
+    this rank's share of the tasks; stops at the first non-finite statistic or policy parameter
+    (the update is then applied in memory only, never checkpointed); logs the last iteration's
+    statistics, and with ``progress`` prints them on stderr."""
+
+    kind = KIND
+
+    def __init__(self, run: RLRun, shard: distributed.Shard, progress: bool) -> None:
+        self.run, self.tcfg, self.progress = run, run.config["train"], progress
+        self.module = run.learner.policy
+        # Tasks from ``seed``, the rollouts' noise (and start states) from ``seed + 1``.
+        self.generators = {"tasks": torch.Generator().manual_seed(run.config["seed"]),
+                           "noise": torch.Generator().manual_seed(run.config["seed"] + 1)}
+        world = shard.world > 1
+        self.bounds = shard.bounds(self.tcfg["meta_batch"]) if world else None
+        self.reduce = _all_reduce(shard) if world else None
+        self.info: dict[str, Any] = {}
+        self.done = 0
+
+    def __call__(self, iteration: int) -> float:
+        tasks = self.run.env.sample_tasks(self.tcfg["meta_batch"], self.generators["tasks"])
+        self.info = self.run.learner.iteration(self.run.env, tasks, self.tcfg["rollouts"], self.generators["noise"],
+                                               self.bounds, self.reduce)
+        self.done = iteration + 1
+        bad = sorted(k for k, v in self.info.items() if isinstance(v, float) and not math.isfinite(v))
+        if not bad and not all(bool(p.isfinite().all()) for p in self.run.learner.policy.parameters()):
+            bad = ["policy parameters"]
+        if bad:
+            raise NonFinite(f"non-finite {', '.join(bad)}", "try a smaller train.max_kl or train.meta_lr, or algorithm.lr")
+        return -self.info["return_post"]  # the bar's "loss": minus the post-update return
+
+    def record(self) -> dict[str, float]:
+        if self.progress:
+            info = self.info
+            print(f"iteration {self.done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
+                  + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
+        return dict(self.info)
+
+    def state(self) -> dict[str, Any]:
+        return {"learner": self.run.learner.state_dict(), "optimizer": None}
+
+    def load(self, path: Path, state: dict[str, Any]) -> None:
+        _load_learner(path, self.run.learner, state["learner"])
 
 
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -138,49 +158,17 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     N processes then equal one (up to the order of floating-point sums) for families whose
     start states are deterministic (``point_nav``); a family that draws random start states from
     the generator draws them per shard, so its runs are as random but not the same numbers."""
-    shard = distributed.current()
-    if cfg["train"]["threads"]:
-        torch.set_num_threads(cfg["train"]["threads"])
-    run = build(cfg)
-    tcfg, learner = cfg["train"], run.learner
-    tasks_gen = torch.Generator().manual_seed(cfg["seed"])
-    noise_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    start = 0
-    state = shard.from_main(lambda: supervised.open_out_dir(cfg, out_dir, resume))
-    if state is not None:
-        if state.get("kind") != KIND:
-            raise checkpoint.CheckpointError(f"{out_dir / CHECKPOINT} is not a meta-RL checkpoint")
-        learner.load_state_dict(state["learner"])
-        _set_rng_state(state["rng"], tasks_gen, noise_gen)
-        start = state["iteration"]
-    shard.prepare(learner.policy, tcfg["meta_batch"])
-    bounds = shard.bounds(tcfg["meta_batch"]) if shard.world > 1 else None
-    reduce = _all_reduce(shard) if shard.world > 1 else None
-    main = shard.is_main
-    bar = Progress(tcfg["iterations"], start) if progress and main else None
-    t0, info = time.perf_counter(), {}
-    with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
-        for it in range(start, tcfg["iterations"]):
-            tasks = run.env.sample_tasks(tcfg["meta_batch"], tasks_gen)
-            info = learner.iteration(run.env, tasks, tcfg["rollouts"], noise_gen, bounds, reduce)
-            done = it + 1
-            if not main:
-                continue
-            if done % tcfg["log_every"] == 0 or done == tcfg["iterations"]:
-                record = {"iteration": done, **info, "it_s": (done - start) / (time.perf_counter() - t0)}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if progress:
-                    print(f"iteration {done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
-                          + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
-            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
-                checkpoint.save({"kind": KIND, "iteration": done, "config": cfg, "learner": learner.state_dict(),
-                                 "optimizer": None, "rng": _rng_state(tasks_gen, noise_gen)}, out_dir / CHECKPOINT)
-            if bar is not None:
-                bar.update(done, -info["return_post"])  # the bar's "loss": minus the post-update return
-    if bar is not None:
-        bar.close(max(start, tcfg["iterations"]), -info.get("return_post", float("nan")))
-    return out_dir / CHECKPOINT
+    driver.set_threads(cfg)
+    step = RLStep(build(cfg), distributed.current(), progress)
+    return driver.train(step, cfg, out_dir, resume=resume, progress=progress)
+
+
+def _load_learner(path: Path, learner: MetaRL, saved: dict[str, Any]) -> None:
+    if set(saved) != {"policy", "adam"}:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: learner must hold 'policy' and 'adam', got {sorted(saved)}")
+    checkpoint.load_into(path, learner.policy, saved["policy"], "learner.policy")
+    if learner.adam is not None:
+        checkpoint.load_optimizer(path, learner.adam, saved["adam"])
 
 
 def is_rl_checkpoint(path: Path) -> bool:
@@ -192,8 +180,8 @@ def restore(path: Path) -> tuple[RLRun, int]:
     state = checkpoint.load(path)
     if state.get("kind") != KIND:
         raise checkpoint.CheckpointError(f"{path} is not a meta-RL checkpoint")
-    run = build(state["config"])
-    run.learner.load_state_dict(state["learner"])
+    run = build(load_config(state["config"]))
+    _load_learner(path, run.learner, state["learner"])
     return run, state["iteration"]
 
 

@@ -7,8 +7,13 @@ checked here, each bad value rejected with its key and the expected range.
 
 from __future__ import annotations
 
+import collections.abc
 import copy
+import inspect
+import math
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -32,12 +37,12 @@ def _positive_float() -> tuple[Callable[[Any], bool], str]:
     return ok, "a number > 0"
 
 
-def _float_in(lo: float, hi: float, lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return False
-        return (v > lo if lo_open else v >= lo) and v <= hi
-    return ok, f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return ok, f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 def _bool() -> tuple[Callable[[Any], bool], str]:
@@ -87,7 +92,7 @@ RL_SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
     "train.max_kl": (_positive_float(), 0.01),
     "train.cg_iters": (_int(1), 10),
     "train.cg_damping": (_float_in(0.0, 1e6), 1e-5),
-    "train.backtrack_ratio": (_float_in(0.0, 1.0, lo_open=True), 0.8),
+    "train.backtrack_ratio": (_float_in(0.0, 1.0, lo_open=True, hi_open=True), 0.8),  # 1 would never shrink
     "train.max_backtracks": (_int(1), 15),
     "train.gamma": (_float_in(0.0, 1.0, lo_open=True), 0.99),
     "train.gae_lambda": (_float_in(0.0, 1.0), 1.0),
@@ -118,33 +123,55 @@ def read(source: str | Path) -> Config:
             return tomllib.loads(path.read_text())
         if str(source) in builtin_configs():
             return tomllib.loads(resources.files("maml_ext.configs").joinpath(f"{source}.toml").read_text())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {source}: not a UTF-8 TOML text file ({exc.reason} at byte {exc.start})") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {source}: {exc}") from exc
     raise ConfigError(f"no config file {source!r}; packaged configs: {', '.join(builtin_configs())}")
 
 
-def _parse_value(text: str) -> Any:
-    # TOML literals (numbers, booleans, arrays, quoted strings); anything else is a bare string.
+def _parse_value(item: str, text: str) -> Any:
+    # TOML literals (numbers, booleans, arrays, tables, quoted strings); any other text is a bare
+    # string (``relu``, ``/data/omniglot``). Text that starts like an array, table or quoted string
+    # must parse: ``[40,40`` is a typo, not the string "[40,40".
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if text[:1] in ("[", "{", '"', "'"):
+            raise ConfigError(f"override {item!r}: the value is not valid TOML ({exc})") from exc
         return text
 
 
-def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` strings (value in TOML syntax, bare strings allowed)."""
+def _split_key(item: str, key: str) -> list[str]:
+    parts = key.strip().split(".")
+    if not all(p.strip() for p in parts):
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    return [p.strip() for p in parts]
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str], unset: Iterable[str] = ()) -> Config:
+    """Drop the ``unset`` keys (``section.key``), then apply ``section.key=value`` strings (value
+    in TOML syntax, bare strings allowed)."""
     out = copy.deepcopy(cfg)
+    for key in unset:
+        *sections, leaf = _split_key(f"--unset {key}", key)
+        node = out
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ConfigError(f"--unset {key}: the config has no key {key!r}")
+        del node[leaf]
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        *sections, leaf = key.strip().split(".")
+        *sections, leaf = _split_key(item, key)
         node = out
         for part in sections:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = _parse_value(text.strip())
+        node[leaf] = _parse_value(item, text.strip())
     return out
 
 
@@ -159,17 +186,30 @@ def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _check_finite(key: str, value: Any) -> None:
+    # TOML reads inf and nan; no setting, the plugins' included, means either.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if isinstance(value, (list, dict)):
+        for i, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            _check_finite(f"{key}[{i!r}]", item)
+
+
 def validate(cfg: Config, schema: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] | None = None) -> Config:
     """Fill defaults and check every value (against ``schema``, default: the supervised
     ``SCHEMA``; meta-RL runs pass ``RL_SCHEMA``); returns a new, complete config."""
     schema = SCHEMA if schema is None else schema
-    out: Config = {s: dict(cfg.get(s, {})) for s in PLUGIN_SECTIONS}
     for section in PLUGIN_SECTIONS:
         if not isinstance(cfg.get(section, {}), dict):
-            raise ConfigError(f"[{section}] must be a table")
+            raise ConfigError(f"[{section}] must be a table, got {cfg[section]!r}")
+    out: Config = {s: dict(cfg.get(s, {})) for s in PLUGIN_SECTIONS}
+    for section in PLUGIN_SECTIONS:
         if not isinstance(out[section].get("name"), str):
             raise ConfigError(f"{section}.name is required (a string)")
-    given = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in PLUGIN_SECTIONS}
+    flat = flatten(cfg)
+    for key, value in flat.items():
+        _check_finite(key, value)
+    given = {k: v for k, v in flat.items() if k.split(".")[0] not in PLUGIN_SECTIONS}
     unknown = sorted(set(given) - set(schema))
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(schema)}")
@@ -188,6 +228,70 @@ def validate(cfg: Config, schema: dict[str, tuple[tuple[Callable[[Any], bool], s
         raise ConfigError(f"eval.trajectories must be <= eval.num_tasks ({out['eval']['num_tasks']}), "
                           f"got {out['eval']['trajectories']}")
     return out
+
+
+def _describe(hint: Any) -> str | None:
+    """What a TOML value must be to match the annotation ``hint``; None when the config cannot
+    say (callables, arbitrary classes: the receiver checks those)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in simple:
+        return simple[hint]
+    if origin is typing.Literal:
+        return f"one of {list(args)}"
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in args if a is not type(None)]
+        return None if None in parts else " or ".join(parts)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not args:
+            return "a list"
+        item = _describe(args[0])
+        return None if item is None else f"a list, each {item}"
+    return None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits ``hint`` (only called for hints ``_describe`` can describe)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args if a is not type(None))
+    # A sequence: a TOML array (a string is a sequence of characters, never what is meant).
+    return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
+
+
+def check_options(section: str, name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Check the ``[section]`` options of plugin or algorithm ``name`` against the parameters of
+    ``factory`` (its signature and type annotations): an unknown option or a value of the wrong
+    type (``first_order = "yes"``, ``hidden = "40"``) is named before anything is built. Values
+    are checked by the factory itself."""
+    try:
+        signature = inspect.signature(factory)
+        hints = typing.get_type_hints(factory)
+    except (TypeError, ValueError, NameError):  # builtins, unresolvable annotations: the factory checks
+        return
+    params = signature.parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            known = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL
+                           and k not in ("in_features", "out_features", "model"))
+            raise ConfigError(f"{section} {name!r} has no option(s) {unknown}; its options: {known} "
+                              f"(drop a key with --unset {section}.KEY)")
+    for key, value in options.items():
+        hint = hints.get(key)
+        expected = None if hint is None else _describe(hint)
+        if expected is not None and not _matches(value, hint):
+            raise ConfigError(f"{section}.{key} must be {expected}, got {value!r}")
 
 
 def load(source: str | Path, overrides: Iterable[str] = ()) -> Config:

@@ -1,11 +1,9 @@
-"""Meta-training: build the run from its config, train with checkpoints, resume exactly."""
+"""Supervised meta-training: build the run from its config; one meta-iteration is a meta-batch's
+meta-gradient and an Adam step (the loop itself, checkpoints and resume are ``driver``'s)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import random
-import time
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,15 +11,14 @@ from typing import Any
 import torch
 
 from maml_ext import plugins
-from maml_ext.algorithms import MetaLearner, build_algorithm
+from maml_ext.algorithms import ALGORITHMS, MetaLearner, build_algorithm
 from maml_ext.tasks import TaskFamily
 
-from . import checkpoint, distributed
-from .config import Config, ConfigError, flatten
-from .progress import Progress
+from . import checkpoint, distributed, driver
+from .config import Config, ConfigError, check_options, validate
+from .driver import CHECKPOINT, METRICS, NonFinite
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+__all__ = ["CHECKPOINT", "METRICS", "Run", "build", "build_plugin", "restore", "train"]
 
 
 @dataclass
@@ -35,76 +32,87 @@ def _options(section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k != "name"}
 
 
+def build_plugin(section: str, cfg: Config, registry: plugins.Registry, **given: Any) -> Any:
+    """The ``[section]`` plugin of ``cfg`` built by ``registry``: options of the wrong type are
+    named before the factory runs, and a value it refuses (``ValueError``: a bad activation, a
+    missing dataset) becomes a ConfigError."""
+    name, options = cfg[section]["name"], _options(cfg[section])
+    check_options(section, name, registry.factory(name), options)
+    try:
+        return registry.build(name, **given, **options)
+    except ValueError as exc:
+        raise ConfigError(f"{section} {name!r}: {exc}") from exc
+
+
 def build(cfg: Config) -> Run:
     """Task family, model and learner of a validated config (model init seeded by ``seed``)."""
     torch.manual_seed(cfg["seed"])
-    family = plugins.build_task(cfg["task"]["name"], **_options(cfg["task"]))
-    model = plugins.build_model(
-        cfg["model"]["name"],
-        in_features=family.in_features,
-        out_features=family.out_features,
-        **_options(cfg["model"]),
-    )
-    options = _options(cfg["algorithm"])
+    family = build_plugin("task", cfg, plugins.tasks)
+    model = build_plugin("model", cfg, plugins.models, in_features=family.in_features, out_features=family.out_features)
+    name, options = cfg["algorithm"]["name"], _options(cfg["algorithm"])
+    if name in ALGORITHMS:
+        check_options("algorithm", name, ALGORITHMS[name][0].__init__, options)
     options.setdefault("loss", family.loss)
     try:
-        learner = build_algorithm(cfg["algorithm"]["name"], model, **options)
+        learner = build_algorithm(name, model, **options)
     except ValueError as exc:
         raise ConfigError(f"[algorithm] {exc}") from exc
     return Run(cfg, family, learner)
 
 
-def _rng_state(tasks: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "tasks": tasks.get_state(), "python": random.getstate()}
+class SupervisedStep:
+    """Sample a meta-batch, all-reduce its meta-gradient over the ranks, stop on a non-finite
+    loss or gradient before it reaches the weights, clip, Adam step; logs the mean loss since the
+    last record (the running window is checkpointed, so a resumed run logs the same numbers)."""
+
+    kind = None
+
+    def __init__(self, run: Run, shard: distributed.Shard) -> None:
+        self.run, self.shard, self.tcfg = run, shard, run.config["train"]
+        self.module = run.learner
+        self.optimizer = torch.optim.Adam(run.learner.parameters(), lr=self.tcfg["meta_lr"])
+        self.generators = {"tasks": torch.Generator().manual_seed(run.config["seed"])}
+        self.window = [0.0, 0]
+
+    def __call__(self, iteration: int) -> float:
+        t, learner = self.tcfg, self.run.learner
+        batch = self.run.family.sample(t["meta_batch"], t["k_support"], t["k_query"], self.generators["tasks"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.shard.backward(learner, batch, iteration, t.get("task_chunk"))
+        check_finite(loss, learner.parameters())
+        if t.get("clip_grad"):
+            # Element-wise value clipping of the (all-reduced) meta-gradient, as the official
+            # MiniImagenet code does (tf.clip_by_value to [-10, 10]).
+            torch.nn.utils.clip_grad_value_(learner.parameters(), t["clip_grad"])
+        self.optimizer.step()
+        self.window = [self.window[0] + loss, self.window[1] + 1]
+        return loss
+
+    def record(self) -> dict[str, float]:
+        mean, self.window = self.window[0] / self.window[1], [0.0, 0]
+        return {"loss": mean}
+
+    def state(self) -> dict[str, Any]:
+        return {"learner": self.run.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "window": self.window}
+
+    def load(self, path: Path, state: dict[str, Any]) -> None:
+        checkpoint.load_into(path, self.run.learner, state["learner"])
+        checkpoint.load_optimizer(path, self.optimizer, state["optimizer"])
+        window = state.get("window")
+        if not (isinstance(window, list) and len(window) == 2 and isinstance(window[0], float)
+                and isinstance(window[1], int)):
+            raise checkpoint.CheckpointError(f"checkpoint {path}: window must be [loss sum, count], got {window!r}")
+        self.window = list(window)
 
 
-def _set_rng_state(state: dict[str, Any], tasks: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    tasks.set_state(state["tasks"])
-    random.setstate(state["python"])
-
-
-def _check_resumable(saved: Config, cfg: Config) -> None:
-    # Everything but the iteration budget must match, or the run would not continue the same one.
-    a, b = flatten(saved), flatten(cfg)
-    diff = sorted(k for k in set(a) | set(b) if k != "train.iterations" and a.get(k) != b.get(k))
-    if diff:
-        raise ConfigError(f"--resume with a different config ({', '.join(diff)}); only train.iterations may change")
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop lines logged after the checkpoint a resumed run restarts from."""
-    if not path.exists():
+def check_finite(loss: float, params: Any) -> None:
+    """Raise NonFinite for a non-finite meta-loss or meta-gradient entry."""
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    if math.isfinite(loss) and (not grads or bool(torch.cat(grads).isfinite().all())):  # one pass, one sync
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _tensorboard(out_dir: Path) -> Any:
-    """A SummaryWriter when the tensorboard package is installed, else None (JSONL only)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out_dir / "tensorboard"))
-
-
-def open_out_dir(cfg: Config, out_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """The run directory's file work before training (rank 0 only): the checkpoint to resume from,
-    or None for a new run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
-    state = None
-    if resume:
-        state = checkpoint.load(ckpt_path)
-        _check_resumable(state["config"], cfg)
-        _truncate_metrics(metrics_path, state["iteration"])
-    elif ckpt_path.exists():
-        raise checkpoint.CheckpointError(f"{ckpt_path} exists: pass --resume, or choose another output directory")
-    else:
-        metrics_path.write_text("")
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return state
+    what = f"the meta-loss is {loss}" if not math.isfinite(loss) else "the meta-gradient has non-finite entries"
+    raise NonFinite(what, "try a smaller train.meta_lr or algorithm.lr, or train.clip_grad")
 
 
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -112,70 +120,22 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
 
     Inside a torch.distributed process group every rank calls this: the ranks split each
     meta-batch (see ``distributed``) and only rank 0 touches ``out_dir``."""
-    shard = distributed.current()
-    ckpt_path = out_dir / CHECKPOINT
-    metrics_path = out_dir / METRICS
-    if cfg["train"]["threads"]:
-        torch.set_num_threads(cfg["train"]["threads"])
+    driver.set_threads(cfg)
     run = build(cfg)
-    learner, tcfg = run.learner, cfg["train"]
-    if tcfg.get("task_chunk") and learner.bn_names:
+    if cfg["train"].get("task_chunk") and run.learner.bn_names:
         raise ConfigError("train.task_chunk cannot be used with per-step BatchNorm statistics (MAML++): "
                           "their running averages are taken over one pass's tasks")
-    optimizer = torch.optim.Adam(learner.parameters(), lr=tcfg["meta_lr"])
-    tasks = torch.Generator().manual_seed(cfg["seed"])
-    start, window = 0, [0.0, 0]
-    state = shard.from_main(lambda: open_out_dir(cfg, out_dir, resume))
-    if state is not None:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], tasks)
-        start, window = state["iteration"], list(state["window"])
-    shard.prepare(learner, tcfg["meta_batch"])
-
-    main = shard.is_main
-    bar = Progress(tcfg["iterations"], start) if progress and main else None
-    board = _tensorboard(out_dir) if main else None
-    t0, last = time.perf_counter(), float("nan")
-    with metrics_path.open("a") if main else contextlib.nullcontext() as metrics:
-        for it in range(start, tcfg["iterations"]):
-            batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
-            optimizer.zero_grad(set_to_none=True)
-            last = shard.backward(learner, batch, it, tcfg.get("task_chunk"))
-            if tcfg.get("clip_grad"):
-                # Element-wise value clipping of the (all-reduced) meta-gradient, as the official
-                # MiniImagenet code does (tf.clip_by_value to [-10, 10]).
-                torch.nn.utils.clip_grad_value_(learner.parameters(), tcfg["clip_grad"])
-            optimizer.step()
-            window = [window[0] + last, window[1] + 1]
-            done = it + 1
-            if main and (done % tcfg["log_every"] == 0 or done == tcfg["iterations"]):
-                elapsed = time.perf_counter() - t0
-                record = {"iteration": done, "loss": window[0] / window[1], "it_s": (done - start) / elapsed}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if board is not None:
-                    board.add_scalar("meta_loss", record["loss"], done)
-                window = [0.0, 0]
-            if main and (done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]):
-                state = {
-                    "iteration": done, "config": cfg, "learner": learner.state_dict(),
-                    "optimizer": optimizer.state_dict(), "rng": _rng_state(tasks), "window": window,
-                }
-                checkpoint.save(state, ckpt_path)
-            if bar is not None:
-                bar.update(done, last)
-    if bar is not None:
-        bar.close(max(start, tcfg["iterations"]), last)
-    if board is not None:
-        board.close()
-    return ckpt_path
+    return driver.train(SupervisedStep(run, distributed.current()), cfg, out_dir, resume=resume, progress=progress)
 
 
 def restore(ckpt_path: Path) -> tuple[Run, int]:
     """The trained run stored in a checkpoint, and its iteration."""
     state = checkpoint.load(ckpt_path)
-    run = build(state["config"])
-    run.learner.load_state_dict(state["learner"])
+    try:
+        cfg = validate(state["config"])
+    except ConfigError as exc:
+        raise checkpoint.CheckpointError(f"checkpoint {ckpt_path} holds an invalid config: {exc}") from exc
+    run = build(cfg)
+    checkpoint.load_into(ckpt_path, run.learner, state["learner"])
     run.learner.eval()  # for evaluation: MAML++ per-step BatchNorm then uses its running statistics
     return run, state["iteration"]
