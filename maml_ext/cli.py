@@ -15,10 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
 from maml_ext.rl import train as rl
 from maml_ext.train import checkpoint, config, distributed, evaluate, loop, plots
+from maml_ext.train import results as eval_files
 
 EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.PluginError, distributed.DistributedError)
 
@@ -83,7 +86,7 @@ def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
 def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> None:
     results = evaluate.evaluate(run, cfg)
     results["iteration"] = iteration
-    path = evaluate.write(results, out)
+    path = eval_files.write(results, cfg["eval"], out, run.config["eval"])
     print(evaluate.table(results))
     print(f"results: {path}")
 
@@ -91,12 +94,13 @@ def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> N
 def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] = ()) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
-    for directory in (out, *map(Path, compare)):
-        path = directory / evaluate.RESULTS
-        if path.exists():
-            runs[cfg["algorithm"]["name"] if directory == out else directory.name] = json.loads(path.read_text())
-        elif directory != out:
-            raise config.ConfigError(f"--compare {directory}: no {evaluate.RESULTS} (run `maml-ext eval` on it)")
+    path = eval_files.path_for(out, cfg["eval"], run.config["eval"])  # the evaluation with these settings
+    if path.exists():
+        runs[cfg["algorithm"]["name"]] = json.loads(path.read_text())
+    elif compare:
+        raise config.ConfigError(f"--compare needs this run evaluated with these settings first: no {path}")
+    for directory in map(Path, compare):  # only evaluations with the same settings are drawn together
+        runs[directory.name] = eval_files.matching(directory, cfg["eval"])
     if runs:
         if len(runs) == 1:
             runs = {"": next(iter(runs.values()))}
@@ -133,8 +137,16 @@ def _list(args: argparse.Namespace) -> None:
     print("configs:    " + ", ".join(config.builtin_configs()))
 
 
+def _version() -> str:
+    import maml_ext
+    from maml_ext import _extension
+
+    return f"maml-ext {maml_ext.__version__} (torch {torch.__version__}; compiled kernels: {_extension.STATUS})"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maml-ext", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (TOML syntax)")
 

@@ -177,7 +177,8 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     results = json.loads((out / evaluate.RESULTS).read_text())
     r = results["shots"]["5"]
     assert results["num_tasks"] == 20 and results["iteration"] == 6
-    assert len(r["mean"]) == len(r["ci95"]) == len(r["median"]) == 4 and all(c > 0 for c in r["ci95"])
+    loss = r["loss"]
+    assert len(loss["mean"]) == len(loss["ci95"]) == len(loss["median"]) == 4 and all(c > 0 for c in loss["ci95"])
     assert "| 5 |" in capsys.readouterr().out
     # The held-out set is fixed: evaluating again gives identical numbers.
     assert cli.main(["eval", str(out)]) == 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from maml_ext.train.plots import _pyplot
+from maml_ext.train.plots import _pyplot, integer_ticks
 
 from .algorithms import MetaRL
 from .envs.base import TaskEnv
@@ -22,9 +22,11 @@ def learning_curve(metrics: Path, out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     its = [r["iteration"] for r in records]
-    ax.plot(its, [r["return_pre"] for r in records], label="pre-update")
-    ax.plot(its, [r["return_post"] for r in records], label="post-update (1 step)")
+    marker = "o" if len(records) < 30 else None  # a short run's curve stays visible
+    ax.plot(its, [r["return_pre"] for r in records], marker=marker, ms=3, label="pre-update")
+    ax.plot(its, [r["return_post"] for r in records], marker=marker, ms=3, label="post-update (1 step)")
     ax.set(xlabel="meta-iteration", ylabel="average return (training tasks)", title="Learning curve")
+    integer_ticks(ax)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

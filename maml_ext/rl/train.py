@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from maml_ext import plugins
 from maml_ext.train import checkpoint, distributed
+from maml_ext.train import results as eval_files
 from maml_ext.train import loop as supervised
 from maml_ext.train.config import RL_SCHEMA, Config, ConfigError, validate
 from maml_ext.train.progress import Progress
@@ -203,8 +204,7 @@ def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path) -> dict[str
     initial = build(run.config).learner if cfg["eval"]["random_init"] else None
     results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial)
     results["iteration"] = iteration
-    path = out_dir / RESULTS
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    path = eval_files.write(results, cfg["eval"], out_dir, run.config["eval"])
     print(rl_evaluate.table(results))
     print(f"results: {path}")
     return results
@@ -231,7 +231,7 @@ def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] 
     """learning_curve.png, adaptation.png (with the ``compare`` runs' returns) and, for 2D
     navigation, trajectories.png."""
     made = [rl_plots.learning_curve(out_dir / METRICS, out_dir / "learning_curve.png")]
-    results_path = out_dir / RESULTS
+    results_path = eval_files.path_for(out_dir, cfg["eval"], run.config["eval"])
     others = {}
     for other in map(Path, compare):
         if not (other / RESULTS).exists() or not (other / "config.json").exists():

@@ -1,47 +1,83 @@
-"""A dependency-free progress bar on stderr: iteration, loss and speed."""
+"""A dependency-free progress bar on stderr: what runs, how far it is, its speed and ETA (and a
+loss where there is one). Used by training, evaluation, rollouts and the glyph build."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 class Progress:
     """Redraws one line in place on a terminal; elsewhere (logs, nohup) prints a line every
-    ``log_seconds`` so the output stays readable."""
+    ``log_seconds`` so the output stays readable. The first update is always shown, and no
+    state is printed twice (``close`` after a final ``update`` adds nothing in a log)."""
 
-    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, log_seconds: float = 30.0) -> None:
+    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, log_seconds: float = 30.0,
+                 what: str = "", unit: str = "it") -> None:
         self.total = total
         self.start = start
+        self.what = what
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.interval = 0.2 if self.tty else log_seconds
         self.t0 = time.perf_counter()
-        self.last = 0.0
+        self.last: float | None = None
+        self.shown: tuple[int, str] | None = None  # (done, label) of the last line written
 
-    def rate(self, iteration: int) -> float:
+    def rate(self, done: int) -> float:
         elapsed = time.perf_counter() - self.t0
-        return (iteration - self.start) / elapsed if elapsed > 0 else 0.0
+        return (done - self.start) / elapsed if elapsed > 0 else 0.0
 
-    def update(self, iteration: int, loss: float, force: bool = False) -> None:
+    def update(self, done: int, loss: float | None = None, force: bool = False) -> None:
         now = time.perf_counter()
-        if not force and now - self.last < self.interval:
+        if not force and self.last is not None and now - self.last < self.interval:
+            return
+        if self.shown == (done, self.what) and not self.tty:
             return
         self.last = now
-        rate = self.rate(iteration)
-        eta = (self.total - iteration) / rate if rate > 0 else 0.0
+        self.shown = (done, self.what)
+        rate = self.rate(done)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
         width = 24
-        filled = int(width * iteration / max(self.total, 1))
+        filled = int(width * min(done, self.total) / max(self.total, 1))
+        speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s/{self.unit}"
         line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {iteration}/{self.total} "
-            f"loss {loss:.4f} {rate:.1f} it/s eta {int(eta) // 60}:{int(eta) % 60:02d}"
+            (f"{self.what} " if self.what else "")
+            + f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+            + (f"loss {loss:.4f} " if loss is not None else "")
+            + f"{speed} eta {int(eta) // 60}:{int(eta) % 60:02d}"
         )
-        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        # \r then clear to the end of the line: a shorter line leaves no stale characters.
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
         self.stream.flush()
 
-    def close(self, iteration: int, loss: float) -> None:
-        self.update(iteration, loss, force=True)
+    def note(self, message: str) -> None:
+        """A line of its own without breaking the bar (the bar is redrawn at the next update)."""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + message + "\n")
+        self.stream.flush()
+
+    def close(self, done: int, loss: float | None = None) -> None:
+        self.update(done, loss, force=True)
         if self.tty:
             self.stream.write("\n")
         self.stream.flush()
+
+
+def track(items: Iterable[T], total: int, what: str, unit: str = "it", enabled: bool = True) -> Iterator[T]:
+    """Yield ``items`` while showing a :class:`Progress` of them on stderr (nothing when disabled)."""
+    if not enabled:
+        yield from items
+        return
+    bar = Progress(total, what=what, unit=unit)
+    done = 0
+    bar.update(0)
+    for item in items:
+        yield item
+        done += 1
+        bar.update(done)
+    bar.close(done)
