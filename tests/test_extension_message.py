@@ -22,3 +22,4 @@ def test_version_names_the_kernels_status(capsys):
     assert done.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the line to the terminal
     assert f"maml-ext {__version__}" in out and f"compiled kernels: {_extension.STATUS}" in out
+

@@ -118,6 +118,7 @@ def test_clip_grad_bounds_every_meta_gradient_entry(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
+@pytest.mark.filterwarnings("ignore:Reptile with steps=1")
 def test_resume_equals_uninterrupted(tmp_path, algorithm):
     straight, split = tmp_path / "straight", tmp_path / "split"
     loop.train(tiny(f"algorithm.name={algorithm}"), straight, progress=False)

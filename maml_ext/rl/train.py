@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -158,7 +157,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     bounds = shard.bounds(tcfg["meta_batch"]) if shard.world > 1 else None
     reduce = _all_reduce(shard) if shard.world > 1 else None
     main = shard.is_main
-    bar = Progress(tcfg["iterations"], start) if progress and main else None
+    bar = Progress(tcfg["iterations"], start, metric="post-update return") if progress and main else None
     t0, info = time.perf_counter(), {}
     with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
         for it in range(start, tcfg["iterations"]):
@@ -171,16 +170,16 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
                 record = {"iteration": done, **info, "it_s": (done - start) / (time.perf_counter() - t0)}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
-                if progress:
-                    print(f"iteration {done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
-                          + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
+                if bar is not None:
+                    bar.note(f"iteration {done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
+                             + (f" kl {info['kl']:.4f}" if "kl" in info else ""))
             if done % tcfg["checkpoint_every"] == 0 or done == tcfg["iterations"]:
                 checkpoint.save({"kind": KIND, "iteration": done, "config": cfg, "learner": learner.state_dict(),
                                  "optimizer": None, "rng": _rng_state(tasks_gen, noise_gen)}, out_dir / CHECKPOINT)
             if bar is not None:
-                bar.update(done, -info["return_post"])  # the bar's "loss": minus the post-update return
+                bar.update(done, info["return_post"])
     if bar is not None:
-        bar.close(max(start, tcfg["iterations"]), -info.get("return_post", float("nan")))
+        bar.close(max(start, tcfg["iterations"]), info.get("return_post", float("nan")))
     return out_dir / CHECKPOINT
 
 

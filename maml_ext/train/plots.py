@@ -31,8 +31,13 @@ def learning_curve(metrics: Path, out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     # Markers when there are few points: a short run's curve stays visible.
-    ax.plot([r["iteration"] for r in records], [r["loss"] for r in records], marker="o" if len(records) < 30 else None)
-    ax.set(xlabel="meta-iteration", ylabel="meta-training loss", yscale="log", title="Learning curve")
+    losses = [r["loss"] for r in records]
+    ax.plot([r["iteration"] for r in records], losses, marker="o" if len(records) < 30 else None)
+    # Log scale only where the loss spans a decade: within one, its tick labels read 4×10⁰.
+    positive = [v for v in losses if v > 0]
+    wide = bool(positive) and len(positive) == len(losses) and max(positive) > 10 * min(positive)
+    ax.set(xlabel="meta-iteration", ylabel="meta-training loss (mean per logged interval)",
+           yscale="log" if wide else "linear", title="Learning curve")
     integer_ticks(ax)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -57,6 +62,16 @@ def _shades(plt: Any, run: int, count: int) -> list[Any]:
     return [cmap(0.85 - 0.4 * i / max(count - 1, 1)) for i in range(count)]
 
 
+def _curve(ax: Any, values: dict[str, list[float]], scale: float, label: str, style: dict[str, Any]) -> None:
+    """Mean per step as a line with markers, the 95% CI as a translucent band around it."""
+    steps = range(len(values["mean"]))
+    mean = [scale * m for m in values["mean"]]
+    ci = [scale * c for c in values["ci95"]]
+    ax.plot(steps, mean, ms=4, label=label, **style)
+    ax.fill_between(steps, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                    color=style["color"], alpha=0.15, lw=0)
+
+
 def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
     """Query loss (and, for classification, accuracy) vs test-time steps (paper Fig. 3), one
     curve per run label and shot count; the runs are evaluations with equal settings."""
@@ -70,12 +85,10 @@ def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
         shades = _shades(plt, i, len(results["shots"]))
         for j, (shots, r) in enumerate(results["shots"].items()):
             name = f"{label}, {shots}-shot" if label else f"{shots}-shot"
-            style = dict(capsize=2, color=shades[j], marker=SHOT_MARKERS[j % len(SHOT_MARKERS)], ms=4)
-            loss_ax.errorbar(range(len(r["loss"]["mean"])), r["loss"]["mean"], yerr=r["loss"]["ci95"], label=name, **style)
+            style = dict(color=shades[j], marker=SHOT_MARKERS[j % len(SHOT_MARKERS)])
+            _curve(loss_ax, r["loss"], 1.0, name, style)
             if accuracy and "accuracy" in r:
-                acc = r["accuracy"]
-                axes[0][1].errorbar(range(len(acc["mean"])), [100 * m for m in acc["mean"]],
-                                    yerr=[100 * c for c in acc["ci95"]], label=name, **style)
+                _curve(axes[0][1], r["accuracy"], 100.0, name, style)
     first = next(iter(runs.values()))
     loss = LOSS_NAMES.get(first.get("loss_function", ""), "loss")
     # Capped above the pre-adaptation loss: a mean blown up by a few diverging tasks leaves the
@@ -83,14 +96,16 @@ def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
     top = 1.2 * max(r["loss"]["mean"][0] for results in runs.values() for r in results["shots"].values())
     if loss_ax.get_ylim()[1] > top:
         loss_ax.set_ylim(top=top)
-    loss_ax.set(xlabel="gradient steps at test", ylabel=f"query {loss} (mean ± 95% CI)")
+    loss_ax.set(xlabel="gradient steps at test", ylabel=f"query {loss} (mean, 95% CI band)")
     if accuracy:
-        axes[0][1].set(xlabel="gradient steps at test", ylabel="query accuracy, % (mean ± 95% CI)")
+        axes[0][1].set(xlabel="gradient steps at test", ylabel="query accuracy, % (mean, 95% CI band)")
     for ax in axes[0]:
         integer_ticks(ax)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{first['num_tasks']} held-out tasks, {first['k_query']} query examples per task"
-                 if "k_query" in first else f"{first['num_tasks']} held-out tasks")
+    per = "class" if accuracy else "task"  # classification draws K query examples of every class
+    fig.suptitle(f"{first['num_tasks']} held-out tasks, {first['k_query']} query example"
+                 f"{'' if first['k_query'] == 1 else 's'} per {per}" if "k_query" in first
+                 else f"{first['num_tasks']} held-out tasks")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -17,8 +17,9 @@ class Progress:
     state is printed twice (``close`` after a final ``update`` adds nothing in a log)."""
 
     def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, log_seconds: float = 30.0,
-                 what: str = "", unit: str = "it") -> None:
+                 what: str = "", unit: str = "it", metric: str = "loss") -> None:
         self.total = total
+        self.metric = metric
         self.start = start
         self.what = what
         self.unit = unit
@@ -49,7 +50,7 @@ class Progress:
         line = (
             (f"{self.what} " if self.what else "")
             + f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-            + (f"loss {loss:.4f} " if loss is not None else "")
+            + (f"{self.metric} {loss:.4f} " if loss is not None else "")
             + f"{speed} eta {int(eta) // 60}:{int(eta) % 60:02d}"
         )
         # \r then clear to the end of the line: a shorter line leaves no stale characters.

@@ -26,7 +26,9 @@ def settings(ecfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _value(v: Any) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(_value, v))
+    return json.dumps(v) if isinstance(v, bool) else str(v)  # TOML spelling: true / false
 
 
 def path_for(out_dir: Path, ecfg: dict[str, Any], run_ecfg: dict[str, Any]) -> Path:
