@@ -69,7 +69,7 @@ def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaR
     results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], **protocol, "seed": ecfg["seed"], "returns": {}}
     runs = {"maml": learner} if initial is None else {"maml": learner, "random_init": initial}
     units = len(runs) * (ecfg["steps"] + 1)
-    bar = Progress(units, unit=f"step ({ecfg['num_tasks']}x{ecfg['rollouts']} rollouts)") if progress else None
+    bar = Progress(units, unit="step") if progress else None
     done = 0
 
     def tick() -> None:
@@ -80,7 +80,8 @@ def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaR
 
     for name, who in runs.items():
         if bar is not None:
-            bar.what = f"evaluating {name.replace('_', ' ')}"
+            bar.what = (f"evaluating {name.replace('_', ' ')} ({ecfg['num_tasks']} tasks x {ecfg['rollouts']} "
+                        "rollouts per step)")
             bar.update(done)
         values, _ = adaptation_returns(who, env, tasks, generator=torch.Generator().manual_seed(noise_seed),
                                        tick=tick, **protocol)
