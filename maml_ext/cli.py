@@ -49,7 +49,7 @@ def _train(args: argparse.Namespace) -> None:
             print(f"checkpoint: {ckpt}")
             if not args.no_eval:
                 run_rl, iteration = rl.restore(ckpt)
-                rl.evaluate(run_rl, run_rl.config, iteration, out)
+                rl.evaluate(run_rl, run_rl.config, iteration, out, progress=not args.quiet)
                 rl.plot(run_rl, run_rl.config, out)
         return
     ckpt = _launch(args, loop.train, config.validate(raw), out)
@@ -58,7 +58,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
         run, iteration = loop.restore(ckpt)
-        _evaluate(run, run.config, iteration, out)
+        _evaluate(run, run.config, iteration, out, progress=not args.quiet)
         _plot(run, run.config, out)
 
 
@@ -83,8 +83,8 @@ def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
     return run, cfg, iteration
 
 
-def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> None:
-    results = evaluate.evaluate(run, cfg)
+def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path, progress: bool = True) -> None:
+    results = evaluate.evaluate(run, cfg, progress)
     results["iteration"] = iteration
     path = eval_files.write(results, cfg["eval"], out, run.config["eval"])
     print(evaluate.table(results))

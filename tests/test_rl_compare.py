@@ -10,7 +10,7 @@ from maml_ext import cli
 from maml_ext.rl import train as rl
 from maml_ext.train.config import ConfigError
 
-from test_rl_train import SMALL
+from _rl_settings import SMALL
 
 
 def _results(seed=1, rows=("maml", "random_init"), steps=2):

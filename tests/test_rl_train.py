@@ -14,10 +14,7 @@ from maml_ext.rl import train as rl
 from maml_ext.train import config
 from maml_ext.train.checkpoint import CheckpointError
 
-SMALL = [
-    "model.hidden=[32, 32]", "train.meta_batch=6", "train.rollouts=8", "train.checkpoint_every=2",
-    "eval.num_tasks=6", "eval.rollouts=8", "eval.steps=2", "eval.trajectories=2", "task.horizon=40",
-]
+from _rl_settings import SMALL
 
 
 def _cfg(*extra: str) -> config.Config:

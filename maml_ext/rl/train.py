@@ -197,11 +197,11 @@ def restore(path: Path) -> tuple[RLRun, int]:
     return run, state["iteration"]
 
 
-def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path) -> dict[str, Any]:
+def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """``eval.*`` protocol on the trained policy (and from the run's random initialisation when
     ``eval.random_init``); writes eval.json and prints the table."""
     initial = build(run.config).learner if cfg["eval"]["random_init"] else None
-    results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial)
+    results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial, progress)
     results["iteration"] = iteration
     path = eval_files.write(results, cfg["eval"], out_dir, run.config["eval"])
     print(rl_evaluate.table(results))
