@@ -2,6 +2,7 @@
 
 import io
 
+from maml_ext.train import progress
 from maml_ext.train.progress import Progress, track
 
 
@@ -31,7 +32,25 @@ def test_slow_work_shows_seconds_per_unit(monkeypatch):
     bar = Progress(4, stream=log, unit="task")
     bar.t0 -= 10.0  # one task took ten seconds
     bar.update(1)
+    bar.close(1)
     assert "10.0 s/task" in log.getvalue() and "eta 0:30" in log.getvalue()
+
+
+def test_inner_steps_report_on_the_innermost_open_bar():
+    outer_log, inner_log = io.StringIO(), io.StringIO()
+    outer = Progress(5, stream=outer_log, log_seconds=0.0, what="training")
+    inner = Progress(2, stream=inner_log, log_seconds=0.0, what="evaluating")
+    progress.detail("rollouts: time step", 7, 200)
+    assert "| rollouts: time step 7/200" in inner_log.getvalue() and not outer_log.getvalue()
+    assert "0/2 0.0 it/s eta ?" in inner_log.getvalue()  # no speed yet: no made-up ETA
+    inner.close(2)
+    progress.detail("rollouts: time step", 8, 200)
+    assert "| rollouts: time step 8/200" in outer_log.getvalue()
+    outer.update(1)  # a new unit of work clears the detail
+    assert "1/5" in outer_log.getvalue().splitlines()[-1] and "|" not in outer_log.getvalue().splitlines()[-1]
+    outer.close(5)
+    progress.detail("rollouts: time step", 9, 200)  # no bar open: nothing anywhere
+    assert "9/200" not in outer_log.getvalue() + inner_log.getvalue()
 
 
 def test_track_yields_everything_and_reports(capsys):
