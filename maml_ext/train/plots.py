@@ -4,6 +4,7 @@ with sampled fits on ambiguous tasks for BMAML / PLATIPUS)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,17 @@ def adaptation_curve(runs: dict[str, dict[str, Any]], out: Path) -> Path:
                 _curve(axes[0][1], r["accuracy"], 100.0, name, style)
     first = next(iter(runs.values()))
     loss = LOSS_NAMES.get(first.get("loss_function", ""), "loss")
-    # Capped above the pre-adaptation loss: a mean blown up by a few diverging tasks leaves the
-    # frame instead of flattening every other curve. The bottom follows the data.
-    top = 1.2 * max(r["loss"]["mean"][0] for results in runs.values() for r in results["shots"].values())
-    if loss_ax.get_ylim()[1] > top:
-        loss_ax.set_ylim(top=top)
+    # The frame: from the lowest band edge (never below 0, losses are not negative) to the highest,
+    # capped above the pre-adaptation loss: a mean blown up by a few diverging tasks leaves the
+    # frame instead of flattening every other curve.
+    curves = [r["loss"] for results in runs.values() for r in results["shots"].values()]
+    lows = [m - c for v in curves for m, c in zip(v["mean"], v["ci95"]) if math.isfinite(m - c)]
+    highs = [m + c for v in curves for m, c in zip(v["mean"], v["ci95"]) if math.isfinite(m + c)]
+    starts = [v["mean"][0] for v in curves if math.isfinite(v["mean"][0])]
+    if lows and highs and starts:
+        bottom, top = max(0.0, min(lows)), min(max(highs), 1.2 * max(starts))
+        margin = 0.05 * (top - bottom) if top > bottom else 0.05 * max(top, 1.0)
+        loss_ax.set_ylim(max(0.0, bottom - margin), top + margin)
     loss_ax.set(xlabel="gradient steps at test", ylabel=f"query {loss} (mean, 95% CI band)")
     if accuracy:
         axes[0][1].set(xlabel="gradient steps at test", ylabel="query accuracy, % (mean, 95% CI band)")
