@@ -36,7 +36,7 @@ from .algorithms import MetaRL
 from .envs.base import TaskEnv
 from .policy import GaussianMLPPolicy
 
-CHECKPOINT, METRICS, RESULTS = supervised.CHECKPOINT, supervised.METRICS, "eval.json"
+CHECKPOINT, METRICS = supervised.CHECKPOINT, supervised.METRICS
 KIND = "rl"  # marks a meta-RL checkpoint, so `maml-ext eval/plot` pick this loop
 ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
 
@@ -233,10 +233,11 @@ def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] 
     results_path = eval_files.path_for(out_dir, cfg["eval"], run.config["eval"])
     others = {}
     for other in map(Path, compare):
-        if not (other / RESULTS).exists() or not (other / "config.json").exists():
-            raise ConfigError(f"--compare {other}: no {RESULTS} or config.json (run `maml-ext eval` on it)")
+        if not (other / "config.json").exists():
+            raise ConfigError(f"--compare {other}: no config.json (not a run directory)")
         their_cfg = json.loads((other / "config.json").read_text())
-        others[other.name] = (their_cfg["task"]["name"], json.loads((other / RESULTS).read_text()))
+        # Their evaluation with this one's settings (rollouts, steps, step sizes, ...), else refused.
+        others[other.name] = (their_cfg["task"]["name"], eval_files.matching(other, cfg["eval"]))
     if others and not results_path.exists():
         raise ConfigError(f"--compare needs this run evaluated first: no {results_path} (run `maml-ext eval`)")
     if results_path.exists():

@@ -33,7 +33,6 @@ from maml_ext.tasks import TaskBatch
 from .config import Config
 from .loop import Run
 from .progress import Progress
-from .results import DEFAULT as RESULTS  # noqa: F401 (the default evaluation file's name, re-exported)
 
 ECE_BINS = 10
 CALIBRATION_TASKS = 200
