@@ -50,7 +50,6 @@ The peers' virtual environment (peers always with ``--no-deps`` so pip can never
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import importlib
 import importlib.metadata

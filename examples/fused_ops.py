@@ -43,16 +43,23 @@ def main() -> None:
         if it % max(args.iterations // 10, 1) == 0:
             print(f"iteration {it:5d}  post-update query MSE {query_loss.mean().item():.3f}", flush=True)
 
-    # The other two ops, on the adapted parameters of a fresh batch of tasks.
+    # The other two ops, on the adapted parameters of a fresh batch of tasks: each task's support
+    # loss, gradient and Hessian-vector product (mlp_hvp), then one more inner step (inner_update).
     xs, ys, xq, yq = sinusoid_batch(5, 10, gen)
     with torch.no_grad():
         _, adapted = ops.mlp_maml(params, xs, ys, xq, yq, lr=0.01, steps=1)
     direction = [torch.randn_like(p) for p in adapted]
     loss, grads, hvps = ops.mlp_hvp(adapted, xs, ys, direction, activation="relu", loss="mse")
     stepped = ops.inner_update(adapted, grads, 0.01)
-    print("per-task support loss", [round(v, 3) for v in loss.tolist()])
-    print("|H v| per task", [round(h.flatten(1).norm(dim=1)[0].item(), 3) for h in hvps[:1]])
-    print("one more inner step changed W1 by", (stepped[0] - adapted[0]).abs().max().item())
+    after, _, _ = ops.mlp_hvp(stepped, xs, ys, direction, activation="relu", loss="mse")
+
+    def per_task_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.flatten(1).pow(2).sum(1) for t in tensors]).sum(0).sqrt()
+
+    print("task  support MSE  |gradient|   |H v|   support MSE after one more step")
+    for t, row in enumerate(zip(loss.tolist(), per_task_norm(grads).tolist(), per_task_norm(hvps).tolist(),
+                                after.tolist())):
+        print(f"{t:4d}  {row[0]:11.3f}  {row[1]:10.3f}  {row[2]:7.3f}  {row[3]:11.3f}")
 
 
 if __name__ == "__main__":

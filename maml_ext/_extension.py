@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import warnings
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -15,6 +17,21 @@ def _public(version: str) -> str:
     return version.split("+", 1)[0]
 
 
+def _missing_advice(package_dir: Path) -> str:
+    """What to do about a missing ``_C``: a source checkout imported by accident (the current
+    directory comes first on sys.path) needs another working directory, not another build."""
+    if (package_dir.parent / "pyproject.toml").exists() and (package_dir.parent / "csrc").is_dir():
+        try:
+            installed = importlib.metadata.distribution("maml_ext").locate_file("")
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        where = f"the installed package (in {installed})" if installed else "any installed package"
+        return (f"maml_ext is imported from the source tree {package_dir}, which shadows {where}: run from "
+                "another directory or with PYTHONSAFEPATH=1, or install the source tree itself with "
+                "`pip install --no-build-isolation -e .`")
+    return "Build with `pip install --no-build-isolation .`"
+
+
 def _load() -> tuple[ModuleType | None, str]:
     if os.environ.get(NO_EXTENSION_ENV, "") not in ("", "0"):
         return None, f"disabled by {NO_EXTENSION_ENV}"
@@ -23,7 +40,7 @@ def _load() -> tuple[ModuleType | None, str]:
     except ImportError as exc:
         warnings.warn(
             f"maml_ext: compiled kernels unavailable ({exc}); using the pure-PyTorch reference. "
-            "Build with `pip install --no-build-isolation .`",
+            + _missing_advice(Path(__file__).resolve().parent),
             RuntimeWarning,
             stacklevel=3,
         )

@@ -20,10 +20,13 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
 from maml_ext.rl import train as rl
 from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
+from maml_ext.train import results as eval_files
 
 
 class MissingDependency(RuntimeError):
@@ -75,7 +78,7 @@ def _train(args: argparse.Namespace) -> None:
             print(f"checkpoint: {ckpt}")
             if not args.no_eval:
                 run_rl, iteration = rl.restore(ckpt)
-                rl.evaluate(run_rl, run_rl.config, iteration, out)
+                rl.evaluate(run_rl, run_rl.config, iteration, out, progress=not args.quiet)
                 with _plotting(out):
                     rl.plot(run_rl, run_rl.config, out)
         return
@@ -85,7 +88,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
         run, iteration = loop.restore(ckpt)
-        _evaluate(run, run.config, iteration, out)
+        _evaluate(run, run.config, iteration, out, progress=not args.quiet)
         _plot(run, run.config, out)
 
 
@@ -123,10 +126,10 @@ def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
     return run, cfg, iteration
 
 
-def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path) -> None:
-    results = evaluate.evaluate(run, cfg)
+def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path, progress: bool = True) -> None:
+    results = evaluate.evaluate(run, cfg, progress)
     results["iteration"] = iteration
-    path = evaluate.write(results, out)
+    path = eval_files.write(results, cfg["eval"], out, run.config["eval"])
     print(evaluate.table(results))
     print(f"results: {path}")
 
@@ -139,12 +142,13 @@ def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] =
 def _draw(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str]) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
-    for directory in (out, *map(Path, compare)):
-        path = directory / evaluate.RESULTS
-        if path.exists():
-            runs[cfg["algorithm"]["name"] if directory == out else directory.name] = json.loads(path.read_text())
-        elif directory != out:
-            raise config.ConfigError(f"--compare {directory}: no {evaluate.RESULTS} (run `maml-ext eval` on it)")
+    path = eval_files.path_for(out, cfg["eval"], run.config["eval"])  # the evaluation with these settings
+    if path.exists():
+        runs[cfg["algorithm"]["name"]] = json.loads(path.read_text())
+    elif compare:
+        raise config.ConfigError(f"--compare needs this run evaluated with these settings first: no {path}")
+    for directory in map(Path, compare):  # only evaluations with the same settings are drawn together
+        runs[directory.name] = eval_files.matching(directory, cfg["eval"])
     if runs:
         if len(runs) == 1:
             runs = {"": next(iter(runs.values()))}
@@ -189,8 +193,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"maml-ext: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _version() -> str:
+    import maml_ext
+    from maml_ext import _extension
+
+    return f"maml-ext {maml_ext.__version__} (torch {torch.__version__}; compiled kernels: {_extension.STATUS})"
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="maml-ext", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (TOML syntax)")
 

@@ -100,11 +100,11 @@ def test_evaluate_reports_uncertainty_and_is_reproducible(tmp_path, name):
     assert len(r["nll"]["mean"]) == len(r["coverage90"]["mean"]) == len(r["noise_std"]) == 3
     assert all(0 <= c <= 1 for c in r["coverage90"]["mean"])
     table = evaluate.table(first, steps=(0, 2))
-    assert "(NLL)" in table and "(90% interval coverage)" in table
+    assert "| NLL |" in table and "| 90% interval coverage |" in table
     if name == "maml":  # a point learner's loss is still its plain query MSE
         batch = evaluate.held_out(run, 5, cfg)
         plain = run.learner.evaluate_metrics(batch, 2)["loss"].double().mean(1)
-        torch.testing.assert_close(torch.tensor(r["mean"], dtype=torch.float64), plain)
+        torch.testing.assert_close(torch.tensor(r["loss"]["mean"], dtype=torch.float64), plain)
 
 
 def test_sinusoid_fits_draw_sets_and_ambiguous_tasks(tmp_path):
@@ -120,6 +120,7 @@ def test_sinusoid_fits_draw_sets_and_ambiguous_tasks(tmp_path):
 @pytest.mark.parametrize(("last", "columns"), [(3, (0, 1, 2, 3)), (5, (0, 1, 2, 3, 4, 5)), (10, (0, 1, 2, 3, 5, 10)),
                                                (12, (0, 1, 2, 3, 5, 10, 12))])
 def test_table_columns_follow_the_evaluated_steps(last, columns):
-    values = {"mean": [0.5] * (last + 1), "ci95": [0.1] * (last + 1)}
+    values = {"loss": {"mean": [0.5] * (last + 1), "ci95": [0.1] * (last + 1)}}
     header = evaluate.table({"shots": {"5": values}}).splitlines()[0]
-    assert header == "| shots | " + " | ".join(f"{s} steps" for s in columns) + " |"
+    steps = [f"{s} step" if s == 1 else f"{s} steps" for s in columns]
+    assert header == "| shots | metric | " + " | ".join(steps) + " |"

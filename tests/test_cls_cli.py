@@ -7,7 +7,7 @@ import json
 from maml_ext import cli
 from maml_ext.train import loop
 
-from test_cls_datasets import write_omniglot
+from _fewshot_data import write_omniglot
 
 
 def test_train_and_eval_report_test_split_accuracy(tmp_path, monkeypatch):

@@ -13,31 +13,13 @@ from PIL import Image
 from maml_ext import plugins
 from maml_ext.datasets import DatasetError, fewshot, miniimagenet, omniglot
 
+from _fewshot_data import drawing, write_omniglot
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MAML_EXT_CACHE", str(tmp_path / "cache"))
 
-
-def _glyph(seed: int, size: int = 105) -> np.ndarray:
-    """A random blocky black-on-white drawing, asymmetric so that rotations differ."""
-    rng = np.random.default_rng(seed)
-    cells = rng.random((7, 7)) < 0.4
-    cells[0, 0], cells[0, 6] = True, False
-    return np.where(np.kron(cells, np.ones((15, 15), bool)), 0, 255).astype(np.uint8)[:size, :size]
-
-
-def write_omniglot(root, alphabets=(("Alpha", 5), ("Beta", 4)), evaluation=(("Gamma", 3),), drawings=4):
-    chars = []
-    for subset, alphas in (("images_background", alphabets), ("images_evaluation", evaluation)):
-        for alphabet, n_chars in alphas:
-            for c in range(1, n_chars + 1):
-                folder = root / subset / alphabet / f"character{c:02d}"
-                folder.mkdir(parents=True)
-                for d in range(1, drawings + 1):
-                    Image.fromarray(_glyph(len(chars) * 100 + d)).convert("1").save(folder / f"{len(chars):04d}_{d:02d}.png")
-                chars.append(f"{alphabet}/character{c:02d}")
-    return chars
 
 
 def test_omniglot_split_sizes_disjoint_and_rotations(tmp_path):
@@ -111,7 +93,7 @@ def test_decoded_images_are_cached_on_disk_and_invalidated(tmp_path, monkeypatch
     np.testing.assert_array_equal(omniglot.load(data, train_classes=8, val_classes=2)["train"].images, first)
     assert not calls  # read back from the .npy, not decoded again
     png = next(data.rglob("*.png"))
-    Image.fromarray(_glyph(999)).convert("1").save(png)
+    Image.fromarray(drawing(999)).convert("1").save(png)
     monkeypatch.undo()
     monkeypatch.setenv("MAML_EXT_CACHE", str(tmp_path / "cache"))
     omniglot.load(data, train_classes=8, val_classes=2)

@@ -10,7 +10,7 @@ from maml_ext import cli
 from maml_ext.rl import train as rl
 from maml_ext.train.config import ConfigError
 
-from test_rl_train import SMALL
+from _rl_settings import SMALL
 
 
 def _results(seed=1, rows=("maml", "random_init"), steps=2):
@@ -45,4 +45,10 @@ def test_cli_plot_compare(tmp_path, capsys):
     assert cli.main(["plot", str(runs["maml"]), "--compare", str(shifted)]) == 2
     assert "compare runs evaluated on the same test tasks" in capsys.readouterr().err
     assert cli.main(["plot", str(runs["maml"]), "--compare", str(tmp_path / "missing")]) == 2
-    assert "no eval.json or config.json" in capsys.readouterr().err
+    assert "no config.json" in capsys.readouterr().err
+    # Evaluated with other settings (fewer rollouts per step): refused, naming both.
+    assert cli.main(["eval", str(runs["fomaml"]), "--set", "eval.rollouts=4"]) == 0
+    (runs["fomaml"] / "eval.json").unlink()
+    assert cli.main(["plot", str(runs["maml"]), "--compare", str(runs["fomaml"])]) == 2
+    err = capsys.readouterr().err
+    assert "rollouts=8" in err and "rollouts=4" in err

@@ -14,10 +14,7 @@ from maml_ext.rl import train as rl
 from maml_ext.train import config
 from maml_ext.train.checkpoint import CheckpointError
 
-SMALL = [
-    "model.hidden=[32, 32]", "train.meta_batch=6", "train.rollouts=8", "train.checkpoint_every=2",
-    "eval.num_tasks=6", "eval.rollouts=8", "eval.steps=2", "eval.trajectories=2", "task.horizon=40",
-]
+from _rl_settings import SMALL
 
 
 def _cfg(*extra: str) -> config.Config:
@@ -88,7 +85,8 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     assert set(results["returns"]) == {"maml", "random_init"}
     assert len(results["returns"]["maml"]["mean"]) == 3 and len(results["returns"]["maml"]["per_task"]) == 6
     assert cli.main(["eval", str(out), "--set", "eval.steps=1", "--set", "eval.random_init=false"]) == 0
-    assert list(json.loads((out / "eval.json").read_text())["returns"]) == ["maml"]
+    assert list(json.loads((out / "eval-random_init=false-steps=1.json").read_text())["returns"]) == ["maml"]
+    assert json.loads((out / "eval.json").read_text()) == results  # the first evaluation is kept
     assert "average return over 6 test tasks" in capsys.readouterr().out
     assert cli.main(["plot", str(out)]) == 0
     assert cli.main(["eval", str(out), "--set", "train.iterations=5"]) == 2

@@ -63,9 +63,6 @@ class RowLearner(MetaLearner):
             f"{type(self).__name__} adapts several parameter sets per task: use adapted_sets() or sample_predictions()"
         )
 
-    def adapt(self, *args: object, **kwargs: object) -> Params:
-        return next(self.inner_loop())
-
     def clone(self, first_order: bool | None = None) -> TaskClone:
         raise NotImplementedError(f"{type(self).__name__} adapts several parameter sets per task: clone() adapts one")
 

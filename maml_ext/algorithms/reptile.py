@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -14,6 +17,15 @@ class Reptile(MetaLearner):
     """Adapts on each task's support and query data together (no graph through the inner loop);
     the meta-gradient is θ − mean_t φ_t, so an SGD outer step with rate ε is Reptile's
     θ ← θ + ε (φ̄ − θ), and Adam gives the batched Adam variant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.steps == 1:
+            # θ − φ̄ = α · mean_t ∇L_t(θ) on support + query: joint training, which Adam (scale-free)
+            # turns into exactly the pretrain baseline.
+            warnings.warn("Reptile with steps=1 is joint training on all tasks (with Adam: the 'pretrain' "
+                          "baseline); Reptile needs several inner steps, e.g. algorithm.steps=5",
+                          UserWarning, stacklevel=2)
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         x = torch.cat([batch.x_support, batch.x_query], dim=1)

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from maml_ext.train.progress import track
+
 VERSION = 2
 CANVAS, RENDER_PX, FIT_PX, SMALL = 105, 64, 84, 32
 MAX_CHARS = 60
@@ -318,7 +320,7 @@ def build(out: Path, *, jobs: int = 1, force: bool = False, faces: Sequence[Face
         if manifest.get("fingerprint") == stamp:
             say(f"{out}: up to date ({manifest['counts']['characters']} characters)")
             return manifest
-    letters = {f: face_letters(f) for f in faces}
+    letters = {f: face_letters(f) for f in track(faces, len(faces), "reading fonts", "font", verbose)}
     if scripts is not None:
         letters = {f: {s: c for s, c in by.items() if s in scripts} for f, by in letters.items()}
     cands = candidates(letters)
@@ -336,9 +338,9 @@ def build(out: Path, *, jobs: int = 1, force: bool = False, faces: Sequence[Face
     work = list(jobs_by_face.items())
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            results = list(pool.map(_render_face, work, chunksize=4))
+            results = list(track(pool.map(_render_face, work, chunksize=4), len(work), "rendering", "font", verbose))
     else:
-        results = [_render_face(w) for w in work]
+        results = [_render_face(w) for w in track(work, len(work), "rendering", "font", verbose)]
     for face, masks in results:
         for cp, mask in masks.items():
             renders[(_script(cp), cp)][face] = mask

@@ -11,7 +11,7 @@ original MAML (per task, since each task is its own batch), which is also what `
 Both modules also run a whole meta-batch at once with per-task parameters
 (:meth:`forward_tasks`): convolutions become one grouped convolution with one group per task,
 BatchNorm one call over task×channel features, the head one batched matmul. The algorithms use it
-instead of ``vmap`` when a model declares it (:func:`maml_ext.models.task_batched`).
+instead of ``vmap`` when a model declares it (the ``task_batched`` option of :class:`maml_ext.algorithms.base.MetaLearner`).
 """
 
 from __future__ import annotations

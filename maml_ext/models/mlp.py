@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 
-import torch
 from torch import nn
 
 from . import FusedMLPSpec

@@ -137,7 +137,7 @@ def _mlp_maml_setup(ctx, inputs, output):
 
 def save_maml_context(ctx, params, lrs, lr, per_step, xs, ys, ws, steps, activation, loss,
                       first_order, every, save, checkpoints, query_grad) -> None:
-    """What mlp_maml's backward needs (shared by the registered formula and MlpMamlFunction)."""
+    """What mlp_maml's backward needs (shared by the registered formula and ops._MlpMaml)."""
     ctx.args = (lr, per_step, steps, activation, loss, first_order, every)
     ctx.save = save
     ctx.n_params, ctx.n_lrs = len(params), len(lrs)

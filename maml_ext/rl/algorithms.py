@@ -241,7 +241,7 @@ class MetaRL:
             for p, g in zip(params, grads):
                 p.grad = g.to(p.dtype)
             self.adam.step()
-            return {"loss": loss}
+            return {"surrogate": loss}  # the TRPO/Adam meta-objective (post-update surrogate)
         shapes = [p.detach() for p in params]
 
         def unflat(x: Tensor) -> list[Tensor]:
@@ -256,7 +256,7 @@ class MetaRL:
         )
         with torch.no_grad():
             vector_to_parameters(new, params)
-        return {"loss": loss, "accepted": result.accepted, "kl": result.kl, "backtracks": result.backtracks,
+        return {"surrogate": loss, "accepted": result.accepted, "kl": result.kl, "backtracks": result.backtracks,
                 "surrogate_change": result.loss_after - result.loss_before}
 
     def iteration(self, env: TaskEnv, tasks: Tensor, rollouts: int, generator: torch.Generator,

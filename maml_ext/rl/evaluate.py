@@ -5,11 +5,14 @@ tasks, 40 rollouts per step), mean and 95% CI over tasks."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from maml_ext.train.evaluate import steps_label
+from maml_ext.train.progress import Progress
 
 from .algorithms import MetaRL
 from .envs.base import TaskEnv
@@ -26,15 +29,18 @@ def adaptation_returns(
     lr: float,
     later_lr: float,
     generator: torch.Generator,
+    tick: Callable[[], None] = lambda: None,
 ) -> tuple[Tensor, list[Rollouts]]:
     """Per-task average return ``[steps + 1, T]`` before and after each adaptation step, and the
-    rollouts of every step (each step samples fresh rollouts from the current adapted policies)."""
+    rollouts of every step (each step samples fresh rollouts from the current adapted policies);
+    ``tick()`` is called after each step's rollouts (for a progress bar)."""
     params: Sequence[Tensor] = [p.detach() for p in learner.params()]
     returns, kept = [], []
     for s in range(steps + 1):
         batch = sample(env, tasks, params, rollouts, generator, learner.activation)
         returns.append(batch.returns().mean(1))
         kept.append(batch)
+        tick()
         if s < steps:
             params = learner.adapt(params, batch, lr if s == 0 else later_lr)
     return torch.stack(returns), kept
@@ -53,16 +59,35 @@ def test_tasks(env: TaskEnv, ecfg: dict[str, Any]) -> tuple[Tensor, int]:
     return tasks, ecfg["seed"] + 1
 
 
-def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaRL | None = None) -> dict[str, Any]:
+def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaRL | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """``eval.*`` protocol for the trained ``learner`` (and, when given, the same protocol from
-    the run's random initialisation ``initial``, the paper's "random init" row)."""
+    the run's random initialisation ``initial``, the paper's "random init" row); ``progress``
+    shows a progress bar (one unit: one step's rollouts of all test tasks) on stderr."""
     tasks, noise_seed = test_tasks(env, ecfg)
     protocol = dict(rollouts=ecfg["rollouts"], steps=ecfg["steps"], lr=ecfg["lr"], later_lr=ecfg["later_lr"])
     results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], **protocol, "seed": ecfg["seed"], "returns": {}}
     runs = {"maml": learner} if initial is None else {"maml": learner, "random_init": initial}
+    units = len(runs) * (ecfg["steps"] + 1)
+    bar = Progress(units, unit="step") if progress else None
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if bar is not None:
+            bar.update(done)
+
     for name, who in runs.items():
-        values, _ = adaptation_returns(who, env, tasks, generator=torch.Generator().manual_seed(noise_seed), **protocol)
+        if bar is not None:
+            bar.what = (f"evaluating {name.replace('_', ' ')} ({ecfg['num_tasks']} tasks x {ecfg['rollouts']} "
+                        "rollouts per step)")
+            bar.update(done)
+        values, _ = adaptation_returns(who, env, tasks, generator=torch.Generator().manual_seed(noise_seed),
+                                       tick=tick, **protocol)
         results["returns"][name] = {**summary(values), "per_task": values.T.tolist()}
+    if bar is not None:
+        bar.close(done)
     return results
 
 
@@ -70,7 +95,7 @@ def table(results: dict[str, Any]) -> str:
     """Average return ± 95% CI per adaptation step, one row per policy."""
     steps = len(next(iter(results["returns"].values()))["mean"])
     lines = [f"average return over {results['num_tasks']} test tasks ({results['rollouts']} rollouts per step)",
-             "policy        " + "".join(f"{f'{s} steps':>18}" for s in range(steps))]
+             "policy        " + "".join(f"{steps_label(s):>18}" for s in range(steps))]
     for name, r in results["returns"].items():
         cells = "".join(f"{f'{m:.2f} ± {c:.2f}':>18}" for m, c in zip(r["mean"], r["ci95"]))
         lines.append(f"{name:<14}{cells}")

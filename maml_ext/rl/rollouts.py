@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from maml_ext.train import progress
+
 from . import policy
 from .envs.base import TaskEnv
 
@@ -81,6 +83,7 @@ def sample(
     buf_mask = torch.zeros(t, rollouts, horizon, dtype=dtype)
     live = torch.ones(t, rollouts, dtype=torch.bool)
     for h in range(horizon):
+        progress.detail("rollouts: time step", h + 1, horizon)  # shown on the running progress bar, if any
         noise = torch.randn(total, rollouts, env.act_dim, generator=generator, dtype=dtype)[start:stop]
         action = policy.mean(params, obs, activation) + torch.exp(log_std) * noise
         step = env.step(action)

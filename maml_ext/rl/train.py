@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.distributed as dist
 
 from maml_ext import plugins
 from maml_ext.train import checkpoint, distributed, driver
+from maml_ext.train import results as eval_files
 from maml_ext.train import loop as supervised
 from maml_ext.train.config import RL_SCHEMA, Config, ConfigError, validate
 from maml_ext.train.driver import NonFinite
@@ -34,7 +34,7 @@ from .algorithms import MetaRL
 from .envs.base import TaskEnv
 from .policy import GaussianMLPPolicy
 
-CHECKPOINT, METRICS, RESULTS = supervised.CHECKPOINT, supervised.METRICS, "eval.json"
+CHECKPOINT, METRICS = supervised.CHECKPOINT, supervised.METRICS
 KIND = "rl"  # marks a meta-RL checkpoint, so `maml-ext eval/plot` pick this loop
 ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
 
@@ -103,12 +103,13 @@ class RLStep:
     """One MAML-RL meta-iteration (``MetaRL.iteration``: rollouts, inner steps, TRPO/Adam step) on
     this rank's share of the tasks; stops at the first non-finite statistic or policy parameter
     (the update is then applied in memory only, never checkpointed); logs the last iteration's
-    statistics, and with ``progress`` prints them on stderr."""
+    statistics, which the progress bar also prints."""
 
     kind = KIND
+    metric = "post-update return"
 
-    def __init__(self, run: RLRun, shard: distributed.Shard, progress: bool) -> None:
-        self.run, self.tcfg, self.progress = run, run.config["train"], progress
+    def __init__(self, run: RLRun, shard: distributed.Shard) -> None:
+        self.run, self.tcfg = run, run.config["train"]
         self.module = run.learner.policy
         # Tasks from ``seed``, the rollouts' noise (and start states) from ``seed + 1``.
         self.generators = {"tasks": torch.Generator().manual_seed(run.config["seed"]),
@@ -129,14 +130,15 @@ class RLStep:
             bad = ["policy parameters"]
         if bad:
             raise NonFinite(f"non-finite {', '.join(bad)}", "try a smaller train.max_kl or train.meta_lr, or algorithm.lr")
-        return -self.info["return_post"]  # the bar's "loss": minus the post-update return
+        return self.info["return_post"]
 
     def record(self) -> dict[str, float]:
-        if self.progress:
-            info = self.info
-            print(f"iteration {self.done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
-                  + (f" kl {info['kl']:.4f}" if "kl" in info else ""), file=sys.stderr)
         return dict(self.info)
+
+    def summary(self) -> str:
+        info = self.info
+        return (f"iteration {self.done}: return pre {info['return_pre']:.2f} post {info['return_post']:.2f}"
+                + (f" kl {info['kl']:.4f}" if "kl" in info else ""))
 
     def state(self) -> dict[str, Any]:
         return {"learner": self.run.learner.state_dict(), "optimizer": None}
@@ -159,7 +161,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     start states are deterministic (``point_nav``); a family that draws random start states from
     the generator draws them per shard, so its runs are as random but not the same numbers."""
     driver.set_threads(cfg)
-    step = RLStep(build(cfg), distributed.current(), progress)
+    step = RLStep(build(cfg), distributed.current())
     return driver.train(step, cfg, out_dir, resume=resume, progress=progress)
 
 
@@ -185,14 +187,13 @@ def restore(path: Path) -> tuple[RLRun, int]:
     return run, state["iteration"]
 
 
-def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path) -> dict[str, Any]:
+def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """``eval.*`` protocol on the trained policy (and from the run's random initialisation when
     ``eval.random_init``); writes eval.json and prints the table."""
     initial = build(run.config).learner if cfg["eval"]["random_init"] else None
-    results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial)
+    results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial, progress)
     results["iteration"] = iteration
-    path = out_dir / RESULTS
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    path = eval_files.write(results, cfg["eval"], out_dir, run.config["eval"])
     print(rl_evaluate.table(results))
     print(f"results: {path}")
     return results
@@ -219,13 +220,14 @@ def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] 
     """learning_curve.png, adaptation.png (with the ``compare`` runs' returns) and, for 2D
     navigation, trajectories.png."""
     made = [rl_plots.learning_curve(out_dir / METRICS, out_dir / "learning_curve.png")]
-    results_path = out_dir / RESULTS
+    results_path = eval_files.path_for(out_dir, cfg["eval"], run.config["eval"])
     others = {}
     for other in map(Path, compare):
-        if not (other / RESULTS).exists() or not (other / "config.json").exists():
-            raise ConfigError(f"--compare {other}: no {RESULTS} or config.json (run `maml-ext eval` on it)")
+        if not (other / "config.json").exists():
+            raise ConfigError(f"--compare {other}: no config.json (not a run directory)")
         their_cfg = json.loads((other / "config.json").read_text())
-        others[other.name] = (their_cfg["task"]["name"], json.loads((other / RESULTS).read_text()))
+        # Their evaluation with this one's settings (rollouts, steps, step sizes, ...), else refused.
+        others[other.name] = (their_cfg["task"]["name"], eval_files.matching(other, cfg["eval"]))
     if others and not results_path.exists():
         raise ConfigError(f"--compare needs this run evaluated first: no {results_path} (run `maml-ext eval`)")
     if results_path.exists():

@@ -46,12 +46,16 @@ class Step(Protocol):
     kind: str | None  # stored as the checkpoint's "kind" (None: not stored)
     generators: dict[str, torch.Generator]  # seeded by the domain, checkpointed here
     module: nn.Module  # what every rank starts from (rank 0's parameters and buffers)
+    metric: str  # what the progress bar calls the value ``__call__`` returns
 
     def __call__(self, iteration: int) -> float:
         """Run meta-iteration ``iteration`` (0-based); the progress bar's loss. Raises NonFinite."""
 
     def record(self) -> dict[str, float]:
         """The metrics logged now (rank 0), aggregated since the previous record."""
+
+    def summary(self) -> str | None:
+        """A line the progress bar prints with each record (None: nothing)."""
 
     def state(self) -> dict[str, Any]:
         """The checkpoint's ``learner`` and ``optimizer`` (and any other domain key)."""
@@ -177,7 +181,7 @@ def train(step: Step, cfg: Config, out_dir: Path, *, resume: bool = False, progr
     shard.prepare(step.module, tcfg["meta_batch"])
 
     main, every, total = shard.is_main, log_every(tcfg), tcfg["iterations"]
-    bar = Progress(total, start) if progress and main else None
+    bar = Progress(total, start, metric=step.metric) if progress and main else None
     board = _tensorboard(out_dir) if main else None
     t0, last = time.perf_counter(), float("nan")
     with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
@@ -194,6 +198,9 @@ def train(step: Step, cfg: Config, out_dir: Path, *, resume: bool = False, progr
                 record = {"iteration": done, **step.record(), "it_s": (done - start) / (time.perf_counter() - t0)}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
+                line = step.summary()
+                if bar is not None and line is not None:
+                    bar.note(line)
                 if board is not None:
                     for key, value in record.items():
                         if key not in ("iteration", "it_s") and isinstance(value, (int, float)):

@@ -19,10 +19,8 @@ outputs f_1..f_S on each query input.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,8 +32,8 @@ from maml_ext.tasks import TaskBatch
 
 from .config import Config
 from .loop import Run
+from .progress import Progress
 
-RESULTS = "eval.json"
 ECE_BINS = 10
 CALIBRATION_TASKS = 200
 NOISE_GRID = torch.logspace(-3, 1, 161, dtype=torch.float64)
@@ -73,15 +71,21 @@ def has_samples(learner: MetaLearner) -> bool:
 
 @torch.no_grad()
 def predictive_samples(
-    learner: MetaLearner, batch: TaskBatch, steps: int, lr: float | None, generator: torch.Generator
+    learner: MetaLearner, batch: TaskBatch, steps: int, lr: float | None, generator: torch.Generator,
+    tick: Callable[[int], None] = lambda n: None,
 ) -> Tensor:
     """Outputs ``[steps + 1, T, S, N, out]`` of every adapted parameter set on the query inputs
-    after 0..steps steps on the support sets (S = 1 for point learners)."""
+    after 0..steps steps on the support sets (S = 1 for point learners); ``tick(n)`` is called as
+    n of the steps + 1 predictions are done (for a progress bar)."""
     if isinstance(learner, RowLearner):
-        return learner.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, generator)
+        found = learner.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, generator)
+        tick(steps + 1)
+        return found
     outs = [learner.predict(learner.init_params(), batch.x_query)]
+    tick(1)
     for params in learner.inner_loop(batch.x_support, batch.y_support, steps, first_order=True, lr=lr):
         outs.append(learner.predict(params, batch.x_query))
+        tick(1)
     return torch.stack(outs).unsqueeze(2)
 
 
@@ -149,36 +153,53 @@ def _chunks(batch: TaskBatch, size: int) -> list[TaskBatch]:
     return [batch.slice(i, i + size) for i in range(0, batch.num_tasks, size)]
 
 
-def _calibration_noise(run: Run, shots: int, cfg: Config) -> Tensor:
+def _calibration_noise(run: Run, shots: int, cfg: Config, tick: Callable[[int], None]) -> Tensor:
     """σ per step fitted on training-distribution tasks (regression, see the module docstring)."""
     ecfg = cfg["eval"]
     gen = torch.Generator().manual_seed(ecfg["seed"] + 1)
-    batch = run.family.sample(min(ecfg["num_tasks"], CALIBRATION_TASKS), shots, ecfg["k_query"], gen)
+    batch = run.family.sample(_calibration_tasks(ecfg), shots, ecfg["k_query"], gen)
     samples = torch.cat(
-        [predictive_samples(run.learner, c, ecfg["steps"], ecfg.get("lr"), gen).double() for c in _chunks(batch, ecfg["chunk"])],
+        [predictive_samples(run.learner, c, ecfg["steps"], ecfg.get("lr"), gen, tick).double()
+         for c in _chunks(batch, ecfg["chunk"])],
         dim=1,
     )
     y = batch.y_query.double()
     return fit_noise(samples, y)
 
 
-def _evaluate_shots(run: Run, shots: int, cfg: Config) -> dict[str, Any]:
+def _calibration_tasks(ecfg: dict[str, Any]) -> int:
+    return min(ecfg["num_tasks"], CALIBRATION_TASKS)
+
+
+def _work(run: Run, cfg: Config) -> int:
+    """Units of :func:`evaluate`'s progress: one per chunk and prediction step (0..steps)."""
+    ecfg = cfg["eval"]
+    chunks = -(-ecfg["num_tasks"] // ecfg["chunk"])
+    if has_samples(run.learner) and run.learner.loss == "mse":  # the calibration tasks first
+        chunks += -(-_calibration_tasks(ecfg) // ecfg["chunk"])
+    return len(ecfg["shots"]) * chunks * (ecfg["steps"] + 1)
+
+
+def _evaluate_shots(run: Run, shots: int, cfg: Config, tick: Callable[[int], None]) -> dict[str, Any]:
     ecfg = cfg["eval"]
     batch = held_out(run, shots, cfg)
     if not has_samples(run.learner):  # a learner with its own evaluation: point metrics only
-        chunks = [run.learner.evaluate_metrics(c, ecfg["steps"], ecfg.get("lr")) for c in _chunks(batch, ecfg["chunk"])]
+        chunks = []
+        for c in _chunks(batch, ecfg["chunk"]):
+            chunks.append(run.learner.evaluate_metrics(c, ecfg["steps"], ecfg.get("lr")))
+            tick(ecfg["steps"] + 1)
         metrics = {k: torch.cat([c[k] for c in chunks], dim=1).double() for k in chunks[0]}
-        found = _mean_ci(metrics.pop("loss"))
+        found = {"loss": _mean_ci(metrics.pop("loss"))}
         found.update({k: _mean_ci(v) for k, v in metrics.items()})
         return found
     regression = run.learner.loss == "mse"
-    noise = _calibration_noise(run, shots, cfg) if regression else None
+    noise = _calibration_noise(run, shots, cfg, tick) if regression else None
     gen = torch.Generator().manual_seed(ecfg["seed"])
     per_task: dict[str, list[Tensor]] = {}
     pooled: list[tuple[Tensor, Tensor]] = []
     sets = 1
     for chunk in _chunks(batch, ecfg["chunk"]):
-        samples = predictive_samples(run.learner, chunk, ecfg["steps"], ecfg.get("lr"), gen).double()
+        samples = predictive_samples(run.learner, chunk, ecfg["steps"], ecfg.get("lr"), gen, tick).double()
         sets = samples.shape[2]
         if regression:
             metrics = regression_metrics(samples, chunk.y_query.double(), noise)
@@ -188,7 +209,7 @@ def _evaluate_shots(run: Run, shots: int, cfg: Config) -> dict[str, Any]:
         for k, v in metrics.items():
             per_task.setdefault(k, []).append(v)
     metrics = {k: torch.cat(v, dim=1) for k, v in per_task.items()}
-    found = _mean_ci(metrics.pop("loss"))
+    found = {"loss": _mean_ci(metrics.pop("loss"))}
     found.update({k: _mean_ci(v) for k, v in metrics.items()})
     found["sets"] = sets
     if regression:
@@ -196,64 +217,78 @@ def _evaluate_shots(run: Run, shots: int, cfg: Config) -> dict[str, Any]:
     else:
         confidence = torch.cat([c for c, _ in pooled], dim=1)
         correct = torch.cat([c for _, c in pooled], dim=1)
-        found["nll"] = {k: found[k] for k in ("mean", "ci95", "median")}
+        found["nll"] = found["loss"]  # the averaged probabilities' NLL is the loss here
         found["ece"] = {"value": expected_calibration_error(confidence, correct).tolist(), "bins": ECE_BINS}
     return found
 
 
-def evaluate(run: Run, cfg: Config) -> dict[str, Any]:
-    """Per shot count: query-loss mean and 95% CI after 0..steps steps (and, for classification,
-    the query accuracy under ``"accuracy"``), with the predictive distribution's "nll" and
-    calibration ("coverage90" for regression, "ece" for classification); see the module docstring."""
+def evaluate(run: Run, cfg: Config, progress: bool = True) -> dict[str, Any]:
+    """Per shot count: the query loss under ``"loss"`` (mean, 95% CI and median after 0..steps
+    steps; for classification also the query accuracy under ``"accuracy"``), with the predictive
+    distribution's "nll" and calibration ("coverage90" for regression, "ece" for classification);
+    see the module docstring. ``progress`` shows a progress bar on stderr."""
     ecfg = cfg["eval"]
-    results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], "k_query": ecfg["k_query"], "shots": {}}
+    results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], "k_query": ecfg["k_query"],
+                               "loss_function": run.learner.loss if isinstance(run.learner.loss, str) else "custom",
+                               "shots": {}}
+    bar = Progress(_work(run, cfg), unit="step") if progress else None
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if bar is not None:
+            bar.update(done)
+
     for shots in ecfg["shots"]:
-        results["shots"][str(shots)] = _evaluate_shots(run, shots, cfg)
+        if bar is not None:
+            bar.what = f"evaluating {shots}-shot ({ecfg['num_tasks']} tasks x {ecfg['steps']} steps)"
+        results["shots"][str(shots)] = _evaluate_shots(run, shots, cfg, tick)
+    if bar is not None:
+        bar.close(done)
     return results
 
 
-def write(results: dict[str, Any], out_dir: Path) -> Path:
-    path = out_dir / RESULTS
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+LOSS_NAMES = {"mse": "MSE", "cross_entropy": "cross-entropy"}
 
 
-def _cells(values: dict[str, list[float]], steps: tuple[int, ...], scale: float = 1.0, unit: str = "") -> list[str]:
+def steps_label(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def _cells(values: dict[str, list[float]], steps: tuple[int, ...], scale: float = 1.0, unit: str = "",
+           digits: int = 3) -> list[str]:
     return [
-        f"{scale * values['mean'][s]:.3f}{unit} ± {scale * values['ci95'][s]:.3f}" if s < len(values["mean"]) else "–"
+        f"{scale * values['mean'][s]:.{digits}f}{unit} ± {scale * values['ci95'][s]:.{digits}f}"
+        if s < len(values["mean"]) else "–"
         for s in steps
     ]
 
 
 def _columns(results: dict[str, Any]) -> tuple[int, ...]:
     """Every evaluated step count up to 5 steps; beyond, 0-3 and every 5th, always ending at the last."""
-    last = max(len(r["mean"]) for r in results["shots"].values()) - 1
+    last = max(len(r["loss"]["mean"]) for r in results["shots"].values()) - 1
     if last <= 5:
         return tuple(range(last + 1))
     return tuple(sorted({*range(4), *range(5, last + 1, 5), last}))
 
 
 def table(results: dict[str, Any], steps: tuple[int, ...] | None = None) -> str:
-    """Markdown table of the query loss after the given numbers of steps (default: see
-    ``_columns``), then (where evaluated) accuracy, NLL and calibration rows."""
+    """Markdown table, one row per shot count and metric: the query loss after the given numbers
+    of steps (default: see ``_columns``), then (where evaluated) accuracy, NLL and calibration."""
     steps = _columns(results) if steps is None else steps
-    rows = ["| shots | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    loss = LOSS_NAMES.get(results.get("loss_function", ""), "loss")
+    rows = ["| shots | metric | " + " | ".join(map(steps_label, steps)) + " |", "|---" * (len(steps) + 2) + "|"]
     for shots, r in results["shots"].items():
-        rows.append(f"| {shots} | " + " | ".join(_cells(r, steps)) + " |")
+        rows.append(f"| {shots} | {loss} | " + " | ".join(_cells(r["loss"], steps)) + " |")
         if "accuracy" in r:
-            acc = r["accuracy"]
-            cells = [
-                f"{100 * acc['mean'][s]:.2f}% ± {100 * acc['ci95'][s]:.2f}" if s < len(acc["mean"]) else "–" for s in steps
-            ]
-            rows.append(f"| {shots} (accuracy) | " + " | ".join(cells) + " |")
+            rows.append(f"| {shots} | accuracy | " + " | ".join(_cells(r["accuracy"], steps, 100, "%", 2)) + " |")
         if "nll" in r and "accuracy" not in r:  # classification: the loss row is the NLL already
-            rows.append(f"| {shots} (NLL) | " + " | ".join(_cells(r["nll"], steps)) + " |")
+            rows.append(f"| {shots} | NLL | " + " | ".join(_cells(r["nll"], steps)) + " |")
         if "coverage90" in r:
-            rows.append(f"| {shots} (90% interval coverage) | " + " | ".join(_cells(r["coverage90"], steps, 100, "%")) + " |")
+            rows.append(f"| {shots} | 90% interval coverage | " + " | ".join(_cells(r["coverage90"], steps, 100, "%")) + " |")
         if "ece" in r:
             ece = r["ece"]["value"]
             cells = [f"{100 * ece[s]:.2f}%" if s < len(ece) else "–" for s in steps]
-            rows.append(f"| {shots} (ECE, {r['ece']['bins']} bins) | " + " | ".join(cells) + " |")
+            rows.append(f"| {shots} | ECE ({r['ece']['bins']} bins) | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -92,6 +92,9 @@ class SupervisedStep:
         mean, self.window = self.window[0] / self.window[1], [0.0, 0]
         return {"loss": mean}
 
+    def summary(self) -> None:
+        return None  # the bar's meta-loss says it all
+
     def state(self) -> dict[str, Any]:
         return {"learner": self.run.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "window": self.window}

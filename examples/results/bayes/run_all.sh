@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The runs behind the Bayesian comparison table (README): shortened training, one job at a time,
+# The runs behind the Bayesian comparison table (docs/bayesian.md): shortened training, one job at a time,
 # one thread, nice'd. Usage: bash examples/results/bayes/run_all.sh [train-sinusoid|train-glyphs|eval]
 # Sinusoid: each algorithm 5,000 meta-iterations of the paper setting (K=10 training, meta-batch 25),
 #   evaluated 5- and 10-shot on the same 600 held-out tasks.
-# Glyphs 5-way 1-shot: MAML and FOMAML are the README's time-boxed checkpoints (runs/glyphs/5way-*);
+# Glyphs 5-way 1-shot: MAML and FOMAML are docs/classification.md's time-boxed checkpoints (runs/glyphs/5way-*);
 #   BMAML and PLATIPUS get the FOMAML time box (9 min) here.
-set -u
+set -u -o pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
 BIN=${MAML_EXT:-.venv/bin/maml-ext}
@@ -41,14 +41,15 @@ evaluate() {
     echo "eval_wall_s $(( $(date +%s) - e0 ))" >> $run/wall.txt
     nice -n 10 $BIN plot $run && cp $run/fits_5shot.png $RES/sinusoid-$name-fits_5shot.png
   done
-  for name in maml fomaml; do  # copies: the README's run directories stay as they are
+  for name in maml fomaml; do  # copies: the glyph table's run directories stay as they are
     mkdir -p $OUT/glyphs-$name && cp runs/glyphs/5way-$name/{checkpoint.pt,metrics.jsonl,config.json} $OUT/glyphs-$name/
   done
   for name in maml fomaml bmaml platipus; do
     local e0=$(date +%s)
     local run=$OUT/glyphs-$name
-    nice -n 10 $BIN eval $run --set eval.shots=[1] --set eval.k_query=1 --set eval.steps=3 \
-        && cp $run/eval.json $RES/glyphs-$name.json
+    # The file this evaluation went to (its name follows the settings that differ from the run's).
+    nice -n 10 $BIN eval $run --set eval.shots=[1] --set eval.k_query=1 --set eval.steps=3 | tee $run/eval.log \
+        && cp "$(sed -n 's/^results: //p' $run/eval.log)" $RES/glyphs-$name.json
     echo "eval_wall_s $(( $(date +%s) - e0 ))" >> $run/wall.txt
   done
 }

@@ -38,7 +38,7 @@ def rows(runs: Path) -> list[str]:
             r = json.loads(path.read_text())["shots"][shots]
             it_s, its = _it_s(runs / f"sinusoid-{algo}")
             out.append(
-                f"| sinusoid {shots}-shot | {LABELS[algo]} | {its:,} | {1 / it_s:.4f} | MSE {_pm(r, 10)} | "
+                f"| sinusoid {shots}-shot | {LABELS[algo]} | {its:,} | {1 / it_s:.4f} | MSE {_pm(r['loss'], 10)} | "
                 f"{_pm(r['nll'], 10)} | 90% coverage {_pm(r['coverage90'], 10, 100, 1, '%')} (σ = {r['noise_std'][10]:.3f}) |"
             )
     for algo in ALGOS:

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 from torch.nn.utils import vector_to_parameters
 
-from . import policy, trpo
-from .algorithms import MetaRL, TaskData, flat
-from .envs.base import TaskEnv
-from .rollouts import sample
+from maml_ext.rl import policy, trpo
+from maml_ext.rl.algorithms import MetaRL, TaskData, flat
+from maml_ext.rl.envs.base import TaskEnv
+from maml_ext.rl.rollouts import sample
 
 
 def _task(data: TaskData, t: int) -> TaskData:

@@ -1,0 +1,71 @@
+"""Evaluation files of a run directory, one per evaluation setting, never overwritten by another.
+
+The evaluation with the run's own ``[eval]`` settings is ``eval.json``; one with other settings
+(``maml-ext eval runs/x --set eval.shots=[1] --set eval.steps=3``) is named by the settings that
+differ, ``eval-shots=1-steps=3.json``. Every file records its ``"settings"``, and runs are
+compared only on evaluations with equal settings (the shot counts may differ: each shot count is
+its own set of tasks)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+DEFAULT = "eval.json"
+# Keys that change how an evaluation is computed, not its numbers.
+NOT_SETTINGS = frozenset({"chunk", "trajectories"})
+
+
+def settings(ecfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``[eval]`` values that determine an evaluation's numbers."""
+    return {k: v for k, v in sorted(ecfg.items()) if k not in NOT_SETTINGS}
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(_value, v))
+    return json.dumps(v) if isinstance(v, bool) else str(v)  # TOML spelling: true / false
+
+
+def path_for(out_dir: Path, ecfg: dict[str, Any], run_ecfg: dict[str, Any]) -> Path:
+    """Where the evaluation with settings ``ecfg`` of a run configured with ``run_ecfg`` lives."""
+    ours, default = settings(ecfg), settings(run_ecfg)
+    differing = [f"{k}={_value(v)}" for k, v in ours.items() if default.get(k) != v]
+    return out_dir / ("eval-" + "-".join(differing) + ".json" if differing else DEFAULT)
+
+
+def write(results: dict[str, Any], ecfg: dict[str, Any], out_dir: Path, run_ecfg: dict[str, Any]) -> Path:
+    """Write ``results`` (with its ``"settings"``) atomically to :func:`path_for`."""
+    path = path_for(out_dir, ecfg, run_ecfg)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**results, "settings": settings(ecfg)}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _comparable(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in s.items() if k != "shots"}
+
+
+def _describe(s: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_value(v)}" for k, v in s.items())
+
+
+def matching(run_dir: Path, ecfg: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation in ``run_dir`` whose settings equal ``ecfg``'s (shot counts aside); an error
+    naming both settings when there is none, so unlike evaluations are never drawn together."""
+    wanted = _comparable(settings(ecfg))
+    found = sorted(run_dir.glob("eval*.json"))
+    for path in found:
+        results = json.loads(path.read_text())
+        if _comparable(results.get("settings", {})) == wanted:
+            return results
+    if not found:
+        raise ConfigError(f"--compare {run_dir}: no evaluation (run `maml-ext eval` on it)")
+    theirs = "; ".join(f"{p.name}: {_describe(_comparable(json.loads(p.read_text()).get('settings', {})))}" for p in found)
+    raise ConfigError(f"--compare {run_dir}: no evaluation with this run's settings ({_describe(wanted)}); "
+                      f"it has {theirs}. Evaluate it with the same eval.* settings first.")
