@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from maml_ext import cli
-from maml_ext.train import checkpoint, evaluate, loop
+from maml_ext.train import checkpoint, loop, results
 
 TINY = ["train.iterations=6", "train.meta_batch=2", "train.checkpoint_every=3",
         "eval.num_tasks=4", "eval.shots=[5]", "eval.k_query=5", "eval.steps=1"]
@@ -127,8 +127,8 @@ def test_missing_matplotlib_comes_after_checkpoint_and_evaluation(tmp_path, monk
     assert cli.main(train("sinusoid")(tmp_path)) == 2
     run = tmp_path / "run"
     assert checkpoint.load(run / loop.CHECKPOINT)["iteration"] == 6
-    assert json.loads((run / evaluate.RESULTS).read_text())["iteration"] == 6
-    assert "| 5 |" in capsys.readouterr().out  # the evaluation table was printed
+    assert json.loads((run / results.DEFAULT).read_text())["iteration"] == 6
+    assert "| 5 | MSE |" in capsys.readouterr().out  # the evaluation table was printed
 
 
 def test_missing_dataset_creates_no_run_directory(tmp_path, capsys):
