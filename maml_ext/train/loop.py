@@ -16,7 +16,7 @@ from maml_ext import plugins
 from maml_ext.algorithms import MetaLearner, build_algorithm
 from maml_ext.tasks import TaskFamily
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, optim
 from .config import Config, ConfigError, flatten
 from .progress import Progress
 
@@ -122,7 +122,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     if tcfg.get("task_chunk") and learner.bn_names:
         raise ConfigError("train.task_chunk cannot be used with per-step BatchNorm statistics (MAML++): "
                           "their running averages are taken over one pass's tasks")
-    optimizer = torch.optim.Adam(learner.parameters(), lr=tcfg["meta_lr"])
+    optimizer = optim.adam(learner.parameters(), tcfg["meta_lr"])
     tasks = torch.Generator().manual_seed(cfg["seed"])
     start, window = 0, [0.0, 0]
     state = shard.from_main(lambda: open_out_dir(cfg, out_dir, resume))
