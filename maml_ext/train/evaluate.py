@@ -33,6 +33,7 @@ from maml_ext.algorithms.bayes import point_metrics
 from maml_ext.tasks import TaskBatch
 
 from .config import Config
+from .fused_eval import fused_query_outputs
 from .loop import Run
 
 RESULTS = "eval.json"
@@ -79,6 +80,9 @@ def predictive_samples(
     after 0..steps steps on the support sets (S = 1 for point learners)."""
     if isinstance(learner, RowLearner):
         return learner.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, generator)
+    fused = fused_query_outputs(learner, batch, steps, lr)
+    if fused is not None:
+        return fused.unsqueeze(2)
     outs = [learner.predict(learner.init_params(), batch.x_query)]
     for params in learner.inner_loop(batch.x_support, batch.y_support, steps, first_order=True, lr=lr):
         outs.append(learner.predict(params, batch.x_query))
