@@ -1,0 +1,75 @@
+"""Evaluation time of a fused-MLP learner: the fused multi-step evaluation against the generic one.
+
+    python benchmarks/bench_eval.py [--config sinusoid] [--repeats 3] [--threads 1] [--write]
+
+Runs ``maml_ext.train.evaluate.evaluate`` (what ``maml-ext eval`` runs: every shot count of the
+config, ``eval.num_tasks`` tasks, 0..``eval.steps`` steps, with the regression calibration pass)
+on the config's model at its initialisation (the time does not depend on the weights), alternately
+with the fused path (``train/fused_eval.py``) and without it (the generic inner loop, as before),
+and reports the medians of wall and process CPU time. Both give the same metrics (checked here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from maml_ext.train import config, evaluate, loop
+from results_md import cpu_model, write_run
+
+
+def _generic(*args, **kwargs):
+    return None  # evaluate.predictive_samples then runs the generic inner loop
+
+
+def _timed(run: loop.Run, cfg: config.Config, fused: bool) -> tuple[float, float, dict]:
+    original = evaluate.fused_query_outputs
+    if not fused:
+        evaluate.fused_query_outputs = _generic
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        results = evaluate.evaluate(run, cfg)
+        return time.perf_counter() - wall, time.process_time() - cpu, results
+    finally:
+        evaluate.fused_query_outputs = original
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="sinusoid")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = config.load(args.config)
+    run = loop.build(cfg)
+    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    results = {}
+    for _ in range(args.repeats):
+        for fused in (False, True):
+            wall, cpu, results[fused] = _timed(run, cfg, fused)
+            times[fused].append((wall, cpu))
+    for shots, r in results[True]["shots"].items():  # the same numbers either way
+        want = results[False]["shots"][shots]["mean"]
+        assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(r["mean"], want)), shots
+    ecfg = cfg["eval"]
+    header = (f"{cpu_model()}; torch {torch.__version__}; threads {args.threads}; "
+              f"{args.config}: {ecfg['num_tasks']} tasks x shots {ecfg['shots']} x 0..{ecfg['steps']} steps, "
+              f"{ecfg['k_query']} query examples, chunks of {ecfg['chunk']}; median of {args.repeats}, alternating")
+    rows = ["| evaluation | wall s | CPU s | generic / fused (CPU) |", "|---|---|---|---|"]
+    med = {f: (statistics.median(w for w, _ in times[f]), statistics.median(c for _, c in times[f])) for f in times}
+    for fused, name in ((False, "generic inner loop (before)"), (True, "fused kernels (train/fused_eval.py)")):
+        rows.append(f"| {name} | {med[fused][0]:.2f} | {med[fused][1]:.2f} | {med[False][1] / med[fused][1]:.2f}x |")
+    print(header)
+    print("\n".join(rows))
+    if args.write:
+        write_run("bench_eval", header, rows, heading="Evaluation: fused multi-step vs generic (`bench_eval.py`)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
