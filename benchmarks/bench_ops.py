@@ -198,34 +198,47 @@ def _per_call(fn: Callable[[], object], seconds: float, clock: Callable[[], floa
     return (clock() - start) / calls
 
 
+def _clocks(fn: Callable[[], object], seconds: float) -> tuple[float, float, float]:
+    """Per call: wall, process CPU (all threads) and calling-thread CPU seconds."""
+    calls, wall, cpu, own = 0, time.perf_counter(), time.process_time(), time.thread_time()
+    while time.perf_counter() - wall < seconds or calls < 2:
+        fn()
+        calls += 1
+    return ((time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls,
+            (time.thread_time() - own) / calls)
+
+
 def scaling(args) -> list[str]:
-    """Wall time per ``mlp_maml_grad`` call at each thread count, alternating (see the docstring)."""
+    """``mlp_maml_grad`` at each thread count, alternating (see the module docstring). Besides the
+    wall time (which a loaded machine inflates), the calling thread's share of the process's CPU
+    time shows whether the work is split: 1/n when n threads share it, 1 when it runs serially."""
     dtype = getattr(torch, args.dtype)
     threads = [int(n) for n in args.scaling_threads.split(",")]
-    head = " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in threads)
-    rows = [f"| config | order | {head} | " + " | ".join(f"speed-up {n}/1" for n in threads[1:]) + " | bitwise equal |",
-            "|---" * (3 + 2 * len(threads) - 1) + "|"]
+    rows = ["| config | order | threads | wall per call | CPU per call (all threads) | calling thread's CPU share | wall speed-up vs 1 | bitwise equal to 1 thread |",
+            "|---|---|---|---|---|---|---|---|"]
     for cfg in [PAPER, LARGE]:
         problem = make_problem(cfg, dtype, args.device)
         for first_order in (False, True):
             fn = maml_step("maml_ext grad", cfg, problem, first_order)
-            samples: dict[int, list[float]] = {n: [] for n in threads}
+            samples: dict[int, list[tuple[float, float, float]]] = {n: [] for n in threads}
             grads = {}
             for n in threads:
                 torch.set_num_threads(n)
                 grads[n] = fn()
-            equal = all(torch.equal(a, b) for n in threads[1:] for a, b in zip(grads[n], grads[threads[0]]))
             for _ in range(args.repeats):
                 for n in threads:
                     torch.set_num_threads(n)
-                    samples[n].append(_per_call(fn, args.min_time, time.perf_counter))
-            med = {n: statistics.median(v) for n, v in samples.items()}
+                    samples[n].append(_clocks(fn, args.min_time))
             label = f"{cfg.name}: MLP {'-'.join(map(str, cfg.widths))}, T={cfg.tasks}, K={cfg.k}, S={cfg.steps}"
-            rows.append(f"| {label} | {'first' if first_order else 'second'} | "
-                        + " | ".join(f"{med[n] * 1e3:.2f} ms" for n in threads) + " | "
-                        + " | ".join(f"{med[threads[0]] / med[n]:.2f}x" for n in threads[1:])
-                        + f" | {'yes' if equal else 'NO'} |")
-            print(rows[-1], flush=True)
+            wall1 = statistics.median(w for w, _, _ in samples[threads[0]])
+            for n in threads:
+                wall = statistics.median(w for w, _, _ in samples[n])
+                cpu = statistics.median(c for _, c, _ in samples[n])
+                share = statistics.median(o / c for _, c, o in samples[n])
+                equal = all(torch.equal(a, b) for a, b in zip(grads[n], grads[threads[0]]))
+                rows.append(f"| {label} | {'first' if first_order else 'second'} | {n} | {wall * 1e3:.2f} ms | "
+                            f"{cpu * 1e3:.2f} ms | {share:.2f} | {wall1 / wall:.2f}x | {'yes' if equal else 'NO'} |")
+                print(rows[-1], flush=True)
     torch.set_num_threads(args.threads)
     return rows
 
