@@ -8,6 +8,7 @@ import torch
 from maml_ext.algorithms import MAML
 from maml_ext.models import mlp
 from maml_ext.tasks import TaskBatch
+from maml_ext.train import evaluate
 from maml_ext.train.evaluate import predictive_samples
 from maml_ext.train.fused_eval import fused_query_outputs
 
@@ -78,3 +79,15 @@ def test_evaluator_takes_the_fused_path(monkeypatch):
 def test_other_learners_are_left_to_the_generic_path():
     _, generic = _learners("relu", "mse")
     assert fused_query_outputs(generic, _batch("mse"), STEPS, None) is None
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.3, 2.0])
+def test_point_learner_noise_fit_equals_the_mixture_formula(scale):
+    # One component: the closed form must pick the σ the grid search over the mixture picks.
+    g = torch.Generator().manual_seed(1)
+    samples = torch.randn(STEPS + 1, 6, 1, 9, 1, generator=g, dtype=torch.float64)
+    y = samples[0, :, 0] + scale * torch.randn(6, 9, 1, generator=g, dtype=torch.float64)
+    samples[1:] += scale * torch.randn(STEPS, 6, 1, 9, 1, generator=g, dtype=torch.float64)
+    grid = evaluate.NOISE_GRID
+    scores = torch.stack([evaluate.mixture_log_likelihood(samples, y, s).flatten(1).mean(1) for s in grid], 1)
+    torch.testing.assert_close(evaluate.fit_noise(samples, y), grid[scores.argmax(1)], rtol=0, atol=0)
