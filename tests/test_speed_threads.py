@@ -15,8 +15,9 @@ from maml_ext import _extension, ops
 
 pytestmark = requires_extension
 
-# 66k parameters x 8 examples x 4 steps per task: large enough that every task is its own chunk,
-# so an odd task count splits unevenly over 2 and 3 threads.
+# 17k parameters x 8 examples x 4 steps = 0.54M multiply-adds per task: chunks of 3 tasks (the
+# kernels' grain), so 7, 13 and 70 tasks make 3, 5 and 24 chunks with a shorter last one, split
+# unevenly over 2 and 3 threads.
 WIDTHS, K, STEPS = (1, 128, 128, 2), 8, 4
 
 
@@ -52,7 +53,7 @@ def _results(dtype: torch.dtype, tasks: int, lr_kind: str) -> list[torch.Tensor]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("tasks", [7, 13])
+@pytest.mark.parametrize("tasks", [7, 13, 70])
 @pytest.mark.parametrize("lr_kind", ["float", "elementwise"])
 def test_bitwise_equal_for_1_2_3_threads(restore_threads, dtype, tasks, lr_kind):
     by_threads = {}
