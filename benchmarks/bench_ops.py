@@ -1,17 +1,27 @@
 """Microbenchmarks of the fused ops against the pure-PyTorch reference and torch.func, same run.
 
     python benchmarks/bench_ops.py [--threads 1] [--dtype float32] [--device cpu] [--write]
+    python benchmarks/bench_ops.py --scaling [--scaling-threads 1,2] [--repeats 9] [--write]
+    python benchmarks/bench_ops.py --front-end [--repeats 15] [--write]
 
 Prints one line per configuration with the time of each implementation and the ratios, and with
 ``--write`` replaces the generated section of benchmarks/RESULTS.md. A "meta-gradient" is one
 meta-batch: the inner loop of every task, the query losses and the exact gradient w.r.t. the
 initialisation (second order unless marked first order).
+
+``--scaling``: ``mlp_maml_grad`` at each thread count, the counts alternating in one process
+(``--repeats`` rounds, medians of wall time per call), with the meta-gradients checked bitwise equal
+across thread counts. ``--front-end``: one whole meta-iteration through the learner API
+(``zero_grad``, ``MAML(...).meta_loss(batch).backward()``, ``Adam.step()``) against the bare
+``ops.mlp_maml_grad`` call, alternating, medians of process CPU time, one thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,6 +190,112 @@ def run(args) -> list[str]:
     return rows
 
 
+def _per_call(fn: Callable[[], object], seconds: float, clock: Callable[[], float]) -> float:
+    calls, start, wall = 0, clock(), time.perf_counter()
+    while time.perf_counter() - wall < seconds or calls < 2:
+        fn()
+        calls += 1
+    return (clock() - start) / calls
+
+
+def _clocks(fn: Callable[[], object], seconds: float) -> tuple[float, float, float]:
+    """Per call: wall, process CPU (all threads) and calling-thread CPU seconds."""
+    calls, wall, cpu, own = 0, time.perf_counter(), time.process_time(), time.thread_time()
+    while time.perf_counter() - wall < seconds or calls < 2:
+        fn()
+        calls += 1
+    return ((time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls,
+            (time.thread_time() - own) / calls)
+
+
+def scaling(args) -> list[str]:
+    """``mlp_maml_grad`` at each thread count, alternating (see the module docstring). Besides the
+    wall time (which a loaded machine inflates), the calling thread's share of the process's CPU
+    time shows whether the work is split: 1/n when n threads share it, 1 when it runs serially."""
+    dtype = getattr(torch, args.dtype)
+    threads = [int(n) for n in args.scaling_threads.split(",")]
+    rows = ["| config | order | threads | wall per call | CPU per call (all threads) | calling thread's CPU share | wall speed-up vs 1 | bitwise equal to 1 thread |",
+            "|---|---|---|---|---|---|---|---|"]
+    for cfg in [PAPER, LARGE]:
+        problem = make_problem(cfg, dtype, args.device)
+        for first_order in (False, True):
+            fn = maml_step("maml_ext grad", cfg, problem, first_order)
+            samples: dict[int, list[tuple[float, float, float]]] = {n: [] for n in threads}
+            grads = {}
+            for n in threads:
+                torch.set_num_threads(n)
+                grads[n] = fn()
+            for _ in range(args.repeats):
+                for n in threads:
+                    torch.set_num_threads(n)
+                    samples[n].append(_clocks(fn, args.min_time))
+            label = f"{cfg.name}: MLP {'-'.join(map(str, cfg.widths))}, T={cfg.tasks}, K={cfg.k}, S={cfg.steps}"
+            wall1 = statistics.median(w for w, _, _ in samples[threads[0]])
+            for n in threads:
+                wall = statistics.median(w for w, _, _ in samples[n])
+                cpu = statistics.median(c for _, c, _ in samples[n])
+                share = statistics.median(o / c for _, c, o in samples[n])
+                equal = all(torch.equal(a, b) for a, b in zip(grads[n], grads[threads[0]]))
+                rows.append(f"| {label} | {'first' if first_order else 'second'} | {n} | {wall * 1e3:.2f} ms | "
+                            f"{cpu * 1e3:.2f} ms | {share:.2f} | {wall1 / wall:.2f}x | {'yes' if equal else 'NO'} |")
+                print(rows[-1], flush=True)
+    torch.set_num_threads(args.threads)
+    return rows
+
+
+def front_end_times(repeats: int, min_time: float) -> dict[str, float]:
+    """Median CPU µs per call of the bare op and of whole meta-iterations through the API."""
+    from maml_ext.algorithms import MAML
+    from maml_ext.models import mlp
+    from maml_ext.tasks import TaskBatch
+
+    cfg = PAPER
+    torch.manual_seed(0)
+    model = mlp.build(cfg.widths[0], cfg.widths[-1], hidden=cfg.widths[1:-1])
+    _, xs, ys, xq, yq = make_problem(cfg, torch.float32, "cpu")
+    batch = TaskBatch(xs, ys, xq, yq)
+    learner = MAML(model, lr=cfg.lr, steps=cfg.steps)
+    params = [p.detach() for p in model.parameters()]
+    default_adam = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    fused_adam = torch.optim.Adam(learner.parameters(), lr=1e-3, fused=True)
+
+    def iteration(opt):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            learner.meta_loss(batch).backward()
+            opt.step()
+        return run
+
+    def loss_backward():
+        default_adam.zero_grad(set_to_none=True)
+        learner.meta_loss(batch).backward()
+
+    fns = {
+        "bare": lambda: ops.mlp_maml_grad(params, xs, ys, xq, yq, lr=cfg.lr, steps=cfg.steps),
+        "meta_loss + backward": loss_backward,
+        "iteration, Adam (default)": iteration(default_adam),
+        "iteration, Adam (fused)": iteration(fused_adam),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        _per_call(fn, min_time, time.process_time)
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            samples[k].append(_per_call(fn, min_time, time.process_time) * 1e6)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def front_end(args) -> list[str]:
+    times = front_end_times(args.repeats, args.min_time)
+    rows = [f"Front end, {PAPER.name} (MLP {'-'.join(map(str, PAPER.widths))}, T={PAPER.tasks}, K={PAPER.k}, "
+            f"S={PAPER.steps}, second order), one thread, median CPU µs per call:", "",
+            "| what | CPU µs | vs bare op |", "|---|---|---|"]
+    for k, v in times.items():
+        rows.append(f"| {k} | {v:.1f} | {v / times['bare']:.2f}x |")
+    print("\n".join(rows), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -188,15 +304,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per row")
     p.add_argument("--quick", action="store_true", help="paper config only")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    p.add_argument("--scaling", action="store_true", help="mlp_maml_grad at several thread counts")
+    p.add_argument("--scaling-threads", default="1,2", help="thread counts for --scaling")
+    p.add_argument("--front-end", action="store_true", help="API meta-iteration vs the bare op")
+    p.add_argument("--json", action="store_true", help="--front-end: print the times as JSON only")
+    p.add_argument("--repeats", type=int, default=9, help="alternating rounds (--scaling, --front-end)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device")
     torch.set_num_threads(args.threads)
+    if args.front_end and args.json:
+        print(json.dumps(front_end_times(args.repeats, args.min_time)))
+        return 0
     header = environment(args)
+    if args.scaling:
+        header += f"; thread counts {args.scaling_threads}, {args.repeats} alternating rounds, medians of wall time"
     print(header, flush=True)
-    rows = run(args)
+    section, rows = (("bench_ops_scaling", scaling(args)) if args.scaling else
+                     ("bench_ops_front_end", front_end(args)) if args.front_end else ("bench_ops", run(args)))
     if args.write:
-        write_run("bench_ops", header, rows)
+        write_run(section, header, rows)
     return 0
 
 

@@ -14,6 +14,9 @@ do MAML:
   MLPs; task-batched grouped convolutions for conv4);
 - ``maml_ext generic``: the same learner with ``fused=False`` (MLP) or ``task_batched=False``
   (conv4): the model under ``vmap``, per-task gradients from one batched backward;
+- ``maml_ext nn.Sequential`` (MLP workloads): the user's own ``nn.Sequential`` of the same
+  ``nn.Linear`` and ``nn.ReLU`` modules (no fused-MLP declaration) through ``MAML(model, lr, steps)``
+  with default options: whatever path the front end picks for a plain model;
 - ``torch.func``: ``vmap`` over an unrolled per-task ``grad`` (bench_ops.torch_func_maml for MLPs);
 - ``higher``: ``innerloop_ctx`` per task, ``diffopt.step(loss)``, per-task ``backward``;
 - ``torchopt``: ``MetaSGD`` with ``extract_state_dict``/``recover_state_dict`` per task, one
@@ -25,7 +28,8 @@ Before timing, every implementation's meta-gradient is compared with maml_ext's 
 and weights in float64 (the gate, ``TOLERANCE_F64``), and its float32 meta-gradient with that
 float64 one (rounding error, printed, loose gate ``TOLERANCE_F32``); one that differs is reported
 and not timed. Time: median over per-call samples (wall and process CPU time) after a warm-up,
-rounds interleaved across implementations. Memory: a fresh subprocess per implementation (see
+rounds interleaved across implementations; ``--threads2 N`` also times every implementation with N
+threads in the same rounds (the 2-thread columns). Memory: a fresh subprocess per implementation (see
 :func:`measure_memory`). Peers that are not installed or cannot be imported are listed with the
 reason. ``--write`` replaces this script's section of benchmarks/RESULTS.md.
 
@@ -193,6 +197,21 @@ def _ours(model: nn.Module, batch: TaskBatch, w: Workload, generic: bool = False
     return step
 
 
+def _own_sequential(model: nn.Module, batch: TaskBatch, w: Workload) -> Step:
+    if w.setting is not None:
+        raise ValueError(f"maml_ext nn.Sequential: MLP workloads only, got {w.label}")
+    # The same Linear modules (so the same parameters receive the meta-gradient) in a plain
+    # nn.Sequential, as a user would write it: nothing declares it a fused MLP.
+    own = nn.Sequential(*model)
+    learner = MAML(own, lr=w.lr, steps=w.steps, first_order=w.first_order, loss=w.loss)
+
+    def step() -> None:
+        own.zero_grad(set_to_none=True)
+        learner.meta_loss(batch).backward()
+
+    return step
+
+
 def _torch_func(model: nn.Module, batch: TaskBatch, w: Workload) -> Step:
     params = list(model.parameters())
     b = batch
@@ -311,6 +330,7 @@ def _learn2learn(model: nn.Module, batch: TaskBatch, w: Workload) -> Step:
 IMPLEMENTATIONS: dict[str, Callable[[nn.Module, TaskBatch, Workload], Step]] = {
     OURS: _ours,
     "maml_ext generic": lambda m, b, w: _ours(m, b, w, generic=True),
+    "maml_ext nn.Sequential": _own_sequential,
     "torch.func": _torch_func,
     "higher": _higher,
     "torchopt": _torchopt,
@@ -339,8 +359,13 @@ def peer_status(name: str) -> tuple[str | None, str]:
     return None, version
 
 
-def available(name: str) -> str | None:
-    """None when the implementation can run here, else why not."""
+MLP_ONLY = ("maml_ext nn.Sequential",)
+
+
+def available(name: str, w: Workload | None = None) -> str | None:
+    """None when the implementation can run here (on workload ``w``), else why not."""
+    if name in MLP_ONLY and w is not None and w.setting is not None:
+        return "MLP workloads only"
     return peer_status(name)[0] if name in PEERS else None
 
 
@@ -391,24 +416,31 @@ def agrees(diff: tuple[float, float]) -> bool:
     return diff[0] <= TOLERANCE_F64 and diff[1] <= TOLERANCE_F32
 
 
-def time_steps(steps: dict[str, Step], min_time: float, rounds: int = 3, min_calls: int = 2) -> dict[str, tuple[float, float]]:
-    """Median seconds per call (wall, process CPU) of each step, after one warm-up call. The
-    implementations take turns in ``rounds`` rounds of at least ``min_calls`` calls and
-    ``min_time / rounds`` seconds each, so a load change on the shared machine hits all of them."""
-    samples: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in steps}
+def time_steps(steps: dict[str, Step], min_time: float, rounds: int = 3, min_calls: int = 2,
+               threads: tuple[int, ...] = (1,)) -> dict[tuple[str, int], tuple[float, float]]:
+    """Median seconds per call (wall, process CPU) of each step at each thread count, keyed by
+    (name, threads), after one warm-up call. The implementations and thread counts take turns in
+    ``rounds`` rounds of at least ``min_calls`` calls and ``min_time / rounds`` seconds each, so a
+    load change on the shared machine hits all of them."""
+    before = torch.get_num_threads()
+    samples: dict[tuple[str, int], tuple[list[float], list[float]]] = {
+        (n, t): ([], []) for n in steps for t in threads}
     for fn in steps.values():
         fn()
     for _ in range(rounds):
         for name, fn in steps.items():
-            walls, cpus = samples[name]
-            start, calls = time.perf_counter(), 0
-            while calls < min_calls or time.perf_counter() - start < min_time / rounds:
-                w0, c0 = time.perf_counter(), time.process_time()
-                fn()
-                cpus.append(time.process_time() - c0)
-                walls.append(time.perf_counter() - w0)
-                calls += 1
-    return {n: (statistics.median(w), statistics.median(c)) for n, (w, c) in samples.items()}
+            for t in threads:
+                torch.set_num_threads(t)
+                walls, cpus = samples[name, t]
+                start, calls = time.perf_counter(), 0
+                while calls < min_calls or time.perf_counter() - start < min_time / rounds:
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    fn()
+                    cpus.append(time.process_time() - c0)
+                    walls.append(time.perf_counter() - w0)
+                    calls += 1
+    torch.set_num_threads(before)
+    return {k: (statistics.median(w), statistics.median(c)) for k, (w, c) in samples.items()}
 
 
 # --- memory: one fresh process per implementation -------------------------------------------
@@ -481,6 +513,7 @@ class Row:
     diff: tuple[float, float] | None = None  # (float64, float32)
     wall: float | None = None
     cpu: float | None = None
+    wall2: float | None = None  # with --threads2 threads
     memory: dict[str, float] | None = None
 
 
@@ -493,31 +526,36 @@ def environment(args: argparse.Namespace) -> str:
     built = f" built from {args.built_from}" if args.built_from else ""
     return (f"device: {cpu_model()} ({os.cpu_count()} cores); torch {torch.__version__}; "
             f"maml_ext {importlib.metadata.version('maml_ext')}{built} (extension loaded: {ops.extension_available()}); "
-            f"peers: {', '.join(peers)}; threads {args.threads}; dtype float32; load average at start {load}")
+            f"peers: {', '.join(peers)}; threads {args.threads}"
+            + (f" (and {args.threads2} in the same rounds)" if args.threads2 else "")
+            + f"; dtype float32; load average at start {load}")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    keys = ["sinusoid", "sinusoid-fo"] if args.quick else list(WORKLOADS)
+    keys = ["sinusoid", "sinusoid-fo"] if args.quick else (args.workloads or list(WORKLOADS))
     names = args.impls or list(IMPLEMENTATIONS)
-    unavailable = {n: r for n in names if (r := available(n)) is not None}
-    runnable = [n for n in names if n not in unavailable]
-    total = len(keys) * len(runnable)
+    total = sum(available(n, WORKLOADS[k]) is None for k in keys for n in names)
     done, rows = 0, []
     t0 = time.perf_counter()
+    threads = (args.threads, args.threads2) if args.threads2 else (args.threads,)
     for key in keys:
         w = tiny(WORKLOADS[key]) if args.tiny else WORKLOADS[key]
+        unavailable = {n: r for n in names if (r := available(n, w)) is not None}
+        runnable = [n for n in names if n not in unavailable]
         diffs = check(runnable, w)
         agree = [n for n in runnable if agrees(diffs[n])]
         steps = {n: make_step(n, w)[1] for n in agree}
-        times = time_steps(steps, args.min_time) if steps else {}
+        times = time_steps(steps, args.min_time, threads=threads) if steps else {}
         for name in names:
             row = Row(w, name)
             if name in unavailable:
                 row.status = unavailable[name]
             else:
                 row.diff = diffs[name]
-                if name in times:
-                    row.wall, row.cpu = times[name]
+                if (name, args.threads) in times:
+                    row.wall, row.cpu = times[name, args.threads]
+                    if args.threads2:
+                        row.wall2 = times[name, args.threads2][0]
                     if not args.no_memory:
                         row.memory = measure_memory(name, key, args.threads, args.tiny)
                 else:
@@ -535,9 +573,10 @@ def _ours_row(row: Row, rows: list[Row]) -> Row:
 
 def format_row(row: Row, rows: list[Row]) -> str:
     head = f"| {row.workload.label} | {row.name} |"
+    two = row.wall2 is not None or any(r.wall2 is not None for r in rows)
     if row.wall is None:
         diff = "" if row.diff is None else f"{row.diff[0]:.1e} ({row.diff[1]:.1e})"
-        return f"{head} {diff} | {row.status} | | | | | | |"
+        return f"{head} {diff} | {row.status} | | | | | | |" + (" | | |" if two else "")
     ours = _ours_row(row, rows)
     if ours.wall is None:  # maml_ext itself failed its float32 check: nothing to compare with
         return f"{head} {row.diff[0]:.1e} ({row.diff[1]:.1e}) | {row.wall * 1e3:.2f} | {row.cpu * 1e3:.2f} | - | - | | | |"
@@ -546,14 +585,27 @@ def format_row(row: Row, rows: list[Row]) -> str:
         first, steady = row.memory["first_mib"], row.memory["steady_mib"]
         ratio = f"{first / ours.memory['first_mib']:.2g}×" if ours.memory and ours.memory["first_mib"] > 0 else "-"
         mem = f"{first:.2f} | {steady:.2f} | {ratio} |"
+    threads2 = ""
+    if two:
+        threads2 = (f" {row.wall2 * 1e3:.2f} | {row.wall / row.wall2:.2f}× | {row.wall2 / ours.wall2:.2f}× |"
+                    if row.wall2 is not None and ours.wall2 is not None else " | | |")
     return (f"{head} {row.diff[0]:.1e} ({row.diff[1]:.1e}) | {row.wall * 1e3:.2f} | {row.cpu * 1e3:.2f} | "
-            f"{row.wall / ours.wall:.2f}× | {row.cpu / ours.cpu:.2f}× | {mem}")
+            f"{row.wall / ours.wall:.2f}× | {row.cpu / ours.cpu:.2f}× | {mem}{threads2}")
 
 
 HEADER = [
     "| workload | implementation | max rel. Δ meta-grad: float64 vs maml_ext (float32 vs float64) | wall ms / meta-it (median) | CPU ms / meta-it (median) | wall vs maml_ext | CPU vs maml_ext | peak MiB, 1st meta-it (fresh process) | peak MiB, 2nd meta-it | 1st-it memory vs maml_ext |",
     "|---|---|---|---|---|---|---|---|---|---|",
 ]
+
+
+def table_head(threads2: int | None) -> list[str]:
+    """The table head, with the --threads2 columns when they are measured."""
+    if not threads2:
+        return HEADER
+    extra = (f" wall ms / meta-it, {threads2} threads | speed-up {threads2} threads vs 1 |"
+             f" wall vs maml_ext, {threads2} threads |")
+    return [HEADER[0] + extra, HEADER[1] + "---|---|---|"]
 
 
 def plot(rows: list[Row], out: Path) -> Path:
@@ -596,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--min-time", type=float, default=3.0, help="seconds of timing per implementation and workload")
     p.add_argument("--quick", action="store_true", help="the sinusoid workloads only")
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: all")
+    p.add_argument("--threads2", type=int, help="also time every implementation with this many threads")
     p.add_argument("--tiny", action="store_true", help="test-sized workloads (tiny())")
     p.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), help="default: all")
     p.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory subprocesses")
@@ -621,10 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     header = environment(args)
     print(header, flush=True)
-    print("\n".join(HEADER), flush=True)
+    print("\n".join(table_head(args.threads2)), flush=True)
     start = time.perf_counter()
     rows = run(args)
-    lines = [*HEADER, *(format_row(r, rows) for r in rows)]
+    lines = [*table_head(args.threads2), *(format_row(r, rows) for r in rows)]
     print(f"plot: {plot(rows, args.plot)}; wall time of the run {time.perf_counter() - start:.0f} s", flush=True)
     if args.write:
         extra = [f"- Meta-gradient check: same batch and weights, relative to each gradient's largest entry; "

@@ -34,6 +34,8 @@ def cases() -> list:
     out = []
     for key in WORKLOADS:
         for name in OTHERS:
+            if name in bench_peers.MLP_ONLY and key.startswith("conv4"):
+                continue
             marks = ()
             if name == "torch.func" and key.startswith("conv4"):
                 marks = pytest.mark.xfail(strict=True, reason=TORCH_FUNC_BN)
@@ -79,10 +81,12 @@ def test_time_steps_medians() -> None:
             calls[name] += 1
         return fn
 
-    times = bench_peers.time_steps({n: count(n) for n in calls}, min_time=1e-6, rounds=2, min_calls=3)
-    assert set(times) == {"a", "b"}
+    times = bench_peers.time_steps({n: count(n) for n in calls}, min_time=1e-6, rounds=2, min_calls=3,
+                                   threads=(1, 2))
+    assert set(times) == {("a", 1), ("a", 2), ("b", 1), ("b", 2)}
     assert all(wall >= 0 and cpu >= 0 for wall, cpu in times.values())
-    assert calls == {"a": 1 + 2 * 3, "b": 1 + 2 * 3}  # warm-up, then min_calls per round
+    # warm-up, then min_calls per round and thread count
+    assert calls == {"a": 1 + 2 * 2 * 3, "b": 1 + 2 * 2 * 3}
 
 
 def test_memory_in_a_fresh_process() -> None:
@@ -95,9 +99,9 @@ def test_memory_in_a_fresh_process() -> None:
 
 def test_main_writes_its_section(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(results_md, "RESULTS", tmp_path / "RESULTS.md")
-    impls = [bench_peers.OURS, "maml_ext generic", "learn2learn"]
+    impls = [bench_peers.OURS, "maml_ext generic", "maml_ext nn.Sequential", "learn2learn"]
     argv = ["--tiny", "--quick", "--no-memory", "--min-time", "0.02", "--plot", str(tmp_path / "p.png"),
-            "--write", "--impls", *impls]
+            "--write", "--threads2", "2", "--impls", *impls]
     assert bench_peers.main(argv) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "p.png").stat().st_size > 0
@@ -109,6 +113,16 @@ def test_main_writes_its_section(tmp_path, monkeypatch, capsys) -> None:
     if l2l is not None:  # listed with its reason, not silently dropped
         assert all(l2l.split(":")[0] in line for line in rows if "| learn2learn |" in line)
     assert "1.00×" in out
+    assert "speed-up 2 threads vs 1" in text
+    own = next(line for line in rows if "| maml_ext nn.Sequential |" in line)
+    assert own.count("|") == text.splitlines()[text.splitlines().index(own) - 1].count("|")
+
+
+def test_own_sequential_is_mlp_only() -> None:
+    conv = bench_peers.tiny(bench_peers.WORKLOADS["conv4-5way"])
+    assert bench_peers.available("maml_ext nn.Sequential", conv) == "MLP workloads only"
+    with pytest.raises(ValueError, match="MLP workloads only"):
+        bench_peers.make_step("maml_ext nn.Sequential", conv)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,14 @@
 // CPU implementations of maml_ext::mlp_hvp, mlp_maml and mlp_maml_backward: argument checks and
 // packing here, the arithmetic in the capability-specific engine, tasks spread over threads with
-// at::parallel_for (so torch.set_num_threads applies and no second OpenMP runtime is linked).
+// at::parallel_for (torch's OpenMP backend: this file is compiled with -fopenmp and linked to the
+// libgomp torch loads, so torch.set_num_threads applies and no second OpenMP runtime is loaded).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -22,6 +25,59 @@ int64_t task_grain(const Layout& L, int64_t examples, int64_t steps) {
   constexpr int64_t kMinWorkPerChunk = 1 << 21;  // multiply-adds; about half a millisecond
   const int64_t per_task = std::max<int64_t>(1, L.numel * examples * steps);
   return std::max<int64_t>(1, kMinWorkPerChunk / per_task);
+}
+
+// Sums over tasks are bitwise the same for any thread count: the tasks are cut into chunks that
+// depend only on the problem size, each chunk sums its tasks in task order, and the chunks' sums
+// are added in chunk order (per-thread partial sums would change with torch.set_num_threads).
+struct TaskChunks {
+  int64_t tasks, size, count;
+};
+
+TaskChunks task_chunks(int64_t tasks, int64_t grain) {
+  // At most this many partial sums (memory kMaxChunks * P): enough to balance 32 threads.
+  constexpr int64_t kMaxChunks = 64;
+  const int64_t size = std::max<int64_t>({1, grain, (tasks + kMaxChunks - 1) / kMaxChunks});
+  return {tasks, size, (tasks + size - 1) / size};
+}
+
+// fn(t0, t1, chunk) for every chunk, the chunks spread over the threads.
+template <typename F>
+void for_each_chunk(const TaskChunks& c, const F& fn) {
+  at::parallel_for(0, c.count, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t k = c0; k < c1; ++k) fn(k * c.size, std::min(c.tasks, (k + 1) * c.size), k);
+  });
+}
+
+// out[n] = sum of rows[r * N + n] over r = 0..R-1 in that order; threads split the columns only.
+template <typename T>
+void sum_rows_in_order(const T* rows, int64_t R, int64_t N, T* out) {
+  at::parallel_for(0, N, 1 << 14, [&](int64_t n0, int64_t n1) {
+    std::memcpy(out + n0, rows + n0, sizeof(T) * (n1 - n0));
+    for (int64_t r = 1; r < R; ++r) {
+      const T* row = rows + r * N;
+      for (int64_t n = n0; n < n1; ++n) out[n] += row[n];
+    }
+  });
+}
+
+at::Tensor sum_rows_in_order(const at::Tensor& rows) {
+  const at::Tensor r = rows.contiguous();
+  const int64_t R = r.size(0), N = r.numel() / std::max<int64_t>(R, 1);
+  at::Tensor out = at::empty(r.sizes().slice(1), r.options());
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "sum_rows_in_order", [&] {
+    sum_rows_in_order(r.data_ptr<scalar_t>(), R, N, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// The chunks' partial meta-gradients, reused across calls on the calling thread: a fresh
+// [chunks, P] buffer per call would page-fault megabytes each time for wide nets.
+template <typename T>
+T* chunk_sums_buffer(size_t count) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
 }
 
 template <typename T>
@@ -131,9 +187,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_c
   const at::Tensor g_adapted = grad_adapted.empty() ? at::Tensor() : pack(grad_adapted, true);
   const at::Tensor ckpt = checkpoints.contiguous(), qgrad = query_grad.contiguous();
   at::Tensor grad_theta = at::empty({T, P}, in.theta0.options());
-  const int64_t threads = at::get_num_threads();
-  at::Tensor grad_alpha = lr_grad ? at::zeros({threads, in.alpha.size(0), P}, in.theta0.options())
-                                  : at::Tensor();
+  const TaskChunks chunks = task_chunks(T, task_grain(in.layout, in.xs.size(1), steps));
+  at::Tensor grad_alpha =
+      lr_grad ? at::zeros({chunks.count, in.alpha.size(0), P}, in.theta0.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(in.theta0.scalar_type(), "mlp_maml_backward_cpu", [&] {
     auto a = maml_args<scalar_t>(in, steps, checkpoint_every);
     a.checkpoints = ckpt.numel() ? ckpt.data_ptr<scalar_t>() : nullptr;
@@ -144,13 +200,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_c
     a.grad_theta = grad_theta.data_ptr<scalar_t>();
     a.grad_alpha = lr_grad ? grad_alpha.data_ptr<scalar_t>() : nullptr;
     const auto fn = engine<scalar_t>().maml_backward_tasks;
-    at::parallel_for(0, T, task_grain(in.layout, in.xs.size(1), steps), [&](int64_t t0, int64_t t1) {
-      fn(a, t0, t1, at::get_thread_num());
-    });
+    for_each_chunk(chunks, [&](int64_t t0, int64_t t1, int64_t c) { fn(a, t0, t1, c); });
   });
   std::vector<at::Tensor> lr_grads;
-  if (lr_grad) lr_grads = reduce_lr_grads(grad_alpha.sum(0), lrs, params);
-  return {unpack(grad_theta.sum(0), params, false, T), lr_grads};
+  if (lr_grad) lr_grads = reduce_lr_grads(sum_rows_in_order(grad_alpha), lrs, params);
+  return {unpack(sum_rows_in_order(grad_theta), params, false, T), lr_grads};
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_grad_cpu(
@@ -165,26 +219,26 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_mam
   check_loss_weight(loss_weight, in.theta0, T);
   const at::Tensor weight = loss_weight.contiguous();
   at::Tensor query_loss = at::empty({T}, in.theta0.options());
-  const int64_t threads = at::get_num_threads();
-  // Summed per thread as the tasks finish: a [T, P] matrix would be written to fresh memory on
-  // every call (27 MB for 100 tasks of a 256-wide MLP) only to be summed afterwards.
-  at::Tensor grad_theta = at::zeros({threads, P}, in.theta0.options());
+  // Summed per chunk of tasks as they finish: a [T, P] matrix would be written on every call
+  // (27 MB for 100 tasks of a 256-wide MLP) only to be summed afterwards.
+  const TaskChunks chunks = task_chunks(T, task_grain(in.layout, in.xs.size(1), steps));
+  at::Tensor grad_theta = at::empty({P}, in.theta0.options());
   at::Tensor grad_alpha =
-      lrs.empty() ? at::Tensor() : at::zeros({threads, in.alpha.size(0), P}, in.theta0.options());
+      lrs.empty() ? at::Tensor() : at::zeros({chunks.count, in.alpha.size(0), P}, in.theta0.options());
   AT_DISPATCH_FLOATING_TYPES(in.theta0.scalar_type(), "mlp_maml_grad_cpu", [&] {
     auto a = maml_args<scalar_t>(in, steps, 1);
     a.query_loss = query_loss.data_ptr<scalar_t>();
     a.grad_loss = weight.data_ptr<scalar_t>();
     a.first_order = first_order;
-    a.grad_theta_sum = grad_theta.data_ptr<scalar_t>();
+    a.grad_theta_sum = chunk_sums_buffer<scalar_t>(chunks.count * P);
     a.grad_alpha = grad_alpha.defined() ? grad_alpha.data_ptr<scalar_t>() : nullptr;
     const auto fn = engine<scalar_t>().maml_grad_tasks;
-    at::parallel_for(0, T, task_grain(in.layout, in.xs.size(1), steps),
-                     [&](int64_t t0, int64_t t1) { fn(a, t0, t1, at::get_thread_num()); });
+    for_each_chunk(chunks, [&](int64_t t0, int64_t t1, int64_t c) { fn(a, t0, t1, c); });
+    sum_rows_in_order(a.grad_theta_sum, chunks.count, P, grad_theta.data_ptr<scalar_t>());
   });
   std::vector<at::Tensor> lr_grads;
-  if (grad_alpha.defined()) lr_grads = reduce_lr_grads(grad_alpha.sum(0), lrs, params);
-  return {query_loss, unpack(grad_theta.sum(0), params, false, T), lr_grads};
+  if (grad_alpha.defined()) lr_grads = reduce_lr_grads(sum_rows_in_order(grad_alpha), lrs, params);
+  return {query_loss, unpack(grad_theta, params, false, T), lr_grads};
 }
 
 }  // namespace

@@ -459,7 +459,7 @@ void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1) {
 }
 
 template <typename T>
-void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread) {
+void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk) {
   const Layout& L = *a.layout;
   const int64_t P = L.numel, d0 = L.dim[0], ks = a.support.k;
   const int64_t every = a.checkpoint_every;
@@ -469,7 +469,7 @@ void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t t
   T* u = thread_buffer<T>(2, P);
   T* hv = thread_buffer<T>(3, P);
   T* segment = thread_buffer<T>(4, std::max<int64_t>(every - 1, 0) * P);
-  T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
+  T* grad_alpha = a.grad_alpha ? a.grad_alpha + chunk * a.alpha_rows * P : nullptr;
   const bool walk = !a.first_order || grad_alpha;
   for (int64_t t = t0; t < t1; ++t) {
     T* v = a.grad_theta + t * P;
@@ -545,12 +545,14 @@ class LrCoefficients {
 // memory is O(threads * S * P) rather than O(T * S * P). The parameter-sized updates are fused
 // into the stores of the gradients' weight blocks: theta_{k+1} = theta_k - alpha_k g_k as g_k is
 // computed, and in the walk v <- v - H_k u, u <- alpha_{k-1} v as H_k u is (u = alpha_k v).
+// [t0, t1) is one chunk of tasks: its meta-gradients are summed in task order into row `chunk`
+// of grad_theta_sum (the first task's is stored, so the row need not be zeroed).
 template <typename T>
-void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread) {
+void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk) {
   const Layout& L = *a.layout;
   const int64_t P = L.numel, d0 = L.dim[0], ks = a.support.k, kq = a.query.k;
   Net<T> net(L, std::max(ks, kq));
-  T* grad_alpha = a.grad_alpha ? a.grad_alpha + thread * a.alpha_rows * P : nullptr;
+  T* grad_alpha = a.grad_alpha ? a.grad_alpha + chunk * a.alpha_rows * P : nullptr;
   const bool walk = !a.first_order || grad_alpha;
   const bool fused_step = !grad_alpha;  // the lr gradients need every g_k: kept, then the step
   const LrCoefficients<T> lr(a);
@@ -560,6 +562,14 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
   T* thetas = thread_buffer<T>(3, a.steps * P);
   T* states = thread_buffer<T>(4, walk ? a.steps * ss : 0);
   T* grads = thread_buffer<T>(5, fused_step ? 0 : a.steps * P);  // g_k of each step for lr grads
+  T* sum = a.grad_theta_sum + chunk * P;
+  const auto add_to_sum = [&](int64_t t) {
+    if (t == t0) {
+      std::memcpy(sum, v, sizeof(T) * P);
+    } else {
+      for (int64_t p = 0; p < P; ++p) sum[p] += v[p];
+    }
+  };
   for (int64_t t = t0; t < t1; ++t) {
     const T* x = a.support.x + t * ks * d0;
     const T* cur = a.theta0;
@@ -590,9 +600,8 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
     net.bind(a.query, t);
     net.forward(cur, a.query.x + t * kq * d0, kq);
     a.query_loss[t] = net.loss(cur, a.query, t, v, &scale);
-    T* sum = a.grad_theta_sum + thread * P;
     if (!walk) {
-      for (int64_t p = 0; p < P; ++p) sum[p] += v[p];
+      add_to_sum(t);
       continue;
     }
     net.bind(a.support, t);
@@ -615,7 +624,7 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t threa
         net.hvp(th, u, v, &back);
       }
     }
-    for (int64_t p = 0; p < P; ++p) sum[p] += v[p];
+    add_to_sum(t);
   }
 }
 

@@ -14,9 +14,9 @@ namespace maml_ext::mlp {
   template <typename T>                                                               \
   void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1);              \
   template <typename T>                                                               \
-  void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread); \
+  void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk);  \
   template <typename T>                                                               \
-  void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t thread); \
+  void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk);  \
   }
 
 MAML_EXT_DECLARE_ENGINE(DEFAULT)

@@ -81,8 +81,8 @@ struct MamlArgs {
   const T* grad_adapted;  // [T, P] or null
   bool first_order;
   T* grad_theta;      // [T, P] per task; summed over tasks by the caller (mlp_maml backward)
-  T* grad_alpha;      // [threads, A, P] per-thread partial sums, or null when not needed
-  T* grad_theta_sum;  // mlp_maml_grad: [threads, P] per-thread sums over tasks, zeroed by the caller
+  T* grad_alpha;      // [chunks, A, P] partial sums per task chunk, or null when not needed
+  T* grad_theta_sum;  // mlp_maml_grad: [chunks, P] sums over each task chunk, in task order
 };
 
 inline int64_t num_checkpoints(int64_t steps, int64_t every) {

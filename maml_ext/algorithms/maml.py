@@ -13,8 +13,9 @@ from maml_ext.tasks import TaskBatch
 
 from .base import Loss, MetaLearner
 from .functional import Output
-from .inner import InnerSGD
 from .fusable import model_spec, unfusable_reasons
+from .fused_call import FusedMLPCall
+from .inner import InnerSGD
 
 LEARN_LR = ("none", "elementwise", "per_step")
 
@@ -97,6 +98,9 @@ class MAML(MetaLearner):
                 for n in self.adapt_names
             )
         self.fused_spec = self._fused_spec(fused)
+        if self.fused_spec is not None:
+            lr_names = self.adapt_names if learn_lr != "none" else ()
+            self._fused_call = FusedMLPCall(model, self.fused_spec.param_names, lr_names)
 
     def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
         spec = model_spec(self.model)
@@ -142,17 +146,13 @@ class MAML(MetaLearner):
         return total
 
     def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
-        spec = self.fused_spec
-        named = dict(self.model.named_parameters())
-        if self.learn_lr == "none":
-            lr: float | list[Tensor] = self.lr
-        else:
-            by_name = dict(zip(self.adapt_names, self.lrs))
-            lr = [by_name[n] for n in spec.param_names]
+        call = self._fused_call
+        params = call.params()
+        lr: float | list[Tensor] = self.lr if self.learn_lr == "none" else call.lrs(self.lrs)
         # The mean query loss, with the meta-gradient computed in the same kernel call.
         return ops.mlp_maml_loss(
-            [named[n] for n in spec.param_names],
-            batch.x_support, batch.y_support, batch.x_query, batch.y_query,
+            params, batch.x_support, batch.y_support, batch.x_query, batch.y_query,
             lr=lr, steps=self.steps, per_step_lr=self.learn_lr == "per_step",
-            activation=spec.activation, loss=self.loss, first_order=first_order,
+            activation=self.fused_spec.activation, loss=self.loss, first_order=first_order,
+            loss_weight=call.mean_weight(batch.x_support.shape[0], params[0]),
         )

@@ -31,6 +31,7 @@ from maml_ext.algorithms.bayes import point_metrics
 from maml_ext.tasks import TaskBatch
 
 from .config import Config
+from .fused_eval import fused_query_outputs
 from .loop import Run
 from .progress import Progress
 
@@ -81,6 +82,10 @@ def predictive_samples(
         found = learner.sample_predictions(batch.x_support, batch.y_support, batch.x_query, steps, lr, generator)
         tick(steps + 1)
         return found
+    fused = fused_query_outputs(learner, batch, steps, lr)
+    if fused is not None:
+        tick(steps + 1)
+        return fused.unsqueeze(2)
     outs = [learner.predict(learner.init_params(), batch.x_query)]
     tick(1)
     for params in learner.inner_loop(batch.x_support, batch.y_support, steps, first_order=True, lr=lr):
@@ -101,8 +106,15 @@ def mixture_log_likelihood(samples: Tensor, y: Tensor, noise: Tensor) -> Tensor:
 
 def fit_noise(samples: Tensor, y: Tensor, grid: Tensor = NOISE_GRID) -> Tensor:
     """The σ of ``grid`` maximising the mean mixture log-likelihood, per step ``[steps + 1]``."""
-    scores = torch.stack([mixture_log_likelihood(samples, y, s).flatten(1).mean(1) for s in grid.to(samples.dtype)], 1)
-    return grid.to(samples.dtype)[scores.argmax(1)]
+    grid = grid.to(samples.dtype)
+    if samples.shape[2] == 1:
+        # One component (point learners): the mean log N(y | f, σ²) is -msr/(2σ²) - log σ - c in
+        # the mean squared residual, one pass over the samples instead of one per grid value.
+        msr = (y.unsqueeze(1) - samples).pow(2).flatten(1).mean(1, keepdim=True)
+        scores = -0.5 * msr / grid.pow(2) - torch.log(grid) - 0.5 * math.log(2 * math.pi)
+    else:
+        scores = torch.stack([mixture_log_likelihood(samples, y, s).flatten(1).mean(1) for s in grid], 1)
+    return grid[scores.argmax(1)]
 
 
 def mixture_cdf(samples: Tensor, y: Tensor, noise: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS, MetaLearner, build_algorithm
 from maml_ext.tasks import TaskFamily
 
-from . import checkpoint, distributed, driver
+from . import checkpoint, distributed, driver, optim
 from .config import Config, ConfigError, check_options, validate
 from .driver import CHECKPOINT, METRICS, NonFinite
 
@@ -70,7 +70,7 @@ class SupervisedStep:
     def __init__(self, run: Run, shard: distributed.Shard) -> None:
         self.run, self.shard, self.tcfg = run, shard, run.config["train"]
         self.module = run.learner
-        self.optimizer = torch.optim.Adam(run.learner.parameters(), lr=self.tcfg["meta_lr"])
+        self.optimizer = optim.adam(run.learner.parameters(), self.tcfg["meta_lr"])
         self.generators = {"tasks": torch.Generator().manual_seed(run.config["seed"])}
         self.window = [0.0, 0]
 
