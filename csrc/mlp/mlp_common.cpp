@@ -2,7 +2,7 @@
 
 #include <ATen/ATen.h>
 
-#include <ATen/Dispatch.h>
+#include <c10/util/accumulate.h>
 
 #include <cmath>
 #include <cstring>
@@ -58,7 +58,8 @@ Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
                         ", got shape ", W.sizes());
     }
     widths[l + 1] = W.size(lead);
-    TORCH_CHECK_VALUE(widths[l + 1] > 0 && widths[l] > 0, "params[", 2 * l, "]: empty layer");
+    TORCH_CHECK_VALUE(widths[l + 1] > 0 && widths[l] > 0, "params[", 2 * l, "] (W", l + 1,
+                      "): expected at least one input and one output feature, got shape ", W.sizes());
   }
   if (gaussian) {
     const auto& s = params[n - 1];
@@ -77,8 +78,9 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
                    like.scalar_type(), ", got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == tasks && x.size(2) == L.dim[0], what,
                     " x: expected [T=", tasks, ", K, ", L.dim[0], "], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(tasks > 0, what, " x: expected at least one task, got shape ", x.sizes());
   const int64_t k = x.size(1);
-  TORCH_CHECK_VALUE(k > 0, what, " x: expected at least one example per task");
+  TORCH_CHECK_VALUE(k > 0, what, " x: expected at least one example per task, got shape ", x.sizes());
   if (L.loss == Loss::CrossEntropy) {
     TORCH_CHECK_TYPE(y.scalar_type() == at::kLong, what, " y: expected int64 class labels, got ",
                      y.scalar_type());
@@ -177,14 +179,16 @@ at::Tensor expand_lrs(at::TensorList lrs, double lr, bool per_step, int64_t step
     TORCH_CHECK_TYPE(a.scalar_type() == like.scalar_type(), "lrs[", i, "]: expected dtype ",
                      like.scalar_type(), ", got ", a.scalar_type());
     const int64_t n = params[i].numel();
-    const int64_t per_row = per_step ? (a.dim() >= 1 ? a.numel() / std::max<int64_t>(a.size(0), 1) : -1)
-                                     : a.numel();
     TORCH_CHECK_VALUE(!per_step || (a.dim() >= 1 && a.size(0) == steps), "lrs[", i,
                       "]: per-step learning rates need a leading dimension of size steps=", steps,
                       ", got shape ", a.sizes());
-    TORCH_CHECK_VALUE(per_row == 1 || per_row == n, "lrs[", i, "]: expected a scalar or the shape ",
-                      params[i].sizes(), " of its parameter", per_step ? " after the step dimension" : "",
-                      ", got shape ", a.sizes());
+    // A scalar (one entry) or exactly the parameter's shape: a right count in a wrong shape
+    // (e.g. a transposed W) is an error, not silently reinterpreted.
+    const auto rest = per_step ? a.sizes().slice(1) : a.sizes();
+    const int64_t per_row = c10::multiply_integers(rest);
+    TORCH_CHECK_VALUE(per_row == 1 || rest == params[i].sizes(), "lrs[", i,
+                      "]: expected a scalar or the shape ", params[i].sizes(), " of its parameter",
+                      per_step ? " after the step dimension" : "", ", got shape ", a.sizes());
     cols.push_back(a.reshape({rows, per_row}).expand({rows, n}));
   }
   return at::cat(cols, 1).contiguous();
@@ -220,22 +224,10 @@ void check_labels(const Layout& L, const at::Tensor& y, const char* what) {
                     "), got values in [", lo, ", ", hi, "]");
 }
 
-void check_lrs(at::TensorList lrs, double lr) {
-  TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, "lr: expected a finite value >= 0, got ", lr);
-  for (size_t i = 0; i < lrs.size(); ++i) {
-    const at::Tensor a = lrs[i].contiguous();
-    if (!a.is_cpu()) {
-      TORCH_CHECK_VALUE((at::isfinite(a) & (a >= 0)).all().item<bool>(), "lrs[", i,
-                        "]: learning rates must be finite and >= 0");
-      continue;
-    }
-    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "check_lrs", [&] {
-      const scalar_t* p = a.const_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < a.numel(); ++j)
-        TORCH_CHECK_VALUE(std::isfinite(p[j]) && p[j] >= 0, "lrs[", i,
-                          "]: learning rates must be finite and >= 0, got ", p[j]);
-    });
-  }
+void check_lr(double lr) {
+  // Any sign (Meta-SGD's learned steps have none); tensor rates are not read here: a value check
+  // would synchronise with the device, and non-finite rates propagate like any non-finite input.
+  TORCH_CHECK_VALUE(std::isfinite(lr), "lr: expected a finite value, got ", lr);
 }
 
 MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bool per_step,
@@ -262,7 +254,7 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
   }
   in.theta0 = pack(params, false);
   in.alpha = expand_lrs(lrs, lr, per_step, steps, params, in.theta0);
-  check_lrs(lrs, lr);
+  check_lr(lr);
   in.xs = x_support.contiguous();
   in.ys = y_support.contiguous();
   in.ws = contiguous(w_support);
@@ -297,15 +289,46 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
   return in;
 }
 
-void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
-                 int64_t numel, int64_t steps, int64_t checkpoint_every) {
+namespace {
+
+void check_like(const at::Tensor& t, const at::Tensor& like, const std::string& what) {
+  TORCH_CHECK(t.device() == like.device(), what, ": expected device ", like.device(), ", got ",
+              t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), what, ": expected dtype ",
+                   like.scalar_type(), ", got ", t.scalar_type());
+}
+
+}  // namespace
+
+void check_backward(const at::Tensor& grad_loss, at::TensorList grad_adapted, at::TensorList params,
+                    const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
+                    int64_t numel, int64_t steps, int64_t checkpoint_every) {
+  const at::Tensor& like = params[0];
+  check_like(grad_loss, like, "grad_loss");
+  TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == tasks, "grad_loss: expected [T=",
+                    tasks, "], got shape ", grad_loss.sizes());
+  TORCH_CHECK_VALUE(grad_adapted.empty() || grad_adapted.size() == params.size(),
+                    "grad_adapted: expected none or one tensor per parameter (", params.size(),
+                    "), got ", grad_adapted.size());
+  for (size_t i = 0; i < grad_adapted.size(); ++i) {
+    const std::string what = "grad_adapted[" + std::to_string(i) + "]";
+    check_like(grad_adapted[i], like, what);
+    const auto p = params[i].sizes();
+    const auto g = grad_adapted[i].sizes();
+    TORCH_CHECK_VALUE(g.size() == p.size() + 1 && g[0] == tasks && g.slice(1) == p, what,
+                      ": expected [T=", tasks, ", *", p, "], got shape ", g);
+  }
+  check_like(query_grad, like, "query_grad");
   TORCH_CHECK_VALUE(query_grad.dim() == 2 && query_grad.size(0) == tasks && query_grad.size(1) == numel,
-                    "query_grad: expected [", tasks, ", ", numel, "] saved by mlp_maml, got ",
+                    "query_grad: expected [", tasks, ", ", numel, "] saved by mlp_maml, got shape ",
                     query_grad.sizes());
-  TORCH_CHECK_VALUE(checkpoints.dim() == 3 &&
-                        checkpoints.size(0) == num_checkpoints(steps, checkpoint_every),
-                    "checkpoints: expected the tensor saved by mlp_maml with the same steps and "
-                    "checkpoint_every, got shape ", checkpoints.sizes());
+  check_like(checkpoints, like, "checkpoints");
+  const int64_t n = num_checkpoints(steps, checkpoint_every);
+  TORCH_CHECK_VALUE(checkpoints.dim() == 3 && checkpoints.size(0) == n &&
+                        checkpoints.size(1) == tasks && checkpoints.size(2) == numel,
+                    "checkpoints: expected [", n, ", ", tasks, ", ", numel,
+                    "] saved by mlp_maml with the same steps and checkpoint_every, got shape ",
+                    checkpoints.sizes());
 }
 
 void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks) {

@@ -67,12 +67,14 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t);
 // Class labels within [0, classes) (cross-entropy only).
 void check_labels(const Layout& L, const at::Tensor& y, const char* what);
-// The tensors mlp_maml saved for its backward match the call (tasks, numel, steps, interval).
-void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
-                 int64_t numel, int64_t steps, int64_t checkpoint_every);
+// The incoming gradients (grad_loss [T], grad_adapted: none or [T, *param] each) and the tensors
+// mlp_maml saved for its backward match the call (tasks, numel, steps, interval, dtype, device).
+void check_backward(const at::Tensor& grad_loss, at::TensorList grad_adapted, at::TensorList params,
+                    const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
+                    int64_t numel, int64_t steps, int64_t checkpoint_every);
 // The per-task weights of the query losses in mlp_maml_grad: [T], like the parameters.
 void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks);
-// Learning rates finite and >= 0.
-void check_lrs(at::TensorList lrs, double lr);
+// The scalar learning rate is finite (any sign). Tensor rates are checked for metadata only.
+void check_lr(double lr);
 
 }  // namespace maml_ext::mlp
