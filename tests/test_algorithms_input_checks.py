@@ -25,7 +25,7 @@ def batch(tasks=3, k=4):
 @pytest.mark.parametrize("lr, shown", [("0.1", "'0.1' (str)"), (True, "True (bool)"), (math.inf, "inf"),
                                        (math.nan, "nan"), (0.0, "0.0"), (-0.1, "-0.1"), (None, "None")])
 def test_fixed_lr_must_be_a_finite_positive_number(lr, shown):
-    with pytest.raises(ValueError, match=re.escape(f"lr must be a finite number > 0, got {shown}")):
+    with pytest.raises(ValueError, match=re.escape(f"lr must be > 0 and finite, got {shown}")):
         MAML(small_mlp(), lr=lr)
 
 

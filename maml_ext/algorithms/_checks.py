@@ -13,10 +13,10 @@ from torch import Tensor
 def check_lr(lr: object, name: str = "lr") -> float:
     """A real, finite, positive step size (a fixed α; learned α may later take any sign)."""
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise ValueError(f"{name} must be a finite number > 0, got {lr!r} ({type(lr).__name__})")
+        raise ValueError(f"{name} must be > 0 and finite, got {lr!r} ({type(lr).__name__})")
     value = float(lr)
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")
     return value
 
 
