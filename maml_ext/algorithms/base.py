@@ -254,7 +254,7 @@ class MetaLearner(nn.Module, ABC):
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:
         """Per-task parameters after ``steps`` (default: training steps) on the support sets."""
         steps = self.steps if steps is None else check_steps(steps, minimum=0)
-        check_support(x_support, y_support)
+        check_support(x_support, y_support)  # also for steps=0, where inner_loop never starts
         params = self.init_params()
         for params in self.inner_loop(x_support, y_support, steps, first_order=False):
             pass
