@@ -253,6 +253,26 @@ def test_mlp_maml_rejects(mod, case):
     check_rejects(mod, case, MAML_CASES)
 
 
+def first_line_of_error(call, mod):
+    with pytest.raises(Exception) as info:
+        call(mod)
+    return type(info.value), str(info.value).splitlines()[0]
+
+
+SAME_MESSAGE_CASES = [
+    pytest.param(table, case, id=f"{name}-{case}")
+    for name, table in (("update", UPDATE_CASES), ("hvp", HVP_CASES), ("maml", MAML_CASES))
+    for case in table if "device" not in case
+]
+
+
+@requires_extension  # compares the compiled ops' messages with the reference's
+@pytest.mark.parametrize("table, case", SAME_MESSAGE_CASES)
+def test_both_paths_give_the_same_message(table, case):
+    call = table[case][0]
+    assert first_line_of_error(call, ops) == first_line_of_error(call, reference)
+
+
 @modules
 def test_valid_inputs_pass(mod):
     """The unmodified inputs of the tables above are accepted (so each case tests one change)."""

@@ -3,8 +3,11 @@
 #include <cmath>
 
 #include "inner_update/inner_update.h"
+#include "mlp/mlp_common.h"
 
 namespace maml_ext::inner_update {
+
+using mlp::dtype_name;
 
 int64_t step_index(std::optional<int64_t> step) {
   if (!step.has_value()) return kNoStep;
@@ -30,9 +33,9 @@ std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorLi
     TORCH_CHECK(g.device() == p.device(), "grads[", i, "]: expected device ", p.device(), ", got ",
                 g.device());
     TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), "grads[", i, "]: expected dtype ",
-                     p.scalar_type(), ", got ", g.scalar_type());
+                     dtype_name(p.scalar_type()), ", got ", dtype_name(g.scalar_type()));
     TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), "params[", i,
-                     "]: expected a floating-point tensor, got ", p.scalar_type());
+                     "]: expected a floating-point tensor, got ", dtype_name(p.scalar_type()));
     const bool same = g.sizes() == p.sizes();
     const bool per_task = g.dim() == p.dim() + 1 && g.sizes().slice(1) == p.sizes();
     TORCH_CHECK_VALUE(same || (!in_place && per_task), "grads[", i, "]: expected shape ", p.sizes(),
@@ -48,7 +51,7 @@ std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorLi
     TORCH_CHECK(a.device() == p.device(), "lrs[", i, "]: expected device ", p.device(), ", got ",
                 a.device());
     TORCH_CHECK_TYPE(a.scalar_type() == p.scalar_type(), "lrs[", i, "]: expected dtype ",
-                     p.scalar_type(), ", got ", a.scalar_type());
+                     dtype_name(p.scalar_type()), ", got ", dtype_name(a.scalar_type()));
     if (step != kNoStep) {
       TORCH_CHECK_VALUE(a.dim() >= 1 && step < a.size(0), "lrs[", i, "]: step ", step,
                         " needs a leading step dimension longer than ", step, ", got shape ",

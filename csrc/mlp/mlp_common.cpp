@@ -8,6 +8,11 @@
 #include <cstring>
 
 namespace maml_ext::mlp {
+
+std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
 namespace {
 
 int64_t numel_without_task(const at::Tensor& t, bool task_dim) {
@@ -29,12 +34,13 @@ Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
   const int64_t lead = task_dim ? 1 : 0;
   const auto& ref = params[0];
   TORCH_CHECK_TYPE(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble,
-                   "params[0]: expected float32 or float64, got ", ref.scalar_type());
+                   "params[0]: expected float32 or float64, got ", dtype_name(ref.scalar_type()));
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_TYPE(params[i].scalar_type() == ref.scalar_type(), "params[", i, "]: expected dtype ",
-                     ref.scalar_type(), " like params[0], got ", params[i].scalar_type());
+                     dtype_name(ref.scalar_type()), ", got ",
+                     dtype_name(params[i].scalar_type()));
     TORCH_CHECK(params[i].device() == ref.device(), "params[", i, "]: expected device ", ref.device(),
-                " like params[0], got ", params[i].device());
+                ", got ", params[i].device());
     if (task_dim) {
       TORCH_CHECK_VALUE(params[i].dim() >= 1 && params[i].size(0) == tasks, "params[", i,
                         "]: expected a leading task dimension of size ", tasks, ", got shape ",
@@ -75,7 +81,7 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
   TORCH_CHECK(x.device() == like.device() && y.device() == like.device(), what,
               ": expected tensors on ", like.device(), " like the parameters");
   TORCH_CHECK_TYPE(x.scalar_type() == like.scalar_type(), what, " x: expected dtype ",
-                   like.scalar_type(), ", got ", x.scalar_type());
+                   dtype_name(like.scalar_type()), ", got ", dtype_name(x.scalar_type()));
   TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == tasks && x.size(2) == L.dim[0], what,
                     " x: expected [T=", tasks, ", K, ", L.dim[0], "], got shape ", x.sizes());
   TORCH_CHECK_VALUE(tasks > 0, what, " x: expected at least one task, got shape ", x.sizes());
@@ -83,12 +89,12 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
   TORCH_CHECK_VALUE(k > 0, what, " x: expected at least one example per task, got shape ", x.sizes());
   if (L.loss == Loss::CrossEntropy) {
     TORCH_CHECK_TYPE(y.scalar_type() == at::kLong, what, " y: expected int64 class labels, got ",
-                     y.scalar_type());
+                     dtype_name(y.scalar_type()));
     TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == tasks && y.size(1) == k, what,
                       " y: expected [T=", tasks, ", K=", k, "], got shape ", y.sizes());
   } else {
     TORCH_CHECK_TYPE(y.scalar_type() == like.scalar_type(), what, " y: expected dtype ",
-                     like.scalar_type(), ", got ", y.scalar_type());
+                     dtype_name(like.scalar_type()), ", got ", dtype_name(y.scalar_type()));
     TORCH_CHECK_VALUE(y.dim() == 3 && y.size(0) == tasks && y.size(1) == k &&
                           y.size(2) == L.dim[L.layers],
                       what, " y: expected [T=", tasks, ", K=", k, ", ", L.dim[L.layers],
@@ -98,7 +104,7 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
     const auto& w = *weight;
     TORCH_CHECK(w.device() == like.device(), what, " weight: expected device ", like.device());
     TORCH_CHECK_TYPE(w.scalar_type() == like.scalar_type(), what, " weight: expected dtype ",
-                     like.scalar_type(), ", got ", w.scalar_type());
+                     dtype_name(like.scalar_type()), ", got ", dtype_name(w.scalar_type()));
     TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == tasks && w.size(1) == k, what,
                       " weight: expected [T=", tasks, ", K=", k, "], got shape ", w.sizes());
   }
@@ -177,7 +183,7 @@ at::Tensor expand_lrs(at::TensorList lrs, double lr, bool per_step, int64_t step
     const auto& a = lrs[i];
     TORCH_CHECK(a.device() == like.device(), "lrs[", i, "]: expected device ", like.device());
     TORCH_CHECK_TYPE(a.scalar_type() == like.scalar_type(), "lrs[", i, "]: expected dtype ",
-                     like.scalar_type(), ", got ", a.scalar_type());
+                     dtype_name(like.scalar_type()), ", got ", dtype_name(a.scalar_type()));
     const int64_t n = params[i].numel();
     TORCH_CHECK_VALUE(!per_step || (a.dim() >= 1 && a.size(0) == steps), "lrs[", i,
                       "]: per-step learning rates need a leading dimension of size steps=", steps,
@@ -277,7 +283,8 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
     TORCH_CHECK_VALUE(direction[i].sizes() == params[i].sizes(), "direction[", i,
                       "]: expected shape ", params[i].sizes(), ", got ", direction[i].sizes());
     TORCH_CHECK_TYPE(direction[i].scalar_type() == params[i].scalar_type(), "direction[", i,
-                     "]: expected dtype ", params[i].scalar_type(), ", got ", direction[i].scalar_type());
+                     "]: expected dtype ", dtype_name(params[i].scalar_type()), ", got ",
+                     dtype_name(direction[i].scalar_type()));
     TORCH_CHECK(direction[i].device() == params[i].device(), "direction[", i, "]: expected device ",
                 params[i].device(), ", got ", direction[i].device());
   }
@@ -295,7 +302,7 @@ void check_like(const at::Tensor& t, const at::Tensor& like, const std::string& 
   TORCH_CHECK(t.device() == like.device(), what, ": expected device ", like.device(), ", got ",
               t.device());
   TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), what, ": expected dtype ",
-                   like.scalar_type(), ", got ", t.scalar_type());
+                   dtype_name(like.scalar_type()), ", got ", dtype_name(t.scalar_type()));
 }
 
 }  // namespace
@@ -335,7 +342,7 @@ void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, in
   TORCH_CHECK(loss_weight.device() == like.device(), "loss_weight: expected device ", like.device(),
               ", got ", loss_weight.device());
   TORCH_CHECK_TYPE(loss_weight.scalar_type() == like.scalar_type(), "loss_weight: expected dtype ",
-                   like.scalar_type(), ", got ", loss_weight.scalar_type());
+                   dtype_name(like.scalar_type()), ", got ", dtype_name(loss_weight.scalar_type()));
   TORCH_CHECK_VALUE(loss_weight.dim() == 1 && loss_weight.size(0) == tasks,
                     "loss_weight: expected [T=", tasks, "], got shape ", loss_weight.sizes());
 }

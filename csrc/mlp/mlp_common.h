@@ -13,6 +13,9 @@
 
 namespace maml_ext::mlp {
 
+// A dtype as Python prints it ("torch.float64"), so both paths word their messages alike.
+std::string dtype_name(at::ScalarType t);
+
 // Checks the parameter list [W1, b1, ..., WL, bL, (log_std)] and returns its layout.
 // `task_dim`: the tensors carry a leading task dimension of size `tasks`.
 Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
