@@ -5,15 +5,12 @@ runs in CI."""
 
 import math
 
-import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings  # .ci/setup.sh and the `test` extra
+from hypothesis import strategies as st
 
 from _ops_helpers import requires_extension
 from maml_ext import ops, reference
-
-hypothesis = pytest.importorskip("hypothesis")  # installed by .ci/setup.sh and the `test` extra
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 pytestmark = requires_extension  # compares the compiled kernels with the reference
 
