@@ -12,9 +12,9 @@ TORCH_LIBRARY(maml_ext, m) {
   /* From csrc/inner_update */
   // theta'_t = theta(_t) - alpha * g_t for every parameter tensor of every task at once.
   // lrs: empty (use lr) or one tensor per parameter: scalar or elementwise, with a leading
-  // step dimension indexed by `step` (-1: none).
-  m.def("inner_update(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, int step) -> Tensor[]");
-  m.def("inner_update_(Tensor(a!)[] params, Tensor[] grads, Tensor[] lrs, float lr, int step) -> ()");
+  // step dimension indexed by `step` when it is given (MAML++ per-step rates).
+  m.def("inner_update(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, int? step) -> Tensor[]");
+  m.def("inner_update_(Tensor(a!)[] params, Tensor[] grads, Tensor[] lrs, float lr, int? step) -> ()");
 
   /* From csrc/mlp */
   // Per-task loss, gradient and Hessian-vector product of an MLP with per-task parameters.

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from _ops_helpers import cuda_usable, gen, mlp_batch, mlp_params, randn
+from _ops_helpers import cuda_usable, gen, mlp_batch, mlp_params, randn, requires_extension
 from maml_ext import ops, reference
 
 modules = pytest.mark.parametrize("mod", [ops, reference], ids=["fused", "reference"])
@@ -70,13 +70,13 @@ UPDATE_CASES = {
     ),
     "lrs_dtype": (update_call(lr=lambda a: with_item(a, 0, a[0].float())), TypeError, r"lrs\[0\]"),
     "lrs_shape": (update_call(lr=lambda a: with_item(a, 0, a[0][:2])), ValueError, r"lrs\[0\]"),
-    "lr_negative": (update_call(lr=lambda a: -0.1), ValueError, r"(^|\s)lr: "),
     "lr_nan": (update_call(lr=lambda a: math.nan), ValueError, r"(^|\s)lr: "),
     "lr_inf": (update_call(lr=lambda a: math.inf), ValueError, r"(^|\s)lr: "),
-    "lrs_negative": (update_call(lr=lambda a: with_item(a, 1, -a[1])), ValueError, r"lrs\[1\]"),
-    "lrs_nan": (update_call(lr=lambda a: with_item(a, 0, a[0].clone().fill_(math.nan))), ValueError, r"lrs\[0\]"),
-    "lrs_inf": (update_call(lr=lambda a: with_item(a, 1, a[1] + math.inf)), ValueError, r"lrs\[1\]"),
     "lr_single_tensor": (update_call(lr=lambda a: a[1]), TypeError, r"lr"),
+    # A per-step rate [T=3, 3, 2] without a step: the step dimension is not a task dimension.
+    "per_step_lrs_without_step": (update_call(lr=lambda a: [x.expand(T, *x.shape) for x in a]),
+                                  ValueError, r"lrs\[0\]"),
+    "lrs_transposed": (update_call(lr=lambda a: with_item(a, 0, a[0].t())), ValueError, r"lrs\[0\]"),
     "step_without_step_dim": (update_call(step=lambda s: 1), ValueError, r"lrs\[1\]"),
     "step_out_of_range": (
         update_call(lr=lambda a: [x.expand(2, *x.shape) for x in a], step=lambda s: 2),
@@ -94,11 +94,11 @@ def test_inner_update_rejects(mod, case):
 
 
 @modules
-def test_inner_update_in_place_rejects_negative_lr(mod):
+def test_inner_update_in_place_rejects_non_finite_lr(mod):
     params, grads, _ = update_inputs()
     per_task = [g.clone() for g in grads]
-    with pytest.raises(ValueError, match=r"(^|\s)lr: "):
-        mod.inner_update_(per_task, grads, -1.0)
+    with pytest.raises(ValueError, match=r"(^|\s)lr: expected a finite value"):
+        mod.inner_update_(per_task, grads, math.inf)
 
 
 # ---- mlp_hvp ------------------------------------------------------------------------------------
@@ -136,6 +136,16 @@ HVP_CASES = {
                              y=lambda y: y.half(), direction=lambda d: [t.half() for t in d]),
                     TypeError, r"params\[0\]"),
     "x_features": (hvp_call(x=lambda x: x[:, :, :1]), ValueError, r"support x"),
+    "no_tasks": (hvp_call(params=lambda p: [t[:0] for t in p], x=lambda x: x[:0], y=lambda y: y[:0],
+                          direction=lambda d: [t[:0] for t in d]), ValueError, r"support x.*at least one task"),
+    "no_examples": (hvp_call(x=lambda x: x[:, :0], y=lambda y: y[:, :0]), ValueError,
+                    r"support x.*at least one example"),
+    "zero_width_hidden": (hvp_call(params=lambda p: [p[0][:, :0], p[1][:, :0], p[2][:, :, :0], p[3]],
+                                   direction=lambda d: [d[0][:, :0], d[1][:, :0], d[2][:, :, :0], d[3]]),
+                          ValueError, r"params\[0\] \(W1\).*at least one input and one output"),
+    "zero_inputs": (hvp_call(params=lambda p: with_item(p, 0, p[0][:, :, :0]), x=lambda x: x[:, :, :0],
+                             direction=lambda d: with_item(d, 0, d[0][:, :, :0])),
+                    ValueError, r"params\[0\] \(W1\).*at least one input and one output"),
     "x_dtype": (hvp_call(x=lambda x: x.float()), TypeError, r"support x"),
     "y_examples": (hvp_call(y=lambda y: y[:, :3]), ValueError, r"support y"),
     "y_tasks": (hvp_call(y=lambda y: y[:2]), ValueError, r"support y"),
@@ -216,21 +226,22 @@ MAML_CASES = {
     "query_labels": (maml_call("cross_entropy", y_query=lambda y: y + 3), ValueError, r"query y.*class labels"),
     "support_labels": (maml_call("cross_entropy", y_support=lambda y: -y - 1), ValueError,
                        r"support y.*class labels"),
-    "lr_negative": (maml_call(lr=lambda a: -0.01), ValueError, r"(^|\s)lr: "),
     "lr_nan": (maml_call(lr=lambda a: math.nan), ValueError, r"(^|\s)lr: "),
+    "lr_inf": (maml_call(lr=lambda a: -math.inf), ValueError, r"(^|\s)lr: expected a finite value"),
+    # W1 is [5, 2]: ten entries in the shape [2, 5] are not its shape.
+    "lrs_right_numel_wrong_shape": (maml_call(lr=lambda a: with_item(a, 0, torch.full((2, 5), 0.1, dtype=torch.float64))),
+                                    ValueError, r"lrs\[0\]"),
+    "per_step_lrs_wrong_shape": (maml_call(per_step_lr=lambda p: True,
+                                           lr=lambda a: with_item(per_step(a), 0, torch.full((2, 2, 5), 0.1, dtype=torch.float64))),
+                                 ValueError, r"lrs\[0\]"),
     "lr_single_tensor": (maml_call(lr=lambda a: a[0]), TypeError, r"lr"),
     "lrs_count": (maml_call(lr=lambda a: a[:3]), ValueError, r"lrs"),
-    "lrs_negative": (maml_call(lr=lambda a: with_item(a, 2, -a[2])), ValueError, r"lrs\[2\]"),
-    "lrs_inf": (maml_call(lr=lambda a: with_item(a, 1, a[1] + math.inf)), ValueError, r"lrs\[1\]"),
     "lrs_shape": (maml_call(lr=lambda a: with_item(a, 0, torch.full((5,), 0.1, dtype=torch.float64))),
                   ValueError, r"lrs\[0\]"),
     "lrs_dtype": (maml_call(lr=lambda a: with_item(a, 3, a[3].float())), TypeError, r"lrs\[3\]"),
     "per_step_without_step_dim": (maml_call(per_step_lr=lambda p: True), ValueError, r"lrs\[0\]"),
     "per_step_wrong_steps": (maml_call(per_step_lr=lambda p: True, lr=lambda a: per_step(a, 3)),
                              ValueError, r"lrs\[0\]"),
-    "per_step_negative": (maml_call(per_step_lr=lambda p: True,
-                                    lr=lambda a: with_item(per_step(a), 1, -per_step(a)[1])),
-                          ValueError, r"lrs\[1\]"),
     "x_query_device": (maml_call(x_query=elsewhere), RuntimeError, r"query"),
     "lrs_device": (maml_call(lr=lambda a: with_item(a, 1, elsewhere(a[1]))), RuntimeError, r"lrs\[1\]"),
 }
@@ -240,6 +251,26 @@ MAML_CASES = {
 @pytest.mark.parametrize("case", list(MAML_CASES))
 def test_mlp_maml_rejects(mod, case):
     check_rejects(mod, case, MAML_CASES)
+
+
+def first_line_of_error(call, mod):
+    with pytest.raises(Exception) as info:
+        call(mod)
+    return type(info.value), str(info.value).splitlines()[0]
+
+
+SAME_MESSAGE_CASES = [
+    pytest.param(table, case, id=f"{name}-{case}")
+    for name, table in (("update", UPDATE_CASES), ("hvp", HVP_CASES), ("maml", MAML_CASES))
+    for case in table if "device" not in case
+]
+
+
+@requires_extension  # compares the compiled ops' messages with the reference's
+@pytest.mark.parametrize("table, case", SAME_MESSAGE_CASES)
+def test_both_paths_give_the_same_message(table, case):
+    call = table[case][0]
+    assert first_line_of_error(call, ops) == first_line_of_error(call, reference)
 
 
 @modules
@@ -252,3 +283,138 @@ def test_valid_inputs_pass(mod):
         hvp_call(loss, sample_weight=lambda w: torch.ones(T, 4, dtype=torch.float64))(mod)
         maml_call(loss, w_query=lambda w: torch.ones(T, 6, dtype=torch.float64))(mod)
     maml_call(per_step_lr=lambda p: True, lr=per_step)(mod)
+
+
+# ---- mlp_maml_backward: incoming gradients and saved tensors (issue 12, defect 3) ---------------
+
+
+def backward_call(tasks=T, **change):
+    """mlp_maml_backward with synthetic inputs of the right sizes for ``tasks`` tasks, steps=3
+    (two saved snapshots), one argument replaced; on ``device`` (meta: the fake kernel)."""
+    def call(op, device="cpu"):
+        g = gen(3)
+        params = mlp_params(g, WIDTHS)
+        numel = sum(p.numel() for p in params)
+        xs, ys = mlp_batch(g, WIDTHS, "mse", tasks, 2)
+        args = dict(
+            grad_loss=torch.ones(tasks, dtype=torch.float64),
+            grad_adapted=[torch.zeros(tasks, *p.shape, dtype=torch.float64) for p in params],
+            checkpoints=torch.zeros(2, tasks, numel, dtype=torch.float64),
+            query_grad=torch.zeros(tasks, numel, dtype=torch.float64),
+        )
+        for key, fn in change.items():
+            args[key] = fn(args[key])
+        params, xs, ys, args = torch.utils._pytree.tree_map(lambda t: t.to(device), (params, xs, ys, args))
+        return op(args["grad_loss"], args["grad_adapted"], params, [], 0.1, False, xs, ys, None,
+                  args["checkpoints"], args["query_grad"], 3, "tanh", "mse", False, 1, False)
+    return call
+
+
+BACKWARD_CASES = {
+    "grad_loss_shape": (backward_call(grad_loss=lambda t: t[:2]), r"grad_loss"),
+    "grad_loss_dtype": (backward_call(grad_loss=lambda t: t.float()), r"grad_loss"),
+    "grad_adapted_count": (backward_call(grad_adapted=lambda a: a[:3]), r"grad_adapted"),
+    "grad_adapted_tasks": (backward_call(grad_adapted=lambda a: with_item(a, 2, a[2][:2])), r"grad_adapted\[2\]"),
+    "grad_adapted_shape": (backward_call(grad_adapted=lambda a: with_item(a, 0, a[0][:, :, :1])),
+                           r"grad_adapted\[0\]"),
+    "grad_adapted_dtype": (backward_call(grad_adapted=lambda a: with_item(a, 1, a[1].float())),
+                           r"grad_adapted\[1\]"),
+    "checkpoints_count": (backward_call(checkpoints=lambda c: c[:1]), r"checkpoints"),
+    "checkpoints_tasks": (backward_call(checkpoints=lambda c: c[:, :2]), r"checkpoints"),
+    "checkpoints_numel": (backward_call(checkpoints=lambda c: c[:, :, :-1]), r"checkpoints"),
+    "query_grad_shape": (backward_call(query_grad=lambda q: q[:, :-1]), r"query_grad"),
+    # The reported out-of-bounds reads: many tasks, gradients and snapshots for only 4 of them.
+    "large_T_grad_adapted": (backward_call(20000, grad_adapted=lambda a: [t[:4] for t in a]),
+                             r"grad_adapted\[0\]"),
+    "large_T_checkpoints": (backward_call(20000, checkpoints=lambda c: c[:, :4]), r"checkpoints"),
+}
+BACKWARD_OPS = pytest.mark.parametrize("op_name", ["mlp_maml_backward", "_mlp_maml_backward_batched"])
+
+
+@requires_extension  # a compiled op (its autograd formula calls it; no reference twin)
+@BACKWARD_OPS
+@pytest.mark.parametrize("device", ["cpu", "meta"], ids=["kernel", "fake"])
+@pytest.mark.parametrize("case", list(BACKWARD_CASES))
+def test_mlp_maml_backward_rejects(op_name, device, case):
+    call, match = BACKWARD_CASES[case]
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(getattr(torch.ops.maml_ext, op_name), device)
+
+
+@requires_extension
+@BACKWARD_OPS
+@pytest.mark.parametrize("device", ["cpu", "meta"], ids=["kernel", "fake"])
+def test_mlp_maml_backward_valid_sizes_pass(op_name, device):
+    d_params, _ = backward_call()(getattr(torch.ops.maml_ext, op_name), device)
+    assert [d.shape for d in d_params] == [p.shape for p in mlp_params(gen(3), WIDTHS)]
+
+
+def to_meta(tree):
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tree)
+
+
+@requires_extension
+def test_fake_kernels_check_metadata_and_read_no_values():
+    """On meta tensors (torch.compile's fake tensors alike) the registered ops run their fake
+    kernels: cross-entropy labels (values) are not read, shapes are checked as the kernels do."""
+    args = to_meta(maml_inputs("cross_entropy"))
+    op_args = (args["params"], args["lr"], 0.0, False, args["x_support"], args["y_support"], None,
+               args["x_query"], args["y_query"], None, 2, "tanh", "cross_entropy", False)
+    loss, grads, lr_grads = torch.ops.maml_ext.mlp_maml_grad(*op_args, torch.ones(T, device="meta", dtype=torch.float64))
+    assert loss.device.type == "meta" and loss.shape == (T,)
+    assert [g.shape for g in grads] == [p.shape for p in args["params"]]
+    bad_lrs = with_item(args["lr"], 0, torch.full((2, 5), 0.1, dtype=torch.float64, device="meta"))
+    with pytest.raises(ValueError, match=r"lrs\[0\]"):
+        torch.ops.maml_ext.mlp_maml(*op_args[:1], bad_lrs, *op_args[2:], 1, True)
+    with pytest.raises(ValueError, match=r"lrs\[0\]"):  # [3] is not a trailing shape of [3, 2]
+        torch.ops.maml_ext.inner_update(to_meta(update_inputs()[0]), to_meta(update_inputs()[1]),
+                                        [torch.ones(3, device="meta", dtype=torch.float64)] * 2, 0.0, None)
+
+
+@modules
+def test_meta_tensors_through_the_public_ops(mod):
+    """ops.* on meta tensors (no compiled kernels for meta: the reference runs) reads no values."""
+    hvp = hvp_inputs("cross_entropy")
+    loss, grads, hvps = mod.mlp_hvp(*to_meta([hvp["params"], hvp["x"], hvp["y"], hvp["direction"]]),
+                                    activation="relu", loss="cross_entropy")
+    assert loss.device.type == "meta" and [h.shape for h in hvps] == [p.shape for p in hvp["params"]]
+
+
+# ---- learning rates of any sign, non-contiguous in-place updates (issue 12, defects 1 and 4) ----
+
+
+@modules
+def test_negative_learning_rates_follow_the_closed_form(mod):
+    """Meta-SGD's learned α has no sign constraint: a negative α steps up the gradient."""
+    params, grads, lrs = update_inputs()
+    lrs = [-a for a in lrs]
+    out = mod.inner_update(params, grads, lrs)
+    for p, g, a, o in zip(params, grads, lrs, out):
+        torch.testing.assert_close(o, p - a * g, rtol=0, atol=0)
+    out = mod.inner_update(params, grads, -0.25)
+    for p, g, o in zip(params, grads, out):
+        torch.testing.assert_close(o, p + 0.25 * g, rtol=0, atol=0)
+
+
+@modules
+def test_mlp_maml_accepts_negative_learning_rates(mod):
+    query_loss, _ = maml_call(lr=lambda a: [-x for x in a])(mod)
+    assert torch.isfinite(query_loss).all() and query_loss.shape == (T,)
+    query_loss, _ = maml_call(lr=lambda a: -0.05)(mod)
+    assert torch.isfinite(query_loss).all()
+
+
+@modules
+def test_in_place_update_of_non_contiguous_parameters(mod):
+    g = gen(4)
+    base = randn(g, 4, 6)
+    params = [base.t(), randn(g, 6, 2)[:, 0]]  # a transposed and a strided view
+    assert not any(p.is_contiguous() for p in params)
+    grads = [randn(g, *p.shape) for p in params]
+    lrs = [torch.full((), 0.3, dtype=torch.float64), randn(g, 6).abs()]
+    expected = [p - a * gr for p, a, gr in zip(params, lrs, grads)]
+    mod.inner_update_(params, grads, lrs)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p, e, rtol=0, atol=1e-15)
+    torch.testing.assert_close(base.t(), expected[0], rtol=0, atol=1e-15)  # written through the view

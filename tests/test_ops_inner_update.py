@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _ops_helpers import TOL, assert_rel, dot, gen, leaves, like, randn
+from _ops_helpers import TOL, assert_rel, dot, gen, leaves, like, randn, requires_extension
 from maml_ext import ops, reference
 
 # Parameter shapes of one task: a matrix, a vector, a 0-dim scalar and a 3-d tensor.
@@ -61,6 +61,7 @@ def test_outputs_match_closed_form_and_reference(layout, lr_kind, tasks):
     assert_rel(out, reference.inner_update(params, grads, lr, step), what="reference")
 
 
+@requires_extension  # compares the compiled ops with the reference
 @case_ids
 @lr_ids
 @pytest.mark.parametrize("tasks", [1, 3, 25], ids=lambda t: f"T{t}")

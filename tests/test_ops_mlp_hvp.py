@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from _ops_helpers import TOL, assert_rel, dot, gen, leaves, like, mlp_batch, mlp_params, randn
+from _ops_helpers import (
+    TOL, assert_rel, dot, gen, leaves, like, mlp_batch, mlp_params, randn, requires_extension,
+)
 from maml_ext import ops, reference
 
 
@@ -49,6 +51,7 @@ CASES = [
 cases = pytest.mark.parametrize("case", CASES, ids=str)
 
 
+@requires_extension  # compares the compiled ops with the reference
 @cases
 def test_outputs_match_reference(case):
     params, x, y, v, w = case.inputs()
@@ -75,6 +78,7 @@ def test_hvp_matches_finite_difference_of_gradient(case):
     assert_rel(hvps, fd, tol=1e-6, what="H v")
 
 
+@requires_extension  # compares the compiled ops with the reference
 @cases
 def test_autograd_matches_reference(case):
     """loss → gradient, gradients → H·u (w.r.t. params), HVPs → H·w (w.r.t. the direction)."""
@@ -158,6 +162,7 @@ def test_gradcheck_in_direction(case):
     assert torch.autograd.gradcheck(hvps, tuple(leaves(v)))
 
 
+@requires_extension  # compares the compiled ops with the reference
 def test_hvp_tracks_direction_when_params_do_not_require_grad():
     case = CASES[1]
     params, x, y, v, w = case.inputs(seed=6)
@@ -170,6 +175,7 @@ def test_hvp_tracks_direction_when_params_do_not_require_grad():
     assert_rel(h_w, expected, what="H w")
 
 
+@requires_extension  # compares the compiled ops with the reference
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]], ids=str)
 def test_float32(case):
     params, x, y, v, w = case.inputs(seed=5, dtype=torch.float32)

@@ -18,6 +18,7 @@ def grad_kwargs(case):
     return kw
 
 
+@requires_extension  # compares the compiled ops with the reference
 @cases
 def test_matches_reference(case):
     params, lr, data = case.inputs(seed=6)

@@ -49,7 +49,7 @@ def test_inner_update(lr_kind):
     g = gen(1)
     params = [randn(g, 3, 2), randn(g, 3), randn(g)]
     grads = [randn(g, 4, *p.shape) for p in params]
-    step = -1
+    step = None
     if lr_kind == "float":
         lrs, lr = [], 0.1
     elif lr_kind == "scalar":
@@ -66,7 +66,7 @@ def test_inner_update_in_place():
     g = gen(2)
     params = [randn(g, 4, 3, 2), randn(g, 4, 3)]
     torch.library.opcheck(torch.ops.maml_ext.inner_update_.default,
-                          (params, like(g, params), [randn(g).abs() for _ in params], 0.0, -1))
+                          (params, like(g, params), [randn(g).abs() for _ in params], 0.0, None))
 
 
 LOSSES = ["gaussian_nll", "mse", "cross_entropy"]
@@ -119,3 +119,4 @@ def test_mlp_maml_backward(lr_kind, first_order):
          query_grad, steps, activation, loss, first_order, every, True),
         (lr_kind, first_order), BACKWARD_VARIANTS,
     )
+

@@ -3,8 +3,18 @@
 #include <cmath>
 
 #include "inner_update/inner_update.h"
+#include "mlp/mlp_common.h"
 
 namespace maml_ext::inner_update {
+
+using mlp::dtype_name;
+
+int64_t step_index(std::optional<int64_t> step) {
+  if (!step.has_value()) return kNoStep;
+  TORCH_CHECK_VALUE(*step >= 0, "step: expected None (no step dimension) or a step index >= 0, got ",
+                    *step);
+  return *step;
+}
 
 std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorList grads,
                                              at::TensorList lrs, double lr, int64_t step,
@@ -14,8 +24,7 @@ std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorLi
   TORCH_CHECK_VALUE(lrs.empty() || lrs.size() == params.size(),
                     "lrs: expected an empty list (use lr) or one learning rate per parameter (",
                     params.size(), "), got ", lrs.size());
-  TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, "lr: expected a finite value >= 0, got ", lr);
-  TORCH_CHECK_VALUE(step >= -1, "step: expected -1 (no step dimension) or a step index, got ", step);
+  TORCH_CHECK_VALUE(std::isfinite(lr), "lr: expected a finite value, got ", lr);
   std::vector<at::Tensor> selected(params.size());
   int64_t tasks = -1;
   for (size_t i = 0; i < params.size(); ++i) {
@@ -24,9 +33,9 @@ std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorLi
     TORCH_CHECK(g.device() == p.device(), "grads[", i, "]: expected device ", p.device(), ", got ",
                 g.device());
     TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), "grads[", i, "]: expected dtype ",
-                     p.scalar_type(), ", got ", g.scalar_type());
+                     dtype_name(p.scalar_type()), ", got ", dtype_name(g.scalar_type()));
     TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), "params[", i,
-                     "]: expected a floating-point tensor, got ", p.scalar_type());
+                     "]: expected a floating-point tensor, got ", dtype_name(p.scalar_type()));
     const bool same = g.sizes() == p.sizes();
     const bool per_task = g.dim() == p.dim() + 1 && g.sizes().slice(1) == p.sizes();
     TORCH_CHECK_VALUE(same || (!in_place && per_task), "grads[", i, "]: expected shape ", p.sizes(),
@@ -37,23 +46,21 @@ std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorLi
                         " tasks like the other gradients, got ", g.size(0));
       tasks = g.size(0);
     }
-    if (in_place) {
-      TORCH_CHECK_VALUE(p.is_contiguous(), "params[", i, "]: in-place update needs a contiguous tensor");
-    }
     if (lrs.empty()) continue;
     at::Tensor a = lrs[i];
     TORCH_CHECK(a.device() == p.device(), "lrs[", i, "]: expected device ", p.device(), ", got ",
                 a.device());
     TORCH_CHECK_TYPE(a.scalar_type() == p.scalar_type(), "lrs[", i, "]: expected dtype ",
-                     p.scalar_type(), ", got ", a.scalar_type());
-    if (step >= 0) {
+                     dtype_name(p.scalar_type()), ", got ", dtype_name(a.scalar_type()));
+    if (step != kNoStep) {
       TORCH_CHECK_VALUE(a.dim() >= 1 && step < a.size(0), "lrs[", i, "]: step ", step,
                         " needs a leading step dimension longer than ", step, ", got shape ",
                         a.sizes());
       a = a.select(0, step);
     }
-    // An elementwise rate matches the trailing dims of the update (it is shared by all tasks).
-    const bool trailing = a.dim() <= g.dim() && g.sizes().slice(g.dim() - a.dim()) == a.sizes();
+    // An elementwise rate has the parameter's shape, or its trailing dims for a per-task
+    // parameter [T, ...] (shared by all tasks); never a task dimension of its own.
+    const bool trailing = a.dim() <= p.dim() && p.sizes().slice(p.dim() - a.dim()) == a.sizes();
     TORCH_CHECK_VALUE(a.numel() == 1 || trailing, "lrs[", i,
                       "]: expected a scalar or the parameter's shape ", p.sizes(), ", got ",
                       a.sizes());

@@ -15,18 +15,6 @@ namespace {
 
 constexpr int64_t kGrain = 32768;
 
-void check_lr_values(const at::Tensor& a, size_t i) {
-  const at::Tensor c = a.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "lr_check", [&] {
-    const scalar_t* p = c.data_ptr<scalar_t>();
-    for (int64_t j = 0; j < c.numel(); ++j) {
-      const double v = static_cast<double>(p[j]);
-      TORCH_CHECK_VALUE(std::isfinite(v) && v >= 0, "lrs[", i,
-                        "]: learning rates must be finite and >= 0, got ", v);
-    }
-  });
-}
-
 // out[j] = theta[j % n_theta] - alpha[j % n_alpha] * g[j] over the n elements of g.
 template <typename scalar_t>
 void update(const scalar_t* theta, int64_t n_theta, const scalar_t* alpha, int64_t n_alpha,
@@ -44,9 +32,6 @@ void update(const scalar_t* theta, int64_t n_theta, const scalar_t* alpha, int64
 void apply(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, int64_t step,
            at::TensorList outs, bool in_place) {
   const auto alphas = check_and_select_lrs(params, grads, lrs, lr, step, in_place);
-  for (size_t i = 0; i < alphas.size(); ++i) {
-    if (alphas[i].defined()) check_lr_values(alphas[i], i);
-  }
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor p = params[i].contiguous();
     const at::Tensor g = grads[i].contiguous();

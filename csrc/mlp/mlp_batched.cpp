@@ -30,11 +30,14 @@ class Net {
   at::Tensor act(const at::Tensor& z) const {
     return L_.act == Activation::Relu ? at::relu(z) : at::tanh(z);
   }
-  at::Tensor act_grad(const at::Tensor& h) const {
-    return L_.act == Activation::Relu ? (h > 0).to(h.scalar_type()) : 1 - h * h;
+  // x * act'(z) and dh * act''(z) * rz from the stored output h. ReLU selects (as autograd's
+  // threshold_backward does) rather than multiplying by 0/1, so an inactive unit passes 0 even when
+  // x is ±inf (0 * inf would be NaN), and a NaN unit passes x; its second derivative is exactly 0.
+  at::Tensor act_back(const at::Tensor& h, const at::Tensor& x) const {
+    return L_.act == Activation::Relu ? at::threshold_backward(x, h, 0) : x * (1 - h * h);
   }
-  at::Tensor act_grad2(const at::Tensor& h) const {
-    return L_.act == Activation::Relu ? at::zeros_like(h) : -2 * h * (1 - h * h);
+  at::Tensor act_curv(const at::Tensor& h, const at::Tensor& dh, const at::Tensor& rz) const {
+    return L_.act == Activation::Relu ? at::zeros_like(h) : dh * (-2 * h * (1 - h * h)) * rz;
   }
   at::Tensor weighted(const at::Tensor& t) const { return w_.defined() ? t * w_ : t; }
 
@@ -92,7 +95,7 @@ class Net {
       parts[2 * (l - 1) + 1] = delta_[l].sum(1);
       if (l > 1) {
         dh_[l - 1] = at::bmm(delta_[l], weight(L_, th, l));
-        delta_[l - 1] = dh_[l - 1] * act_grad(h_[l - 1]);
+        delta_[l - 1] = act_back(h_[l - 1], dh_[l - 1]);
       }
     }
     if (log_std_grad_.defined()) parts.push_back(log_std_grad_);
@@ -106,7 +109,7 @@ class Net {
     for (int l = 1; l <= n; ++l) {
       rz[l] = at::baddbmm(bias(L_, v, l).unsqueeze(1), h_[l - 1], weight(L_, v, l).transpose(1, 2));
       if (l > 1) rz[l] = rz[l] + at::bmm(rh[l - 1], weight(L_, th, l).transpose(1, 2));
-      if (l < n) rh[l] = act_grad(h_[l]) * rz[l];
+      if (l < n) rh[l] = act_back(h_[l], rz[l]);
     }
     const double k = static_cast<double>(h_[n].size(1)), d = static_cast<double>(h_[n].size(2));
     at::Tensor rd, log_std_hv;
@@ -132,7 +135,7 @@ class Net {
       parts[2 * (l - 1) + 1] = rd.sum(1);
       if (l > 1) {
         const at::Tensor tmp = at::bmm(rd, weight(L_, th, l)) + at::bmm(delta_[l], weight(L_, v, l));
-        rd = tmp * act_grad(h_[l - 1]) + dh_[l - 1] * act_grad2(h_[l - 1]) * rz[l - 1];
+        rd = act_back(h_[l - 1], tmp) + act_curv(h_[l - 1], dh_[l - 1], rz[l - 1]);
       }
     }
     if (log_std_hv.defined()) parts.push_back(log_std_hv);
@@ -210,7 +213,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward(
                                      nullptr, nullptr, std::nullopt, steps, activation, loss,
                                      checkpoint_every);
   const int64_t T = in.tasks, P = in.layout.numel;
-  check_saved(checkpoints, query_grad, T, P, steps, checkpoint_every);
+  check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, T, P, steps,
+                 checkpoint_every);
   const bool lr_grad = need_lr_grad && !lrs.empty();
   at::Tensor v = grad_loss.to(in.theta0.scalar_type()).reshape({T, 1}) * query_grad;
   if (!grad_adapted.empty()) v = v + pack(grad_adapted, true);

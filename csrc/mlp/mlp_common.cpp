@@ -2,12 +2,17 @@
 
 #include <ATen/ATen.h>
 
-#include <ATen/Dispatch.h>
+#include <c10/util/accumulate.h>
 
 #include <cmath>
 #include <cstring>
 
 namespace maml_ext::mlp {
+
+std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
 namespace {
 
 int64_t numel_without_task(const at::Tensor& t, bool task_dim) {
@@ -29,12 +34,13 @@ Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
   const int64_t lead = task_dim ? 1 : 0;
   const auto& ref = params[0];
   TORCH_CHECK_TYPE(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble,
-                   "params[0]: expected float32 or float64, got ", ref.scalar_type());
+                   "params[0]: expected float32 or float64, got ", dtype_name(ref.scalar_type()));
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_TYPE(params[i].scalar_type() == ref.scalar_type(), "params[", i, "]: expected dtype ",
-                     ref.scalar_type(), " like params[0], got ", params[i].scalar_type());
+                     dtype_name(ref.scalar_type()), ", got ",
+                     dtype_name(params[i].scalar_type()));
     TORCH_CHECK(params[i].device() == ref.device(), "params[", i, "]: expected device ", ref.device(),
-                " like params[0], got ", params[i].device());
+                ", got ", params[i].device());
     if (task_dim) {
       TORCH_CHECK_VALUE(params[i].dim() >= 1 && params[i].size(0) == tasks, "params[", i,
                         "]: expected a leading task dimension of size ", tasks, ", got shape ",
@@ -58,7 +64,8 @@ Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
                         ", got shape ", W.sizes());
     }
     widths[l + 1] = W.size(lead);
-    TORCH_CHECK_VALUE(widths[l + 1] > 0 && widths[l] > 0, "params[", 2 * l, "]: empty layer");
+    TORCH_CHECK_VALUE(widths[l + 1] > 0 && widths[l] > 0, "params[", 2 * l, "] (W", l + 1,
+                      "): expected at least one input and one output feature, got shape ", W.sizes());
   }
   if (gaussian) {
     const auto& s = params[n - 1];
@@ -74,19 +81,20 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
   TORCH_CHECK(x.device() == like.device() && y.device() == like.device(), what,
               ": expected tensors on ", like.device(), " like the parameters");
   TORCH_CHECK_TYPE(x.scalar_type() == like.scalar_type(), what, " x: expected dtype ",
-                   like.scalar_type(), ", got ", x.scalar_type());
+                   dtype_name(like.scalar_type()), ", got ", dtype_name(x.scalar_type()));
   TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == tasks && x.size(2) == L.dim[0], what,
                     " x: expected [T=", tasks, ", K, ", L.dim[0], "], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(tasks > 0, what, " x: expected at least one task, got shape ", x.sizes());
   const int64_t k = x.size(1);
-  TORCH_CHECK_VALUE(k > 0, what, " x: expected at least one example per task");
+  TORCH_CHECK_VALUE(k > 0, what, " x: expected at least one example per task, got shape ", x.sizes());
   if (L.loss == Loss::CrossEntropy) {
     TORCH_CHECK_TYPE(y.scalar_type() == at::kLong, what, " y: expected int64 class labels, got ",
-                     y.scalar_type());
+                     dtype_name(y.scalar_type()));
     TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == tasks && y.size(1) == k, what,
                       " y: expected [T=", tasks, ", K=", k, "], got shape ", y.sizes());
   } else {
     TORCH_CHECK_TYPE(y.scalar_type() == like.scalar_type(), what, " y: expected dtype ",
-                     like.scalar_type(), ", got ", y.scalar_type());
+                     dtype_name(like.scalar_type()), ", got ", dtype_name(y.scalar_type()));
     TORCH_CHECK_VALUE(y.dim() == 3 && y.size(0) == tasks && y.size(1) == k &&
                           y.size(2) == L.dim[L.layers],
                       what, " y: expected [T=", tasks, ", K=", k, ", ", L.dim[L.layers],
@@ -96,7 +104,7 @@ void check_batch(const Layout& L, const char* what, const at::Tensor& x, const a
     const auto& w = *weight;
     TORCH_CHECK(w.device() == like.device(), what, " weight: expected device ", like.device());
     TORCH_CHECK_TYPE(w.scalar_type() == like.scalar_type(), what, " weight: expected dtype ",
-                     like.scalar_type(), ", got ", w.scalar_type());
+                     dtype_name(like.scalar_type()), ", got ", dtype_name(w.scalar_type()));
     TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == tasks && w.size(1) == k, what,
                       " weight: expected [T=", tasks, ", K=", k, "], got shape ", w.sizes());
   }
@@ -175,16 +183,18 @@ at::Tensor expand_lrs(at::TensorList lrs, double lr, bool per_step, int64_t step
     const auto& a = lrs[i];
     TORCH_CHECK(a.device() == like.device(), "lrs[", i, "]: expected device ", like.device());
     TORCH_CHECK_TYPE(a.scalar_type() == like.scalar_type(), "lrs[", i, "]: expected dtype ",
-                     like.scalar_type(), ", got ", a.scalar_type());
+                     dtype_name(like.scalar_type()), ", got ", dtype_name(a.scalar_type()));
     const int64_t n = params[i].numel();
-    const int64_t per_row = per_step ? (a.dim() >= 1 ? a.numel() / std::max<int64_t>(a.size(0), 1) : -1)
-                                     : a.numel();
     TORCH_CHECK_VALUE(!per_step || (a.dim() >= 1 && a.size(0) == steps), "lrs[", i,
                       "]: per-step learning rates need a leading dimension of size steps=", steps,
                       ", got shape ", a.sizes());
-    TORCH_CHECK_VALUE(per_row == 1 || per_row == n, "lrs[", i, "]: expected a scalar or the shape ",
-                      params[i].sizes(), " of its parameter", per_step ? " after the step dimension" : "",
-                      ", got shape ", a.sizes());
+    // A scalar (one entry) or exactly the parameter's shape: a right count in a wrong shape
+    // (e.g. a transposed W) is an error, not silently reinterpreted.
+    const auto rest = per_step ? a.sizes().slice(1) : a.sizes();
+    const int64_t per_row = c10::multiply_integers(rest);
+    TORCH_CHECK_VALUE(per_row == 1 || rest == params[i].sizes(), "lrs[", i,
+                      "]: expected a scalar or the shape ", params[i].sizes(), " of its parameter",
+                      per_step ? " after the step dimension" : "", ", got shape ", a.sizes());
     cols.push_back(a.reshape({rows, per_row}).expand({rows, n}));
   }
   return at::cat(cols, 1).contiguous();
@@ -220,22 +230,10 @@ void check_labels(const Layout& L, const at::Tensor& y, const char* what) {
                     "), got values in [", lo, ", ", hi, "]");
 }
 
-void check_lrs(at::TensorList lrs, double lr) {
-  TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, "lr: expected a finite value >= 0, got ", lr);
-  for (size_t i = 0; i < lrs.size(); ++i) {
-    const at::Tensor a = lrs[i].contiguous();
-    if (!a.is_cpu()) {
-      TORCH_CHECK_VALUE((at::isfinite(a) & (a >= 0)).all().item<bool>(), "lrs[", i,
-                        "]: learning rates must be finite and >= 0");
-      continue;
-    }
-    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "check_lrs", [&] {
-      const scalar_t* p = a.const_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < a.numel(); ++j)
-        TORCH_CHECK_VALUE(std::isfinite(p[j]) && p[j] >= 0, "lrs[", i,
-                          "]: learning rates must be finite and >= 0, got ", p[j]);
-    });
-  }
+void check_lr(double lr) {
+  // Any sign (Meta-SGD's learned steps have none); tensor rates are not read here: a value check
+  // would synchronise with the device, and non-finite rates propagate like any non-finite input.
+  TORCH_CHECK_VALUE(std::isfinite(lr), "lr: expected a finite value, got ", lr);
 }
 
 MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bool per_step,
@@ -262,7 +260,7 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
   }
   in.theta0 = pack(params, false);
   in.alpha = expand_lrs(lrs, lr, per_step, steps, params, in.theta0);
-  check_lrs(lrs, lr);
+  check_lr(lr);
   in.xs = x_support.contiguous();
   in.ys = y_support.contiguous();
   in.ws = contiguous(w_support);
@@ -285,7 +283,8 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
     TORCH_CHECK_VALUE(direction[i].sizes() == params[i].sizes(), "direction[", i,
                       "]: expected shape ", params[i].sizes(), ", got ", direction[i].sizes());
     TORCH_CHECK_TYPE(direction[i].scalar_type() == params[i].scalar_type(), "direction[", i,
-                     "]: expected dtype ", params[i].scalar_type(), ", got ", direction[i].scalar_type());
+                     "]: expected dtype ", dtype_name(params[i].scalar_type()), ", got ",
+                     dtype_name(direction[i].scalar_type()));
     TORCH_CHECK(direction[i].device() == params[i].device(), "direction[", i, "]: expected device ",
                 params[i].device(), ", got ", direction[i].device());
   }
@@ -297,22 +296,53 @@ HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tens
   return in;
 }
 
-void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
-                 int64_t numel, int64_t steps, int64_t checkpoint_every) {
+namespace {
+
+void check_like(const at::Tensor& t, const at::Tensor& like, const std::string& what) {
+  TORCH_CHECK(t.device() == like.device(), what, ": expected device ", like.device(), ", got ",
+              t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), what, ": expected dtype ",
+                   dtype_name(like.scalar_type()), ", got ", dtype_name(t.scalar_type()));
+}
+
+}  // namespace
+
+void check_backward(const at::Tensor& grad_loss, at::TensorList grad_adapted, at::TensorList params,
+                    const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
+                    int64_t numel, int64_t steps, int64_t checkpoint_every) {
+  const at::Tensor& like = params[0];
+  check_like(grad_loss, like, "grad_loss");
+  TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == tasks, "grad_loss: expected [T=",
+                    tasks, "], got shape ", grad_loss.sizes());
+  TORCH_CHECK_VALUE(grad_adapted.empty() || grad_adapted.size() == params.size(),
+                    "grad_adapted: expected none or one tensor per parameter (", params.size(),
+                    "), got ", grad_adapted.size());
+  for (size_t i = 0; i < grad_adapted.size(); ++i) {
+    const std::string what = "grad_adapted[" + std::to_string(i) + "]";
+    check_like(grad_adapted[i], like, what);
+    const auto p = params[i].sizes();
+    const auto g = grad_adapted[i].sizes();
+    TORCH_CHECK_VALUE(g.size() == p.size() + 1 && g[0] == tasks && g.slice(1) == p, what,
+                      ": expected [T=", tasks, ", *", p, "], got shape ", g);
+  }
+  check_like(query_grad, like, "query_grad");
   TORCH_CHECK_VALUE(query_grad.dim() == 2 && query_grad.size(0) == tasks && query_grad.size(1) == numel,
-                    "query_grad: expected [", tasks, ", ", numel, "] saved by mlp_maml, got ",
+                    "query_grad: expected [", tasks, ", ", numel, "] saved by mlp_maml, got shape ",
                     query_grad.sizes());
-  TORCH_CHECK_VALUE(checkpoints.dim() == 3 &&
-                        checkpoints.size(0) == num_checkpoints(steps, checkpoint_every),
-                    "checkpoints: expected the tensor saved by mlp_maml with the same steps and "
-                    "checkpoint_every, got shape ", checkpoints.sizes());
+  check_like(checkpoints, like, "checkpoints");
+  const int64_t n = num_checkpoints(steps, checkpoint_every);
+  TORCH_CHECK_VALUE(checkpoints.dim() == 3 && checkpoints.size(0) == n &&
+                        checkpoints.size(1) == tasks && checkpoints.size(2) == numel,
+                    "checkpoints: expected [", n, ", ", tasks, ", ", numel,
+                    "] saved by mlp_maml with the same steps and checkpoint_every, got shape ",
+                    checkpoints.sizes());
 }
 
 void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks) {
   TORCH_CHECK(loss_weight.device() == like.device(), "loss_weight: expected device ", like.device(),
               ", got ", loss_weight.device());
   TORCH_CHECK_TYPE(loss_weight.scalar_type() == like.scalar_type(), "loss_weight: expected dtype ",
-                   like.scalar_type(), ", got ", loss_weight.scalar_type());
+                   dtype_name(like.scalar_type()), ", got ", dtype_name(loss_weight.scalar_type()));
   TORCH_CHECK_VALUE(loss_weight.dim() == 1 && loss_weight.size(0) == tasks,
                     "loss_weight: expected [T=", tasks, "], got shape ", loss_weight.sizes());
 }

@@ -13,6 +13,9 @@
 
 namespace maml_ext::mlp {
 
+// A dtype as Python prints it ("torch.float64"), so both paths word their messages alike.
+std::string dtype_name(at::ScalarType t);
+
 // Checks the parameter list [W1, b1, ..., WL, bL, (log_std)] and returns its layout.
 // `task_dim`: the tensors carry a leading task dimension of size `tasks`.
 Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
@@ -67,12 +70,14 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t);
 // Class labels within [0, classes) (cross-entropy only).
 void check_labels(const Layout& L, const at::Tensor& y, const char* what);
-// The tensors mlp_maml saved for its backward match the call (tasks, numel, steps, interval).
-void check_saved(const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
-                 int64_t numel, int64_t steps, int64_t checkpoint_every);
+// The incoming gradients (grad_loss [T], grad_adapted: none or [T, *param] each) and the tensors
+// mlp_maml saved for its backward match the call (tasks, numel, steps, interval, dtype, device).
+void check_backward(const at::Tensor& grad_loss, at::TensorList grad_adapted, at::TensorList params,
+                    const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
+                    int64_t numel, int64_t steps, int64_t checkpoint_every);
 // The per-task weights of the query losses in mlp_maml_grad: [T], like the parameters.
 void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks);
-// Learning rates finite and >= 0.
-void check_lrs(at::TensorList lrs, double lr);
+// The scalar learning rate is finite (any sign). Tensor rates are checked for metadata only.
+void check_lr(double lr);
 
 }  // namespace maml_ext::mlp

@@ -180,8 +180,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_c
                                      nullptr, nullptr, std::nullopt, steps, activation, loss,
                                      checkpoint_every);
   const int64_t T = in.tasks, P = in.layout.numel;
-  check_saved(checkpoints, query_grad, T, P, steps, checkpoint_every);
-  TORCH_CHECK_VALUE(grad_loss.numel() == T, "grad_loss: expected [", T, "], got ", grad_loss.sizes());
+  check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, T, P, steps,
+                 checkpoint_every);
   const bool lr_grad = need_lr_grad && !lrs.empty();
   const at::Tensor g_loss = grad_loss.to(in.theta0.scalar_type()).contiguous();
   const at::Tensor g_adapted = grad_adapted.empty() ? at::Tensor() : pack(grad_adapted, true);

@@ -215,7 +215,7 @@ class Net {
       if (l < n) {
         const T* h = at(h_, l);
         T* rh = at(rh_, l);
-        for (int64_t i = 0; i < k * dout; ++i) rh[i] = act_grad(h[i]) * rz[i];
+        for (int64_t i = 0; i < k * dout; ++i) rh[i] = act_back(h[i], rz[i]);
       }
     }
     loss_rop(th, v, hv, upd);
@@ -243,7 +243,7 @@ class Net {
         const T* dhp = at(dh_, l - 1);
         T* rdp = at(rdelta_, l - 1);
         for (int64_t i = 0; i < k * din; ++i)
-          rdp[i] = tmp[i] * act_grad(h[i]) + dhp[i] * act_grad2(h[i]) * rzp[i];
+          rdp[i] = act_back(h[i], tmp[i]) + act_curv(h[i], dhp[i], rzp[i]);
       }
     }
   }
@@ -255,17 +255,20 @@ class Net {
 
   void activate(T* z, int64_t count) const {
     if (L_.act == Activation::Relu) {
-      for (int64_t i = 0; i < count; ++i) z[i] = z[i] > T(0) ? z[i] : T(0);
+      // `z < 0 ? 0 : z` keeps NaN (as torch.relu does); `z > 0 ? z : 0` would map it to 0.
+      for (int64_t i = 0; i < count; ++i) z[i] = z[i] < T(0) ? T(0) : z[i];
     } else {
       for (int64_t i = 0; i < count; ++i) z[i] = std::tanh(z[i]);
     }
   }
-  // Derivatives written in terms of the activation's output h (what is stored).
-  T act_grad(T h) const {
-    return L_.act == Activation::Relu ? (h > T(0) ? T(1) : T(0)) : T(1) - h * h;
+  // x * act'(z) and dh * act''(z) * rz, written in terms of the stored output h. ReLU selects (as
+  // autograd's threshold_backward does) instead of multiplying by 0/1: an inactive unit passes 0
+  // even for x = ±inf (0 * inf is NaN), a NaN unit passes x, and its second derivative is exactly 0.
+  T act_back(T h, T x) const {
+    return L_.act == Activation::Relu ? (h <= T(0) ? T(0) : x) : x * (T(1) - h * h);
   }
-  T act_grad2(T h) const {
-    return L_.act == Activation::Relu ? T(0) : T(-2) * h * (T(1) - h * h);
+  T act_curv(T h, T dh, T rz) const {
+    return L_.act == Activation::Relu ? T(0) : dh * (T(-2) * h * (T(1) - h * h)) * rz;
   }
 
   // Bias rows of a gradient or HVP (column sums of `rows`) into out[off, off + cols), through
@@ -291,7 +294,7 @@ class Net {
         gemm_nn(k, din, dout, d, th + L_.w_off[l], dh, false);
         const T* h = at(h_, l - 1);
         T* dp = at(delta_, l - 1);
-        for (int64_t i = 0; i < k * din; ++i) dp[i] = dh[i] * act_grad(h[i]);
+        for (int64_t i = 0; i < k * din; ++i) dp[i] = act_back(h[i], dh[i]);
       }
     }
   }

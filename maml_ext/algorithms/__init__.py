@@ -18,7 +18,7 @@ platipus       PLATIPUS: learned Gaussian prior over initialisations, ELBO meta-
                ``test_samples`` sampled initialisations adapted at test time
 =============  ===========================================================================
 
-BMAML and PLATIPUS are :class:`~maml_ext.algorithms.bayes.RowLearner`\ s: their
+BMAML and PLATIPUS are :class:`~maml_ext.algorithms.bayes.RowLearner` subclasses: their
 ``sample_predictions`` gives every particle's / sample's outputs, which the evaluation turns into
 predictive distributions.
 """

@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from maml_ext.tasks import TaskBatch
 
+from ._checks import check_lr, check_steps, check_support
 from .clone import TaskClone
 from .functional import FunctionalModel, Output
 from .inner import InnerSGD, State, inner_step
@@ -122,10 +123,7 @@ class MetaLearner(nn.Module, ABC):
         check_loss(loss)
         if per_step_bn_weights and not per_step_bn:
             raise ValueError("per_step_bn_weights needs per_step_bn=True (MAML++ keeps both per step)")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        lr, steps = check_lr(lr), check_steps(steps)
         self.model = model
         self.bn_names = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm)] if per_step_bn else []
         if per_step_bn:
@@ -274,6 +272,7 @@ class MetaLearner(nn.Module, ABC):
         ``first_order`` cuts the graph through the gradients (FOMAML); ``lr`` overrides α
         (used when fine-tuning a baseline at test time).
         """
+        check_support(x, y)
         params = self.init_params()
         for s in range(steps):
             grads = self._grads(params, x, y, create_graph=not first_order)
@@ -285,8 +284,10 @@ class MetaLearner(nn.Module, ABC):
 
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:
         """Per-task parameters after ``steps`` (default: training steps) on the support sets."""
+        steps = self.steps if steps is None else check_steps(steps, minimum=0)
+        check_support(x_support, y_support)  # also for steps=0, where inner_loop never starts
         params = self.init_params()
-        for params in self.inner_loop(x_support, y_support, steps or self.steps, first_order=False):
+        for params in self.inner_loop(x_support, y_support, steps, first_order=False):
             pass
         return params
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maml_ext import ops
@@ -18,6 +19,13 @@ from .fused_call import FusedMLPCall
 from .inner import InnerSGD
 
 LEARN_LR = ("none", "elementwise", "per_step")
+# How a learned step size α is stored: as is (any sign, as in the Meta-SGD paper), or as a raw
+# parameter r with α = softplus(r) or α = exp(r) (always positive).
+LR_PARAMETERISATIONS = {
+    "identity": (lambda r: r, lambda a: a),
+    "softplus": (F.softplus, lambda a: a + torch.log(-torch.expm1(-a))),
+    "exp": (torch.exp, torch.log),
+}
 
 
 def msl_weights(steps: int, iteration: int, anneal: int) -> Tensor:
@@ -43,6 +51,9 @@ class MAML(MetaLearner):
         first_order: drop the second-order term (FOMAML).
         learn_lr: "none" (fixed α), "elementwise" (Meta-SGD: a learned α per parameter entry) or
             "per_step" (MAML++ LSLR: a learned α per parameter tensor and inner step).
+        lr_parameterisation: how a learned α is stored: "identity" (α itself, any sign: a
+            learned α may turn negative, as Meta-SGD allows), "softplus" or "exp" (α =
+            softplus(r) or exp(r) of a raw parameter r: always positive).
         multi_step_loss: MAML++ MSL; the number of iterations over which the per-step query-loss
             weights anneal from uniform to the last step (0: only the final query loss).
         second_order_after: MAML++ derivative-order annealing; first-order meta-gradients for
@@ -63,6 +74,7 @@ class MAML(MetaLearner):
         loss: Loss = "mse",
         adapt: Sequence[str] | None = None,
         learn_lr: str = "none",
+        lr_parameterisation: str = "identity",
         multi_step_loss: int = 0,
         second_order_after: int = 0,
         per_step_bn: bool = False,
@@ -80,21 +92,28 @@ class MAML(MetaLearner):
         )
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
+        if lr_parameterisation not in LR_PARAMETERISATIONS:
+            raise ValueError(
+                f"lr_parameterisation must be one of {tuple(LR_PARAMETERISATIONS)}, got {lr_parameterisation!r}"
+            )
         if multi_step_loss < 0 or second_order_after < 0:
             raise ValueError("multi_step_loss and second_order_after must be >= 0")
         self.first_order = first_order
         self.learn_lr = learn_lr
         self.multi_step_loss = multi_step_loss
         self.second_order_after = second_order_after
+        self.lr_parameterisation = lr_parameterisation
         named = dict(model.named_parameters())
+        # self.lrs holds the raw parameters r (α = transform(r), see learned_lrs).
+        raw = LR_PARAMETERISATIONS[lr_parameterisation][1]
         if learn_lr == "elementwise":
             self.lrs = nn.ParameterList(
-                nn.Parameter(torch.full_like(named[n], self.adapt_lrs[n]).detach()) for n in self.adapt_names
+                nn.Parameter(raw(torch.full_like(named[n], self.adapt_lrs[n])).detach()) for n in self.adapt_names
             )
         elif learn_lr == "per_step":
             ref = named[self.adapt_names[0]]
             self.lrs = nn.ParameterList(
-                nn.Parameter(torch.full((steps,), self.adapt_lrs[n], dtype=ref.dtype, device=ref.device))
+                nn.Parameter(raw(torch.full((steps,), self.adapt_lrs[n], dtype=ref.dtype, device=ref.device)))
                 for n in self.adapt_names
             )
         self.fused_spec = self._fused_spec(fused)
@@ -121,11 +140,16 @@ class MAML(MetaLearner):
             raise ValueError(f"fused=True is not possible: {'; '.join(reasons)}")
         return None if (reasons or fused is False) else spec
 
+    def learned_lrs(self) -> list[Tensor]:
+        """The learned step sizes α, one tensor per adapted parameter (differentiable)."""
+        transform = LR_PARAMETERISATIONS[self.lr_parameterisation][0]
+        return [transform(r) for r in self.lrs]
+
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
         if self.learn_lr == "none":
             return super().step_lr(step)
         # Evaluation may run more steps than training: later steps reuse the last learned row.
-        return list(self.lrs), (min(step, self.steps - 1) if self.learn_lr == "per_step" else None)
+        return self.learned_lrs(), (min(step, self.steps - 1) if self.learn_lr == "per_step" else None)
 
     def uses_first_order(self, iteration: int) -> bool:
         return self.first_order or iteration < self.second_order_after
@@ -148,7 +172,7 @@ class MAML(MetaLearner):
     def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
         call = self._fused_call
         params = call.params()
-        lr: float | list[Tensor] = self.lr if self.learn_lr == "none" else call.lrs(self.lrs)
+        lr: float | list[Tensor] = self.lr if self.learn_lr == "none" else call.lrs(self.learned_lrs())
         # The mean query loss, with the meta-gradient computed in the same kernel call.
         return ops.mlp_maml_loss(
             params, batch.x_support, batch.y_support, batch.x_query, batch.y_query,

@@ -39,10 +39,6 @@ def _fused(*tensors: Tensor) -> bool:
     return bool(tensors) and _extension.supports(tensors[0].device)
 
 
-def _step(step: int | None) -> int:
-    return -1 if step is None else step
-
-
 def inner_update(
     params: Sequence[Tensor], grads: Sequence[Tensor], lr: LearningRate, step: int | None = None
 ) -> list[Tensor]:
@@ -61,7 +57,7 @@ def inner_update(
     if not _fused(*params):
         return reference.inner_update(params, grads, lr, step)
     lrs, lr_value = split_lr(lr)
-    return torch.ops.maml_ext.inner_update(list(params), list(grads), lrs, lr_value, _step(step))
+    return torch.ops.maml_ext.inner_update(list(params), list(grads), lrs, lr_value, step)
 
 
 def inner_update_(
@@ -71,7 +67,7 @@ def inner_update_(
     if not _fused(*params):
         return reference.inner_update_(params, grads, lr, step)
     lrs, lr_value = split_lr(lr)
-    torch.ops.maml_ext.inner_update_(list(params), list(grads), lrs, lr_value, _step(step))
+    torch.ops.maml_ext.inner_update_(list(params), list(grads), lrs, lr_value, step)
     return None
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from maml_ext.reference import _checks
+
 _LIB = "maml_ext::"
+# The fake kernels run the reference's metadata checks (the same rules as the C++ checks), so a
+# traced or meta-tensor call rejects what the compiled op rejects; they never read values.
 
 
 # ---- inner_update -------------------------------------------------------------------------------
@@ -16,11 +20,13 @@ _LIB = "maml_ext::"
 
 @torch.library.register_fake(_LIB + "inner_update")
 def _inner_update_fake(params, grads, lrs, lr, step):
+    _checks.check_inner_update(params, grads, lrs, lr, step, in_place=False)
     return [torch.empty_like(g) for g in grads]
 
 
 @torch.library.register_fake(_LIB + "inner_update_")
 def _inner_update_inplace_fake(params, grads, lrs, lr, step):
+    _checks.check_inner_update(params, grads, lrs, lr, step, in_place=True)
     return None
 
 
@@ -50,10 +56,10 @@ def _inner_update_backward(ctx, grad_outs):
         if not lrs:
             d_grads.append(-ctx.lr * go)
             continue
-        a = lrs[i] if ctx.step < 0 else lrs[i][ctx.step]
+        a = lrs[i] if ctx.step is None else lrs[i][ctx.step]
         d_grads.append(-a * go)
         d_a = _reduce_to(-(go * grads[i]), a.shape)
-        d_lrs.append(d_a if ctx.step < 0 else torch.zeros_like(lrs[i]).select_scatter(d_a, 0, ctx.step))
+        d_lrs.append(d_a if ctx.step is None else torch.zeros_like(lrs[i]).select_scatter(d_a, 0, ctx.step))
     return d_params, d_grads, d_lrs, None, None
 
 
@@ -67,6 +73,7 @@ torch.library.register_autograd(
 
 @torch.library.register_fake(_LIB + "mlp_hvp")
 def _mlp_hvp_fake(params, x, y, direction, sample_weight, activation, loss):
+    _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss, values=False)
     return (
         params[0].new_empty(x.shape[0]),
         [torch.empty_like(p) for p in params],
@@ -116,6 +123,8 @@ def _num_checkpoints(steps: int, every: int) -> int:
 @torch.library.register_fake(_LIB + "mlp_maml")
 def _mlp_maml_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
                    first_order, checkpoint_every, save_for_backward):
+    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), (xq, yq, wq), steps, activation, loss,
+                       checkpoint_every, values=False)
     tasks = xs.shape[0]
     numel = sum(p.numel() for p in params)
     ref = params[0]
@@ -180,6 +189,10 @@ torch.library.register_autograd(_LIB + "mlp_maml", _mlp_maml_backward, setup_con
 def _mlp_maml_backward_fake(grad_loss, grad_adapted, params, lrs, lr, per_step, xs, ys, ws,
                             checkpoints, query_grad, steps, activation, loss, first_order,
                             checkpoint_every, need_lr_grad):
+    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), None, steps, activation, loss,
+                       checkpoint_every, values=False)
+    _checks.check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, xs.shape[0],
+                           steps, checkpoint_every)
     lr_grads = [torch.empty_like(a) for a in lrs] if need_lr_grad and lrs else []
     return [torch.empty_like(p) for p in params], lr_grads
 
@@ -187,6 +200,9 @@ def _mlp_maml_backward_fake(grad_loss, grad_adapted, params, lrs, lr, per_step, 
 @torch.library.register_fake(_LIB + "mlp_maml_grad")
 def _mlp_maml_grad_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
                         first_order, loss_weight):
+    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), (xq, yq, wq), steps, activation, loss,
+                       1, values=False)
+    _checks.loss_weight(loss_weight, params[0], xs.shape[0])
     return (params[0].new_empty(xs.shape[0]), [torch.empty_like(p) for p in params],
             [torch.empty_like(a) for a in lrs])
 

@@ -118,21 +118,8 @@ def mlp_hvp(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Per-task support loss [T], its gradient and its Hessian-vector product with ``direction``
     (no direction, or an empty one: loss and gradient only, and an empty HVP list)."""
-    _checks.check_choice("activation", activation, _checks.ACTIVATIONS)
-    _checks.check_choice("loss", loss, _checks.LOSSES)
-    if x.dim() != 3:
-        raise ValueError(f"x: expected [T, K, in], got shape {tuple(x.shape)}")
-    tasks = x.shape[0]
-    widths = _checks.mlp_widths(params, True, tasks, loss)
-    _checks.check_batch("support", widths, loss, x, y, sample_weight, tasks, params[0])
     direction = list(direction or [])
-    if direction and len(direction) != len(params):
-        raise ValueError(f"direction: expected {len(params)} tensors like params (or none), got {len(direction)}")
-    for i, (v, p) in enumerate(zip(direction, params)):
-        if v.shape != p.shape:
-            raise ValueError(f"direction[{i}]: expected shape {tuple(p.shape)}, got {tuple(v.shape)}")
-        _checks.check_same_dtype(f"direction[{i}]", v, p)
-        _checks.check_same_device(f"direction[{i}]", v, p)
+    _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss, values=x.device.type != "meta")
     leaves, tracked = _leaves(params)
     steered = torch.is_grad_enabled() and any(d.requires_grad for d in direction)
     with torch.enable_grad():
@@ -166,20 +153,12 @@ def mlp_maml(
     Returns (query_loss [T], adapted params [T, ...]). Unrolled with autograd; ``checkpoint`` is
     accepted for signature parity and has no effect here.
     """
-    _checks.check_choice("activation", activation, _checks.ACTIVATIONS)
-    _checks.check_choice("loss", loss, _checks.LOSSES)
-    if steps < 1:
-        raise ValueError(f"steps: expected >= 1, got {steps}")
-    checkpoint_every(checkpoint, steps)
-    if x_support.dim() != 3:
-        raise ValueError(f"x_support: expected [T, K, in], got shape {tuple(x_support.shape)}")
-    tasks = x_support.shape[0]
-    widths = _checks.mlp_widths(params, False, tasks, loss)
-    _checks.check_batch("support", widths, loss, x_support, y_support, w_support, tasks, params[0])
-    _checks.check_batch("query", widths, loss, x_query, y_query, w_query, tasks, params[0])
     lrs, lr_value = split_lr(lr)
-    _checks.check_lr_values("lr", lr_value)
-    _checks.check_lrs_for_params(lrs, params, per_step_lr, steps)
+    _checks.check_maml(
+        params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
+        steps, activation, loss, checkpoint_every(checkpoint, max(steps, 1)), values=x_support.device.type != "meta",
+    )
+    tasks = x_support.shape[0]
     leaves, tracked = _leaves(params)
     with torch.enable_grad():
         theta = [p.unsqueeze(0).expand(tasks, *p.shape) for p in leaves]
