@@ -50,6 +50,14 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("_mlp_maml_batched" + maml).c_str());
   m.def(("_mlp_maml_backward_batched" + maml_backward).c_str());
   m.def(("_mlp_maml_grad_batched" + maml_grad).c_str());
+
+  /* From csrc/svgd */
+  // One SVGD direction per task for particles [T, M, ...] (split over tensors) and scores
+  // grad log p of the same shapes: returns (phi per tensor, RBF kernel [T, M, M], bandwidth [T]);
+  // the last two are saved for the backward.
+  m.def("svgd_direction(Tensor[] particles, Tensor[] log_p_grads) -> (Tensor[], Tensor, Tensor)");
+  m.def("svgd_direction_backward(Tensor[] grad_phi, Tensor[] particles, Tensor[] log_p_grads, "
+        "Tensor kernel, Tensor bandwidth) -> (Tensor[], Tensor[])");
 }
 
 PYBIND11_MODULE(_C, m) {

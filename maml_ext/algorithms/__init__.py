@@ -1,4 +1,4 @@
-"""Meta-learning algorithms, selectable by name.
+r"""Meta-learning algorithms, selectable by name.
 
 =============  ===========================================================================
 name           what it is

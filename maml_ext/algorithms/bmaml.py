@@ -12,7 +12,6 @@ from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
 from .bayes import RowLearner, Rows, expand_rows
-from .svgd import svgd_direction
 
 OBJECTIVES = ("chaser", "likelihood")
 
@@ -22,7 +21,7 @@ class BMAML(RowLearner):
     task's copy of them by SVGD on the support set, with log p(θ | support) = −L_support(θ)
     (the mean support loss as negative log-likelihood, no prior term), so one inner step is
 
-        θ_m ← θ_m + α φ(θ_m),   φ = SVGD direction of :func:`svgd.svgd_direction`,
+        θ_m ← θ_m + α φ(θ_m),   φ = SVGD direction of :func:`maml_ext.ops.svgd_direction`,
 
     applied by ``ops.inner_update``. With M = 1 this is exactly MAML's SGD step.
 
@@ -108,7 +107,7 @@ class BMAML(RowLearner):
             sets = [rows[n].view(tasks, m, *rows[n].shape[1:]) for n in names]
             # log p = −L, so ∇log p = −∇L; inner_update subtracts, so it is given −φ.
             neg_log_p = [-grads[n].view(tasks, m, *grads[n].shape[1:]) for n in names]
-            phi = svgd_direction(sets if not first_order else [s.detach() for s in sets], neg_log_p)
+            phi = ops.svgd_direction(sets if not first_order else [s.detach() for s in sets], neg_log_p)
             steps_in = [(-f).reshape(rows[n].shape) for f, n in zip(phi, names)]
             new = ops.inner_update([rows[n] for n in names], steps_in, lr)
             rows = dict(zip(names, new))
