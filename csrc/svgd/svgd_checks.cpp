@@ -1,9 +1,11 @@
-// Input checks of the svgd_direction ops: clear errors naming the argument, before any work
+// Input checks of the svgd_step ops: clear errors naming the argument, before any work
 // (ValueError for shapes, TypeError for dtypes, RuntimeError for devices, like the other ops and
 // maml_ext/reference/svgd.py).
 #include "svgd/svgd.h"
 
 #include <c10/util/Exception.h>
+
+#include <cmath>
 
 namespace maml_ext::svgd {
 namespace {
@@ -17,7 +19,10 @@ void check_like(const at::Tensor& t, const at::Tensor& like, const char* name, s
 
 }  // namespace
 
-void check_inputs(at::TensorList particles, at::TensorList others, const char* name) {
+void check_inputs(at::TensorList particles, at::TensorList others, const char* name,
+                  double score_scale, double step_size) {
+  TORCH_CHECK_VALUE(std::isfinite(score_scale), "score_scale: expected a finite number, got ", score_scale);
+  TORCH_CHECK_VALUE(std::isfinite(step_size), "step_size: expected a finite number, got ", step_size);
   TORCH_CHECK_VALUE(!particles.empty(), "particles: expected at least one tensor [T, M, ...], got none");
   TORCH_CHECK_VALUE(others.size() == particles.size(), name, ": expected ", particles.size(),
                     " tensors (one per particles tensor), got ", others.size());

@@ -203,54 +203,51 @@ torch.library.register_autograd(
 )
 
 
-# ---- svgd_direction -----------------------------------------------------------------------------
+# ---- svgd_step ----------------------------------------------------------------------------------
 
 
-@torch.library.register_fake(_LIB + "svgd_direction")
-def _svgd_direction_fake(particles, log_p_grads):
+@torch.library.register_fake(_LIB + "svgd_step")
+def _svgd_step_fake(particles, scores, score_scale, step_size):
     tasks, m = particles[0].shape[:2]
     ref = particles[0]
     return [torch.empty_like(p) for p in particles], ref.new_empty(tasks, m, m), ref.new_empty(tasks)
 
 
-def _svgd_direction_setup(ctx, inputs, output):
-    particles, log_p_grads = inputs
+def _svgd_step_setup(ctx, inputs, output):
+    particles, scores, score_scale, step_size = inputs
     _, kernel, bandwidth = output
-    ctx.n = len(particles)
-    ctx.mark_non_differentiable(kernel, bandwidth)  # diagnostics, not part of the SVGD step
-    ctx.save_for_backward(*particles, *log_p_grads, kernel, bandwidth)
+    ctx.n, ctx.scales = len(particles), (score_scale, step_size)
+    ctx.mark_non_differentiable(kernel, bandwidth)  # diagnostics, not part of the step
+    ctx.save_for_backward(*particles, *scores, kernel, bandwidth)
 
 
-def _svgd_direction_backward(ctx, grad_phi, grad_kernel, grad_bandwidth):
+def _svgd_step_backward(ctx, grad_out, grad_kernel, grad_bandwidth):
     saved = ctx.saved_tensors
     n = ctx.n
-    particles, log_p_grads = list(saved[:n]), list(saved[n : 2 * n])
-    kernel, bandwidth = saved[2 * n], saved[2 * n + 1]
-    grad_phi = [torch.zeros_like(p) if g is None else g for g, p in zip(grad_phi, particles)]
-    d_particles, d_log_p_grads = torch.ops.maml_ext.svgd_direction_backward(
-        grad_phi, particles, log_p_grads, kernel, bandwidth
+    particles, scores = list(saved[:n]), list(saved[n : 2 * n])
+    grad_out = [torch.zeros_like(p) if g is None else g for g, p in zip(grad_out, particles)]
+    d_particles, d_scores = torch.ops.maml_ext.svgd_step_backward(
+        grad_out, particles, scores, *ctx.scales, saved[2 * n], saved[2 * n + 1]
     )
-    return list(d_particles), list(d_log_p_grads)
+    return list(d_particles), list(d_scores), None, None
 
 
-torch.library.register_autograd(
-    _LIB + "svgd_direction", _svgd_direction_backward, setup_context=_svgd_direction_setup
-)
+torch.library.register_autograd(_LIB + "svgd_step", _svgd_step_backward, setup_context=_svgd_step_setup)
 
 
-@torch.library.register_fake(_LIB + "svgd_direction_backward")
-def _svgd_direction_backward_fake(grad_phi, particles, log_p_grads, kernel, bandwidth):
+@torch.library.register_fake(_LIB + "svgd_step_backward")
+def _svgd_step_backward_fake(grad_out, particles, scores, score_scale, step_size, kernel, bandwidth):
     return [torch.empty_like(p) for p in particles], [torch.empty_like(p) for p in particles]
 
 
 def _svgd_backward_not_differentiable(ctx, *grads):
     raise RuntimeError(
-        "maml_ext.ops.svgd_direction: its backward is not itself differentiable. For higher-order "
-        "derivatives use maml_ext.reference.svgd_direction."
+        "maml_ext.ops.svgd_step: its backward is not itself differentiable. For higher-order "
+        "derivatives use maml_ext.reference.svgd_step."
     )
 
 
 torch.library.register_autograd(
-    _LIB + "svgd_direction_backward", _svgd_backward_not_differentiable,
+    _LIB + "svgd_step_backward", _svgd_backward_not_differentiable,
     setup_context=lambda ctx, inputs, output: None,
 )

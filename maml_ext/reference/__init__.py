@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maml_ext.reference import _checks
-from maml_ext.reference.svgd import svgd_direction
+from maml_ext.reference.svgd import svgd_step
 
 __all__ = [
     "inner_update",
@@ -25,7 +25,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
-    "svgd_direction",
+    "svgd_step",
 ]
 
 LearningRate = float | Sequence[Tensor]

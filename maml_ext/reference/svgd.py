@@ -1,5 +1,5 @@
 """Stein variational gradient descent (Liu & Wang 2016) over particle sets stored as tensor lists:
-the pure-PyTorch twin of ``maml_ext.ops.svgd_direction`` (differentiable to any order).
+the pure-PyTorch twin of ``maml_ext.ops.svgd_step`` (differentiable to any order).
 
 Each parameter tensor holds every task's particles as ``[T, M, ...]``; a particle is the
 concatenation of its slices of all tensors. The RBF kernel k(a, b) = exp(−‖a − b‖² / h) uses the
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_svgd", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel", "svgd_direction"]
+__all__ = ["check_svgd", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel", "svgd_direction", "svgd_step"]
 
 _TINY = 1e-12
 
@@ -104,3 +104,13 @@ def svgd_direction(particles: Sequence[Tensor], log_p_grads: Sequence[Tensor]) -
         repulse = (2.0 / h)[:, None, None] * (row_sums.unsqueeze(-1) * flat - k @ flat)
         out.append(((drive + repulse) / m).view_as(p))
     return out
+
+
+def svgd_step(particles: Sequence[Tensor], scores: Sequence[Tensor], score_scale: float, step_size: float) -> list[Tensor]:
+    """θ + ε φ per tensor with ∇log p = ``score_scale`` · ``scores`` (see ``maml_ext.ops.svgd_step``)."""
+    check_svgd(particles, scores, "scores")
+    for name, value in (("score_scale", score_scale), ("step_size", step_size)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value}")
+    phi = svgd_direction(particles, [score_scale * s for s in scores])
+    return [p + step_size * f for p, f in zip(particles, phi)]
