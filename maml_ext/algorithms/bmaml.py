@@ -44,6 +44,12 @@ class BMAML(RowLearner):
 
     ``meta_loss`` returns a scalar whose value is the particles' mean query loss and whose
     gradient is the chosen objective's.
+
+    Uncertainty: with the defaults the particles stay within a narrow band of functions. For
+    particles that represent an ambiguous task (several functions through the same support
+    points) use ``objective="likelihood"`` (it rewards the best particle per task, so particles
+    specialise) with ``init_noise=0.3``; the Chaser loss pulls distinct initial particles together.
+    Measured in docs/bayesian-uncertainty.md.
     """
 
     def __init__(
