@@ -49,7 +49,9 @@ LEARNERS: dict[str, tuple[str, dict]] = {
     "BMAML (Chaser, init_noise 0.3)": ("bmaml", {"particles": 5, "init_noise": 0.3}),
     "BMAML (tuned, 3 steps)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "PLATIPUS (defaults)": ("platipus", {"samples": 5, "test_samples": 10}),
-    "PLATIPUS (tuned)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.3, "kl_weight": 0.1}),
+    "PLATIPUS (tuned)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.01}),
+    "PLATIPUS (init_std 0.1)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1}),
+    "PLATIPUS (init_std 0.3, KL 0.1)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.3, "kl_weight": 0.1}),
 }
 
 
