@@ -7,8 +7,8 @@ median heuristic h = med² / log M (med: the median distance between the M(M−1
 particle pairs of a task, the mean of the two middle ones for an even count), treated as a
 constant (no gradient through the median). Kernel values and kernel gradients are exact and
 differentiable, so a meta-gradient through an SVGD step is exact second order.
-Distances and kernel use the summed (accumulation) dtype of the inputs; the compiled CPU kernel
-forms the same quantities from differences, so both agree to rounding.
+The squared distances come from norms and dot products here (‖a‖² + ‖b‖² − 2a·b) and from
+summed squared differences in the compiled CPU kernel, so the two agree to rounding.
 """
 
 from __future__ import annotations
