@@ -2,8 +2,11 @@
 
 One meta-iteration = ``meta_loss`` + ``backward`` for a meta-batch of 25 tasks, K = 10 support
 and 10 query points, 1-40-40-1 ReLU MLP, one inner step (the paper's sinusoid setting). MAML
-(fused ``mlp_maml_loss``) is the reference row. ``--write`` updates this script's section of
-benchmarks/RESULTS.md.
+(fused ``mlp_maml_loss``) is the reference, on the 25 tasks and on 25·S tasks ("the same
+particles": as many adapted parameter sets as a learner with S sets per task adapts). The last
+column is each row's CPU time over that of MAML on 25·S tasks. "SVGD in composed ops" runs BMAML
+with ``maml_ext.reference.svgd_step`` in place of the fused ``ops.svgd_step`` (the implementation
+before the fused op). ``--write`` updates this script's section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from bench_classification import rate
+from maml_ext import ops, reference
 from maml_ext.algorithms import build_algorithm
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks import TaskBatch
@@ -24,8 +28,10 @@ from results_md import write_run
 
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("MAML", "maml", {}),
+    ("MAML, 125 tasks (25 × 5 sets)", "maml", {}),
     ("BMAML M=1, likelihood", "bmaml", {"particles": 1, "objective": "likelihood"}),
     ("BMAML M=5, Chaser", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, SVGD in composed ops", "bmaml", {"particles": 5}),
     ("BMAML M=5, likelihood", "bmaml", {"particles": 5, "objective": "likelihood"}),
     ("BMAML M=5, Chaser, first-order", "bmaml", {"particles": 5, "first_order": True}),
     ("PLATIPUS, 1 sample", "platipus", {}),
@@ -42,23 +48,39 @@ def step(learner: torch.nn.Module):
     return run
 
 
+def sets_of(options: dict[str, Any]) -> int:
+    return options.get("particles", options.get("samples", 1))
+
+
 def run(args: argparse.Namespace) -> list[str]:
-    batch = Sinusoid().sample(25, 10, 10, torch.Generator().manual_seed(0))
+    batches = {n: Sinusoid().sample(n, 10, 10, torch.Generator().manual_seed(0)) for n in (25, 125)}
     rows = [
-        "| algorithm | path | meta-it/s (wall) | meta-it/s (CPU time) | fused vs generic (CPU time) |",
-        "|---|---|---|---|---|",
+        "| algorithm | path | meta-it/s (wall) | meta-it/s (CPU time) | fused vs generic (CPU time) | CPU time vs MAML on 25·S tasks |",
+        "|---|---|---|---|---|---|",
     ]
     print(rows[0], flush=True)
+    maml_cpu: dict[int, float] = {}
+    fused_step = ops.svgd_step
     for label, name, options in ROWS:
         found = {}
-        for path in (("fused",) if name == "maml" else ("fused", "generic")):
+        tasks = 125 if label.startswith("MAML, 125") else 25
+        composed = "composed ops" in label
+        for path in (("fused",) if name == "maml" or composed else ("fused", "generic")):
             torch.manual_seed(0)
             extra = {} if name == "maml" else {"fused": path == "fused"}
             learner = build_algorithm(name, MLP(1, 1, init="trunc_normal"), **options, **extra)
-            found[path] = rate(step(learner), batch, args.min_time, lambda: None)
+            ops.svgd_step = reference.svgd_step if composed else fused_step
+            try:
+                found[path] = rate(step(learner), batches[tasks], args.min_time, lambda: None)
+            finally:
+                ops.svgd_step = fused_step
+        if name == "maml":
+            maml_cpu[tasks] = found["fused"][1]
         for path, (wall, cpu) in found.items():
             speedup = f"{cpu / found['generic'][1]:.2f}×" if path == "fused" and "generic" in found else "–"
-            rows.append(f"| {label} | {path} | {wall:.1f} | {cpu:.1f} | {speedup} |")
+            same_sets = maml_cpu.get(25 * sets_of(options)) if name != "maml" else maml_cpu[tasks] if tasks == 25 else None
+            ratio = f"{same_sets / cpu:.1f}×" if same_sets else "–"
+            rows.append(f"| {label} | {path} | {wall:.1f} | {cpu:.1f} | {speedup} | {ratio} |")
             print(rows[-1], flush=True)
     return rows
 

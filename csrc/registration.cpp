@@ -50,6 +50,16 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("_mlp_maml_batched" + maml).c_str());
   m.def(("_mlp_maml_backward_batched" + maml_backward).c_str());
   m.def(("_mlp_maml_grad_batched" + maml_grad).c_str());
+
+  /* From csrc/svgd */
+  // One SVGD step per task, particles [T, M, ...] (split over tensors) moved to
+  // x + step_size * phi with grad log p = score_scale * scores (same shapes): returns (the moved
+  // particles per tensor, RBF kernel [T, M, M], bandwidth [T]); the last two are saved for the
+  // backward.
+  m.def("svgd_step(Tensor[] particles, Tensor[] scores, float score_scale, float step_size) "
+        "-> (Tensor[], Tensor, Tensor)");
+  m.def("svgd_step_backward(Tensor[] grad_out, Tensor[] particles, Tensor[] scores, "
+        "float score_scale, float step_size, Tensor kernel, Tensor bandwidth) -> (Tensor[], Tensor[])");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -10,7 +10,7 @@ from torch import nn
 from maml_ext.algorithms import BMAML, MAML, PLATIPUS, build_algorithm
 from maml_ext.algorithms.bayes import expand_rows
 from maml_ext.algorithms.platipus import gaussian_kl
-from maml_ext.algorithms.svgd import median_bandwidth, pairwise_sq_dists, svgd_direction
+from maml_ext.reference.svgd import median_bandwidth, pairwise_sq_dists, svgd_direction
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks.sinusoid import Sinusoid
 from maml_ext.train import config, loop

@@ -5,7 +5,7 @@ run as T·S rows, row t·S + s holding task t's set s, so the batched core (vmap
 convolutions) and the fused MLP op see just a larger task batch. Per-row support-loss gradients
 come from ``ops.mlp_hvp`` for a fused MLP (its gradient output is differentiable w.r.t. the
 parameters, so steps built from it are exactly second order) and from one batched backward
-otherwise; steps are applied by ``ops.inner_update``.
+otherwise; steps are applied by ``ops.inner_update`` (BMAML's SVGD steps by ``ops.svgd_step``).
 """
 
 from __future__ import annotations

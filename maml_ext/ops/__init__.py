@@ -27,6 +27,7 @@ __all__ = [
     "mlp_maml",
     "mlp_maml_grad",
     "mlp_maml_loss",
+    "svgd_step",
 ]
 
 
@@ -291,3 +292,30 @@ class _MlpMaml(torch.autograd.Function):
     def backward(ctx, grad_loss, *grad_adapted):
         d_params, d_lrs = _registration.maml_backward(ctx, grad_loss, grad_adapted)
         return (None,) * 7 + (*d_params, *d_lrs)
+
+
+def svgd_step(
+    particles: Sequence[Tensor], scores: Sequence[Tensor], score_scale: float, step_size: float
+) -> list[Tensor]:
+    """One SVGD step of every task's particle set at once, per tensor ``[T, M, ...]``:
+
+        θ_m ← θ_m + ε φ(θ_m),   φ(θ_m) = 1/M Σ_j k(θ_j, θ_m) [∇log p(θ_j) + (2/h)(θ_m − θ_j)],
+
+    with ∇log p = ``score_scale`` · ``scores``, k = exp(−‖θ_j − θ_m‖²/h) and the median bandwidth
+    h = med²/log M of each task's M(M−1)/2 pairwise distances (no gradient through h); a particle
+    is the concatenation of its slices of all tensors, ε = ``step_size``. With M = 1 this is
+    θ + ε s ∇: BMAML with scores = ∇L and s = −1 is then MAML's SGD step.
+
+    Args:
+        particles: float32/float64 tensors ``[T, M, ...]`` (equal T, M, dtype and device).
+        scores: shaped like ``particles`` (e.g. the loss gradients).
+        score_scale, step_size: finite floats.
+
+    Differentiable in particles and scores (exact, so a meta-gradient through SVGD steps is
+    second order); the compiled backward is not itself differentiable (use the reference for higher
+    orders). CPU tensors use the fused kernel; other devices run the composed-op reference.
+    """
+    if not (_fused(*particles) and particles[0].device.type == "cpu"):
+        return reference.svgd_step(particles, scores, score_scale, step_size)
+    moved, _, _ = torch.ops.maml_ext.svgd_step(list(particles), list(scores), float(score_scale), float(step_size))
+    return list(moved)

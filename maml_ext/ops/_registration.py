@@ -217,3 +217,53 @@ def _not_differentiable(ctx, *grads):
 torch.library.register_autograd(
     _LIB + "mlp_maml_backward", _not_differentiable, setup_context=lambda ctx, inputs, output: None
 )
+
+
+# ---- svgd_step ----------------------------------------------------------------------------------
+
+
+@torch.library.register_fake(_LIB + "svgd_step")
+def _svgd_step_fake(particles, scores, score_scale, step_size):
+    tasks, m = particles[0].shape[:2]
+    ref = particles[0]
+    return [torch.empty_like(p) for p in particles], ref.new_empty(tasks, m, m), ref.new_empty(tasks)
+
+
+def _svgd_step_setup(ctx, inputs, output):
+    particles, scores, score_scale, step_size = inputs
+    _, kernel, bandwidth = output
+    ctx.n, ctx.scales = len(particles), (score_scale, step_size)
+    ctx.mark_non_differentiable(kernel, bandwidth)  # diagnostics, not part of the step
+    ctx.save_for_backward(*particles, *scores, kernel, bandwidth)
+
+
+def _svgd_step_backward(ctx, grad_out, grad_kernel, grad_bandwidth):
+    saved = ctx.saved_tensors
+    n = ctx.n
+    particles, scores = list(saved[:n]), list(saved[n : 2 * n])
+    grad_out = [torch.zeros_like(p) if g is None else g for g, p in zip(grad_out, particles)]
+    d_particles, d_scores = torch.ops.maml_ext.svgd_step_backward(
+        grad_out, particles, scores, *ctx.scales, saved[2 * n], saved[2 * n + 1]
+    )
+    return list(d_particles), list(d_scores), None, None
+
+
+torch.library.register_autograd(_LIB + "svgd_step", _svgd_step_backward, setup_context=_svgd_step_setup)
+
+
+@torch.library.register_fake(_LIB + "svgd_step_backward")
+def _svgd_step_backward_fake(grad_out, particles, scores, score_scale, step_size, kernel, bandwidth):
+    return [torch.empty_like(p) for p in particles], [torch.empty_like(p) for p in particles]
+
+
+def _svgd_backward_not_differentiable(ctx, *grads):
+    raise RuntimeError(
+        "maml_ext.ops.svgd_step: its backward is not itself differentiable. For higher-order "
+        "derivatives use maml_ext.reference.svgd_step."
+    )
+
+
+torch.library.register_autograd(
+    _LIB + "svgd_step_backward", _svgd_backward_not_differentiable,
+    setup_context=lambda ctx, inputs, output: None,
+)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maml_ext.reference import _checks
+from maml_ext.reference.svgd import svgd_step
 
 __all__ = [
     "inner_update",
@@ -24,6 +25,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "svgd_step",
 ]
 
 LearningRate = float | Sequence[Tensor]

@@ -1,0 +1,49 @@
+"""The ambiguity benchmark's metrics on hand-made samples, its task sampler, and a tiny end-to-end
+run (every learner trains and evaluates)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
+import bayes_uncertainty as bu  # noqa: E402
+from maml_ext.tasks import TaskBatch  # noqa: E402
+from maml_ext.tasks.sinusoid import Sinusoid  # noqa: E402
+
+
+def test_metrics_on_known_samples():
+    # One task, grid x = 0..3, support at x = 0; truth 0; two samples ±1 except at x = 0 (both 0).
+    x = torch.tensor([0.0, 0.4, 2.0, 3.0]).view(1, 4, 1)
+    batch = TaskBatch(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), x, torch.zeros(1, 4, 1))
+    s = torch.tensor([[0.0, 1.0, 1.0, 1.0], [0.0, -1.0, -1.0, -1.0]]).view(1, 2, 4, 1)
+    m = bu.metrics(s, batch, sigma0=0.1)
+    assert m["spread far"].item() == 1.0  # x = 2, 3
+    assert m["spread near"].item() == 0.5  # x = 0 (0) and x = 0.4 (1)
+    assert m["envelope coverage"].item() == 1.0
+    assert m["coverage 90%"].item() == 1.0
+    assert m["MSE"].item() == 0.0
+    scale = torch.tensor([0.1, math.sqrt(1.01), math.sqrt(1.01), math.sqrt(1.01)])
+    assert torch.allclose(m["NLL"], (scale.log() + 0.5 * math.log(2 * math.pi)).mean().view(1))
+    # A point predictor that misses by 1 everywhere: outside every interval.
+    m = bu.metrics(torch.ones(1, 1, 4, 1), batch, sigma0=0.1)
+    assert m["spread far"].item() == 0.0 and m["envelope coverage"].item() == 0.0 and m["coverage 90%"].item() == 0.0
+
+
+def test_ambiguous_support_lies_in_a_narrow_window():
+    gen = torch.Generator().manual_seed(0)
+    amb = bu.sample_tasks(Sinusoid(), 50, 5, 7, True, gen)
+    width = amb.x_support.amax(1) - amb.x_support.amin(1)
+    assert (width <= bu.WINDOW).all() and amb.x_query.shape == (50, 7, 1)
+    spread = bu.sample_tasks(Sinusoid(), 50, 5, bu.GRID, False, gen)
+    assert (spread.x_support.amax(1) - spread.x_support.amin(1)).mean() > 3 * bu.WINDOW
+    assert torch.allclose(spread.y_query, Sinusoid.curve(spread.info, spread.x_query))
+
+
+def test_every_learner_trains_and_evaluates(capsys):
+    assert bu.main(["--iterations", "2", "--eval-tasks", "4", "--meta-batch", "4"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ambiguous" in line]
+    assert len(rows) == 2 * len(bu.LEARNERS)
