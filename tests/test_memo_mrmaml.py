@@ -48,13 +48,15 @@ def test_beta_zero_and_zero_variance_is_maml(adapt):
         torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-10, atol=1e-14)
 
 
-def test_meta_gradient_is_reparameterised_maml_plus_kl():
+@pytest.mark.parametrize("adapt", [None, ["0", "2", "4"]], ids=["encoder-not-adapted", "encoder-adapted-too"])
+def test_meta_gradient_is_reparameterised_maml_plus_kl(adapt):
     """β > 0 and σ not small: ∇μ = g(θ̃) + β μ/σp², ∇ρ = g(θ̃)·ε·sigmoid(ρ) + β ∂KL/∂ρ, where g is
-    MAML's meta-gradient at the drawn weights θ̃ = μ + softplus(ρ)·ε."""
+    MAML's meta-gradient at the drawn weights θ̃ = μ + softplus(ρ)·ε (the start of adaptation
+    where θ̃ is adapted too)."""
     model = model64()
     batch = batch64()
     beta, prior_std = 0.3, 0.7
-    mr = MRMAML(model, lr=0.1, steps=2, beta=beta, stochastic=["0"], prior_std=prior_std, init_std=0.05)
+    mr = MRMAML(model, lr=0.1, steps=2, beta=beta, stochastic=["0"], adapt=adapt, prior_std=prior_std, init_std=0.05)
     with torch.no_grad():
         mr.rho[0].add_(torch.linspace(-1, 1, mr.rho[0].numel(), dtype=torch.float64).view_as(mr.rho[0]))
         mr.rho[1].add_(0.3)
