@@ -83,12 +83,12 @@ def memo(args: argparse.Namespace) -> None:
     algorithms = {"MAML": {"name": "maml", "lr": 0.01, "steps": 1}}
     for beta in args.beta:
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": 0.01, "steps": 1, "beta": beta,
-                                              "stochastic": ENCODER, "adapt": HEAD}
+                                              "stochastic": ENCODER, "adapt": HEAD, "init_std": args.init_std}
     steps = args.eval_steps
     rows = [f"| tasks | algorithm | train tasks, 0 steps | train tasks, {steps} steps | held-out, 0 steps | "
             f"held-out, {steps} steps | train time |", "|---" * 7 + "|"]
     summary = {}
-    for exclusive in (False, True):
+    for exclusive in [kind == "control" for kind in args.families]:
         kind = "mutually exclusive (control)" if exclusive else "non-mutually-exclusive"
         for label, algorithm in algorithms.items():
             cfg = memo_config(exclusive, algorithm, args)
@@ -148,6 +148,9 @@ def main() -> None:
     m = sub.add_parser("memo", help="MAML vs MR-MAML(W) on non-mutually-exclusive sinusoids and the control")
     m.add_argument("--iterations", type=int, default=4000)
     m.add_argument("--beta", type=float, nargs="+", default=[5e-5], help="MR-MAML β values (paper: 5e-5)")
+    m.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
+    m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
+                   help="memo: non-mutually-exclusive tasks; control: the mutually-exclusive version")
     m.add_argument("--eval-steps", type=int, default=100, help="adaptation steps at test time (paper's code: 100)")
     m.add_argument("--tasks", type=int, default=600, help="evaluation tasks")
     m.add_argument("--meta-batch", type=int, default=10)
