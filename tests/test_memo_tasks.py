@@ -74,3 +74,26 @@ def test_registered_as_task_plugins():
     family = plugins.build_task("memo_sinusoid", exclusive=True, codes=10, train_codes=8)
     assert isinstance(family, CodedSinusoid) and family.exclusive and family.in_features == 11
     assert "memo_glyphs" in plugins.tasks.names()
+
+
+def test_memo_glyphs_fix_labels_in_training_only(tmp_path, monkeypatch):
+    from test_cls_datasets import write_omniglot
+
+    monkeypatch.setenv("MAML_EXT_CACHE", str(tmp_path / "cache"))
+    write_omniglot(tmp_path / "glyphs", alphabets=(("Alpha", 8), ("Beta", 8)), evaluation=(("Gamma", 6),))
+    (tmp_path / "glyphs" / "manifest.json").write_text("{}")
+
+    def label_sets(family, tasks=60):
+        b = family.sample(tasks, 1, 1, torch.Generator().manual_seed(0))
+        found = {}
+        for classes, order in zip(b.info["classes"].tolist(), b.y_support.tolist()):
+            for c, y in zip(classes, order):  # support example i has label i: class classes[i]
+                found.setdefault(c, set()).add(y)
+        return found
+
+    memo = plugins.build_task("memo_glyphs", root=str(tmp_path / "glyphs"), n_way=3)
+    control = plugins.build_task("memo_glyphs", root=str(tmp_path / "glyphs"), n_way=3, exclusive=True)
+    assert isinstance(memo.episodes, FixedLabelEpisodes) and not isinstance(control.episodes, FixedLabelEpisodes)
+    assert all(len(v) == 1 for v in label_sets(memo).values())
+    for family in (control, memo.held_out):
+        assert any(len(v) > 1 for v in label_sets(family).values())
