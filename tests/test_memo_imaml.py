@@ -94,17 +94,11 @@ def test_batched_cg_solves_every_task_system():
     spd = a @ a.transpose(1, 2) + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(4, 6, generator=g, dtype=torch.float64)
     b[2] = 0  # an already solved task must stay at 0, not NaN
-    split = {"w": b[:, :4].reshape(4, 2, 2), "b": b[:, 4:]}
-
-    def apply(p):
-        flat = torch.cat([p["w"].flatten(1), p["b"]], 1)
-        out = (spd @ flat.unsqueeze(-1)).squeeze(-1)
-        return {"w": out[:, :4].reshape(4, 2, 2), "b": out[:, 4:]}
-
-    x = conjugate_gradient(apply, split, steps=6)
-    got = torch.cat([x["w"].flatten(1), x["b"]], 1)
-    torch.testing.assert_close(got, torch.linalg.solve(spd, b), rtol=1e-8, atol=1e-10)
-    assert torch.equal(got[2], torch.zeros(6, dtype=torch.float64))
+    x = conjugate_gradient(lambda p: (spd @ p.unsqueeze(-1)).squeeze(-1), b, steps=6)
+    torch.testing.assert_close(x, torch.linalg.solve(spd, b), rtol=1e-8, atol=1e-10)
+    assert torch.equal(x[2], torch.zeros(6, dtype=torch.float64))
+    few = conjugate_gradient(lambda p: (spd @ p.unsqueeze(-1)).squeeze(-1), b, steps=3)
+    assert not torch.allclose(few, x, rtol=1e-4)  # not converged: each step counts
 
 
 def graph_size(t):

@@ -28,30 +28,24 @@ from .base import Loss, MetaLearner, Params, task_loss
 Vectors = dict[str, Tensor]
 
 
-def _dot(a: Vectors, b: Vectors) -> Tensor:
-    """Per-task inner products ``[T]`` of task-batched parameter vectors."""
-    return sum((a[n] * b[n]).flatten(1).sum(1) for n in a)
-
-
-def conjugate_gradient(apply: Callable[[Vectors], Vectors], b: Vectors, steps: int) -> Vectors:
-    """``steps`` CG iterations from 0 for A x = b, every task its own system (A symmetric
-    positive definite per task; ``apply`` computes A·p for all tasks at once)."""
-    x = {n: torch.zeros_like(t) for n, t in b.items()}
-    r = {n: t.clone() for n, t in b.items()}
-    p = {n: t.clone() for n, t in b.items()}
-    rs = _dot(r, r)
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
+    """``steps`` CG iterations from 0 for A x = b, every task its own system: b ``[T, P]`` (one
+    flattened parameter vector per task), A symmetric positive definite per task, ``apply``
+    computing A·p for all tasks at once."""
+    tiny = torch.finfo(b.dtype).tiny
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rs = (r * r).sum(1, keepdim=True)
     for _ in range(steps):
         ap = apply(p)
-        curvature = _dot(p, ap)
+        curvature = (p * ap).sum(1, keepdim=True)
         # A task already solved exactly has r = p = 0: it takes no step instead of 0/0.
-        alpha = torch.where(curvature > 0, rs / curvature.clamp_min(torch.finfo(rs.dtype).tiny), torch.zeros_like(rs))
-        for n in x:
-            shape = (-1,) + (1,) * (x[n].dim() - 1)
-            x[n] = x[n] + alpha.view(shape) * p[n]
-            r[n] = r[n] - alpha.view(shape) * ap[n]
-        rs_new = _dot(r, r)
-        beta = torch.where(rs > 0, rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), torch.zeros_like(rs))
-        p = {n: r[n] + beta.view((-1,) + (1,) * (r[n].dim() - 1)) * p[n] for n in p}
+        alpha = torch.where(curvature > 0, rs / curvature.clamp_min(tiny), torch.zeros_like(rs))
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).sum(1, keepdim=True)
+        p = r + torch.where(rs > 0, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs)) * p
         rs = rs_new
     return x
 
@@ -143,11 +137,21 @@ class IMAML(MetaLearner):
             phi = params.adapted
             query, g_query, _ = self._grad_hvp(phi, batch.x_query, batch.y_query, None)
 
-            def system(p: Vectors) -> Vectors:  # (I + H/λ) p, H the support Hessian at φ
-                _, _, hv = self._grad_hvp(phi, batch.x_support, batch.y_support, p)
-                return {n: p[n] + hv[n] / self.lam for n in p}
+            # CG on one flat vector per task ([T, P]): few, large tensor ops.
+            names = list(phi)
+            sizes = [phi[n][0].numel() for n in names]
 
-            meta_grad = conjugate_gradient(system, g_query, self.cg_steps)
+            def flat(v: Vectors) -> Tensor:
+                return torch.cat([v[n].flatten(1) for n in names], 1)
+
+            def unflat(v: Tensor) -> Vectors:
+                return {n: c.view(phi[n].shape) for n, c in zip(names, v.split(sizes, 1))}
+
+            def system(p: Tensor) -> Tensor:  # (I + H/λ) p, H the support Hessian at φ
+                _, _, hv = self._grad_hvp(phi, batch.x_support, batch.y_support, unflat(p))
+                return p + flat(hv) / self.lam
+
+            meta_grad = unflat(conjugate_gradient(system, flat(g_query), self.cg_steps))
         theta = self.init_params().adapted
         # Linear in θ with slope mean_t (I + H_t/λ)⁻¹ g_t; shifted so its value is the query loss.
         surrogate = sum((theta[n] * meta_grad[n].mean(0)).sum() for n in theta)
