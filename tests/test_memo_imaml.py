@@ -140,6 +140,8 @@ def test_selectable_by_name_and_bad_options():
             build_algorithm("imaml", MLP(1, 1), **options)
     with pytest.raises(ValueError, match="fused=True is not possible: the model declares no fused MLP spec"):
         IMAML(torch.nn.Sequential(torch.nn.Linear(1, 1)), fused=True)
+    with pytest.raises(NotImplementedError, match="use meta_loss"):
+        learner.clone()
 
 
 def test_trains_from_the_cli(tmp_path):

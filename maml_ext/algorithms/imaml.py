@@ -24,6 +24,7 @@ from maml_ext.models import FusedMLPSpec, fused_spec
 from maml_ext.tasks import TaskBatch
 
 from .base import Loss, MetaLearner, Params, task_loss
+from .clone import TaskClone
 
 Vectors = dict[str, Tensor]
 
@@ -128,6 +129,10 @@ class IMAML(MetaLearner):
             proximal = [grads[n] + self.lam * (phi[n] - theta[n]) for n in names]
             phi = dict(zip(names, ops.inner_update([phi[n] for n in names], proximal, self.lr if lr is None else lr)))
             yield Params(phi, {}, s + 1)
+
+    def clone(self, first_order: bool | None = None) -> TaskClone:
+        raise NotImplementedError("iMAML's meta-gradient is implicit, not backpropagated through adaptation: "
+                                  "use meta_loss (a clone's backward would give MAML's gradient)")
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         params = None
