@@ -15,7 +15,7 @@ budget, evaluated on the same held-out tasks.
     nice python benchmarks/bench_memorization.py memo --iterations 4000 --out runs/memo
     nice python benchmarks/bench_memorization.py imaml --seconds 120 --out runs/imaml
 
-Prints Markdown tables (mean ± 95% CI over tasks); every run directory holds its config.json,
+Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
 checkpoint and eval.json, so ``maml-ext eval`` / ``plot`` work on it.
 """
 
@@ -53,8 +53,9 @@ def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Names
 
 
 def cell(values: torch.Tensor) -> str:
+    """Mean ± 95% CI over tasks, and the median (robust to the few tasks whose 100 steps diverge)."""
     n = values.numel()
-    return f"{values.mean().item():.3f} ± {1.96 * values.std().item() / math.sqrt(n):.3f}"
+    return f"{values.mean().item():.3f} ± {1.96 * values.std().item() / math.sqrt(n):.3f} ({values.median().item():.3f})"
 
 
 def metrics_row(run: loop.Run, cfg: config.Config, steps: int) -> dict[str, torch.Tensor]:
@@ -69,9 +70,15 @@ def metrics_row(run: loop.Run, cfg: config.Config, steps: int) -> dict[str, torc
     return found
 
 
-def train_and_restore(cfg: config.Config, out: Path) -> tuple[loop.Run, float]:
+def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.Run, float]:
+    """Train into ``out`` (afresh), or with ``reuse`` restore the run already there for this config."""
+    ckpt = out / loop.CHECKPOINT
+    if reuse and ckpt.exists():
+        run, _ = loop.restore(ckpt)
+        if run.config == cfg:
+            return run, float("nan")
     out.mkdir(parents=True, exist_ok=True)
-    (out / loop.CHECKPOINT).unlink(missing_ok=True)  # a re-run starts afresh
+    ckpt.unlink(missing_ok=True)
     t0 = time.perf_counter()
     ckpt = loop.train(cfg, out, progress=False)
     seconds = time.perf_counter() - t0
@@ -93,11 +100,11 @@ def memo(args: argparse.Namespace) -> None:
         for label, algorithm in algorithms.items():
             cfg = memo_config(exclusive, algorithm, args)
             name = f"{'me' if exclusive else 'nme'}-{algorithm['name']}" + (f"-{algorithm['beta']:g}" if "beta" in algorithm else "")
-            run, seconds = train_and_restore(cfg, args.out / name)
+            run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
             found = metrics_row(run, cfg, steps)
             summary[name] = {k: [v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())] for k, v in found.items()}
             rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[k]) for k in
-                        ("train pre", "train post", "held-out pre", "held-out post")) + f" | {seconds:.0f} s |")
+                        ("train pre", "train post", "held-out pre", "held-out post")) + f" | {f'{seconds:.0f} s' if seconds == seconds else 'reused'} |")
             print(rows[-1], flush=True)
     (args.out / "memo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(rows))
@@ -156,6 +163,7 @@ def main() -> None:
     m.add_argument("--meta-batch", type=int, default=10)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", type=Path, default=Path("runs/memorization"))
+    m.add_argument("--reuse", action="store_true", help="evaluate the runs already trained in --out (same config)")
     m.set_defaults(func=memo)
     i = sub.add_parser("imaml", help="MAML vs iMAML on the sinusoid at equal wall time")
     i.add_argument("--seconds", type=float, default=120.0, help="training budget per learner")
