@@ -75,7 +75,7 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
     ckpt = out / loop.CHECKPOINT
     if reuse and ckpt.exists():
         run, _ = loop.restore(ckpt)
-        if run.config == cfg:
+        if {k: v for k, v in run.config.items() if k != "eval"} == {k: v for k, v in cfg.items() if k != "eval"}:
             return run, float("nan")
     out.mkdir(parents=True, exist_ok=True)
     ckpt.unlink(missing_ok=True)
