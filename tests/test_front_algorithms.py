@@ -1,6 +1,7 @@
 """Every algorithm end to end on CPU; fused vs generic path; first vs second order; memory."""
 
 import gc
+import re
 import weakref
 
 import pytest
@@ -157,7 +158,7 @@ def test_anil_adapts_only_the_head():
 
 
 def test_unknown_algorithm_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: anil, bmaml, fomaml, maml, maml\\+\\+, metasgd, platipus, pretrain, reptile"):
+    with pytest.raises(ValueError, match="available: " + re.escape(", ".join(sorted(ALGORITHMS)))):
         build_algorithm("mmal", small_mlp())
 
 

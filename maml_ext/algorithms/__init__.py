@@ -16,6 +16,10 @@ bmaml          Bayesian MAML: M SVGD particles per task (``particles``), Chaser 
                (``objective="chaser"``) or the BMAML likelihood loss (``"likelihood"``)
 platipus       PLATIPUS: learned Gaussian prior over initialisations, ELBO meta-objective,
                ``test_samples`` sampled initialisations adapted at test time
+mr-maml        MR-MAML(W) (alias mr_maml): MAML with stochastic weights and a β-weighted KL
+               meta-regulariser against memorisation
+imaml          iMAML: proximal inner problem, implicit meta-gradient by conjugate gradient on
+               Hessian-vector products (memory independent of the inner steps)
 =============  ===========================================================================
 
 BMAML and PLATIPUS are :class:`~maml_ext.algorithms.bayes.RowLearner` subclasses: their
@@ -33,16 +37,18 @@ from .base import LossFn, MetaLearner, Params, task_loss
 from .bayes import RowLearner
 from .bmaml import BMAML
 from .clone import TaskClone
+from .imaml import IMAML
 from .inner import Adam, InnerSGD, Momentum
 from .maml import MAML, msl_weights
+from .mr_maml import MRMAML
 from .platipus import PLATIPUS
 from .pretrain import Pretrain
 from .reptile import Reptile
 
 __all__ = [
-    "ALGORITHMS", "Adam", "BMAML", "InnerSGD", "LossFn", "Momentum", "MAML", "MetaLearner", "PLATIPUS", "RowLearner", "Params", "Pretrain", "Reptile",
-    "TaskClone", "build_algorithm",
-    "msl_weights", "task_loss",
+    "ALGORITHMS", "Adam", "BMAML", "IMAML", "InnerSGD", "LossFn", "MAML", "MRMAML", "MetaLearner", "Momentum",
+    "PLATIPUS", "Params", "Pretrain", "Reptile", "RowLearner", "TaskClone", "build_algorithm", "msl_weights",
+    "task_loss",
 ]
 
 
@@ -65,6 +71,8 @@ ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "pretrain": (Pretrain, {}),
     "bmaml": (BMAML, {}),
     "platipus": (PLATIPUS, {}),
+    "mr-maml": (MRMAML, {}), "mr_maml": (MRMAML, {}),
+    "imaml": (IMAML, {}),
 }
 
 

@@ -37,6 +37,11 @@ class Episodes:
         for c, (start, count) in enumerate(zip(starts.tolist(), counts.tolist())):
             self._table[c, :count] = order[start : start + count]
 
+    def pick_classes(self, num_tasks: int, eligible: Tensor, generator: torch.Generator) -> Tensor:
+        """``n_way`` distinct classes per task ``[T, N]`` (indices into the class table), in random order."""
+        pick = torch.rand(num_tasks, len(eligible), generator=generator).argsort(dim=1)[:, : self.n_way]
+        return eligible[pick]
+
     def sample(
         self, num_tasks: int, k_support: int, k_query: int, generator: torch.Generator
     ) -> TaskBatch:
@@ -47,8 +52,7 @@ class Episodes:
                 f"only {len(eligible)} classes have k_support + k_query = {per_class} examples; "
                 f"n_way={self.n_way} needs that many"
             )
-        pick = torch.rand(num_tasks, len(eligible), generator=generator).argsort(dim=1)[:, : self.n_way]
-        classes = eligible[pick]  # [T, N]
+        classes = self.pick_classes(num_tasks, eligible, generator)  # [T, N]: class c gets label c
         # Distinct examples per class: sort random keys, padding slots pushed to the end.
         keys = torch.rand(num_tasks, self.n_way, self._table.shape[1], generator=generator)
         keys = keys.masked_fill(self._table[classes] < 0, 2.0)
