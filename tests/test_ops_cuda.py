@@ -171,13 +171,13 @@ def test_fused_meta_step_is_graph_capturable_and_does_not_sync():
         meta_step([p.clone() for p in params], data, weight)
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # (entering it synchronises: the sync check goes inside)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
             meta_step(static, data, weight)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     for p, p0 in zip(static, params):  # capture ran nothing: start from the initial parameters
         p.copy_(p0)
     graph.replay()

@@ -43,8 +43,8 @@ step() {
 
 [ "$device" = no-gpu ] && { echo "no CUDA device visible to torch" | tee -a "$summary"; exit 1; }
 arch=$("$python" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
-venv=.gpu-venv
-"$python" -m venv --system-site-packages "$venv"
+venv=build/gpu-venv
+mkdir -p build && "$python" -m venv --system-site-packages "$venv"
 py="$venv/bin/python"
 step build 200 env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" "$py" -m pip install -q \
   --no-build-isolation --no-deps --no-index -Cbuild-dir=build/gpu-{wheel_tag} \
