@@ -90,3 +90,9 @@ def test_emulated_kernel_checks_inputs():
     args[-1] = torch.ones(CASES[1].tasks + 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="loss_weight"):
         torch.ops.maml_ext._mlp_maml_grad_emulated(*args)
+
+
+def test_emulated_kernel_refuses_more_layers_than_it_holds():
+    case = Case(2, 3, (1,) + (3,) * 9 + (1,), "tanh", "mse", 1, "float")  # 10 layers; the body holds 8
+    with pytest.raises(RuntimeError, match="at most 8 layers"):
+        torch.ops.maml_ext._mlp_maml_grad_emulated(*grad_args(case, seed=24))
