@@ -41,8 +41,11 @@ assert e.STATUS == 'loaded', e.STATUS
 assert C.with_cuda, 'maml_ext was built without CUDA kernels'
 print('maml_ext', C.__file__, 'with_cuda', C.with_cuda, 'torch', C.torch_version)")
 
+# Both suites run even when the first fails, so that one CI log shows both; the stage fails if either does.
+failed=0
 stamp "CPU suite under the CUDA build"
-"$venv/bin/pytest" -q
+"$venv/bin/pytest" -q || failed=1
 stamp "CPU suite without the extension"
-MAML_EXT_NO_EXTENSION=1 "$venv/bin/pytest" -q
-stamp "done"
+MAML_EXT_NO_EXTENSION=1 "$venv/bin/pytest" -q || failed=1
+stamp "done (failed=$failed)"
+exit $failed
