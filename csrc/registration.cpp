@@ -50,6 +50,8 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("_mlp_maml_batched" + maml).c_str());
   m.def(("_mlp_maml_backward_batched" + maml_backward).c_str());
   m.def(("_mlp_maml_grad_batched" + maml_grad).c_str());
+  // The fused per-task CUDA kernel body run sequentially on the CPU (csrc/mlp/mlp_fused.h).
+  m.def(("_mlp_maml_grad_emulated" + maml_grad).c_str());
 
   /* From csrc/svgd */
   // One SVGD step per task, particles [T, M, ...] (split over tensors) moved to

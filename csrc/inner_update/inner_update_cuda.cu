@@ -1,5 +1,9 @@
-// CUDA kernels of inner_update / inner_update_: theta'_t = theta(_t) - alpha * g_t, one
-// grid-stride launch per parameter tensor on the current stream.
+// CUDA kernels of inner_update / inner_update_: theta'_t = theta(_t) - alpha * g_t for every
+// parameter tensor of a step in one launch (multi-tensor apply, as ATen's MultiTensorApply.cuh and
+// apex's multi_tensor_apply): the tensors are cut into chunks, each block of the launch updates one
+// chunk, and the chunk table travels in the kernel's argument block. Only metadata is checked on
+// the host: no value is read back from the device (the finiteness of learning-rate tensors is
+// checked by the Python front end), so a step never waits for the GPU and can be graph-captured.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "inner_update/inner_update.h"
 
@@ -16,20 +21,83 @@ namespace maml_ext::inner_update {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kChunk = 65536;  // elements per block
+// Per launch: tensors and chunks whose metadata fits the 4 KB kernel-argument limit.
+constexpr int kMaxTensors = 24;
+constexpr int kMaxChunks = 320;
 
-// out[j] = theta[j % n_theta] - alpha[j % n_alpha] * g[j]; alpha null means the scalar lr.
-// theta broadcasts a shared parameter over the task dimension of g (n_theta = its numel).
+// One tensor of the list: out[j] = theta[j % n_theta] - alpha[j % n_alpha] * g[j], j < n.
+// theta broadcasts a shared parameter over the task dimension of g (n_theta = its numel); alpha
+// null means the scalar lr.
 template <typename scalar_t>
-__global__ void inner_update_kernel(const scalar_t* __restrict__ theta, int64_t n_theta,
-                                    const scalar_t* __restrict__ alpha, int64_t n_alpha,
-                                    at::opmath_type<scalar_t> lr, const scalar_t* __restrict__ g,
-                                    scalar_t* out, int64_t n) {
+struct TensorRef {
+  const scalar_t* theta;
+  const scalar_t* alpha;
+  const scalar_t* g;
+  scalar_t* out;
+  int64_t n_theta, n_alpha, n;
+};
+
+template <typename scalar_t>
+struct TensorList {
+  TensorRef<scalar_t> tensors[kMaxTensors];
+  unsigned char chunk_tensor[kMaxChunks];  // block b updates chunk chunk_index[b] of tensor
+  int chunk_index[kMaxChunks];             // chunk_tensor[b]
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    multi_tensor_update_kernel(const TensorList<scalar_t> tl, at::opmath_type<scalar_t> lr) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride) {
-    const opmath_t a = alpha ? static_cast<opmath_t>(alpha[j % n_alpha]) : lr;
-    out[j] = static_cast<scalar_t>(static_cast<opmath_t>(theta[j % n_theta]) -
-                                   a * static_cast<opmath_t>(g[j]));
+  const TensorRef<scalar_t>& t = tl.tensors[tl.chunk_tensor[blockIdx.x]];
+  const int64_t begin = static_cast<int64_t>(tl.chunk_index[blockIdx.x]) * kChunk;
+  const int64_t end = begin + kChunk < t.n ? begin + kChunk : t.n;
+  for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
+    const opmath_t a = t.alpha ? static_cast<opmath_t>(t.alpha[j % t.n_alpha]) : lr;
+    t.out[j] = static_cast<scalar_t>(static_cast<opmath_t>(t.theta[j % t.n_theta]) -
+                                     a * static_cast<opmath_t>(t.g[j]));
+  }
+}
+
+// Launches the update of the tensors `idx` (all of one dtype), as few launches as the
+// metadata limits allow (one for a typical model's parameter list).
+template <typename scalar_t>
+void launch(const std::vector<size_t>& idx, const std::vector<at::Tensor>& p,
+            const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& a,
+            at::TensorList outs, double lr, cudaStream_t stream) {
+  TensorList<scalar_t> tl;
+  int tensors = 0, chunks = 0;
+  for (size_t i : idx) {
+    const int64_t n = g[i].numel();
+    if (n == 0) continue;
+    tl.tensors[tensors++] = {p[i].const_data_ptr<scalar_t>(),
+                             a[i].defined() ? a[i].const_data_ptr<scalar_t>() : nullptr,
+                             g[i].const_data_ptr<scalar_t>(), outs[i].data_ptr<scalar_t>(),
+                             std::max<int64_t>(p[i].numel(), 1), a[i].defined() ? a[i].numel() : 1,
+                             n};
+    const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      tl.chunk_tensor[chunks] = static_cast<unsigned char>(tensors - 1);
+      tl.chunk_index[chunks++] = static_cast<int>(c);
+      const bool last_chunk = c + 1 == n_chunks;
+      if (chunks == kMaxChunks || (tensors == kMaxTensors && last_chunk)) {
+        multi_tensor_update_kernel<scalar_t><<<chunks, kThreads, 0, stream>>>(
+            tl, static_cast<at::opmath_type<scalar_t>>(lr));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        chunks = 0;
+        if (last_chunk) {
+          tensors = 0;
+        } else {  // the current tensor continues in the next launch
+          tl.tensors[0] = tl.tensors[tensors - 1];
+          tensors = 1;
+        }
+      }
+    }
+  }
+  if (chunks > 0) {
+    multi_tensor_update_kernel<scalar_t><<<chunks, kThreads, 0, stream>>>(
+        tl, static_cast<at::opmath_type<scalar_t>>(lr));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
@@ -38,27 +106,25 @@ void apply(at::TensorList params, at::TensorList grads, at::TensorList lrs, doub
   const auto alphas = check_and_select_lrs(params, grads, lrs, lr, step, in_place);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  for (size_t i = 0; i < alphas.size(); ++i) {
-    if (alphas[i].defined()) {
-      TORCH_CHECK_VALUE((at::isfinite(alphas[i]) & (alphas[i] >= 0)).all().item<bool>(), "lrs[", i,
-                        "]: learning rates must be finite and >= 0");
-    }
+  std::vector<at::Tensor> p, g, a;
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].is_cuda() && params[i].device() == params[0].device(), "params[", i,
+                "]: expected a tensor on ", params[0].device(), ", got ", params[i].device());
+    p.push_back(params[i].contiguous());
+    g.push_back(grads[i].contiguous());
+    a.push_back(alphas[i].defined() ? alphas[i].contiguous() : at::Tensor());
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor p = params[i].contiguous();
-    const at::Tensor g = grads[i].contiguous();
-    const at::Tensor a = alphas[i].defined() ? alphas[i].contiguous() : at::Tensor();
-    const int64_t n = g.numel();
-    if (n == 0) continue;
-    const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "inner_update_cuda", [&] {
-      inner_update_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-          p.data_ptr<scalar_t>(), std::max<int64_t>(p.numel(), 1),
-          a.defined() ? a.data_ptr<scalar_t>() : nullptr, a.defined() ? a.numel() : 1,
-          static_cast<at::opmath_type<scalar_t>>(lr), g.data_ptr<scalar_t>(),
-          outs[i].data_ptr<scalar_t>(), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+  std::vector<at::ScalarType> dtypes;
+  for (const auto& t : p)
+    if (std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) == dtypes.end())
+      dtypes.push_back(t.scalar_type());
+  for (const auto dtype : dtypes) {  // one launch per dtype (one in practice)
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < p.size(); ++i)
+      if (p[i].scalar_type() == dtype) idx.push_back(i);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "inner_update_cuda", [&] {
+      launch<scalar_t>(idx, p, g, a, outs, lr, stream);
     });
   }
 }
