@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from maml_ext.algorithms import RowLearner, build_algorithm
+from maml_ext.algorithms import build_algorithm
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid

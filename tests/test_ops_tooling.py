@@ -18,7 +18,7 @@ def test_torch_internal_non_leaf_grad_warning_is_not_an_error():
 def test_other_user_warnings_still_fail_the_suite():
     """The ignore is targeted: any other UserWarning is still an error."""
     try:
-        warnings.warn("The .grad attribute of something else", UserWarning)
+        warnings.warn("The .grad attribute of something else", UserWarning, stacklevel=1)
     except UserWarning:
         return
     raise AssertionError("filterwarnings = error no longer applies to UserWarning")
