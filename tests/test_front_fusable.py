@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from maml_ext.algorithms import MAML
+from maml_ext.algorithms import MAML, build_algorithm
 from maml_ext.algorithms.fusable import plain_mlp_spec
 from maml_ext.models.mlp import build
 from maml_ext.tasks import TaskBatch
@@ -110,3 +110,13 @@ def test_reused_module_computes_the_modules_network():
 def test_detection_ignores_non_sequential_models():
     assert plain_mlp_spec(nn.Linear(2, 2)) is None
     assert plain_mlp_spec(nn.Sequential(nn.Linear(2, 2))) is None  # one layer: nothing to fuse
+
+
+@pytest.mark.parametrize("name", ["bmaml", "platipus"])
+def test_bayesian_learners_follow_the_same_fusion_rule(name):
+    """BMAML and PLATIPUS pick the fused per-row gradients by the same rule as MAML: a user's
+    plain Sequential is detected, a reused module never fused (it would be another network)."""
+    assert build_algorithm(name, _sequential()).fused_spec is not None
+    assert build_algorithm(name, _reused()).fused_spec is None
+    with pytest.raises(ValueError, match="fused=True is not possible: .*shared or reused"):
+        build_algorithm(name, _reused(), fused=True)

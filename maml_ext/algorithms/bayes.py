@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from maml_ext import ops
-from maml_ext.models import FusedMLPSpec, fused_spec
+from maml_ext.models import FusedMLPSpec
 from maml_ext.tasks import TaskBatch
 
 from .base import MetaLearner, Params, task_loss
 from .clone import TaskClone
+from .fusable import model_spec, unfusable_reasons
 
 Rows = dict[str, Tensor]
 
@@ -37,7 +38,7 @@ class RowLearner(MetaLearner):
     Every parameter is adapted (there is no ``adapt`` option) and BatchNorm uses batch
     statistics. The single-set ``inner_loop`` / ``adapt`` of :class:`MetaLearner` do not apply
     and raise; ``adapted_sets`` and ``sample_predictions`` give the adapted sets. ``fused``: use the fused MLP op for per-row gradients when the model declares a
-    fused MLP spec (None: whenever possible; True: required, else an error).
+    fused MLP spec or is detected as a plain MLP (None: whenever possible; True: required, else an error).
     """
 
     def __init__(
@@ -47,16 +48,12 @@ class RowLearner(MetaLearner):
         if callable(loss):  # the predictive metrics (point_metrics) are defined for these two
             raise ValueError(f"loss: {type(self).__name__} needs 'mse' or 'cross_entropy', got a callable")
         super().__init__(model, lr=lr, steps=steps, loss=loss, task_batched=task_batched)
-        spec = fused_spec(model)
-        names = [n for n, _ in model.named_parameters()]
-        reason = None
-        if spec is None:
-            reason = "the model declares no fused MLP spec"
-        elif sorted(spec.param_names) != sorted(names):
-            reason = "the spec does not list every parameter"
-        if fused and reason:
-            raise ValueError(f"fused=True is not possible: {reason}")
-        self.fused_spec: FusedMLPSpec | None = None if (reason or fused is False) else spec
+        # The same rule as MAML's: never the op for a model it would compute differently.
+        spec = model_spec(model)
+        reasons = unfusable_reasons(model, spec)
+        if fused and reasons:
+            raise ValueError(f"fused=True is not possible: {'; '.join(reasons)}")
+        self.fused_spec: FusedMLPSpec | None = None if (reasons or fused is False) else spec
 
     def inner_loop(self, *args: object, **kwargs: object) -> Iterator[Params]:
         raise NotImplementedError(
