@@ -11,7 +11,7 @@ from torch import nn
 
 from maml_ext import plugins
 from maml_ext.algorithms import build_algorithm
-from maml_ext.algorithms.svgd import median_bandwidth, pairwise_sq_dists, rbf_kernel
+from maml_ext.reference.svgd import median_bandwidth, pairwise_sq_dists, rbf_kernel
 from maml_ext.models.mlp import MLP
 from maml_ext.rl import trpo
 from maml_ext.tasks import TaskBatch
