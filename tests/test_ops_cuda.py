@@ -139,6 +139,20 @@ def test_fused_mlp_maml_grad(case):
     assert_rel(list(got[2]), list(expected[2]), what="d lrs")
 
 
+def test_cross_entropy_labels_are_not_read_on_the_host():
+    """Class labels are checked on the device (fused kernel) or by ATen's index asserts, never by
+    reading them on the host: no synchronisation in the cross-entropy op either."""
+    case = next(c for c in FUSED_CASES if c.loss == "cross_entropy")
+    args = on_device(fused.grad_args(case, seed=37))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = torch.ops.maml_ext.mlp_maml_grad(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_rel(got[0], fused.reference_grad(args)[0], what="query loss")
+
+
 @pytest.mark.parametrize("case", [fused.EXTRA[0], maml.CASES[3]], ids=str)
 def test_fused_mlp_maml_grad_float32(case):
     args = fused.grad_args(case, 32, torch.float32)
@@ -153,7 +167,7 @@ def meta_step(params, data, weight):
     _, grads, _ = torch.ops.maml_ext.mlp_maml_grad(
         params, [], 0.01, False, data["x_support"], data["y_support"], None, data["x_query"],
         data["y_query"], None, 3, "relu", "mse", False, weight)
-    torch.ops.maml_ext.inner_update_(params, grads, [], 0.1, -1)
+    torch.ops.maml_ext.inner_update_(params, grads, [], 0.1, None)
 
 
 def test_fused_meta_step_is_graph_capturable_and_does_not_sync():

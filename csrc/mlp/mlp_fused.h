@@ -23,6 +23,22 @@
 #define MAML_EXT_HD
 #endif
 
+// Value checks the host cannot make without waiting for the device (class labels on CUDA): on the
+// device a failed check stops the kernel (the error surfaces at the next synchronisation, like
+// ATen's device asserts); host callers have validated the values before the call.
+#if defined(__CUDA_ARCH__)
+#include <cstdio>
+#define MAML_EXT_DEVICE_CHECK(cond, msg)               \
+  do {                                                 \
+    if (!(cond)) {                                     \
+      printf("maml_ext device check failed: %s\n", msg); \
+      __trap();                                        \
+    }                                                  \
+  } while (0)
+#else
+#define MAML_EXT_DEVICE_CHECK(cond, msg) ((void)0)
+#endif
+
 namespace maml_ext::mlp::fused {
 
 // Deeper MLPs take the batched path.
@@ -190,6 +206,7 @@ class Net {
           dz[i * D + d] = wi * invk * pi[d];
         }
         const int64_t y = b_.labels[i];
+        MAML_EXT_DEVICE_CHECK(y >= 0 && y < D, "class labels must lie in [0, classes)");
         dz[i * D + y] -= wi * invk;
         partial += double(wi) * double(m + log_(s) - zi[y]);
       });
