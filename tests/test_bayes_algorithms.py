@@ -209,7 +209,7 @@ def test_bad_options_raise_clear_errors(name, options, message):
 
 @pytest.mark.parametrize("name", ["bmaml", "platipus"])
 def test_fused_true_without_a_fused_model_is_an_error(name):
-    with pytest.raises(ValueError, match="fused=True is not possible: the model declares no fused MLP spec"):
+    with pytest.raises(ValueError, match=r"fused=True is not possible: the model is not a plain MLP \(no fused MLP spec declared or detected\)"):
         build_algorithm(name, nn.Linear(1, 1), fused=True)
 
 

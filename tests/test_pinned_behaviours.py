@@ -28,6 +28,7 @@ def regression_batch(tasks=3, k=4, seed=0):
 
 
 # ----- Reptile: meta-gradient θ − mean_t φ_t ----------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Reptile with steps=1")  # the pretrain-baseline notice
 @pytest.mark.parametrize("steps", [1, 3])
 def test_reptile_meta_gradient_is_theta_minus_mean_adapted(steps):
     torch.manual_seed(0)
