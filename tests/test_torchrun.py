@@ -21,13 +21,12 @@ def _torchrun(out, iterations: int, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=240)
     if done.returncode != 0 and TEARDOWN_ABORT in done.stderr and "checkpoint: " in done.stdout:
-        # Seen once in CI (not locally in 6 runs): a rank aborted in torch's C++ teardown after
-        # training had finished and rank 0 had written the checkpoint. Retried once, and named.
-        print(f"torchrun: a rank aborted at exit ({TEARDOWN_ABORT!r}); retrying once")
-        if "--resume" not in extra:
-            (out / loop.CHECKPOINT).unlink()
-            (out / loop.METRICS).unlink()
-        done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=240)
+        # Seen in CI under load (not locally in 10 runs): a rank aborted in torch's C++ teardown
+        # after training had finished and rank 0 had written the checkpoint. The run is complete
+        # (the caller's checks read that checkpoint); rerunning would not be the same test, as a
+        # resumed run that has finished is refused. Named, so that it stays visible.
+        print(f"torchrun: a rank aborted at exit after the checkpoint was written ({TEARDOWN_ABORT!r})")
+        return done
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
