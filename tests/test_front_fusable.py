@@ -112,9 +112,9 @@ def test_detection_ignores_non_sequential_models():
     assert plain_mlp_spec(nn.Sequential(nn.Linear(2, 2))) is None  # one layer: nothing to fuse
 
 
-@pytest.mark.parametrize("name", ["bmaml", "platipus"])
-def test_bayesian_learners_follow_the_same_fusion_rule(name):
-    """BMAML and PLATIPUS pick the fused per-row gradients by the same rule as MAML: a user's
+@pytest.mark.parametrize("name", ["bmaml", "platipus", "imaml"])
+def test_other_learners_follow_the_same_fusion_rule(name):
+    """BMAML, PLATIPUS and iMAML pick the fused gradients/HVPs by the same rule as MAML: a user's
     plain Sequential is detected, a reused module never fused (it would be another network)."""
     assert build_algorithm(name, _sequential()).fused_spec is not None
     assert build_algorithm(name, _reused()).fused_spec is None

@@ -138,7 +138,7 @@ def test_selectable_by_name_and_bad_options():
     for options, match in (({"lam": 0.0}, "lam must be a number > 0"), ({"cg_steps": 0}, "cg_steps must be an integer >= 1")):
         with pytest.raises(ValueError, match=match):
             build_algorithm("imaml", MLP(1, 1), **options)
-    with pytest.raises(ValueError, match="fused=True is not possible: the model declares no fused MLP spec"):
+    with pytest.raises(ValueError, match=r"fused=True is not possible: the model is not a plain MLP"):
         IMAML(torch.nn.Sequential(torch.nn.Linear(1, 1)), fused=True)
     with pytest.raises(NotImplementedError, match="use meta_loss"):
         learner.clone()

@@ -22,7 +22,7 @@ from maml_ext.tasks import TaskBatch
 
 from .base import MetaLearner, Params, task_loss
 from .clone import TaskClone
-from .fusable import model_spec, unfusable_reasons
+from .fusable import choose_spec
 
 Rows = dict[str, Tensor]
 
@@ -49,11 +49,7 @@ class RowLearner(MetaLearner):
             raise ValueError(f"loss: {type(self).__name__} needs 'mse' or 'cross_entropy', got a callable")
         super().__init__(model, lr=lr, steps=steps, loss=loss, task_batched=task_batched)
         # The same rule as MAML's: never the op for a model it would compute differently.
-        spec = model_spec(model)
-        reasons = unfusable_reasons(model, spec)
-        if fused and reasons:
-            raise ValueError(f"fused=True is not possible: {'; '.join(reasons)}")
-        self.fused_spec: FusedMLPSpec | None = None if (reasons or fused is False) else spec
+        self.fused_spec: FusedMLPSpec | None = choose_spec(model, fused)
 
     def inner_loop(self, *args: object, **kwargs: object) -> Iterator[Params]:
         raise NotImplementedError(

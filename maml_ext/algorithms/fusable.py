@@ -3,6 +3,8 @@ detected automatically; never a model the op would compute differently."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import nn
 from torch.nn.modules import module as module_globals
 
@@ -63,6 +65,17 @@ def unfusable_reasons(model: nn.Module, spec: FusedMLPSpec | None) -> list[str]:
          or any(getattr(module_globals, h, None) for h in GLOBAL_HOOKS)),
     )
     return [why for why, bad in checks if bad]
+
+
+def choose_spec(model: nn.Module, fused: bool | None, learner_reasons: Iterable[tuple[str, bool]] = ()) -> FusedMLPSpec | None:
+    """The spec a learner runs the fused op with, or None for its generic path. ``fused``: None
+    (whenever possible), True (required: a ValueError names every reason it is not possible) or
+    False; ``learner_reasons``: (why, applies) pairs of the learner's own options."""
+    spec = model_spec(model)
+    reasons = unfusable_reasons(model, spec) + [why for why, applies in learner_reasons if applies]
+    if fused and reasons:
+        raise ValueError(f"fused=True is not possible: {'; '.join(reasons)}")
+    return None if (reasons or fused is False) else spec
 
 
 def _same(layers: FusedMLPSpec | None, declared: FusedMLPSpec) -> bool:

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from maml_ext import ops
-from maml_ext.models import FusedMLPSpec, fused_spec
+from maml_ext.models import FusedMLPSpec
 from maml_ext.tasks import TaskBatch
 
 from .base import Loss, MetaLearner, Params, task_loss
 from .clone import TaskClone
+from .fusable import choose_spec
 
 Vectors = dict[str, Tensor]
 
@@ -64,7 +65,7 @@ class IMAML(MetaLearner):
     Args (beyond lr, steps, loss, task_batched of :class:`MetaLearner`):
         lam: λ, the proximal regularisation strength (> 0).
         cg_steps: conjugate-gradient iterations per meta-gradient (>= 1).
-        fused: use ``ops.mlp_hvp`` for models that declare a fused MLP spec (None: whenever
+        fused: use ``ops.mlp_hvp`` for plain MLPs, declared or detected, as MAML does (None: whenever
             possible; True: required, else an error).
     """
 
@@ -87,14 +88,8 @@ class IMAML(MetaLearner):
         super().__init__(model, lr=lr, steps=steps, loss=loss, task_batched=task_batched)
         self.lam = float(lam)
         self.cg_steps = cg_steps
-        spec = fused_spec(model)
-        names = [n for n, _ in model.named_parameters()]
-        reason = ("the model declares no fused MLP spec" if spec is None
-                  else "the spec does not list every parameter" if sorted(spec.param_names) != sorted(names)
-                  else "a custom loss function" if callable(loss) else None)
-        if fused and reason:
-            raise ValueError(f"fused=True is not possible: {reason}")
-        self.fused_spec: FusedMLPSpec | None = None if (reason or fused is False) else spec
+        self.fused_spec: FusedMLPSpec | None = choose_spec(
+            model, fused, [("a custom loss function (the fused HVPs compute mse and cross_entropy)", callable(loss))])
 
     # ----- per-task gradients and Hessian-vector products ----------------------------------
     def _grad_hvp(self, phi: Vectors, x: Tensor, y: Tensor, v: Vectors | None) -> tuple[Tensor, Vectors, Vectors]:
