@@ -8,9 +8,9 @@ pure-PyTorch reference.
 import pytest
 import torch
 
+from _mlp_maml_cases import CASES
 from _ops_helpers import assert_rel, gen, like, mlp_batch, mlp_params, randn, requires_extension
 from maml_ext.reference import checkpoint_every, split_lr
-from test_ops_mlp_maml import CASES
 
 pytestmark = requires_extension
 

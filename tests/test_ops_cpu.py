@@ -7,6 +7,7 @@ import torch
 
 from _ops_helpers import (
     TOL,
+    as_double,
     assert_rel,
     dot,
     gen,
@@ -29,21 +30,6 @@ def test_extension_loaded_unless_disabled():
 # ---- CPU capability variants --------------------------------------------------------------------
 
 
-@pytest.fixture(params=["default", "avx2", "avx512"])
-def capability(request):
-    if not ops.extension_available():
-        pytest.skip("the compiled maml_ext kernels are not loaded")
-    c = _extension.C
-    original = c.cpu_capability()
-    try:
-        c.set_cpu_capability(request.param)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    assert c.cpu_capability() == request.param
-    yield request.param
-    c.set_cpu_capability(original)
-
-
 # Odd widths that leave remainders for every vector length, and one wide layer.
 VARIANT_CASES = [
     ((3, 17, 9, 2), "relu", "mse", torch.float64),
@@ -58,10 +44,6 @@ variant_cases = pytest.mark.parametrize(
 )
 
 
-def as64(tensors):
-    return [t.double() if t.is_floating_point() else t for t in tensors]
-
-
 @variant_cases
 def test_mlp_hvp_under_each_capability(capability, widths, activation, loss, dtype):
     g = gen(10)
@@ -72,11 +54,11 @@ def test_mlp_hvp_under_each_capability(capability, widths, activation, loss, dty
     kw = dict(activation=activation, loss=loss, sample_weight=w)
     got = ops.mlp_hvp(params, x, y, v, **kw)
     kw["sample_weight"] = w.double()
-    expected = reference.mlp_hvp(as64(params), x.double(), *as64([y]), as64(v), **kw)
+    expected = reference.mlp_hvp(as_double(params), x.double(), *as_double([y]), as_double(v), **kw)
     tol = TOL[dtype] * 10
     assert_rel(got[0].double(), expected[0], tol, "loss")
-    assert_rel(as64(got[1]), expected[1], tol, "grads")
-    assert_rel(as64(got[2]), expected[2], tol, "hvps")
+    assert_rel(as_double(got[1]), expected[1], tol, "grads")
+    assert_rel(as_double(got[2]), expected[2], tol, "hvps")
 
 
 @variant_cases
@@ -92,12 +74,12 @@ def test_mlp_maml_under_each_capability(capability, widths, activation, loss, dt
         p, a = leaves(cast(params)), leaves(cast(lrs))
         query_loss, adapted = fn(p, *cast([xs, ys, xq, yq]), lr=a, steps=3, per_step_lr=True,
                                  activation=activation, loss=loss, checkpoint=2)
-        objective = (c * query_loss.double()).sum() + dot(u, as64(adapted))
+        objective = (c * query_loss.double()).sum() + dot(u, as_double(adapted))
         return [query_loss, *adapted, *torch.autograd.grad(objective, [*p, *a])]
 
     got = run(ops.mlp_maml, list)
-    expected = run(reference.mlp_maml, as64)
-    assert_rel(as64(got), expected, TOL[dtype] * 10, "loss, adapted, meta-gradients")
+    expected = run(reference.mlp_maml, as_double)
+    assert_rel(as_double(got), expected, TOL[dtype] * 10, "loss, adapted, meta-gradients")
 
 
 # ---- checkpointing ------------------------------------------------------------------------------

@@ -1,115 +1,20 @@
 """ops.mlp_maml (the whole inner loop, exact meta-gradient) against the unrolled reference."""
 
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 from _ops_helpers import (
     assert_rel,
-    dot,
-    gen,
     leaves,
-    mlp_batch,
-    mlp_params,
-    randn,
     rel_err,
     requires_extension,
 )
+from _mlp_maml_cases import CASES, Case, cotangents, lr_list, meta_gradients, run
 from maml_ext import ops, reference
 
 
-@dataclass(frozen=True)
-class Case:
-    tasks: int
-    k: int
-    widths: tuple
-    activation: str
-    loss: str
-    steps: int
-    lr_kind: str  # float | scalar | elementwise | per_step | per_step_scalar
-    first_order: bool = False
-    checkpoint: bool | int = False
-    weighted: bool = False
-
-    def __str__(self):
-        w = "-".join(map(str, self.widths))
-        parts = [f"T{self.tasks}", f"K{self.k}", w, self.activation, self.loss, f"S{self.steps}",
-                 self.lr_kind, "FO" if self.first_order else "SO"]
-        if self.checkpoint is not False:
-            parts.append(f"ckpt{self.checkpoint}")
-        if self.weighted:
-            parts.append("weighted")
-        return "-".join(parts)
-
-    def inputs(self, seed=0, dtype=torch.float64):
-        """(params, lr, data kwargs): shared initialisation, learning rates, support/query sets."""
-        g = gen(seed)
-        params = mlp_params(g, self.widths, self.loss, dtype=dtype)
-        xs, ys = mlp_batch(g, self.widths, self.loss, self.tasks, self.k, dtype)
-        xq, yq = mlp_batch(g, self.widths, self.loss, self.tasks, self.k + 2, dtype)
-        data = dict(x_support=xs, y_support=ys, x_query=xq, y_query=yq)
-        if self.weighted:
-            # Positive support weights keep S steps on a weighted NLL from diverging.
-            data["w_support"] = 0.5 + torch.rand(self.tasks, self.k, generator=g, dtype=dtype)
-            data["w_query"] = randn(g, self.tasks, self.k + 2, dtype=dtype)
-        base = 0.05 if self.loss != "gaussian_nll" else 0.02
-        lead = (self.steps,) if self.lr_kind.startswith("per_step") else ()
-        if self.lr_kind == "float":
-            lr = base
-        elif self.lr_kind in ("scalar", "per_step_scalar"):
-            lr = [base * (1 + 0.5 * torch.rand(lead, generator=g, dtype=dtype)) for _ in params]
-        else:
-            lr = [base * (1 + 0.5 * torch.rand(*lead, *p.shape, generator=g, dtype=dtype)) for p in params]
-        return params, lr, data
-
-    def kwargs(self, **overrides):
-        kw = dict(steps=self.steps, per_step_lr=self.lr_kind.startswith("per_step"),
-                  activation=self.activation, loss=self.loss, first_order=self.first_order,
-                  checkpoint=self.checkpoint)
-        kw.update(overrides)
-        return kw
-
-
-CASES = [
-    Case(1, 1, (1, 5, 1), "relu", "mse", 1, "float"),
-    Case(3, 5, (2, 7, 3), "tanh", "mse", 2, "scalar"),
-    Case(25, 10, (1, 9, 9, 1), "relu", "mse", 5, "elementwise", checkpoint=True),
-    Case(3, 10, (3, 5, 3, 7, 4), "relu", "cross_entropy", 2, "per_step"),
-    Case(25, 5, (2, 11, 3), "tanh", "cross_entropy", 1, "float", first_order=True),
-    Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 5, "per_step_scalar", checkpoint=2, weighted=True),
-    Case(1, 10, (3, 5, 5, 2), "relu", "gaussian_nll", 2, "elementwise", first_order=True, weighted=True),
-    Case(3, 1, (1, 3, 1), "tanh", "mse", 5, "float", first_order=True, checkpoint=True),
-    Case(25, 10, (1, 13, 13, 1), "relu", "mse", 5, "scalar", checkpoint=True),
-    Case(3, 5, (2, 5, 2), "relu", "gaussian_nll", 2, "scalar", first_order=True, weighted=True),
-    Case(3, 5, (2, 7, 3), "tanh", "cross_entropy", 5, "per_step", checkpoint=3, weighted=True),
-    Case(3, 5, (2, 7, 3), "tanh", "mse", 5, "per_step_scalar", first_order=True, checkpoint=1),
-]
 cases = pytest.mark.parametrize("case", CASES, ids=str)
-
-
-def lr_list(lr):
-    return [] if isinstance(lr, float) else lr
-
-
-def run(fn, case, params, lr, data, **overrides):
-    return fn(params, lr=lr, **data, **case.kwargs(**overrides))
-
-
-def meta_gradients(fn, case, params, lr, data, cot, **overrides):
-    """Outputs and d/d(params, lr tensors) of Σ c_t·L_t + <u, adapted>."""
-    p = leaves(params)
-    a = lr if isinstance(lr, float) else leaves(lr)
-    query_loss, adapted = run(fn, case, p, a, data, **overrides)
-    c, u = cot
-    objective = (c * query_loss).sum() + dot(u, adapted)
-    grads = torch.autograd.grad(objective, [*p, *lr_list(a)])
-    return query_loss.detach(), [t.detach() for t in adapted], grads
-
-
-def cotangents(case, params, seed=1):
-    g = gen(seed)
-    return randn(g, case.tasks), [randn(g, case.tasks, *p.shape) for p in params]
 
 
 @requires_extension  # compares the compiled ops with the reference
