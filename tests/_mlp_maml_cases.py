@@ -20,15 +20,15 @@ class Case:
     steps: int
     lr_kind: str  # float | scalar | elementwise | per_step | per_step_scalar
     first_order: bool = False
-    checkpoint: bool | int = False
+    snapshots: bool | int = False
     weighted: bool = False
 
     def __str__(self):
         w = "-".join(map(str, self.widths))
         parts = [f"T{self.tasks}", f"K{self.k}", w, self.activation, self.loss, f"S{self.steps}",
                  self.lr_kind, "FO" if self.first_order else "SO"]
-        if self.checkpoint is not False:
-            parts.append(f"ckpt{self.checkpoint}")
+        if self.snapshots is not False:
+            parts.append(f"snap{self.snapshots}")
         if self.weighted:
             parts.append("weighted")
         return "-".join(parts)
@@ -57,7 +57,7 @@ class Case:
     def kwargs(self, **overrides):
         kw = dict(steps=self.steps, per_step_lr=self.lr_kind.startswith("per_step"),
                   activation=self.activation, loss=self.loss, first_order=self.first_order,
-                  checkpoint=self.checkpoint)
+                  snapshots=self.snapshots)
         kw.update(overrides)
         return kw
 
@@ -65,16 +65,16 @@ class Case:
 CASES = [
     Case(1, 1, (1, 5, 1), "relu", "mse", 1, "float"),
     Case(3, 5, (2, 7, 3), "tanh", "mse", 2, "scalar"),
-    Case(25, 10, (1, 9, 9, 1), "relu", "mse", 5, "elementwise", checkpoint=True),
+    Case(25, 10, (1, 9, 9, 1), "relu", "mse", 5, "elementwise", snapshots=True),
     Case(3, 10, (3, 5, 3, 7, 4), "relu", "cross_entropy", 2, "per_step"),
     Case(25, 5, (2, 11, 3), "tanh", "cross_entropy", 1, "float", first_order=True),
-    Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 5, "per_step_scalar", checkpoint=2, weighted=True),
+    Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 5, "per_step_scalar", snapshots=2, weighted=True),
     Case(1, 10, (3, 5, 5, 2), "relu", "gaussian_nll", 2, "elementwise", first_order=True, weighted=True),
-    Case(3, 1, (1, 3, 1), "tanh", "mse", 5, "float", first_order=True, checkpoint=True),
-    Case(25, 10, (1, 13, 13, 1), "relu", "mse", 5, "scalar", checkpoint=True),
+    Case(3, 1, (1, 3, 1), "tanh", "mse", 5, "float", first_order=True, snapshots=True),
+    Case(25, 10, (1, 13, 13, 1), "relu", "mse", 5, "scalar", snapshots=True),
     Case(3, 5, (2, 5, 2), "relu", "gaussian_nll", 2, "scalar", first_order=True, weighted=True),
-    Case(3, 5, (2, 7, 3), "tanh", "cross_entropy", 5, "per_step", checkpoint=3, weighted=True),
-    Case(3, 5, (2, 7, 3), "tanh", "mse", 5, "per_step_scalar", first_order=True, checkpoint=1),
+    Case(3, 5, (2, 7, 3), "tanh", "cross_entropy", 5, "per_step", snapshots=3, weighted=True),
+    Case(3, 5, (2, 7, 3), "tanh", "mse", 5, "per_step_scalar", first_order=True, snapshots=1),
 ]
 def lr_list(lr):
     return [] if isinstance(lr, float) else lr

@@ -43,14 +43,14 @@ def test_meta_gradients_match_reference(case):
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["SO", "FO"])
-@pytest.mark.parametrize("checkpoint", [True, 1, 2, 3, 4, 9], ids=lambda c: f"ckpt{c}")
-def test_checkpointing_gives_the_same_results(checkpoint, first_order):
+@pytest.mark.parametrize("snapshots", [True, 1, 2, 3, 4, 9], ids=lambda c: f"snap{c}")
+def test_fewer_snapshots_give_the_same_results(snapshots, first_order):
     case = Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 9, "per_step", first_order, weighted=True)
     params, lr, data = case.inputs(seed=3)
     cot = cotangents(case, params)
     plain = meta_gradients(ops.mlp_maml, case, params, lr, data, cot)
-    checkpointed = meta_gradients(ops.mlp_maml, case, params, lr, data, cot, checkpoint=checkpoint)
-    for got, want, what in zip(checkpointed, plain, ("query loss", "adapted", "meta-gradients")):
+    thinned = meta_gradients(ops.mlp_maml, case, params, lr, data, cot, snapshots=snapshots)
+    for got, want, what in zip(thinned, plain, ("query loss", "adapted", "meta-gradients")):
         assert_rel(got, want, tol=1e-12, what=what)
 
 
@@ -70,7 +70,7 @@ def test_first_and_second_order_differ(loss, lr_kind):
 
 GRADCHECK_CASES = [
     Case(2, 3, (1, 3, 1), "tanh", "mse", 2, "float"),
-    Case(2, 3, (2, 3, 2), "tanh", "cross_entropy", 2, "elementwise", checkpoint=True),
+    Case(2, 3, (2, 3, 2), "tanh", "cross_entropy", 2, "elementwise", snapshots=True),
     Case(2, 3, (1, 3, 1), "tanh", "gaussian_nll", 3, "per_step_scalar", weighted=True),
 ]
 
@@ -144,3 +144,20 @@ def test_float32(case):
         g = [g] if torch.is_tensor(g) else g
         e = [e] if torch.is_tensor(e) else e
         assert_rel([t.double() for t in g], e, tol=1e-4, what=what)
+
+
+@pytest.mark.parametrize("module", [ops, reference], ids=["ops", "reference"])
+def test_old_checkpoint_keyword_still_works_with_a_deprecation_warning(module):
+    """``checkpoint=`` read like the training checkpoints: it is ``snapshots=`` now, the old name kept."""
+    case = CASES[5]
+    params, lr, data = case.inputs()
+    kw = case.kwargs()
+    kw.pop("snapshots")
+    new = module.mlp_maml(params, lr=lr, **data, **kw, snapshots=2)
+    with pytest.warns(DeprecationWarning, match=r"checkpoint=.*snapshots="):
+        old = module.mlp_maml(params, lr=lr, **data, **kw, checkpoint=2)
+    assert torch.equal(old[0], new[0]) and all(torch.equal(a, b) for a, b in zip(old[1], new[1], strict=True))
+    with pytest.raises(TypeError, match="not both"):
+        module.mlp_maml(params, lr=lr, **data, **kw, snapshots=2, checkpoint=2)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="snapshots: expected"):
+        module.mlp_maml(params, lr=lr, **data, **kw, checkpoint=0)

@@ -14,7 +14,7 @@ cases = pytest.mark.parametrize("case", CASES, ids=str)
 
 def grad_kwargs(case):
     kw = case.kwargs()
-    kw.pop("checkpoint")  # no saved steps to thin out: the walk keeps per-thread state only
+    kw.pop("snapshots")  # no saved steps to thin out: the walk keeps per-thread state only
     return kw
 
 
