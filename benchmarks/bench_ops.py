@@ -86,7 +86,7 @@ def torch_func_maml(params, xs, ys, xq, yq, *, lr, steps, first_order):
     return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, xs, ys, xq, yq)
 
 
-def maml_step(impl: str, cfg: MamlConfig, problem, first_order: bool, checkpoint: bool = False):
+def maml_step(impl: str, cfg: MamlConfig, problem, first_order: bool, snapshots: bool = False):
     params, xs, ys, xq, yq = problem
     if impl == "torch.func":
         def run():
@@ -103,7 +103,7 @@ def maml_step(impl: str, cfg: MamlConfig, problem, first_order: bool, checkpoint
 
     def run():
         losses, _ = mod.mlp_maml(params, xs, ys, xq, yq, lr=cfg.lr, steps=cfg.steps,
-                                 first_order=first_order, checkpoint=checkpoint)
+                                 first_order=first_order, snapshots=snapshots)
         return torch.autograd.grad(losses.mean(), params)
 
     return run
@@ -184,7 +184,7 @@ def run(args) -> list[str]:
                                     ("maml_ext", True, False), ("reference", False, False),
                                     ("reference", True, False)):
         nbytes = saved_bytes(maml_step(impl, long, problem, first_order, ckpt))
-        name = impl + (" + checkpoint √S" if ckpt else "")
+        name = impl + (" + snapshots √S" if ckpt else "")
         rows.append(f"| {name} | {'first' if first_order else 'second'} | {nbytes / 2**20:.2f} MiB |")
         print(rows[-1], flush=True)
     return rows

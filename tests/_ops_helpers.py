@@ -95,3 +95,12 @@ def leaves(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(xs, ys))
+
+
+def as_double(obj):
+    """Tensors (alone or in nested lists/tuples) cast to float64; other values unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.double() if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(as_double(o) for o in obj)
+    return obj

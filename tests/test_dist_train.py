@@ -6,21 +6,14 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
+from _dist_runs import TINY, assert_same_run, cfg, single
 from maml_ext import cli, plugins
 from maml_ext.tasks.sinusoid import Sinusoid
 from maml_ext.train import config, distributed, loop
 
-# meta_batch 5 splits unevenly (2 + 3 tasks): the all-reduce must weight ranks by their task counts.
-TINY = ["model.hidden=[8]", "train.meta_batch=5", "train.log_every=1", "train.checkpoint_every=2",
-        "eval.num_tasks=10", "eval.shots=[5]", "eval.k_query=10", "eval.steps=2"]
 FUSED = ["train.iterations=4"]  # the built-in MLP: MAML through the fused mlp_maml op
-
-
-def cfg(*extra):
-    return config.load("sinusoid", [*TINY, *extra])
 
 
 def _bn_mlp(in_features, out_features, hidden):
@@ -46,25 +39,6 @@ def test_task_chunk_is_refused_with_per_step_batchnorm(tmp_path):
     with pytest.raises(config.ConfigError, match="task_chunk cannot be used with per-step BatchNorm"):
         loop.train(bad, tmp_path, progress=False)
     assert not (tmp_path / loop.CHECKPOINT).exists()
-
-
-def trained(out):
-    return torch.load(out / loop.CHECKPOINT, weights_only=True)
-
-
-def assert_same_run(dist_out, single_out):
-    a, b = trained(dist_out), trained(single_out)
-    assert a["iteration"] == b["iteration"]
-    assert a["learner"].keys() == b["learner"].keys()
-    for name in a["learner"]:
-        torch.testing.assert_close(a["learner"][name], b["learner"][name], rtol=1e-5, atol=1e-6, msg=name)
-    torch.testing.assert_close(a["rng"]["tasks"], b["rng"]["tasks"], rtol=0, atol=0)  # same tasks drawn
-
-
-def single(tmp_path, name, c):
-    out = tmp_path / name
-    loop.train(c, out, progress=False)
-    return out
 
 
 def _train_all(runs):

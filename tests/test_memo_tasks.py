@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from _fewshot_data import write_omniglot
 from maml_ext import plugins
 from maml_ext.tasks.episodes import Episodes
 from maml_ext.tasks.memorization import CodedSinusoid, FixedLabelEpisodes
@@ -77,7 +78,6 @@ def test_registered_as_task_plugins():
 
 
 def test_memo_glyphs_fix_labels_in_training_only(tmp_path, monkeypatch):
-    from test_cls_datasets import write_omniglot
 
     monkeypatch.setenv("MAML_EXT_CACHE", str(tmp_path / "cache"))
     write_omniglot(tmp_path / "glyphs", alphabets=(("Alpha", 8), ("Beta", 8)), evaluation=(("Gamma", 6),))

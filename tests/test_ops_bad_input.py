@@ -187,7 +187,7 @@ def maml_inputs(loss="mse"):
     lrs = [torch.full((), 0.1, dtype=torch.float64) for _ in params]
     return dict(params=params, x_support=xs, y_support=ys, x_query=xq, y_query=yq, lr=lrs, steps=2,
                 per_step_lr=False, activation="tanh", loss=loss, first_order=False,
-                checkpoint=False, w_support=None, w_query=None)
+                snapshots=False, w_support=None, w_query=None)
 
 
 def maml_call(base_loss="mse", **change):
@@ -208,8 +208,8 @@ MAML_CASES = {
     "activation": (maml_call(activation=lambda a: "sigmoid"), ValueError, r"activation"),
     "loss": (maml_call(loss=lambda a: "l1"), ValueError, r"loss"),
     "steps": (maml_call(steps=lambda s: 0), ValueError, r"steps"),
-    "checkpoint_zero": (maml_call(checkpoint=lambda c: 0), ValueError, r"checkpoint"),
-    "checkpoint_negative": (maml_call(checkpoint=lambda c: -2), ValueError, r"checkpoint"),
+    "snapshots_zero": (maml_call(snapshots=lambda c: 0), ValueError, r"snapshots"),
+    "snapshots_negative": (maml_call(snapshots=lambda c: -2), ValueError, r"snapshots"),
     "params_with_task_dim": (maml_call(params=lambda p: [t.expand(T, *t.shape) for t in p]),
                              ValueError, r"params\[0\]"),
     "params_count": (maml_call(params=lambda p: p[:3], lr=lambda a: 0.1), ValueError, r"params"),

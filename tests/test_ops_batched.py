@@ -8,9 +8,9 @@ pure-PyTorch reference.
 import pytest
 import torch
 
+from _mlp_maml_cases import CASES
 from _ops_helpers import assert_rel, gen, like, mlp_batch, mlp_params, randn, requires_extension
-from maml_ext.reference import checkpoint_every, split_lr
-from test_ops_mlp_maml import CASES
+from maml_ext.reference import snapshot_interval, split_lr
 
 pytestmark = requires_extension
 
@@ -18,7 +18,7 @@ pytestmark = requires_extension
 def maml_args(case, save=True):
     params, lr, data = case.inputs(seed=3)
     lrs, lr_value = split_lr(lr)
-    every = checkpoint_every(case.checkpoint, case.steps)
+    every = snapshot_interval(case.snapshots, case.steps)
     return [params, lrs, lr_value, case.lr_kind.startswith("per_step"), data["x_support"],
             data["y_support"], data.get("w_support"), data["x_query"], data["y_query"],
             data.get("w_query"), case.steps, case.activation, case.loss, case.first_order, every,

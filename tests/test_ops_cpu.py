@@ -1,4 +1,4 @@
-"""The compiled CPU kernels: loaded when expected, every CPU capability variant, checkpoint memory."""
+"""The compiled CPU kernels: loaded when expected, every CPU capability variant, the memory of fewer inner-loop snapshots."""
 
 import os
 
@@ -7,6 +7,7 @@ import torch
 
 from _ops_helpers import (
     TOL,
+    as_double,
     assert_rel,
     dot,
     gen,
@@ -29,21 +30,6 @@ def test_extension_loaded_unless_disabled():
 # ---- CPU capability variants --------------------------------------------------------------------
 
 
-@pytest.fixture(params=["default", "avx2", "avx512"])
-def capability(request):
-    if not ops.extension_available():
-        pytest.skip("the compiled maml_ext kernels are not loaded")
-    c = _extension.C
-    original = c.cpu_capability()
-    try:
-        c.set_cpu_capability(request.param)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    assert c.cpu_capability() == request.param
-    yield request.param
-    c.set_cpu_capability(original)
-
-
 # Odd widths that leave remainders for every vector length, and one wide layer.
 VARIANT_CASES = [
     ((3, 17, 9, 2), "relu", "mse", torch.float64),
@@ -58,10 +44,6 @@ variant_cases = pytest.mark.parametrize(
 )
 
 
-def as64(tensors):
-    return [t.double() if t.is_floating_point() else t for t in tensors]
-
-
 @variant_cases
 def test_mlp_hvp_under_each_capability(capability, widths, activation, loss, dtype):
     g = gen(10)
@@ -72,11 +54,11 @@ def test_mlp_hvp_under_each_capability(capability, widths, activation, loss, dty
     kw = dict(activation=activation, loss=loss, sample_weight=w)
     got = ops.mlp_hvp(params, x, y, v, **kw)
     kw["sample_weight"] = w.double()
-    expected = reference.mlp_hvp(as64(params), x.double(), *as64([y]), as64(v), **kw)
+    expected = reference.mlp_hvp(as_double(params), x.double(), *as_double([y]), as_double(v), **kw)
     tol = TOL[dtype] * 10
     assert_rel(got[0].double(), expected[0], tol, "loss")
-    assert_rel(as64(got[1]), expected[1], tol, "grads")
-    assert_rel(as64(got[2]), expected[2], tol, "hvps")
+    assert_rel(as_double(got[1]), expected[1], tol, "grads")
+    assert_rel(as_double(got[2]), expected[2], tol, "hvps")
 
 
 @variant_cases
@@ -91,16 +73,16 @@ def test_mlp_maml_under_each_capability(capability, widths, activation, loss, dt
     def run(fn, cast):
         p, a = leaves(cast(params)), leaves(cast(lrs))
         query_loss, adapted = fn(p, *cast([xs, ys, xq, yq]), lr=a, steps=3, per_step_lr=True,
-                                 activation=activation, loss=loss, checkpoint=2)
-        objective = (c * query_loss.double()).sum() + dot(u, as64(adapted))
+                                 activation=activation, loss=loss, snapshots=2)
+        objective = (c * query_loss.double()).sum() + dot(u, as_double(adapted))
         return [query_loss, *adapted, *torch.autograd.grad(objective, [*p, *a])]
 
     got = run(ops.mlp_maml, list)
-    expected = run(reference.mlp_maml, as64)
-    assert_rel(as64(got), expected, TOL[dtype] * 10, "loss, adapted, meta-gradients")
+    expected = run(reference.mlp_maml, as_double)
+    assert_rel(as_double(got), expected, TOL[dtype] * 10, "loss, adapted, meta-gradients")
 
 
-# ---- checkpointing ------------------------------------------------------------------------------
+# ---- snapshots of the inner loop--------------------------------------------------------------------
 
 
 def long_loop(first_order=False):
@@ -113,7 +95,7 @@ def long_loop(first_order=False):
     return params, data, kw
 
 
-def saved_bytes_and_results(params, data, kw, checkpoint):
+def saved_bytes_and_results(params, data, kw, snapshots):
     """Bytes saved for backward by ops.mlp_maml, its outputs and meta-gradient."""
     saved = []
 
@@ -123,19 +105,19 @@ def saved_bytes_and_results(params, data, kw, checkpoint):
 
     p = leaves(params)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        query_loss, adapted = ops.mlp_maml(p, **data, **kw, checkpoint=checkpoint)
+        query_loss, adapted = ops.mlp_maml(p, **data, **kw, snapshots=snapshots)
     grads = torch.autograd.grad(query_loss.sum() + sum(a.sum() for a in adapted), p)
     return sum(saved), [query_loss.detach(), *[a.detach() for a in adapted]], grads
 
 
 @requires_extension
-def test_checkpoints_of_a_long_inner_loop():
-    """S = 100: √S checkpointing stores ⌈√S⌉ times fewer parameter snapshots."""
+def test_snapshots_of_a_long_inner_loop():
+    """S = 100: snapshots=True stores ⌈√S⌉ times fewer parameter snapshots."""
     params, data, kw = long_loop()
     args = (params, [], kw["lr"], False, data["x_support"], data["y_support"], None,
             data["x_query"], data["y_query"], None, kw["steps"], kw["activation"], kw["loss"],
             False)
-    every = reference.checkpoint_every(True, kw["steps"])
+    every = reference.snapshot_interval(True, kw["steps"])
     assert every == 10
     full = torch.ops.maml_ext.mlp_maml(*args, 1, True)[2]
     sparse = torch.ops.maml_ext.mlp_maml(*args, every, True)[2]
@@ -145,10 +127,10 @@ def test_checkpoints_of_a_long_inner_loop():
 
 
 @requires_extension
-def test_checkpointing_saves_memory_with_identical_results():
+def test_fewer_snapshots_save_memory_with_identical_results():
     params, data, kw = long_loop()
-    full_bytes, full_out, full_grads = saved_bytes_and_results(params, data, kw, checkpoint=False)
-    ckpt_bytes, ckpt_out, ckpt_grads = saved_bytes_and_results(params, data, kw, checkpoint=True)
+    full_bytes, full_out, full_grads = saved_bytes_and_results(params, data, kw, snapshots=False)
+    ckpt_bytes, ckpt_out, ckpt_grads = saved_bytes_and_results(params, data, kw, snapshots=True)
     # 9 snapshots of the 4 tasks' parameters instead of 99.
     assert ckpt_bytes < 0.15 * full_bytes, (ckpt_bytes, full_bytes)
     for got, want in zip(ckpt_out, full_out):

@@ -4,11 +4,10 @@ a CUDA device and a CUDA build of the extension)."""
 import pytest
 import torch
 
-import test_ops_inner_update as iu
-import test_ops_mlp_fused as fused
-import test_ops_mlp_hvp as hvp
-import test_ops_mlp_maml as maml
-from _ops_helpers import assert_rel, dot, gen, leaves, like, randn
+import _inner_update_cases as iu
+import _mlp_hvp_cases as hvp
+import _mlp_maml_cases as maml
+from _ops_helpers import as_double, assert_rel, dot, gen, leaves, like, randn
 from maml_ext import ops, reference
 
 pytestmark = pytest.mark.cuda
@@ -119,10 +118,10 @@ def test_inner_update_does_not_sync():
     assert len(out) == len(params)
 
 
-# The fused mlp_maml_grad kernel (one block per task, csrc/mlp/mlp_fused.h): every case of the
+# The fused mlp_maml_grad kernel (one block per task, csrc/mlp/mlp_maml.h): every case of the
 # emulated-kernel tests on the GPU, plus cases whose workspace exceeds shared memory (global-memory
 # workspace) and whose parameters do (the batched path).
-FUSED_CASES = fused.EXTRA + maml.CASES + [
+FUSED_CASES = maml.EXTRA + maml.CASES + [
     maml.Case(3, 2000, (1, 40, 40, 1), "tanh", "mse", 2, "elementwise"),  # workspace in global memory
     maml.Case(2, 5, (3, 200, 200, 2), "relu", "gaussian_nll", 2, "scalar"),  # parameters too wide
 ]
@@ -130,10 +129,10 @@ FUSED_CASES = fused.EXTRA + maml.CASES + [
 
 @pytest.mark.parametrize("case", FUSED_CASES, ids=str)
 def test_fused_mlp_maml_grad(case):
-    args = on_device(fused.grad_args(case, seed=31))
+    args = on_device(maml.grad_args(case, seed=31))
     got = torch.ops.maml_ext.mlp_maml_grad(*args)
     assert got[0].device.type == "cuda"
-    expected = fused.reference_grad(args)
+    expected = maml.reference_grad(args)
     assert_rel(got[0], expected[0], what="query loss")
     assert_rel(list(got[1]), list(expected[1]), what="d params")
     assert_rel(list(got[2]), list(expected[2]), what="d lrs")
@@ -143,21 +142,21 @@ def test_cross_entropy_labels_are_not_read_on_the_host():
     """Class labels are checked on the device (fused kernel) or by ATen's index asserts, never by
     reading them on the host: no synchronisation in the cross-entropy op either."""
     case = next(c for c in FUSED_CASES if c.loss == "cross_entropy")
-    args = on_device(fused.grad_args(case, seed=37))
+    args = on_device(maml.grad_args(case, seed=37))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         got = torch.ops.maml_ext.mlp_maml_grad(*args)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert_rel(got[0], fused.reference_grad(args)[0], what="query loss")
+    assert_rel(got[0], maml.reference_grad(args)[0], what="query loss")
 
 
-@pytest.mark.parametrize("case", [fused.EXTRA[0], maml.CASES[3]], ids=str)
+@pytest.mark.parametrize("case", [maml.EXTRA[0], maml.CASES[3]], ids=str)
 def test_fused_mlp_maml_grad_float32(case):
-    args = fused.grad_args(case, 32, torch.float32)
+    args = maml.grad_args(case, 32, torch.float32)
     got = torch.ops.maml_ext.mlp_maml_grad(*on_device(args))
-    expected = fused.reference_grad(fused.as_double(args))
+    expected = maml.reference_grad(as_double(args))
     assert_rel(got[0].double(), expected[0], tol=1e-5, what="query loss")
     assert_rel([g.double() for g in got[1]], list(expected[1]), tol=1e-4, what="d params")
 
@@ -171,7 +170,7 @@ def meta_step(params, data, weight):
 
 
 def test_fused_meta_step_is_graph_capturable_and_does_not_sync():
-    case = fused.EXTRA[0]
+    case = maml.EXTRA[0]
     params, _, data = on_device(case.inputs(seed=33))
     weight = torch.full((case.tasks,), 1.0 / case.tasks, device=DEVICE, dtype=torch.float64)
     eager = [p.clone() for p in params]

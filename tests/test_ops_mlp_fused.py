@@ -9,38 +9,10 @@ the GPU path checked on every CI run without a GPU (tests/test_ops_cuda.py runs 
 import pytest
 import torch
 
-from _ops_helpers import assert_rel, gen, mlp_batch, mlp_params, randn, requires_extension
-from maml_ext import reference
-from maml_ext.reference import split_lr
-from test_ops_mlp_maml import CASES, Case
+from _ops_helpers import as_double, assert_rel, gen, mlp_batch, mlp_params, requires_extension
+from _mlp_maml_cases import CASES, EXTRA, Case, grad_args, reference_grad
 
 pytestmark = requires_extension
-
-# Beyond test_ops_mlp_maml.CASES: the paper's sinusoid net, query sets larger than the support
-# sets (workspace sized by the larger), deep nets and every loss with per-step elementwise rates.
-EXTRA = [
-    Case(4, 10, (1, 40, 40, 1), "relu", "mse", 3, "float"),
-    Case(2, 3, (2, 4, 3, 5, 4, 3, 2), "tanh", "cross_entropy", 2, "per_step", weighted=True),
-    Case(2, 4, (3, 6, 2), "relu", "gaussian_nll", 3, "per_step", weighted=True),
-    Case(3, 6, (2, 5, 3), "tanh", "gaussian_nll", 4, "elementwise"),
-    Case(2, 5, (2, 5, 3), "relu", "cross_entropy", 3, "per_step_scalar", first_order=True),
-]
-
-
-def grad_args(case, seed, dtype=torch.float64):
-    params, lr, data = case.inputs(seed=seed, dtype=dtype)
-    lrs, lr_value = split_lr(lr)
-    weight = randn(gen(seed + 1), case.tasks, dtype=dtype)
-    return (params, lrs, lr_value, case.lr_kind.startswith("per_step"), data["x_support"],
-            data["y_support"], data.get("w_support"), data["x_query"], data["y_query"],
-            data.get("w_query"), case.steps, case.activation, case.loss, case.first_order, weight)
-
-
-def reference_grad(args):
-    params, lrs, lr_value, per_step, xs, ys, ws, xq, yq, wq, steps, act, loss, fo, weight = args
-    return reference.mlp_maml_grad(
-        params, xs, ys, xq, yq, lr=list(lrs) if lrs else lr_value, steps=steps, per_step_lr=per_step,
-        activation=act, loss=loss, first_order=fo, w_support=ws, w_query=wq, loss_weight=weight)
 
 
 @pytest.mark.parametrize("case", CASES + EXTRA, ids=str)
@@ -66,14 +38,6 @@ def test_emulated_kernel_query_larger_than_support():
     expected = reference_grad(args)
     assert_rel(got[0], expected[0], what="query loss")
     assert_rel(list(got[1]), list(expected[1]), what="d params")
-
-
-def as_double(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.double() if obj.is_floating_point() else obj
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(as_double(o) for o in obj)
-    return obj
 
 
 def test_emulated_kernel_float32():

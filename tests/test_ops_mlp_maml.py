@@ -1,115 +1,20 @@
 """ops.mlp_maml (the whole inner loop, exact meta-gradient) against the unrolled reference."""
 
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 from _ops_helpers import (
     assert_rel,
-    dot,
-    gen,
     leaves,
-    mlp_batch,
-    mlp_params,
-    randn,
     rel_err,
     requires_extension,
 )
+from _mlp_maml_cases import CASES, Case, cotangents, lr_list, meta_gradients, run
 from maml_ext import ops, reference
 
 
-@dataclass(frozen=True)
-class Case:
-    tasks: int
-    k: int
-    widths: tuple
-    activation: str
-    loss: str
-    steps: int
-    lr_kind: str  # float | scalar | elementwise | per_step | per_step_scalar
-    first_order: bool = False
-    checkpoint: bool | int = False
-    weighted: bool = False
-
-    def __str__(self):
-        w = "-".join(map(str, self.widths))
-        parts = [f"T{self.tasks}", f"K{self.k}", w, self.activation, self.loss, f"S{self.steps}",
-                 self.lr_kind, "FO" if self.first_order else "SO"]
-        if self.checkpoint is not False:
-            parts.append(f"ckpt{self.checkpoint}")
-        if self.weighted:
-            parts.append("weighted")
-        return "-".join(parts)
-
-    def inputs(self, seed=0, dtype=torch.float64):
-        """(params, lr, data kwargs): shared initialisation, learning rates, support/query sets."""
-        g = gen(seed)
-        params = mlp_params(g, self.widths, self.loss, dtype=dtype)
-        xs, ys = mlp_batch(g, self.widths, self.loss, self.tasks, self.k, dtype)
-        xq, yq = mlp_batch(g, self.widths, self.loss, self.tasks, self.k + 2, dtype)
-        data = dict(x_support=xs, y_support=ys, x_query=xq, y_query=yq)
-        if self.weighted:
-            # Positive support weights keep S steps on a weighted NLL from diverging.
-            data["w_support"] = 0.5 + torch.rand(self.tasks, self.k, generator=g, dtype=dtype)
-            data["w_query"] = randn(g, self.tasks, self.k + 2, dtype=dtype)
-        base = 0.05 if self.loss != "gaussian_nll" else 0.02
-        lead = (self.steps,) if self.lr_kind.startswith("per_step") else ()
-        if self.lr_kind == "float":
-            lr = base
-        elif self.lr_kind in ("scalar", "per_step_scalar"):
-            lr = [base * (1 + 0.5 * torch.rand(lead, generator=g, dtype=dtype)) for _ in params]
-        else:
-            lr = [base * (1 + 0.5 * torch.rand(*lead, *p.shape, generator=g, dtype=dtype)) for p in params]
-        return params, lr, data
-
-    def kwargs(self, **overrides):
-        kw = dict(steps=self.steps, per_step_lr=self.lr_kind.startswith("per_step"),
-                  activation=self.activation, loss=self.loss, first_order=self.first_order,
-                  checkpoint=self.checkpoint)
-        kw.update(overrides)
-        return kw
-
-
-CASES = [
-    Case(1, 1, (1, 5, 1), "relu", "mse", 1, "float"),
-    Case(3, 5, (2, 7, 3), "tanh", "mse", 2, "scalar"),
-    Case(25, 10, (1, 9, 9, 1), "relu", "mse", 5, "elementwise", checkpoint=True),
-    Case(3, 10, (3, 5, 3, 7, 4), "relu", "cross_entropy", 2, "per_step"),
-    Case(25, 5, (2, 11, 3), "tanh", "cross_entropy", 1, "float", first_order=True),
-    Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 5, "per_step_scalar", checkpoint=2, weighted=True),
-    Case(1, 10, (3, 5, 5, 2), "relu", "gaussian_nll", 2, "elementwise", first_order=True, weighted=True),
-    Case(3, 1, (1, 3, 1), "tanh", "mse", 5, "float", first_order=True, checkpoint=True),
-    Case(25, 10, (1, 13, 13, 1), "relu", "mse", 5, "scalar", checkpoint=True),
-    Case(3, 5, (2, 5, 2), "relu", "gaussian_nll", 2, "scalar", first_order=True, weighted=True),
-    Case(3, 5, (2, 7, 3), "tanh", "cross_entropy", 5, "per_step", checkpoint=3, weighted=True),
-    Case(3, 5, (2, 7, 3), "tanh", "mse", 5, "per_step_scalar", first_order=True, checkpoint=1),
-]
 cases = pytest.mark.parametrize("case", CASES, ids=str)
-
-
-def lr_list(lr):
-    return [] if isinstance(lr, float) else lr
-
-
-def run(fn, case, params, lr, data, **overrides):
-    return fn(params, lr=lr, **data, **case.kwargs(**overrides))
-
-
-def meta_gradients(fn, case, params, lr, data, cot, **overrides):
-    """Outputs and d/d(params, lr tensors) of Σ c_t·L_t + <u, adapted>."""
-    p = leaves(params)
-    a = lr if isinstance(lr, float) else leaves(lr)
-    query_loss, adapted = run(fn, case, p, a, data, **overrides)
-    c, u = cot
-    objective = (c * query_loss).sum() + dot(u, adapted)
-    grads = torch.autograd.grad(objective, [*p, *lr_list(a)])
-    return query_loss.detach(), [t.detach() for t in adapted], grads
-
-
-def cotangents(case, params, seed=1):
-    g = gen(seed)
-    return randn(g, case.tasks), [randn(g, case.tasks, *p.shape) for p in params]
 
 
 @requires_extension  # compares the compiled ops with the reference
@@ -138,14 +43,14 @@ def test_meta_gradients_match_reference(case):
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["SO", "FO"])
-@pytest.mark.parametrize("checkpoint", [True, 1, 2, 3, 4, 9], ids=lambda c: f"ckpt{c}")
-def test_checkpointing_gives_the_same_results(checkpoint, first_order):
+@pytest.mark.parametrize("snapshots", [True, 1, 2, 3, 4, 9], ids=lambda c: f"snap{c}")
+def test_fewer_snapshots_give_the_same_results(snapshots, first_order):
     case = Case(3, 5, (2, 7, 2), "tanh", "gaussian_nll", 9, "per_step", first_order, weighted=True)
     params, lr, data = case.inputs(seed=3)
     cot = cotangents(case, params)
     plain = meta_gradients(ops.mlp_maml, case, params, lr, data, cot)
-    checkpointed = meta_gradients(ops.mlp_maml, case, params, lr, data, cot, checkpoint=checkpoint)
-    for got, want, what in zip(checkpointed, plain, ("query loss", "adapted", "meta-gradients")):
+    thinned = meta_gradients(ops.mlp_maml, case, params, lr, data, cot, snapshots=snapshots)
+    for got, want, what in zip(thinned, plain, ("query loss", "adapted", "meta-gradients")):
         assert_rel(got, want, tol=1e-12, what=what)
 
 
@@ -165,7 +70,7 @@ def test_first_and_second_order_differ(loss, lr_kind):
 
 GRADCHECK_CASES = [
     Case(2, 3, (1, 3, 1), "tanh", "mse", 2, "float"),
-    Case(2, 3, (2, 3, 2), "tanh", "cross_entropy", 2, "elementwise", checkpoint=True),
+    Case(2, 3, (2, 3, 2), "tanh", "cross_entropy", 2, "elementwise", snapshots=True),
     Case(2, 3, (1, 3, 1), "tanh", "gaussian_nll", 3, "per_step_scalar", weighted=True),
 ]
 
@@ -239,3 +144,20 @@ def test_float32(case):
         g = [g] if torch.is_tensor(g) else g
         e = [e] if torch.is_tensor(e) else e
         assert_rel([t.double() for t in g], e, tol=1e-4, what=what)
+
+
+@pytest.mark.parametrize("module", [ops, reference], ids=["ops", "reference"])
+def test_old_checkpoint_keyword_still_works_with_a_deprecation_warning(module):
+    """``checkpoint=`` read like the training checkpoints: it is ``snapshots=`` now, the old name kept."""
+    case = CASES[5]
+    params, lr, data = case.inputs()
+    kw = case.kwargs()
+    kw.pop("snapshots")
+    new = module.mlp_maml(params, lr=lr, **data, **kw, snapshots=2)
+    with pytest.warns(DeprecationWarning, match=r"checkpoint=.*snapshots="):
+        old = module.mlp_maml(params, lr=lr, **data, **kw, checkpoint=2)
+    assert torch.equal(old[0], new[0]) and all(torch.equal(a, b) for a, b in zip(old[1], new[1], strict=True))
+    with pytest.raises(TypeError, match="not both"):
+        module.mlp_maml(params, lr=lr, **data, **kw, snapshots=2, checkpoint=2)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="snapshots: expected"):
+        module.mlp_maml(params, lr=lr, **data, **kw, checkpoint=0)

@@ -4,17 +4,17 @@ against ops.mlp_maml + autograd, and its batched (CUDA-path) twin."""
 import pytest
 import torch
 
+from _mlp_maml_cases import CASES
 from _ops_helpers import assert_rel, gen, leaves, randn, requires_extension
 from maml_ext import ops, reference
 from maml_ext.reference import split_lr
-from test_ops_mlp_maml import CASES
 
 cases = pytest.mark.parametrize("case", CASES, ids=str)
 
 
 def grad_kwargs(case):
     kw = case.kwargs()
-    kw.pop("checkpoint")  # no saved steps to thin out: the walk keeps per-thread state only
+    kw.pop("snapshots")  # no saved steps to thin out: the walk keeps per-thread state only
     return kw
 
 

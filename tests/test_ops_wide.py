@@ -11,9 +11,8 @@ float64 reference.
 import pytest
 import torch
 
-from _ops_helpers import TOL, assert_rel, gen, like, mlp_batch, mlp_params, randn
+from _ops_helpers import TOL, as_double, assert_rel, gen, like, mlp_batch, mlp_params, randn
 from maml_ext import ops, reference
-from test_ops_cpu import as64, capability  # noqa: F401  (capability is a fixture)
 
 # (widths, activation, loss, examples per task K, dtype)
 WIDE_CASES = [
@@ -31,24 +30,24 @@ TASKS = 3
 
 
 @wide_cases
-def test_mlp_hvp_wide(capability, widths, activation, loss, k, dtype):  # noqa: F811
+def test_mlp_hvp_wide(capability, widths, activation, loss, k, dtype):
     g = gen(20)
     params = mlp_params(g, widths, loss, tasks=TASKS, dtype=dtype)
     x, y = mlp_batch(g, widths, loss, TASKS, k, dtype)
     v = like(g, params)
     w = randn(g, TASKS, k, dtype=dtype).abs()
     got = ops.mlp_hvp(params, x, y, v, activation=activation, loss=loss, sample_weight=w)
-    expected = reference.mlp_hvp(as64(params), x.double(), *as64([y]), as64(v),
+    expected = reference.mlp_hvp(as_double(params), x.double(), *as_double([y]), as_double(v),
                                  activation=activation, loss=loss, sample_weight=w.double())
     tol = TOL[dtype] * 10
     assert_rel(got[0].double(), expected[0], tol, "loss")
-    assert_rel(as64(got[1]), expected[1], tol, "grads")
-    assert_rel(as64(got[2]), expected[2], tol, "hvps")
+    assert_rel(as_double(got[1]), expected[1], tol, "grads")
+    assert_rel(as_double(got[2]), expected[2], tol, "hvps")
 
 
 @wide_cases
 @pytest.mark.parametrize("lr_kind", ["float", "elementwise"])
-def test_mlp_maml_grad_wide(capability, widths, activation, loss, k, dtype, lr_kind):  # noqa: F811
+def test_mlp_maml_grad_wide(capability, widths, activation, loss, k, dtype, lr_kind):
     g = gen(21)
     params = mlp_params(g, widths, loss, dtype=dtype)
     xs, ys = mlp_batch(g, widths, loss, TASKS, k, dtype)
@@ -57,13 +56,13 @@ def test_mlp_maml_grad_wide(capability, widths, activation, loss, k, dtype, lr_k
         lr, lr64 = 0.01, 0.01
     else:
         lr = [0.01 * (1 + torch.rand(p.shape, generator=g, dtype=dtype)) for p in params]
-        lr64 = as64(lr)
+        lr64 = as_double(lr)
     weight = randn(g, TASKS, dtype=dtype)
     kw = dict(steps=3, activation=activation, loss=loss)
     got = ops.mlp_maml_grad(params, xs, ys, xq, yq, lr=lr, loss_weight=weight, **kw)
-    expected = reference.mlp_maml_grad(as64(params), xs.double(), *as64([ys]), xq.double(),
-                                       *as64([yq]), lr=lr64, loss_weight=weight.double(), **kw)
+    expected = reference.mlp_maml_grad(as_double(params), xs.double(), *as_double([ys]), xq.double(),
+                                       *as_double([yq]), lr=lr64, loss_weight=weight.double(), **kw)
     tol = TOL[dtype] * 10
     assert_rel(got[0].double(), expected[0], tol, "query loss")
-    assert_rel(as64(got[1]), expected[1], tol, "meta-gradient")
-    assert_rel(as64(got[2]), expected[2], tol, "lr gradient")
+    assert_rel(as_double(got[1]), expected[1], tol, "meta-gradient")
+    assert_rel(as_double(got[2]), expected[2], tol, "lr gradient")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from maml_ext.rl import policy, trpo
 from maml_ext.rl.envs.point_nav import PointNav
 from maml_ext.rl.policy import GaussianMLPPolicy
 from maml_ext.rl.rollouts import sample
+from maml_ext.train.progress import Progress
 
 import rl_looped as looped  # the per-task autograd reference (tests/rl_looped.py)
 
@@ -176,6 +178,38 @@ def test_looped_and_batched_iterations_agree():
     assert a["return_post"] == pytest.approx(b["return_post"], rel=1e-12)
     assert a["accepted"] and b["accepted"]
     _close(pa, pb, rtol=1e-6, atol=1e-8)
+
+
+def _one_iteration(max_backtracks: int = 15) -> tuple[dict, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    env = PointNav(horizon=10, action_scale=0.1, dtype=torch.float64)
+    learner = A.MetaRL(GaussianMLPPolicy(2, 2, hidden=(8, 8)).double(), cg_iters=4, max_backtracks=max_backtracks)
+    info = learner.iteration(env, env.sample_tasks(2, torch.Generator().manual_seed(0)), 5,
+                             torch.Generator().manual_seed(1))
+    return info, [p.detach().clone() for p in learner.params()]
+
+
+def test_trpo_step_reports_its_progress_on_the_running_bar(capsys):
+    """The conjugate gradient and the line search (tens of seconds at the paper's size) show how far
+    they are on the open bar; with no bar (progress off) nothing is written, and the step is the same."""
+    quiet_info, quiet_params = _one_iteration()
+    assert not capsys.readouterr().err  # progress off: silent
+    log = io.StringIO()
+    bar = Progress(1, stream=log, log_seconds=0.0, what="training")
+    try:
+        info, params = _one_iteration()
+    finally:
+        bar.close(1)
+    lines = log.getvalue().splitlines()
+    assert [f"TRPO: conjugate gradient iteration {i}/4" in "".join(lines) for i in (1, 2)] == [True, True]
+    assert any(line.endswith("| TRPO: line search candidate 0/15") for line in lines)  # the loss at θ
+    assert any(line.endswith(f"| TRPO: line search candidate {info['backtracks'] + 1}/15") for line in lines)
+    # after the rollouts of the same iteration: each step names what it is doing
+    assert lines.index(next(x for x in lines if "rollouts: time step" in x)) < lines.index(
+        next(x for x in lines if "conjugate gradient" in x))
+    # The same step (to rounding: two quiet iterations differ by ~1e-16 too, the surrogate is ~1e-17 at θ).
+    assert info == pytest.approx(quiet_info, rel=1e-12, abs=1e-15)
+    _close(params, quiet_params, rtol=1e-12, atol=1e-15)
 
 
 def test_bad_learner_options():

@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
+from _dist_runs import TINY, assert_same_run, cfg, single
 from maml_ext.train import loop
-
-from test_dist_train import TINY, assert_same_run, cfg, single
 
 TEARDOWN_ABORT = "terminate called without an active exception"
 

@@ -283,7 +283,9 @@ class MetaLearner(nn.Module, ABC):
             yield params
 
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:
-        """Per-task parameters after ``steps`` (default: training steps) on the support sets."""
+        """Per-task parameters after ``steps`` (default: training steps) on the support sets, for
+        ``predict``: all tasks at once on the learner's loss (``clone().adapt(loss)`` is the
+        one-task form: one step on a loss the caller computes)."""
         steps = self.steps if steps is None else check_steps(steps, minimum=0)
         check_support(x_support, y_support)  # also for steps=0, where inner_loop never starts
         params = self.init_params()

@@ -91,7 +91,8 @@ class TaskClone:
 
     def adapt(self, loss: Tensor, lr: float | None = None) -> TaskClone:
         """One SGD step on ``loss`` (a scalar, or a one-element tensor such as ``(1, 1)``,
-        computed from this clone's outputs); returns self.
+        computed from this clone's outputs); returns self. (``learner.adapt(x, y)`` is the
+        batched form: every task's support set, the learner's loss, per-task parameters back.)
 
         ``lr`` overrides the learner's step size (and its learned rates, if any)."""
         if not isinstance(loss, Tensor) or loss.numel() != 1:

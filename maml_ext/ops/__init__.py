@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from maml_ext import _extension, reference
-from maml_ext.reference import LearningRate, checkpoint_every, split_lr
+from maml_ext.reference import LearningRate, renamed_snapshots, snapshot_interval, split_lr
 
 if _extension.available():
     from maml_ext.ops import _registration  # fake kernels and autograd formulas of the ops
@@ -123,9 +123,10 @@ def mlp_maml(
     activation: str = "relu",
     loss: str = "mse",
     first_order: bool = False,
-    checkpoint: bool | int = False,
+    snapshots: bool | int = False,
     w_support: Tensor | None = None,
     w_query: Tensor | None = None,
+    checkpoint: bool | int | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """MAML's whole inner loop for an MLP and T tasks in one call.
 
@@ -136,8 +137,10 @@ def mlp_maml(
     The backward gives the exact meta-gradient w.r.t. ``params`` and the learning-rate tensors:
     second order by reverse accumulation v ← v − H_k(α_k ⊙ v) with analytic Hessian-vector
     products (per-step parameters stored, activations recomputed, no autograd graph), or first
-    order (``first_order=True``). Memory is O(T·S·P); ``checkpoint=True`` stores only every
-    ⌈√S⌉-th step (an int picks the interval) and recomputes the rest, for long inner loops.
+    order (``first_order=True``). Memory is O(T·S·P); ``snapshots=True`` stores only every
+    ⌈√S⌉-th step's parameters (an int picks the interval) and recomputes the rest, for long inner
+    loops (rematerialisation; ``checkpoint=`` is the deprecated old name of ``snapshots=``, which
+    read like the training loop's checkpoints).
 
     ``lr``: a float, or one tensor per parameter (scalar or elementwise, Meta-SGD); with
     ``per_step_lr=True`` each has a leading [steps] dimension (MAML++ LSLR).
@@ -145,12 +148,13 @@ def mlp_maml(
     The backward is not itself differentiable (no third derivatives): differentiating the
     meta-gradient again raises. Gradients w.r.t. the data (x, y, weights) are not computed.
     """
-    every = checkpoint_every(checkpoint, steps)
+    snapshots = renamed_snapshots(snapshots, checkpoint)
+    every = snapshot_interval(snapshots, steps)
     if not _fused(*params):
         return reference.mlp_maml(
             params, x_support, y_support, x_query, y_query, lr=lr, steps=steps,
             per_step_lr=per_step_lr, activation=activation, loss=loss, first_order=first_order,
-            checkpoint=checkpoint, w_support=w_support, w_query=w_query,
+            snapshots=snapshots, w_support=w_support, w_query=w_query,
         )
     lrs, lr_value = split_lr(lr)
     params = list(params)

@@ -8,6 +8,7 @@ the reference is differentiable to any order.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -146,19 +147,21 @@ def mlp_maml(
     activation: str = "relu",
     loss: str = "mse",
     first_order: bool = False,
-    checkpoint: bool | int = False,
+    snapshots: bool | int = False,
     w_support: Tensor | None = None,
     w_query: Tensor | None = None,
+    checkpoint: bool | int | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """``steps`` SGD steps from the shared ``params`` on each task's support set, then the query loss.
 
-    Returns (query_loss [T], adapted params [T, ...]). Unrolled with autograd; ``checkpoint`` is
-    accepted for signature parity and has no effect here.
+    Returns (query_loss [T], adapted params [T, ...]). Unrolled with autograd; ``snapshots``
+    (``checkpoint``: its deprecated name) is accepted for signature parity and has no effect here.
     """
+    snapshots = renamed_snapshots(snapshots, checkpoint)
     lrs, lr_value = split_lr(lr)
     _checks.check_maml(
         params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
-        steps, activation, loss, checkpoint_every(checkpoint, max(steps, 1)), values=x_support.device.type != "meta",
+        steps, activation, loss, snapshot_interval(snapshots, max(steps, 1)), values=x_support.device.type != "meta",
     )
     tasks = x_support.shape[0]
     leaves, tracked = _leaves(params)
@@ -210,12 +213,25 @@ def mlp_maml_grad(
     return query_loss.detach(), list(grads[: len(p)]), list(grads[len(p):])
 
 
-def checkpoint_every(checkpoint: bool | int, steps: int) -> int:
-    """Steps between stored parameter snapshots: 1 = all, True = ceil(sqrt(steps))."""
-    if checkpoint is True:
+def snapshot_interval(snapshots: bool | int, steps: int) -> int:
+    """Inner steps between the stored parameter snapshots that mlp_maml's backward restarts from
+    (the rest is recomputed): False = every step, True = ceil(sqrt(steps)), an int k = every k-th."""
+    if snapshots is True:
         return max(1, math.ceil(math.sqrt(steps)))
-    if checkpoint is False:
+    if snapshots is False:
         return 1
-    if not isinstance(checkpoint, int) or checkpoint < 1:
-        raise ValueError(f"checkpoint: expected a bool or an int >= 1, got {checkpoint!r}")
+    if not isinstance(snapshots, int) or snapshots < 1:
+        raise ValueError(f"snapshots: expected a bool or an int >= 1, got {snapshots!r}")
+    return snapshots
+
+
+def renamed_snapshots(snapshots: bool | int, checkpoint: bool | int | None) -> bool | int:
+    """``snapshots``, or the value given under its old name ``checkpoint`` (renamed because it read
+    like the training loop's checkpoints, ``train.checkpoint_every``), with a DeprecationWarning."""
+    if checkpoint is None:
+        return snapshots
+    if snapshots is not False:
+        raise TypeError("mlp_maml: give snapshots= only (checkpoint= is its deprecated old name), not both")
+    warnings.warn("mlp_maml(checkpoint=...) is deprecated: it is now snapshots=... (the same values)",
+                  DeprecationWarning, stacklevel=3)
     return checkpoint

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from maml_ext.train import progress
+
 
 def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10,
                        residual_tol: float = 1e-10) -> Tensor:
@@ -17,7 +19,10 @@ def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, iterations: i
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r.dot(r)
-    for _ in range(iterations):
+    for i in range(iterations):
+        # Each iteration is a Hessian-vector product through the whole meta-batch: seconds at the
+        # paper's size, so it is shown on the running progress bar (a no-op when none is open).
+        progress.detail("TRPO: conjugate gradient iteration", i + 1, iterations)
         hp = hvp(p)
         alpha = rr / p.dot(hp)
         x += alpha * p
@@ -69,9 +74,11 @@ def step(
     direction = conjugate_gradient(damped, grad, cg_iters)
     shs = direction.dot(damped(direction)).item()
     full_step = math.sqrt(2.0 * max_kl / (shs + 1e-8)) * direction
+    progress.detail("TRPO: line search candidate", 0, max_backtracks)  # the loss at theta first
     loss_before, _ = evaluate(theta)
     loss, kl = float("nan"), float("nan")
     for k in range(max_backtracks):
+        progress.detail("TRPO: line search candidate", k + 1, max_backtracks)
         candidate = theta - backtrack_ratio**k * full_step
         loss, kl = evaluate(candidate)
         if math.isfinite(loss) and math.isfinite(kl) and loss < loss_before and kl <= max_kl:
