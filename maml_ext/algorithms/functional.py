@@ -100,9 +100,19 @@ class FunctionalModel:
         ``batched``; ``make_buffers`` gives fresh buffers and their task dimension (None: shared)."""
         if self.vmap_ok is not False:
             buffers, buffer_dim = make_buffers()
+            # vmap gets one flat tuple of tensors: flattening nested dicts (pytree) on every call
+            # was a sixth of a small model's meta-iteration.
+            # Adapted after frozen: an adapted tensor wins a shared name, as in _call.
+            names = (*frozen, *adapted, *buffers)
+            dims = (None,) * len(frozen) + (0 if batched else None,) * len(adapted) + (buffer_dim,) * len(buffers)
+            n_params = len(frozen) + len(adapted)
+
+            def flat_call(x: Tensor, *tensors: Tensor) -> Tensor:
+                params = dict(zip(names[:n_params], tensors[:n_params]))
+                return self(params, dict(zip(names[n_params:], tensors[n_params:])), x)
+
             try:
-                call = vmap(self._call, in_dims=(0 if batched else None, None, buffer_dim, 0))
-                out = call(adapted, frozen, buffers, x)
+                out = vmap(flat_call, in_dims=(0, *dims))(x, *frozen.values(), *adapted.values(), *buffers.values())
                 self.vmap_ok = True
                 return out, buffers
             except RuntimeError as exc:
