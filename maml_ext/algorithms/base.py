@@ -207,7 +207,7 @@ class MetaLearner(nn.Module, ABC):
         return batched, 0
 
     def _commit_buffers(self, step: int, buffers: dict[str, Tensor]) -> None:
-        if not self.training:
+        if not self.training or not self.bn_names:  # nothing to commit: skip the no_grad context too
             return
         row = min(step, self.steps)
         with torch.no_grad():
