@@ -1,6 +1,6 @@
 """Functional, task-batched core shared by every algorithm.
 
-Parameters are dicts ``name -> Tensor`` used through ``torch.func.functional_call``. A meta-batch
+Parameters are dicts ``name -> Tensor`` used through a functional call of the model (:mod:`.functional`). A meta-batch
 of T tasks is processed together: the model runs under ``vmap`` over the task dimension, per-task
 gradients come from one batched backward, and adapted parameters carry a leading task dimension ``[T, ...]``; the unadapted
 initialisation is shared (no task dimension) and broadcast. Inner steps use the fused
@@ -207,7 +207,7 @@ class MetaLearner(nn.Module, ABC):
         return batched, 0
 
     def _commit_buffers(self, step: int, buffers: dict[str, Tensor]) -> None:
-        if not self.training:
+        if not self.training or not self.bn_names:  # nothing to commit: skip the no_grad context too
             return
         row = min(step, self.steps)
         with torch.no_grad():

@@ -1,9 +1,11 @@
 """Running a user's ``nn.Module`` functionally over a batch of tasks, without touching it.
 
-- Every parameter name, tied and reused ones included (``named_parameters(remove_duplicate=False)``),
-  is passed to ``functional_call`` explicitly with ``tie_weights=False``, so a tied or shared
-  parameter takes the same adapted tensor everywhere and the module's own ``nn.Parameter``\\ s are
-  never replaced.
+- Every (module, attribute) slot holding a parameter, tied and reused ones included, is given the
+  adapted tensor for the duration of one forward call and restored afterwards (also on an
+  error), so a tied or shared parameter takes the same adapted tensor everywhere and the module's
+  own ``nn.Parameter``\\ s are in place again when the call returns. This is what
+  ``torch.func.functional_call(..., tie_weights=False)`` does, with the slots looked up once
+  instead of on every call (its per-call bookkeeping was a tenth of a small model's iteration).
 - BatchNorm running statistics are passed as ``None`` (batch statistics in train and eval mode,
   as in the original MAML, and no in-place update of the module's buffers).
 - Tasks run under ``vmap``; a model vmap cannot batch (RNNs, dropout, data-dependent control flow)
@@ -18,7 +20,7 @@ from typing import Union
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 Output = Union[int, str, Callable[[object], Tensor], None]
@@ -51,8 +53,7 @@ def select_output(out: object, output: Output) -> Tensor:
 def parameter_aliases(model: nn.Module) -> dict[str, str]:
     """One name per (module, attribute) slot holding a parameter -> the parameter's canonical
     name in ``named_parameters()``. Tied weights (one tensor in two modules) need every slot set;
-    a reused module (one module under two names) must be set once, or ``functional_call`` would
-    restore its own substitute as the "original" and leave it in the user's module."""
+    a reused module (one module under two names) is one slot, listed once."""
     canonical = {id(p): n for n, p in model.named_parameters()}
     return {
         f"{prefix}.{attr}" if prefix else attr: canonical[id(p)]
@@ -81,11 +82,31 @@ class FunctionalModel:
         self.output = output
         self.aliases = parameter_aliases(model)
         self.no_stats = batch_stat_buffers(model, keep_stats)
+        # (slot dict, attribute, canonical parameter name) for every parameter slot.
+        self.param_slots = [(self._owner(alias)._parameters, alias.rpartition(".")[2], name)
+                            for alias, name in self.aliases.items()]
+        self.buffer_slots: dict[str, tuple[dict, str]] = {}  # filled on first use of each buffer name
         self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
 
+    def _owner(self, path: str) -> nn.Module:
+        return self.model.get_submodule(path.rpartition(".")[0])
+
     def __call__(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        full = {alias: params[name] for alias, name in self.aliases.items()}
-        out = functional_call(self.model, (full, {**self.no_stats, **buffers}), (x,), tie_weights=False)
+        saved = []
+        try:
+            for slots, attr, name in self.param_slots:
+                saved.append((slots, attr, slots[attr]))
+                slots[attr] = params[name]
+            for key, value in {**self.no_stats, **buffers}.items():
+                if key not in self.buffer_slots:
+                    self.buffer_slots[key] = (self._owner(key)._buffers, key.rpartition(".")[2])
+                slots, attr = self.buffer_slots[key]
+                saved.append((slots, attr, slots[attr]))
+                slots[attr] = value
+            out = self.model(x)
+        finally:
+            for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
+                slots[attr] = original
         return select_output(out, self.output)
 
     def over_tasks(
@@ -100,9 +121,19 @@ class FunctionalModel:
         ``batched``; ``make_buffers`` gives fresh buffers and their task dimension (None: shared)."""
         if self.vmap_ok is not False:
             buffers, buffer_dim = make_buffers()
+            # vmap gets one flat tuple of tensors: flattening nested dicts (pytree) on every call
+            # was a sixth of a small model's meta-iteration.
+            # Adapted after frozen: an adapted tensor wins a shared name, as in _call.
+            names = (*frozen, *adapted, *buffers)
+            dims = (None,) * len(frozen) + (0 if batched else None,) * len(adapted) + (buffer_dim,) * len(buffers)
+            n_params = len(frozen) + len(adapted)
+
+            def flat_call(x: Tensor, *tensors: Tensor) -> Tensor:
+                params = dict(zip(names[:n_params], tensors[:n_params]))
+                return self(params, dict(zip(names[n_params:], tensors[n_params:])), x)
+
             try:
-                call = vmap(self._call, in_dims=(0 if batched else None, None, buffer_dim, 0))
-                out = call(adapted, frozen, buffers, x)
+                out = vmap(flat_call, in_dims=(0, *dims))(x, *frozen.values(), *adapted.values(), *buffers.values())
                 self.vmap_ok = True
                 return out, buffers
             except RuntimeError as exc:

@@ -1,0 +1,260 @@
+"""maml_ext's generic path against torch.func and a hand-batched autograd loop, same run (issue 14.3).
+
+    python benchmarks/bench_generic.py [--threads 1] [--min-time 2] [--rounds 3] [--workloads ...]
+
+The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's module under
+``vmap`` over tasks, per-task gradients from one batched backward. Workloads (second order, CPU):
+
+- ``sinusoid``: the paper's MLP 1-40-40-1 as a plain ``nn.Sequential``, T=25, K=10, S=1, α=0.01;
+- ``layernorm-mlp``: 1-40-40-1 with LayerNorm after each hidden Linear, same sizes;
+- ``resbn``: 1-64 → residual block [Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d] + skip → ReLU
+  → 64-1, batch-statistics BatchNorm, same sizes;
+- ``conv4-5way``: Omniglot-shaped conv4 (64 filters), 5-way 1-shot, T=32, S=1, α=0.4.
+
+Implementations: ``maml_ext generic``; ``torch.func`` (``vmap`` over an unrolled per-task
+``grad`` of ``functional_call``, the functorch MAML example); ``hand-batched`` (parameters
+expanded to ``[T, ...]``, a batched forward written by hand: ``baddbmm``, per-task LayerNorm /
+BatchNorm statistics, conv4's grouped convolutions; ``autograd.grad(create_graph=True)``).
+Gate: before timing, each meta-gradient is compared in float64 with a per-task autograd loop
+(relative to its largest entry, ``GATE``); one that disagrees is reported and not timed
+(torch.func through batch-statistics BatchNorm: pytorch/functorch#534).
+Time: per-call process CPU time, median, rounds interleaved across implementations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from maml_ext.algorithms import MAML
+from maml_ext.models import conv4
+from maml_ext.tasks import TaskBatch
+
+GATE = 1e-10
+Batched = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params [T, ...], x [T, N, ...]) -> [T, N, out]
+
+
+def _linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+
+def _affine(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    return h * w.unsqueeze(1) + b.unsqueeze(1)
+
+
+class ResBN(nn.Module):
+    """A residual block with batch-statistics BatchNorm between two Linear layers."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(1, width), nn.Linear(width, 1)
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.bn1 = nn.BatchNorm1d(width, track_running_stats=False)
+        self.bn2 = nn.BatchNorm1d(width, track_running_stats=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        r = self.bn2(self.fc2(F.relu(self.bn1(self.fc1(h)))))
+        return self.head(F.relu(h + r))
+
+
+def _bn_tasks(h: Tensor, w: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-task batch statistics over the N examples of ``h [T, N, C]``."""
+    mean, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
+    return _affine((h - mean) / torch.sqrt(var + eps), w, b)
+
+
+def _mlp_tasks(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    return _linear(F.relu(_linear(F.relu(_linear(x, p["0.weight"], p["0.bias"])), p["2.weight"], p["2.bias"])),
+                   p["4.weight"], p["4.bias"])
+
+
+def _ln_tasks(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    h = x
+    for lin, norm in ((0, 1), (3, 4)):
+        h = _linear(h, p[f"{lin}.weight"], p[f"{lin}.bias"])
+        h = F.relu(_affine(F.layer_norm(h, h.shape[-1:]), p[f"{norm}.weight"], p[f"{norm}.bias"]))
+    return _linear(h, p["6.weight"], p["6.bias"])
+
+
+def _resbn_tasks(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    h = _linear(x, p["inp.weight"], p["inp.bias"])
+    r = F.relu(_bn_tasks(_linear(h, p["fc1.weight"], p["fc1.bias"]), p["bn1.weight"], p["bn1.bias"]))
+    r = _bn_tasks(_linear(r, p["fc2.weight"], p["fc2.bias"]), p["bn2.weight"], p["bn2.bias"])
+    return _linear(F.relu(h + r), p["head.weight"], p["head.bias"])
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    build: Callable[[], nn.Module]
+    batched: Callable[[nn.Module], Batched]
+    tasks: int
+    steps: int
+    lr: float
+    loss: str  # "mse" (sinusoid regression) or "cross_entropy" (5-way labels)
+
+
+def _sinusoid_batch(tasks: int, k: int, g: torch.Generator) -> TaskBatch:
+    amp, phase = torch.rand(tasks, 1, 1, generator=g) * 4.9 + 0.1, torch.rand(tasks, 1, 1, generator=g) * torch.pi
+    x = lambda: torch.rand(tasks, k, 1, generator=g) * 10 - 5  # noqa: E731
+    xs, xq = x(), x()
+    return TaskBatch(xs, amp * torch.sin(xs - phase), xq, amp * torch.sin(xq - phase))
+
+
+def _image_batch(tasks: int, n_way: int, g: torch.Generator) -> TaskBatch:
+    x = lambda: torch.rand(tasks, n_way, 1, 28, 28, generator=g)  # noqa: E731
+    y = torch.arange(n_way).expand(tasks, -1).contiguous()
+    return TaskBatch(x(), y, x(), y)
+
+
+MLP = lambda: nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))  # noqa: E731
+LN_MLP = lambda: nn.Sequential(nn.Linear(1, 40), nn.LayerNorm(40), nn.ReLU(), nn.Linear(40, 40), nn.LayerNorm(40),  # noqa: E731
+                               nn.ReLU(), nn.Linear(40, 1))
+WORKLOADS = {
+    w.key: w
+    for w in (
+        Workload("sinusoid", "MLP 1-40-40-1 (nn.Sequential), T=25, K=10, S=1, α=0.01", MLP, lambda m: _mlp_tasks, 25, 1, 0.01, "mse"),
+        Workload("layernorm-mlp", "MLP 1-40-40-1 + LayerNorm, T=25, K=10, S=1, α=0.01", LN_MLP, lambda m: _ln_tasks, 25, 1, 0.01, "mse"),
+        Workload("resbn", "residual block 1-64-[64-BN-64-BN]+skip-1, T=25, K=10, S=1, α=0.01", ResBN, lambda m: _resbn_tasks,
+                 25, 1, 0.01, "mse"),
+        Workload("conv4-5way", "conv4 (64 filters) 5-way 1-shot 28×28, T=32, S=1, α=0.4", lambda: conv4.build(1, 5),
+                 lambda m: m.forward_tasks, 32, 1, 0.4, "cross_entropy"),
+    )
+}
+
+
+def make(w: Workload, dtype: torch.dtype) -> tuple[nn.Module, TaskBatch]:
+    torch.manual_seed(0)
+    model = w.build().to(dtype)
+    g = torch.Generator().manual_seed(0)
+    b = _sinusoid_batch(w.tasks, 10, g) if w.loss == "mse" else _image_batch(w.tasks, 5, g)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    return model, TaskBatch(*(cast(t) for t in (b.x_support, b.y_support, b.x_query, b.y_query)))
+
+
+MetaLoss = Callable[[TaskBatch], Tensor]
+
+
+def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
+    """Each returns the mean query loss whose gradient w.r.t. the model's parameters is the meta-gradient."""
+    params = dict(model.named_parameters())
+    loss_fn = F.mse_loss if w.loss == "mse" else F.cross_entropy
+    learner = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False)
+    forward_tasks = w.batched(model)
+
+    def task_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, p, (x,)), y)
+
+    def loop(b: TaskBatch) -> Tensor:
+        total = 0.0
+        for t in range(b.x_support.shape[0]):
+            fast = params
+            for _ in range(w.steps):
+                g = torch.autograd.grad(task_loss(fast, b.x_support[t], b.y_support[t]), list(fast.values()), create_graph=True)
+                fast = {n: p - w.lr * gi for (n, p), gi in zip(fast.items(), g)}
+            total = total + task_loss(fast, b.x_query[t], b.y_query[t])
+        return total / b.x_support.shape[0]
+
+    def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
+        fast = params
+        for _ in range(w.steps):
+            g = grad(task_loss)(fast, xs, ys)
+            fast = {n: p - w.lr * g[n] for n, p in fast.items()}
+        return task_loss(fast, xq, yq)
+
+    def batched_losses(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        out = forward_tasks(p, x)
+        if w.loss == "mse":
+            return (out - y).pow(2).flatten(1).mean(1)
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+
+    def hand_batched(b: TaskBatch) -> Tensor:
+        tasks = b.x_support.shape[0]
+        fast = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
+        for _ in range(w.steps):
+            g = torch.autograd.grad(batched_losses(fast, b.x_support, b.y_support).sum(), list(fast.values()), create_graph=True)
+            fast = {n: p - w.lr * gi for (n, p), gi in zip(fast.items(), g)}
+        return batched_losses(fast, b.x_query, b.y_query).mean()
+
+    return {
+        "per-task loop": loop,
+        "maml_ext generic": learner.meta_loss,
+        "torch.func": lambda b: vmap(one_task)(b.x_support, b.y_support, b.x_query, b.y_query).mean(),
+        "hand-batched": hand_batched,
+    }
+
+
+def float64_errors(w: Workload) -> dict[str, float]:
+    """Each implementation's meta-gradient error relative to the per-task loop's largest entry, in float64."""
+    model, batch = make(w, torch.float64)
+    params = list(model.parameters())
+    grads = {name: torch.autograd.grad(fn(batch), params) for name, fn in implementations(model, w).items()}
+    ref = grads["per-task loop"]
+    scale = max(r.abs().max().item() for r in ref)
+    return {name: max((a - r).abs().max().item() for a, r in zip(g, ref)) / scale for name, g in grads.items()}
+
+
+def cpu_ms(w: Workload, names: list[str], min_time: float, rounds: int) -> dict[str, float]:
+    """Median process CPU milliseconds per meta-iteration (zero_grad + meta-loss + backward), float32."""
+    model, batch = make(w, torch.float32)
+    impls = implementations(model, w)
+
+    def step(fn: MetaLoss) -> None:
+        model.zero_grad(set_to_none=True)
+        fn(batch).backward()
+
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:
+        step(impls[n])  # warm-up
+    for _ in range(rounds):
+        for n in names:
+            start = time.process_time()
+            while True:
+                t = time.process_time()
+                step(impls[n])
+                samples[n].append(time.process_time() - t)
+                if time.process_time() - start >= min_time / rounds and len(samples[n]) >= 2:
+                    break
+    return {n: statistics.median(s) * 1e3 for n, s in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--min-time", type=float, default=2.0, help="CPU seconds per implementation and workload")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; float32 CPU ms per meta-iteration (median), "
+          f"gate: float64 meta-gradient vs per-task loop <= {GATE:g}")
+    for key in args.workloads:
+        w = WORKLOADS[key]
+        errors = float64_errors(w)
+        timed = [n for n in ("maml_ext generic", "torch.func", "hand-batched") if errors[n] <= GATE]
+        ms = cpu_ms(w, timed, args.min_time, args.rounds)
+        ours = ms.get("maml_ext generic")
+        print(f"\n{key}: {w.label}")
+        for n in ("maml_ext generic", "torch.func", "hand-batched"):
+            if n in ms:
+                ratio = f"  ({ms[n] / ours:.2f}x generic's time)" if ours else ""
+                print(f"  {n:18s} {ms[n]:9.3f} ms   f64 error {errors[n]:.1e}{ratio}")
+            else:
+                print(f"  {n:18s}   not timed: f64 error {errors[n]:.1e} > {GATE:g}")
+
+
+if __name__ == "__main__":
+    main()
