@@ -320,6 +320,14 @@ class MetaLearner(nn.Module, ABC):
         """Scalar whose value is the mean post-adaptation query loss and whose gradient is the
         algorithm's meta-gradient. ``iteration`` drives schedules (MAML++ annealing)."""
 
+    def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
+        """Accumulate the gradient of ``scale · meta_loss(batch, iteration)`` into the parameters'
+        ``.grad`` (as ``.backward()`` does) and return that scaled loss, detached. The training
+        loops call this; learners with a faster route to the same gradient override it."""
+        loss = self.meta_loss(batch, iteration) * scale
+        loss.backward()
+        return loss.detach()
+
     def forward(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         return self.meta_loss(batch, iteration)
 
