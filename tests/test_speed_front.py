@@ -153,14 +153,18 @@ def test_lean_adam_resumes_exactly_from_a_saved_state():
 def test_lean_adam_skips_torch_step_after_the_first(monkeypatch):
     learner, _, batch = _twins("none")
     opt = optim.adam(learner.parameters(), 1e-2)
-    calls = []
+    calls, hooked = [], []
     step = torch.optim.Adam.step
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, closure=None: calls.append(1) or step(self, closure))
-    for _ in range(3):
+    for i in range(4):
         opt.zero_grad()
         learner.meta_grad(batch)
+        if i == 2:  # a step hook: torch's hook wrapper runs around the lean step, once
+            handle = opt.register_step_post_hook(lambda *_: hooked.append(1))
         opt.step()
-    assert len(calls) == 1
+    handle.remove()
+    assert len(calls) == 1 and len(hooked) == 2
+    assert all(s["step"].item() == 4 for s in opt.state.values())
     opt.zero_grad()
     assert all(p.grad is None for p in learner.parameters())
     opt.step()  # no gradients: torch's step (which skips them) runs

@@ -299,9 +299,12 @@ class MetaLearner(nn.Module, ABC):
             first_order = bool(getattr(self, "first_order", False))
         return TaskClone(self, first_order)
 
-    def check_batch(self, batch: TaskBatch) -> None:
-        """Device, dtype and task/example counts, each error naming the tensor, before any work."""
-        ref = self.model.get_parameter(self.adapt_names[0])
+    def check_batch(self, batch: TaskBatch, ref: Tensor | None = None) -> None:
+        """Device, dtype and task/example counts, each error naming the tensor, before any work.
+        ``ref``: a parameter of the model the caller holds already (looking one up costs more
+        than the rest of the check)."""
+        if ref is None:
+            ref = self.model.get_parameter(self.adapt_names[0])
         tasks = batch.x_support.shape[0] if batch.x_support.dim() else 0
         for name in ("x_support", "y_support", "x_query", "y_query"):
             t = getattr(batch, name)

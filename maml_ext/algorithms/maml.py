@@ -175,10 +175,13 @@ class MAML(MetaLearner):
         autograd engine and the loss's graph node cost half as much again as the kernel on the
         paper's sinusoid config (benchmarks/RESULTS.md, front end)."""
         call = self._fused_call if self.fused_spec is not None else None
-        if call is None or not torch.is_grad_enabled() or _has_grad_hooks(self.parameters()):
+        if call is None or not torch.is_grad_enabled():
             return super().meta_grad(batch, iteration, scale)
-        self.check_batch(batch)
-        params, lrs, kwargs = self._fused_args(batch, self.uses_first_order(iteration))
+        params = call.params()
+        if _has_grad_hooks((*params, *self.lrs) if self.learn_lr != "none" else params):
+            return super().meta_grad(batch, iteration, scale)
+        self.check_batch(batch, params[0])
+        lrs, kwargs = self._fused_args(batch, self.uses_first_order(iteration), params)
         query_loss, grads, lr_grads = ops.mlp_maml_grad(params, batch.x_support, batch.y_support,
                                                         batch.x_query, batch.y_query, **kwargs)
         # The same products as autograd's: loss · scale forward, grad · scale backward.
@@ -196,26 +199,27 @@ class MAML(MetaLearner):
                 t.grad += g
         if chained:
             torch.autograd.backward([t for t, _ in chained], [g for _, g in chained])
-        return (query_loss * kwargs["loss_weight"]).sum() * scale
+        loss = (query_loss * kwargs["loss_weight"]).sum()
+        return loss if scale == 1.0 else loss * scale
 
-    def _fused_args(self, batch: TaskBatch, first_order: bool) -> tuple[list[Tensor], list[Tensor], dict]:
-        """The op's parameters, learned-rate tensors (empty for a float lr) and keyword arguments."""
+    def _fused_args(self, batch: TaskBatch, first_order: bool, params: list[Tensor]) -> tuple[list[Tensor], dict]:
+        """The op's learned-rate tensors (empty for a float lr) and keyword arguments."""
         call = self._fused_call
-        params = call.params()
         lrs = [] if self.learn_lr == "none" else call.lrs(self.learned_lrs())
         kwargs = dict(
             lr=lrs or self.lr, steps=self.steps, per_step_lr=self.learn_lr == "per_step",
             activation=self.fused_spec.activation, loss=self.loss, first_order=first_order,
             loss_weight=call.mean_weight(batch.x_support.shape[0], params[0]),
         )
-        return params, lrs, kwargs
+        return lrs, kwargs
 
     def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
-        params, _, kwargs = self._fused_args(batch, first_order)
+        params = self._fused_call.params()
+        _, kwargs = self._fused_args(batch, first_order, params)
         # The mean query loss, with the meta-gradient computed in the same kernel call.
         return ops.mlp_maml_loss(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, **kwargs)
 
 
-def _has_grad_hooks(tensors) -> bool:
+def _has_grad_hooks(tensors: Sequence[Tensor]) -> bool:
     """Whether a tensor hook would see the gradient (only ``.backward()`` runs them)."""
     return any(t._backward_hooks or getattr(t, "_post_accumulate_grad_hooks", None) for t in tensors)

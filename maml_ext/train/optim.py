@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 # Devices with torch's fused Adam kernel (a subset of what it supports; others use the default).
 _FUSED_DEVICES = ("cpu", "cuda")
@@ -29,7 +30,7 @@ class LeanFusedAdam(torch.optim.Adam):
     amsgrad, a tensor lr, a missing gradient, a closure). Step hooks run as for any optimizer."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
-        self._lists: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self._lists: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None = None
         super().__init__(params, lr=lr, fused=True)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -47,6 +48,16 @@ class LeanFusedAdam(torch.optim.Adam):
             p.grad = None
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        # Optimizer.__init__ wraps a class's step in a profiler range and hook loops (~10 µs a
+        # call, marked ``hooked`` below so it does not): here they run only when needed.
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
+                or _global_optimizer_post_hooks or torch.autograd.profiler._is_profiler_enabled):
+            return self.profile_hook_step(LeanFusedAdam._step)(self, closure)
+        return self._step(closure)
+
+    step.hooked = True
+
+    def _step(self, closure: Callable[[], float] | None) -> float | None:
         lists = self._lists
         grads = None if lists is None else [p.grad for p in lists[0]]
         if (closure is not None or grads is None or any(g is None for g in grads)
@@ -54,12 +65,13 @@ class LeanFusedAdam(torch.optim.Adam):
             loss = _adam_step(self, closure)
             self._lists = self._gather()
             return loss
-        params, exp_avgs, exp_avg_sqs, steps = lists
+        params, exp_avgs, exp_avg_sqs, steps, step_counts = lists
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         with torch.no_grad():
-            # As torch.optim.adam._fused_adam does for one device and dtype.
-            torch._foreach_add_(steps, 1)
+            # As torch.optim.adam._fused_adam does for one device and dtype; the per-parameter
+            # step counts are views of one tensor, so one add increments them all.
+            step_counts.add_(1)
             torch._fused_adam_(
                 params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
                 beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
@@ -67,7 +79,7 @@ class LeanFusedAdam(torch.optim.Adam):
             )
         return None
 
-    def _gather(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None:
+    def _gather(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None:
         """The parameters and their state as the fused kernel takes them, or None where
         ``Adam.step()`` must run (see the class docstring)."""
         if len(self.param_groups) != 1:
@@ -82,8 +94,11 @@ class LeanFusedAdam(torch.optim.Adam):
         if len({(p.device, p.dtype) for p in params}) != 1:
             return None
         states = [self.state[p] for p in params]
+        step_counts = torch.stack([s["step"] for s in states])
+        for i, s in enumerate(states):
+            s["step"] = step_counts[i]  # the same value, now a view (see _step)
         return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states])
+                [s["step"] for s in states], step_counts)
 
 
 def _adam_step(optimizer: torch.optim.Adam, closure: Callable[[], float] | None) -> float | None:
