@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -136,15 +138,27 @@ def test_lean_adam_resumes_exactly_from_a_saved_state():
     new, old, batch = _twins("none")
     opt = optim.adam(new.parameters(), 1e-2)
     ref = torch.optim.Adam(old.parameters(), lr=1e-2, fused=True)
-    for it in range(3):
-        for learner, o in ((new, opt), (old, ref)):
-            o.zero_grad()
-            learner.meta_grad(batch)
-            o.step()
-        if it == 1:  # a resumed optimizer: state loaded into a fresh one, lists gathered anew
+
+    def iteration(learner, o):
+        o.zero_grad()
+        learner.meta_grad(batch)
+        o.step()
+
+    for it in range(4):
+        iteration(new, opt)
+        iteration(old, ref)
+        if it == 0:  # a resumed optimizer: state loaded into a fresh one, lists gathered anew
             saved = opt.state_dict()
             opt = optim.adam(new.parameters(), 1e-2)
             opt.load_state_dict(saved)
+        if it == 1:  # rolled back in place: the gathered lists must follow the loaded state
+            saved = copy.deepcopy(opt.state_dict())
+            weights = [p.detach().clone() for p in new.parameters()]
+            iteration(new, opt)
+            opt.load_state_dict(saved)
+            with torch.no_grad():
+                for p, w in zip(new.parameters(), weights):
+                    p.copy_(w)
     for a, b in zip(new.parameters(), old.parameters(), strict=True):
         assert torch.equal(a, b)
     assert str(opt.state_dict()) == str(ref.state_dict())
