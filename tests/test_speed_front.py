@@ -81,8 +81,8 @@ def _twins(learn_lr: str, parameterisation: str = "identity", **kw):
     model, batch = _setup()
     other = mlp.build(1, 1, hidden=(8, 8)).double()
     other.load_state_dict(model.state_dict())
-    make = lambda m: MAML(m, lr=0.05, steps=2, learn_lr=learn_lr, lr_parameterisation=parameterisation, **kw)
-    return make(model), make(other), batch
+    return tuple(MAML(m, lr=0.05, steps=2, learn_lr=learn_lr, lr_parameterisation=parameterisation, **kw)
+                 for m in (model, other)) + (batch,)
 
 
 def _grads(learner):
