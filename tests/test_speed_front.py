@@ -126,6 +126,22 @@ def test_meta_grad_scales_and_accumulates_like_backward():
         assert torch.equal(a, b)
 
 
+def test_meta_grad_of_a_subclass_follows_its_meta_loss():
+    class Penalised(MAML):
+        def meta_loss(self, batch, iteration=0):
+            return super().meta_loss(batch, iteration) + sum((p * p).sum() for p in self.model.parameters())
+
+    model, batch = _setup()
+    learner = Penalised(model, lr=0.05, steps=2)
+    assert learner.fused_spec is not None
+    learner.meta_grad(batch)
+    grads = [p.grad.clone() for p in learner.parameters()]
+    learner.zero_grad()
+    learner.meta_loss(batch).backward()
+    for a, b in zip(grads, _grads(learner), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_meta_grad_runs_tensor_hooks_through_backward():
     learner, _, batch = _twins("none")
     seen = []

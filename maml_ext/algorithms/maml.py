@@ -175,7 +175,8 @@ class MAML(MetaLearner):
         autograd engine and the loss's graph node cost half as much again as the kernel on the
         paper's sinusoid config (benchmarks/RESULTS.md, front end)."""
         call = self._fused_call if self.fused_spec is not None else None
-        if call is None or not torch.is_grad_enabled():
+        # A subclass's own meta_loss (a penalty, say) defines its gradient: backward it.
+        if call is None or not torch.is_grad_enabled() or type(self).meta_loss is not MAML.meta_loss:
             return super().meta_grad(batch, iteration, scale)
         params = call.params()
         if _has_grad_hooks((*params, *self.lrs) if self.learn_lr != "none" else params):
