@@ -12,8 +12,9 @@ initialisation (second order unless marked first order).
 ``--scaling``: ``mlp_maml_grad`` at each thread count, the counts alternating in one process
 (``--repeats`` rounds, medians of wall time per call), with the meta-gradients checked bitwise equal
 across thread counts. ``--front-end``: one whole meta-iteration through the learner API
-(``zero_grad``, ``MAML(...).meta_loss(batch).backward()``, ``Adam.step()``) against the bare
-``ops.mlp_maml_grad`` call, alternating, medians of process CPU time, one thread.
+(``zero_grad``, ``MAML(...).meta_loss(batch).backward()``, ``Adam.step()``; and the training loop's
+``learner.meta_grad(batch)`` with its lean fused Adam) against the bare ``ops.mlp_maml_grad`` call,
+alternating, medians of process CPU time, one thread.
 """
 
 from __future__ import annotations
@@ -248,6 +249,7 @@ def front_end_times(repeats: int, min_time: float) -> dict[str, float]:
     from maml_ext.algorithms import MAML
     from maml_ext.models import mlp
     from maml_ext.tasks import TaskBatch
+    from maml_ext.train import optim as train_optim
 
     cfg = PAPER
     torch.manual_seed(0)
@@ -258,6 +260,7 @@ def front_end_times(repeats: int, min_time: float) -> dict[str, float]:
     params = [p.detach() for p in model.parameters()]
     default_adam = torch.optim.Adam(learner.parameters(), lr=1e-3)
     fused_adam = torch.optim.Adam(learner.parameters(), lr=1e-3, fused=True)
+    lean_adam = train_optim.adam(learner.parameters(), lr=1e-3)
 
     def iteration(opt):
         def run():
@@ -270,11 +273,23 @@ def front_end_times(repeats: int, min_time: float) -> dict[str, float]:
         default_adam.zero_grad(set_to_none=True)
         learner.meta_loss(batch).backward()
 
+    def loop_iteration():
+        # What the training loop runs: learner.meta_grad (no autograd engine) and the lean Adam.
+        lean_adam.zero_grad(set_to_none=True)
+        learner.meta_grad(batch)
+        lean_adam.step()
+
+    def grad_only():
+        lean_adam.zero_grad(set_to_none=True)
+        learner.meta_grad(batch)
+
     fns = {
         "bare": lambda: ops.mlp_maml_grad(params, xs, ys, xq, yq, lr=cfg.lr, steps=cfg.steps),
         "meta_loss + backward": loss_backward,
         "iteration, Adam (default)": iteration(default_adam),
         "iteration, Adam (fused)": iteration(fused_adam),
+        "meta_grad": grad_only,
+        "iteration, meta_grad + lean fused Adam (training loop)": loop_iteration,
     }
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():

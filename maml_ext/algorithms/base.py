@@ -301,9 +301,12 @@ class MetaLearner(nn.Module, ABC):
             first_order = bool(getattr(self, "first_order", False))
         return TaskClone(self, first_order)
 
-    def check_batch(self, batch: TaskBatch) -> None:
-        """Device, dtype and task/example counts, each error naming the tensor, before any work."""
-        ref = self.model.get_parameter(self.adapt_names[0])
+    def check_batch(self, batch: TaskBatch, ref: Tensor | None = None) -> None:
+        """Device, dtype and task/example counts, each error naming the tensor, before any work.
+        ``ref``: a parameter of the model the caller holds already (looking one up costs more
+        than the rest of the check)."""
+        if ref is None:
+            ref = self.model.get_parameter(self.adapt_names[0])
         tasks = batch.x_support.shape[0] if batch.x_support.dim() else 0
         for name in ("x_support", "y_support", "x_query", "y_query"):
             t = getattr(batch, name)
@@ -321,6 +324,14 @@ class MetaLearner(nn.Module, ABC):
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         """Scalar whose value is the mean post-adaptation query loss and whose gradient is the
         algorithm's meta-gradient. ``iteration`` drives schedules (MAML++ annealing)."""
+
+    def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
+        """Accumulate the gradient of ``scale · meta_loss(batch, iteration)`` into the parameters'
+        ``.grad`` (as ``.backward()`` does) and return that scaled loss, detached. The training
+        loops call this; learners with a faster route to the same gradient override it."""
+        loss = self.meta_loss(batch, iteration) * scale
+        loss.backward()
+        return loss.detach()
 
     def forward(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         return self.meta_loss(batch, iteration)

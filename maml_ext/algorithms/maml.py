@@ -169,14 +169,58 @@ class MAML(MetaLearner):
             total = total + (query if weights is None else weights[s] * query)
         return total
 
-    def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
-        call = self._fused_call
+    def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
+        """As :meth:`MetaLearner.meta_grad`, with the same result. On the fused path the gradients
+        come from one ``ops.mlp_maml_grad`` call and are accumulated into ``.grad`` directly: the
+        autograd engine and the loss's graph node cost half as much again as the kernel on the
+        paper's sinusoid config (benchmarks/RESULTS.md, front end)."""
+        call = self._fused_call if self.fused_spec is not None else None
+        # A subclass's own meta_loss (a penalty, say) defines its gradient: backward it.
+        if call is None or not torch.is_grad_enabled() or type(self).meta_loss is not MAML.meta_loss:
+            return super().meta_grad(batch, iteration, scale)
         params = call.params()
-        lr: float | list[Tensor] = self.lr if self.learn_lr == "none" else call.lrs(self.learned_lrs())
-        # The mean query loss, with the meta-gradient computed in the same kernel call.
-        return ops.mlp_maml_loss(
-            params, batch.x_support, batch.y_support, batch.x_query, batch.y_query,
-            lr=lr, steps=self.steps, per_step_lr=self.learn_lr == "per_step",
+        if _has_grad_hooks((*params, *self.lrs) if self.learn_lr != "none" else params):
+            return super().meta_grad(batch, iteration, scale)
+        self.check_batch(batch, params[0])
+        lrs, kwargs = self._fused_args(batch, self.uses_first_order(iteration), params)
+        query_loss, grads, lr_grads = ops.mlp_maml_grad(params, batch.x_support, batch.y_support,
+                                                        batch.x_query, batch.y_query, **kwargs)
+        # The same products as autograd's: loss · scale forward, grad · scale backward.
+        chained = []
+        for t, g in zip((*params, *lrs), (*grads, *lr_grads)):
+            if not t.requires_grad:
+                continue
+            if scale != 1.0:
+                g = g * scale
+            if t.grad_fn is not None:  # a transformed learned rate α = f(r): chain through f
+                chained.append((t, g))
+            elif t.grad is None:
+                t.grad = g
+            else:
+                t.grad += g
+        if chained:
+            torch.autograd.backward([t for t, _ in chained], [g for _, g in chained])
+        loss = (query_loss * kwargs["loss_weight"]).sum()
+        return loss if scale == 1.0 else loss * scale
+
+    def _fused_args(self, batch: TaskBatch, first_order: bool, params: list[Tensor]) -> tuple[list[Tensor], dict]:
+        """The op's learned-rate tensors (empty for a float lr) and keyword arguments."""
+        call = self._fused_call
+        lrs = [] if self.learn_lr == "none" else call.lrs(self.learned_lrs())
+        kwargs = dict(
+            lr=lrs or self.lr, steps=self.steps, per_step_lr=self.learn_lr == "per_step",
             activation=self.fused_spec.activation, loss=self.loss, first_order=first_order,
             loss_weight=call.mean_weight(batch.x_support.shape[0], params[0]),
         )
+        return lrs, kwargs
+
+    def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
+        params = self._fused_call.params()
+        _, kwargs = self._fused_args(batch, first_order, params)
+        # The mean query loss, with the meta-gradient computed in the same kernel call.
+        return ops.mlp_maml_loss(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, **kwargs)
+
+
+def _has_grad_hooks(tensors: Sequence[Tensor]) -> bool:
+    """Whether a tensor hook would see the gradient (only ``.backward()`` runs them)."""
+    return any(t._backward_hooks or getattr(t, "_post_accumulate_grad_hooks", None) for t in tensors)

@@ -67,9 +67,7 @@ def chunked_backward(learner: MetaLearner, batch: TaskBatch, iteration: int, chu
     total = 0.0
     for start in range(0, tasks, chunk):
         stop = min(start + chunk, tasks)
-        loss = learner.meta_loss(batch.slice(start, stop), iteration) * ((stop - start) / tasks)
-        loss.backward()
-        total += loss.detach().item()
+        total += learner.meta_grad(batch.slice(start, stop), iteration, (stop - start) / tasks).item()
     return total
 
 
