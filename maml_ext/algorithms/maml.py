@@ -14,7 +14,7 @@ from maml_ext.tasks import TaskBatch
 
 from .base import Loss, MetaLearner
 from .functional import Output
-from .fusable import model_spec, unfusable_reasons
+from .fusable import choose_spec
 from .fused_call import FusedMLPCall
 from .inner import InnerSGD
 
@@ -122,23 +122,15 @@ class MAML(MetaLearner):
             self._fused_call = FusedMLPCall(model, self.fused_spec.param_names, lr_names)
 
     def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
-        spec = model_spec(self.model)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        reasons = unfusable_reasons(self.model, spec) + [
-            why
-            for why, bad in (
-                ("only part of the model is adapted (ANIL)", self.adapt_names != names),
-                ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
-                ("per-step BatchNorm statistics", bool(self.bn_names)),
-                ("a custom loss function (the fused op computes mse and cross_entropy)", callable(self.loss)),
-                ("an inner optimizer other than plain SGD", type(self.inner_optimizer) is not InnerSGD),
-                ("per-group step sizes (lr_groups)", len(set(self.adapt_lrs.values())) > 1 and self.learn_lr == "none"),
-            )
-            if bad
-        ]
-        if fused and reasons:
-            raise ValueError(f"fused=True is not possible: {'; '.join(reasons)}")
-        return None if (reasons or fused is False) else spec
+        return choose_spec(self.model, fused, (
+            ("only part of the model is adapted (ANIL)", self.adapt_names != names),
+            ("multi_step_loss needs every step's query loss", self.multi_step_loss > 0),
+            ("per-step BatchNorm statistics", bool(self.bn_names)),
+            ("a custom loss function (the fused op computes mse and cross_entropy)", callable(self.loss)),
+            ("an inner optimizer other than plain SGD", type(self.inner_optimizer) is not InnerSGD),
+            ("per-group step sizes (lr_groups)", len(set(self.adapt_lrs.values())) > 1 and self.learn_lr == "none"),
+        ))
 
     def learned_lrs(self) -> list[Tensor]:
         """The learned step sizes α, one tensor per adapted parameter (differentiable)."""
