@@ -28,6 +28,15 @@ class TaskBatch:
     y_query: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
 
+    @classmethod
+    def split(cls, x: Tensor, y: Tensor, k_support: int, info: dict[str, Tensor]) -> TaskBatch:
+        """The first ``k_support`` points of each task as support, the rest as query; each part
+        contiguous once here rather than copied by every op call that reads it."""
+        return cls(
+            x[:, :k_support].contiguous(), y[:, :k_support].contiguous(),
+            x[:, k_support:].contiguous(), y[:, k_support:].contiguous(), info,
+        )
+
     @property
     def num_tasks(self) -> int:
         return self.x_support.shape[0]

@@ -96,7 +96,7 @@ class CodedSinusoid:
         onehot = torch.nn.functional.one_hot(code, self.codes).to(x.dtype)
         inputs = torch.cat([x, onehot[:, None, :].expand(num_tasks, k, self.codes)], dim=2)
         info = {"amplitude": amp, "code": code}
-        return TaskBatch(inputs[:, :k_support], y[:, :k_support], inputs[:, k_support:], y[:, k_support:], info)
+        return TaskBatch.split(inputs, y, k_support, info)
 
 
 def build_sinusoid(

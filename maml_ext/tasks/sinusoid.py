@@ -49,7 +49,7 @@ class Sinusoid:
         }
         x = self._uniform((num_tasks, k_support + k_query, 1), self.x_range, generator)
         y = self.curve(info, x)
-        return TaskBatch(x[:, :k_support], y[:, :k_support], x[:, k_support:], y[:, k_support:], info)
+        return TaskBatch.split(x, y, k_support, info)
 
 
 def build(
