@@ -49,10 +49,11 @@ TaskView<scalar_t> view_task(const std::vector<at::Tensor>& ts, int64_t t, int64
 }
 
 // The row loops below (distances, dot products, the axpy combinations) are the whole cost; they
-// are compiled per instruction set (AVX2+FMA, AVX-512, baseline) and picked at load time by
+// are compiled per instruction set (AVX2, AVX-512F, baseline) and picked at load time by
 // target_clones, since the rest of this file is built for the baseline x86-64 only. Each clone
-// runs the same fixed order of operations (up to FMA contraction), on every thread count.
-#define MAML_EXT_SVGD_CLONES __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+// keeps the fixed order of operations, so results do not depend on the thread count (clones may
+// differ from each other in the last bits where the compiler contracts to FMA).
+#define MAML_EXT_SVGD_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
 
 // Reductions over a row split into kLanes independent partial sums (vectorisable without
 // reassociation), combined in a fixed order: the result does not depend on threads or alignment.
