@@ -4,9 +4,12 @@ One meta-iteration = ``meta_loss`` + ``backward`` for a meta-batch of 25 tasks, 
 and 10 query points, 1-40-40-1 ReLU MLP, one inner step (the paper's sinusoid setting). MAML
 (fused ``mlp_maml_loss``) is the reference, on the 25 tasks and on 25·S tasks ("the same
 particles": as many adapted parameter sets as a learner with S sets per task adapts). The last
-column is each row's CPU time over that of MAML on 25·S tasks. "SVGD in composed ops" runs BMAML
-with ``maml_ext.reference.svgd_step`` in place of the fused ``ops.svgd_step`` (the implementation
-before the fused op). ``--write`` updates this script's section of benchmarks/RESULTS.md.
+column is each row's CPU time over that of MAML on 25·S tasks. Two BMAML rows rerun earlier
+implementations in the same process, for before/after in one run: "steps as composed ops" runs the
+fused ops ``mlp_hvp`` and ``svgd_step`` composed through autograd instead of one
+``_MLPSVGDStep`` node per SVGD step (the implementation before issue 14.4's step node), "SVGD in
+composed PyTorch ops" also replaces ``ops.svgd_step`` by ``maml_ext.reference.svgd_step`` (before
+the fused SVGD op). ``--write`` updates this script's section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from bench_classification import rate
 from maml_ext import ops, reference
-from maml_ext.algorithms import build_algorithm
+from maml_ext.algorithms import bmaml, build_algorithm
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
@@ -31,7 +34,8 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("MAML, 125 tasks (25 × 5 sets)", "maml", {}),
     ("BMAML M=1, likelihood", "bmaml", {"particles": 1, "objective": "likelihood"}),
     ("BMAML M=5, Chaser", "bmaml", {"particles": 5}),
-    ("BMAML M=5, Chaser, SVGD in composed ops", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, steps as composed ops", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, SVGD in composed PyTorch ops", "bmaml", {"particles": 5}),
     ("BMAML M=5, likelihood", "bmaml", {"particles": 5, "objective": "likelihood"}),
     ("BMAML M=5, Chaser, first-order", "bmaml", {"particles": 5, "first_order": True}),
     ("PLATIPUS, 1 sample", "platipus", {}),
@@ -60,20 +64,23 @@ def run(args: argparse.Namespace) -> list[str]:
     ]
     print(rows[0], flush=True)
     maml_cpu: dict[int, float] = {}
-    fused_step = ops.svgd_step
+    fused_step, node = ops.svgd_step, bmaml.step_node_available
     for label, name, options in ROWS:
         found = {}
         tasks = 125 if label.startswith("MAML, 125") else 25
-        composed = "composed ops" in label
+        composed = "composed" in label
         for path in (("fused",) if name == "maml" or composed else ("fused", "generic")):
             torch.manual_seed(0)
             extra = {} if name == "maml" else {"fused": path == "fused"}
             learner = build_algorithm(name, MLP(1, 1, init="trunc_normal"), **options, **extra)
-            ops.svgd_step = reference.svgd_step if composed else fused_step
+            if composed:
+                bmaml.step_node_available = lambda t: False
+            if "PyTorch ops" in label:
+                ops.svgd_step = reference.svgd_step
             try:
                 found[path] = rate(step(learner), batches[tasks], args.min_time, lambda: None)
             finally:
-                ops.svgd_step = fused_step
+                ops.svgd_step, bmaml.step_node_available = fused_step, node
         if name == "maml":
             maml_cpu[tasks] = found["fused"][1]
         for path, (wall, cpu) in found.items():
