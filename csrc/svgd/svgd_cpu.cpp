@@ -53,7 +53,13 @@ TaskView<scalar_t> view_task(const std::vector<at::Tensor>& ts, int64_t t, int64
 // target_clones, since the rest of this file is built for the baseline x86-64 only. Each clone
 // keeps the fixed order of operations, so results do not depend on the thread count (clones may
 // differ from each other in the last bits where the compiler contracts to FMA).
+// Elsewhere (no x86-64, no ifunc support in the C library, compilers without target_clones) one
+// baseline build.
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 14)
 #define MAML_EXT_SVGD_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define MAML_EXT_SVGD_CLONES
+#endif
 
 // Reductions over a row split into kLanes independent partial sums (vectorisable without
 // reassociation), combined in a fixed order: the result does not depend on threads or alignment.
