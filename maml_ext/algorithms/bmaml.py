@@ -77,7 +77,8 @@ class BMAML(RowLearner):
 
         θ_m ← θ_m + α φ(θ_m),   φ = the SVGD direction,
 
-    one fused :func:`maml_ext.ops.svgd_step`. With M = 1 this is exactly MAML's SGD step.
+    one fused :func:`maml_ext.ops.svgd_step` (for a fused MLP on CPU, gradient and step together as
+    one autograd node, :class:`_MLPSVGDStep`). With M = 1 this is exactly MAML's SGD step.
 
     Particles: particle 0 is the model's own parameters; particles 1..M−1 are separate learned
     tensors, initialised as the model's initial parameters plus N(0, init_noise²) noise (drawn
