@@ -39,10 +39,11 @@ class _MLPSVGDStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, m: int, lr: float, first_order: bool, activation: str, loss: str,
                 *rows: Tensor) -> tuple[Tensor, ...]:
+        rows = tuple(r.contiguous() for r in rows)  # viewed as [T, M, ...] below
         _, grads, _ = torch.ops.maml_ext.mlp_hvp(list(rows), x, y, [], None, activation, loss)
         tasks = rows[0].shape[0] // m
         sets = [r.view(tasks, m, *r.shape[1:]) for r in rows]
-        scores = [g.view(sets[i].shape) for i, g in enumerate(grads)]
+        scores = [g.view(s.shape) for g, s in zip(grads, sets)]
         moved, kernel, bandwidth = torch.ops.maml_ext.svgd_step(sets, scores, -1.0, lr)
         ctx.first_order = first_order
         if not first_order:
