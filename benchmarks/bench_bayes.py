@@ -4,9 +4,13 @@ One meta-iteration = ``meta_loss`` + ``backward`` for a meta-batch of 25 tasks, 
 and 10 query points, 1-40-40-1 ReLU MLP, one inner step (the paper's sinusoid setting). MAML
 (fused ``mlp_maml_loss``) is the reference, on the 25 tasks and on 25·S tasks ("the same
 particles": as many adapted parameter sets as a learner with S sets per task adapts). The last
-column is each row's CPU time over that of MAML on 25·S tasks. "SVGD in composed ops" runs BMAML
-with ``maml_ext.reference.svgd_step`` in place of the fused ``ops.svgd_step`` (the implementation
-before the fused op). ``--write`` updates this script's section of benchmarks/RESULTS.md.
+column is each row's CPU time over that of MAML on 25·S tasks. Two BMAML rows rerun earlier
+implementations in the same process, for before/after in one run: "steps as composed ops" runs the
+fused ops ``mlp_hvp`` and ``svgd_step`` composed through autograd instead of one
+``_MLPSVGDStep`` node per SVGD step (the implementation before issue 14.4's step node), "SVGD in
+composed PyTorch ops" also replaces ``ops.svgd_step`` by ``maml_ext.reference.svgd_step`` (before
+the fused SVGD op); "its compiled ops alone" times the bare op sequence of that iteration without
+autograd (see ``compiled_ops_only``). ``--write`` updates this script's section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 
 from bench_classification import rate
 from maml_ext import ops, reference
-from maml_ext.algorithms import build_algorithm
+from maml_ext.algorithms import bmaml, build_algorithm
+from maml_ext.algorithms.bayes import expand_rows
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
@@ -31,7 +36,9 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("MAML, 125 tasks (25 × 5 sets)", "maml", {}),
     ("BMAML M=1, likelihood", "bmaml", {"particles": 1, "objective": "likelihood"}),
     ("BMAML M=5, Chaser", "bmaml", {"particles": 5}),
-    ("BMAML M=5, Chaser, SVGD in composed ops", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, steps as composed ops", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, SVGD in composed PyTorch ops", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, its compiled ops alone", "bmaml", {"particles": 5}),
     ("BMAML M=5, likelihood", "bmaml", {"particles": 5, "objective": "likelihood"}),
     ("BMAML M=5, Chaser, first-order", "bmaml", {"particles": 5, "first_order": True}),
     ("PLATIPUS, 1 sample", "platipus", {}),
@@ -48,6 +55,49 @@ def step(learner: torch.nn.Module):
     return run
 
 
+def compiled_ops_only(learner: bmaml.BMAML):
+    """The Chaser meta-gradient (one inner step, one leader step) as the bare sequence of its
+    compiled ops, without autograd or the learner's bookkeeping: a lower bound for any
+    composition of today's ops (checked against the learner's own meta-gradient before timing)."""
+    hvp, svgd, svgd_back = torch.ops.maml_ext.mlp_hvp, torch.ops.maml_ext.svgd_step, torch.ops.maml_ext.svgd_step_backward
+    names, act, m, lr = learner.fused_spec.param_names, learner.fused_spec.activation, learner.num_particles, learner.lr
+
+    def rows_of(t: torch.Tensor) -> torch.Tensor:  # [T, M, ...] -> [T·M, ...]
+        return t.view(-1, *t.shape[2:])
+
+    @torch.no_grad()
+    def run(batch: TaskBatch) -> list[torch.Tensor]:
+        tasks = batch.num_tasks
+        init = learner.initial_particles()
+        sets = [init[n].unsqueeze(0).expand(tasks, *init[n].shape).contiguous() for n in names]
+        x, y = expand_rows(batch.x_support, m), expand_rows(batch.y_support, m)
+        _, g0, _ = hvp([rows_of(s) for s in sets], x, y, [], None, act, learner.loss)
+        scores = [g.view(s.shape) for g, s in zip(g0, sets)]
+        chaser, kernel, bandwidth = svgd(sets, scores, -1.0, lr)
+        hvp([rows_of(c) for c in chaser], expand_rows(batch.x_query, m), expand_rows(batch.y_query, m), [], None,
+            act, learner.loss)  # the reported query loss
+        x_all = expand_rows(torch.cat([batch.x_support, batch.x_query], 1), m)
+        y_all = expand_rows(torch.cat([batch.y_support, batch.y_query], 1), m)
+        _, g1, _ = hvp([rows_of(c) for c in chaser], x_all, y_all, [], None, act, learner.loss)
+        leader, _, _ = svgd(list(chaser), [g.view(c.shape) for g, c in zip(g1, chaser)], -1.0, lr)
+        d_chaser = [(c - lead).mul_(2.0 / tasks) for c, lead in zip(chaser, leader)]
+        d_sets, d_scores = svgd_back(d_chaser, sets, scores, -1.0, lr, kernel, bandwidth)
+        _, _, hv = hvp([rows_of(s) for s in sets], x, y, [rows_of(d) for d in d_scores], None, act, learner.loss)
+        return [d.add_(h.view(d.shape)).sum(0) for d, h in zip(d_sets, hv)]
+
+    return run
+
+
+def check_compiled_ops_only(learner: bmaml.BMAML, batch: TaskBatch) -> None:
+    learner.zero_grad(set_to_none=True)
+    learner.meta_loss(batch).backward()
+    named = dict(learner.model.named_parameters())
+    expected = {n: torch.cat([named[n].grad.unsqueeze(0), e.grad]) for n, e in zip(learner.adapt_names, learner.extra)}
+    got = compiled_ops_only(learner)(batch)
+    for n, g in zip(learner.fused_spec.param_names, got):
+        torch.testing.assert_close(g, expected[n], rtol=1e-4, atol=1e-6, msg=f"compiled ops alone: {n}")
+
+
 def sets_of(options: dict[str, Any]) -> int:
     return options.get("particles", options.get("samples", 1))
 
@@ -60,20 +110,28 @@ def run(args: argparse.Namespace) -> list[str]:
     ]
     print(rows[0], flush=True)
     maml_cpu: dict[int, float] = {}
-    fused_step = ops.svgd_step
+    fused_step, node = ops.svgd_step, bmaml.step_node_available
     for label, name, options in ROWS:
         found = {}
         tasks = 125 if label.startswith("MAML, 125") else 25
-        composed = "composed ops" in label
-        for path in (("fused",) if name == "maml" or composed else ("fused", "generic")):
+        composed = "composed" in label
+        single = name == "maml" or composed or "alone" in label
+        for path in (("fused",) if single else ("fused", "generic")):
             torch.manual_seed(0)
             extra = {} if name == "maml" else {"fused": path == "fused"}
             learner = build_algorithm(name, MLP(1, 1, init="trunc_normal"), **options, **extra)
-            ops.svgd_step = reference.svgd_step if composed else fused_step
+            if composed:
+                bmaml.step_node_available = lambda t: False
+            if "PyTorch ops" in label:
+                ops.svgd_step = reference.svgd_step
+            fn = step(learner)
+            if "compiled ops alone" in label:
+                check_compiled_ops_only(learner, batches[tasks])
+                fn = compiled_ops_only(learner)
             try:
-                found[path] = rate(step(learner), batches[tasks], args.min_time, lambda: None)
+                found[path] = rate(fn, batches[tasks], args.min_time, lambda: None)
             finally:
-                ops.svgd_step = fused_step
+                ops.svgd_step, bmaml.step_node_available = fused_step, node
         if name == "maml":
             maml_cpu[tasks] = found["fused"][1]
         for path, (wall, cpu) in found.items():

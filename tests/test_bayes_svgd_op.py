@@ -7,7 +7,7 @@ import torch
 
 from _ops_helpers import assert_rel, gen, randn, requires_extension
 from maml_ext import ops, reference
-from maml_ext.algorithms import BMAML
+from maml_ext.algorithms import BMAML, bmaml
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks.sinusoid import Sinusoid
 
@@ -158,19 +158,90 @@ def test_bad_input_is_named(case, error, message, impl):
         fn(*case(xs, gs))
 
 
+def node_inputs(tasks, m, seed):
+    """Rows [T·M, ...] of a 1-5-4-1 MLP (tanh: smooth for gradcheck) and support data."""
+    g = gen(seed)
+    shapes = [(5, 1), (5,), (4, 5), (4,), (1, 4), (1,)]
+    rows = [0.5 * randn(g, tasks * m, *s) for s in shapes]
+    x = randn(g, tasks, 6, 1).repeat_interleave(m, 0)
+    y = randn(g, tasks, 6, 1).repeat_interleave(m, 0)
+    return rows, x, y
+
+
+def composed_step(rows, x, y, m, lr):
+    """The node's definition in pure PyTorch: reference mlp_hvp gradients, reference SVGD step."""
+    _, grads, _ = reference.mlp_hvp(rows, x, y, activation="tanh")
+    t = rows[0].shape[0] // m
+    sets = [r.view(t, m, *r.shape[1:]) for r in rows]
+    moved = reference.svgd_step(sets, [g.view(s.shape) for g, s in zip(grads, sets)], -1.0, lr)
+    return [o.reshape(r.shape) for o, r in zip(moved, rows)]
+
+
+def node_step(rows, x, y, m, lr, first_order=False):
+    return list(bmaml._MLPSVGDStep.apply(x, y, m, lr, first_order, "tanh", "mse", *rows))
+
+
+@requires_extension
+def test_step_node_gradcheck_with_one_particle():
+    # M = 1: no bandwidth (h = 1), so the node is a smooth function of the rows and gradcheck
+    # applies; its backward is then θ̄ − α H θ̄, the mlp_hvp half of the node.
+    rows, x, y = node_inputs(3, 1, seed=20)
+    leaves = tuple(r.requires_grad_() for r in rows)
+    assert torch.autograd.gradcheck(lambda *r: tuple(node_step(list(r), x, y, 1, 0.3)), leaves)
+
+
+@requires_extension
+@pytest.mark.parametrize("tasks,m", [(2, 3), (3, 4), (1, 2)])
+def test_step_node_equals_the_composed_reference(tasks, m):
+    # M > 1: value and VJP against the pure-PyTorch composition (whose particle derivative with
+    # the bandwidth held is gradchecked above): the node's svgd_step_backward + one HVP.
+    rows, x, y = node_inputs(tasks, m, seed=21 + m)
+    cot = [randn(gen(22), *r.shape) for r in rows]
+    results = []
+    for fn in (node_step, composed_step):
+        leaves = [r.detach().requires_grad_() for r in rows]
+        out = fn(leaves, x, y, m, 0.3)
+        total = sum((o * c).sum() for o, c in zip(out, cot))
+        results.append(([o - r for o, r in zip(out, rows)], torch.autograd.grad(total, leaves)))
+    assert_rel(results[0][0], results[1][0], TIGHT, "step")
+    assert_rel(list(results[0][1]), list(results[1][1]), TIGHT, "vjp")
+    leaves = [r.detach().requires_grad_() for r in rows]
+    out = node_step(leaves, x, y, m, 0.3, first_order=True)  # first order: the identity Jacobian
+    assert all(torch.equal(g, c) for g, c in zip(torch.autograd.grad(out, leaves, cot), cot))
+
+
 @requires_extension
 @pytest.mark.parametrize("objective,first_order", [("chaser", False), ("likelihood", False), ("chaser", True)])
-def test_bmaml_meta_gradient_through_the_op_equals_the_reference(monkeypatch, objective, first_order):
+def test_bmaml_meta_gradient_equals_the_pure_pytorch_reference(monkeypatch, objective, first_order):
+    # The fused learner (SVGD steps as _MLPSVGDStep nodes), the same ops composed through autograd
+    # and the pure-PyTorch learner (generic path, reference SVGD): loss and meta-gradient.
     b = Sinusoid().sample(3, 6, 6, gen(0))
     batch = type(b)(b.x_support.double(), b.y_support.double(), b.x_query.double(), b.y_query.double(), b.info)
 
-    def meta_grad():
+    def meta_grad(fused):
         torch.manual_seed(0)
         learner = BMAML(MLP(1, 1, hidden=(8, 8)).double(), lr=0.05, steps=2, particles=4, objective=objective,
-                        first_order=first_order, init_noise=0.3)
-        learner.meta_loss(batch).backward()
-        return [p.grad for p in learner.parameters()]
+                        first_order=first_order, init_noise=0.3, leader_steps=2, fused=fused)
+        loss = learner.meta_loss(batch)
+        loss.backward()
+        return [loss, *(p.grad for p in learner.parameters())]
 
-    fused = meta_grad()
+    nodes = []
+    monkeypatch.setattr(bmaml._MLPSVGDStep, "apply", spy(bmaml._MLPSVGDStep.apply, nodes))
+    fused = meta_grad(True)
+    assert len(nodes) == 2 + (2 if objective == "chaser" else 0)  # inner steps (+ leader steps)
+    monkeypatch.setattr(bmaml, "step_node_available", lambda t: False)
+    composed = meta_grad(True)
     monkeypatch.setattr(ops, "svgd_step", reference.svgd_step)
-    assert_rel(fused, meta_grad(), TIGHT, "meta-gradient")
+    pure = meta_grad(False)
+    assert len(nodes) == 2 + (2 if objective == "chaser" else 0)
+    assert_rel(fused, pure, TIGHT, "loss and meta-gradient vs pure PyTorch")
+    assert_rel(composed, pure, TIGHT, "composed ops vs pure PyTorch")
+
+
+def spy(fn, calls):
+    def wrapped(*args):
+        calls.append(1)
+        return fn(*args)
+
+    return wrapped

@@ -48,12 +48,25 @@ TaskView<scalar_t> view_task(const std::vector<at::Tensor>& ts, int64_t t, int64
   return v;
 }
 
+// The row loops below (distances, dot products, the axpy combinations) are the whole cost; they
+// are compiled per instruction set (AVX2, AVX-512F, baseline) and picked at load time by
+// target_clones, since the rest of this file is built for the baseline x86-64 only. Each clone
+// keeps the fixed order of operations, so results do not depend on the thread count (clones may
+// differ from each other in the last bits where the compiler contracts to FMA).
+// Elsewhere (no x86-64, no ifunc support in the C library, compilers without target_clones) one
+// baseline build.
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 14)
+#define MAML_EXT_SVGD_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define MAML_EXT_SVGD_CLONES
+#endif
+
 // Reductions over a row split into kLanes independent partial sums (vectorisable without
 // reassociation), combined in a fixed order: the result does not depend on threads or alignment.
 constexpr int64_t kLanes = 16;
 
 template <typename scalar_t, typename F>
-double lane_sum(int64_t n, F term) {
+[[gnu::always_inline]] inline double lane_sum(int64_t n, F term) {
   using op_t = at::opmath_type<scalar_t>;
   op_t lanes[kLanes] = {};
   int64_t j = 0;
@@ -68,7 +81,7 @@ double lane_sum(int64_t n, F term) {
 }
 
 template <typename scalar_t>
-double sq_dist(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
+[[gnu::always_inline]] inline double sq_dist_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
   using op_t = at::opmath_type<scalar_t>;
   return lane_sum<scalar_t>(n, [&](int64_t j) {
     const op_t d = static_cast<op_t>(a[j]) - static_cast<op_t>(b[j]);
@@ -77,10 +90,15 @@ double sq_dist(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, i
 }
 
 template <typename scalar_t>
-double dot(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
+[[gnu::always_inline]] inline double dot_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
   using op_t = at::opmath_type<scalar_t>;
   return lane_sum<scalar_t>(n, [&](int64_t j) { return static_cast<op_t>(a[j]) * static_cast<op_t>(b[j]); });
 }
+
+MAML_EXT_SVGD_CLONES double sq_dist(const float* a, const float* b, int64_t n) { return sq_dist_impl(a, b, n); }
+MAML_EXT_SVGD_CLONES double sq_dist(const double* a, const double* b, int64_t n) { return sq_dist_impl(a, b, n); }
+MAML_EXT_SVGD_CLONES double dot(const float* a, const float* b, int64_t n) { return dot_impl(a, b, n); }
+MAML_EXT_SVGD_CLONES double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
 
 double median_bandwidth(const std::vector<double>& sq, int64_t m) {
   if (m == 1) return 1.0;
@@ -98,11 +116,12 @@ double median_bandwidth(const std::vector<double>& sq, int64_t m) {
 // out[j] = su * u_a[j] + sx * x_a[j] + sum_b (w[b] u_b[j] + v[b] x_b[j]) over the M rows of one
 // tensor block (u_a, x_a: row a): the axpy form of the direction and both backward outputs.
 template <typename scalar_t>
-void combine_rows(const double* w, const scalar_t* u, const double* v, const scalar_t* x,
-                  double su, double sx, int64_t a, int64_t m, int64_t d,
-                  std::vector<at::opmath_type<scalar_t>>& acc_buf, scalar_t* out) {
+[[gnu::always_inline]] inline void combine_rows_impl(const double* w, const scalar_t* u, const double* v,
+                                                     const scalar_t* x, double su, double sx, int64_t a,
+                                                     int64_t m, int64_t d, at::opmath_type<scalar_t>* acc_buf,
+                                                     scalar_t* out) {
   using op_t = at::opmath_type<scalar_t>;
-  op_t* __restrict__ acc = acc_buf.data();
+  op_t* __restrict__ acc = acc_buf;
   const op_t u_w = static_cast<op_t>(su), x_w = static_cast<op_t>(sx);
   const scalar_t* __restrict__ ua = u + a * d;
   const scalar_t* __restrict__ xa = x + a * d;
@@ -115,6 +134,17 @@ void combine_rows(const double* w, const scalar_t* u, const double* v, const sca
   }
   scalar_t* __restrict__ o = out;
   for (int64_t j = 0; j < d; ++j) o[j] = static_cast<scalar_t>(acc[j]);
+}
+
+MAML_EXT_SVGD_CLONES void combine_rows(const double* w, const float* u, const double* v, const float* x, double su,
+                                       double sx, int64_t a, int64_t m, int64_t d, std::vector<float>& acc,
+                                       float* out) {
+  combine_rows_impl(w, u, v, x, su, sx, a, m, d, acc.data(), out);
+}
+MAML_EXT_SVGD_CLONES void combine_rows(const double* w, const double* u, const double* v, const double* x, double su,
+                                       double sx, int64_t a, int64_t m, int64_t d, std::vector<double>& acc,
+                                       double* out) {
+  combine_rows_impl(w, u, v, x, su, sx, a, m, d, acc.data(), out);
 }
 
 template <typename scalar_t>

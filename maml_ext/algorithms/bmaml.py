@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
@@ -16,6 +17,60 @@ from .bayes import RowLearner, Rows, expand_rows
 OBJECTIVES = ("chaser", "likelihood")
 
 
+def step_node_available(t: Tensor) -> bool:
+    """Whether a fused-MLP BMAML runs its SVGD steps as :class:`_MLPSVGDStep` nodes (compiled
+    kernels on CPU, where ``svgd_step`` has one); else the composed ops (their reference twins
+    without the extension)."""
+    return ops.extension_available() and t.device.type == "cpu"
+
+
+class _MLPSVGDStep(torch.autograd.Function):
+    """One SVGD step of rows ``[T·M, ...]`` of a fused MLP whose scores are the support-loss
+    gradients (log p = −L), as one autograd node over the compiled ops:
+
+        forward:  g = ∇L(θ) (``mlp_hvp``, no R-pass), θ' = ``svgd_step``(θ, g)
+        backward: (θ̄, ḡ) = ``svgd_step_backward``(θ̄'),  dθ = θ̄ + H ḡ (one ``mlp_hvp``)
+
+    which is the composed path's gradient (``svgd_step`` ∘ ``mlp_hvp`` through autograd) without
+    its per-op nodes, graph-carrying gradient outputs and copies. ``first_order``: the backward
+    is the identity (the path is followed, its Jacobian taken as identity, as FOMAML does).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, m: int, lr: float, first_order: bool, activation: str, loss: str,
+                *rows: Tensor) -> tuple[Tensor, ...]:
+        rows = tuple(r.contiguous() for r in rows)  # viewed as [T, M, ...] below
+        _, grads, _ = torch.ops.maml_ext.mlp_hvp(list(rows), x, y, [], None, activation, loss)
+        tasks = rows[0].shape[0] // m
+        sets = [r.view(tasks, m, *r.shape[1:]) for r in rows]
+        scores = [g.view(s.shape) for g, s in zip(grads, sets)]
+        moved, kernel, bandwidth = torch.ops.maml_ext.svgd_step(sets, scores, -1.0, lr)
+        ctx.first_order = first_order
+        if not first_order:
+            ctx.args = (m, lr, activation, loss)
+            ctx.save_for_backward(x, y, kernel, bandwidth, *rows, *grads)
+        return tuple(o.view(r.shape) for o, r in zip(moved, rows))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_out: Tensor | None) -> tuple[Tensor | None, ...]:
+        if ctx.first_order:
+            return (None,) * 7 + grad_out
+        m, lr, activation, loss = ctx.args
+        x, y, kernel, bandwidth, *saved = ctx.saved_tensors
+        n = len(saved) // 2
+        rows, grads = saved[:n], saved[n:]
+        tasks = rows[0].shape[0] // m
+        sets = [r.view(tasks, m, *r.shape[1:]) for r in rows]
+        d_out = [torch.zeros_like(s) if d is None else d.view(s.shape) for d, s in zip(grad_out, sets)]
+        d_sets, d_scores = torch.ops.maml_ext.svgd_step_backward(
+            d_out, sets, [g.view(s.shape) for g, s in zip(grads, sets)], -1.0, lr, kernel, bandwidth
+        )
+        direction = [d.view(r.shape) for d, r in zip(d_scores, rows)]
+        _, _, hv = torch.ops.maml_ext.mlp_hvp(list(rows), x, y, direction, None, activation, loss)
+        return (None,) * 7 + tuple(d.view(r.shape).add_(h) for d, r, h in zip(d_sets, rows, hv))
+
+
 class BMAML(RowLearner):
     """BMAML: the initialisation is a set of M learned particles; the inner loop moves each
     task's copy of them by SVGD on the support set, with log p(θ | support) = −L_support(θ)
@@ -23,7 +78,8 @@ class BMAML(RowLearner):
 
         θ_m ← θ_m + α φ(θ_m),   φ = the SVGD direction,
 
-    one fused :func:`maml_ext.ops.svgd_step`. With M = 1 this is exactly MAML's SGD step.
+    one fused :func:`maml_ext.ops.svgd_step` (for a fused MLP on CPU, gradient and step together as
+    one autograd node, :class:`_MLPSVGDStep`). With M = 1 this is exactly MAML's SGD step.
 
     Particles: particle 0 is the model's own parameters; particles 1..M−1 are separate learned
     tensors, initialised as the model's initial parameters plus N(0, init_noise²) noise (drawn
@@ -107,6 +163,14 @@ class BMAML(RowLearner):
         """SVGD steps on rows ``[T·M, ...]`` with data ``x [T·M, K, ...]``; yields the rows after each."""
         m = self.num_particles
         names = list(rows)
+        spec = self.fused_spec
+        if spec is not None and step_node_available(next(iter(rows.values()))):
+            for _ in range(steps):
+                moved = _MLPSVGDStep.apply(x, y, m, lr, first_order, spec.activation, self.loss,
+                                           *(rows[n] for n in spec.param_names))
+                rows = dict(zip(spec.param_names, moved))
+                yield rows
+            return
         for _ in range(steps):
             _, grads = self.row_grads(rows, x, y, create_graph=not first_order)
             tasks = next(iter(rows.values())).shape[0] // m
@@ -146,8 +210,10 @@ class BMAML(RowLearner):
             leader = {n: p.detach() for n, p in chaser.items()}
             for leader in self.svgd_steps(leader, x_all, y_all, self.leader_steps, self.lr, first_order=True):
                 pass
-        distance = sum((chaser[n] - leader[n]).pow(2).flatten(1).sum(1) for n in chaser)
-        chase = distance.view(tasks, m).sum(1).mean()
+        # Σ_m ‖θ_m − leader_m‖² summed over particles, mean over tasks: one sum of squares per
+        # tensor over all rows (fewer, larger ops than per-row distances).
+        diffs = [(chaser[n] - leader[n]).view(-1) for n in chaser]
+        chase = sum(torch.dot(d, d) for d in diffs) / tasks
         return query + chase - chase.detach()
 
     # ----- test time ----------------------------------------------------------------------
