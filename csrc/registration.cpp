@@ -44,6 +44,11 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("mlp_maml" + maml).c_str());
   m.def(("mlp_maml_backward" + maml_backward).c_str());
   m.def(("mlp_maml_grad" + maml_grad).c_str());
+  // Evaluation: the query losses [steps + 1, T] before each of `steps` SGD steps and after the
+  // last, and with `outputs` the query outputs [steps + 1, T, K_query, out] (else [0, ...]).
+  m.def("mlp_maml_eval(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "
+        "Tensor y_support, Tensor? w_support, Tensor x_query, Tensor y_query, Tensor? w_query, "
+        "int steps, str activation, str loss, bool outputs) -> (Tensor, Tensor)");
   // The batched (bmm over tasks) implementation that CUDA uses, callable on any device so that
   // it is tested on CPU-only machines too (csrc/mlp/mlp_batched.cpp).
   m.def(("_mlp_hvp_batched" + hvp).c_str());
@@ -52,6 +57,13 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("_mlp_maml_grad_batched" + maml_grad).c_str());
   // The fused per-task CUDA kernel body run sequentially on the CPU (csrc/mlp/mlp_fused.h).
   m.def(("_mlp_maml_grad_emulated" + maml_grad).c_str());
+
+  /* From csrc/optim */
+  // torch.optim.Adam(fused=True)'s update (Adam mode, no amsgrad) of every tensor in one call:
+  // params, exp_avgs and exp_avg_sqs in place; state_steps (float32, already incremented) are read.
+  m.def("adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+        "Tensor(c!)[] exp_avg_sqs, Tensor[] state_steps, float lr, float beta1, float beta2, "
+        "float weight_decay, float eps, bool maximize) -> ()");
 
   /* From csrc/svgd */
   // One SVGD step per task, particles [T, M, ...] (split over tensors) moved to

@@ -105,14 +105,26 @@ def test_meta_grad_and_lean_adam_equal_backward_and_torch_adam(learn_lr, paramet
         loss = new.meta_grad(batch)
         ref = old.meta_loss(batch)
         ref.backward()
-        assert loss.grad_fn is None and torch.equal(loss, ref.detach())
+        assert loss.grad_fn is None
+        # Bitwise at the first iteration; later the Adam steps' tails may differ by an ulp (see
+        # csrc/optim/adam_kernel.cpp), so the weights do too.
+        same = torch.equal if it == 0 else _close
+        assert same(loss, ref.detach())
         for a, b in zip(_grads(new), _grads(old), strict=True):
-            assert torch.equal(a, b), it
+            assert same(a, b), it
         new_opt.step()
         old_opt.step()
         for a, b in zip(new.parameters(), old.parameters(), strict=True):
-            assert torch.equal(a, b), it
-    assert str(new_opt.state_dict()) == str(old_opt.state_dict())
+            assert _close(a, b), it
+    new_state, old_state = new_opt.state_dict(), old_opt.state_dict()
+    assert new_state["param_groups"] == old_state["param_groups"]
+    for a, b in zip(new_state["state"].values(), old_state["state"].values(), strict=True):
+        assert a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+
+
+def _close(a, b) -> bool:
+    """Equal to float64 rounding: 1e-12 relative (torch's fused Adam and adam_step_, tensor tails)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
 def test_meta_grad_scales_and_accumulates_like_backward():
@@ -153,7 +165,7 @@ def test_meta_grad_runs_tensor_hooks_through_backward():
 def test_lean_adam_resumes_exactly_from_a_saved_state():
     new, old, batch = _twins("none")
     opt = optim.adam(new.parameters(), 1e-2)
-    ref = torch.optim.Adam(old.parameters(), lr=1e-2, fused=True)
+    ref = optim.adam(old.parameters(), lr=1e-2)  # the same run, never saved and loaded
 
     def iteration(learner, o):
         o.zero_grad()
@@ -199,3 +211,20 @@ def test_lean_adam_skips_torch_step_after_the_first(monkeypatch):
     assert all(p.grad is None for p in learner.parameters())
     opt.step()  # no gradients: torch's step (which skips them) runs
     assert len(calls) == 2
+
+
+def test_check_finite_finds_any_non_finite_entry_and_leaves_gradients_bitwise_alone():
+    from maml_ext.train import driver, loop
+
+    tiny = torch.tensor([5e-324, -0.0, -1e308, 1.0], dtype=torch.float64)  # denormal, -0, huge
+    params = [nn.Parameter(torch.zeros(4, dtype=torch.float64)), nn.Parameter(torch.zeros(2, 3)),
+              nn.Parameter(torch.zeros(1))]
+    params[0].grad, params[1].grad = tiny.clone(), torch.randn(2, 3)  # params[2] has no gradient
+    before = [p.grad.clone() for p in params[:2]]
+    loop.check_finite(0.5, params)
+    for p, b in zip(params, before):
+        assert torch.equal(p.grad.view(torch.uint8), b.view(torch.uint8))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        params[1].grad[1, 2] = bad
+        with pytest.raises(driver.NonFinite, match=r"^the meta-gradient has non-finite entries$"):
+            loop.check_finite(0.5, params)

@@ -20,12 +20,14 @@ if _extension.available():
     from maml_ext.ops import _registration  # fake kernels and autograd formulas of the ops
 
 __all__ = [
+    "adam_step_",
     "extension_available",
     "inner_update",
     "inner_update_",
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "mlp_maml_eval",
     "mlp_maml_loss",
     "svgd_step",
 ]
@@ -38,6 +40,24 @@ def extension_available() -> bool:
 
 def _fused(*tensors: Tensor) -> bool:
     return bool(tensors) and _extension.supports(tensors[0].device)
+
+
+def adam_step_(
+    params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor],
+    state_steps: Sequence[Tensor], *, lr: float, beta1: float, beta2: float, weight_decay: float = 0.0,
+    eps: float = 1e-8, maximize: bool = False,
+) -> None:
+    """One ``torch.optim.Adam(fused=True)`` update (Adam mode, no amsgrad) of every tensor, in place:
+    ``params``, ``exp_avgs`` and ``exp_avg_sqs`` are written; ``state_steps`` (float32 step counts,
+    already incremented, one per parameter) are read. On the CPU one op call does all tensors with
+    torch's arithmetic in its vector width (bitwise equal to ``torch._fused_adam_``); elsewhere it
+    is torch's fused kernel (the reference twin)."""
+    if not (params and params[0].device.type == "cpu" and _fused(*params)):
+        return reference.adam_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
+                                    beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=maximize)
+    torch.ops.maml_ext.adam_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2,
+                                  weight_decay, eps, maximize)
+    return None
 
 
 def inner_update(
@@ -214,6 +234,41 @@ def mlp_maml_grad(
             y_query, w_query, steps, activation, loss, first_order, loss_weight,
         )
     return query_loss, list(grads), list(lr_grads)
+
+
+def mlp_maml_eval(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    outputs: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Multi-step evaluation in one call: the query losses [steps + 1, T] before each of the
+    ``steps`` SGD steps of :func:`mlp_maml`'s adaptation and after the last (row s: after s
+    steps), and with ``outputs=True`` the query outputs [steps + 1, T, K_query, out] (else None).
+    Arguments as in :func:`mlp_maml`; no gradients. On the CPU one kernel pass per task (the inner
+    loop with the query forward at every step), elsewhere the reference."""
+    if not (params and params[0].device.type == "cpu" and _fused(*params)):
+        return reference.mlp_maml_eval(
+            params, x_support, y_support, x_query, y_query, lr=lr, steps=steps, per_step_lr=per_step_lr,
+            activation=activation, loss=loss, w_support=w_support, w_query=w_query, outputs=outputs,
+        )
+    lrs, lr_value = split_lr(lr)
+    with torch.no_grad():
+        losses, outs = torch.ops.maml_ext.mlp_maml_eval(
+            list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
+            w_query, steps, activation, loss, outputs,
+        )
+    return losses, outs if outputs else None
 
 
 def mlp_maml_loss(

@@ -15,6 +15,15 @@ _LIB = "maml_ext::"
 # traced or meta-tensor call rejects what the compiled op rejects; they never read values.
 
 
+# ---- adam_step_ ---------------------------------------------------------------------------------
+
+
+@torch.library.register_fake(_LIB + "adam_step_")
+def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps, maximize):
+    _checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps)
+    return None
+
+
 # ---- inner_update -------------------------------------------------------------------------------
 
 
@@ -205,6 +214,15 @@ def _mlp_maml_grad_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps
     _checks.loss_weight(loss_weight, params[0], xs.shape[0])
     return (params[0].new_empty(xs.shape[0]), [torch.empty_like(p) for p in params],
             [torch.empty_like(a) for a in lrs])
+
+
+@torch.library.register_fake(_LIB + "mlp_maml_eval")
+def _mlp_maml_eval_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, outputs):
+    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), (xq, yq, wq), steps, activation, loss,
+                       1, values=False)
+    width = _checks.mlp_widths(params, False, 0, loss)[-1]
+    return (params[0].new_empty(steps + 1, xs.shape[0]),
+            params[0].new_empty(steps + 1 if outputs else 0, xs.shape[0], xq.shape[1], width))
 
 
 def _not_differentiable(ctx, *grads):

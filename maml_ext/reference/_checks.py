@@ -334,3 +334,42 @@ def check_lrs_for_params(
                 f"lrs[{i}]: expected a scalar or the shape {list(p.shape)} of its parameter{after}, "
                 f"got shape {list(a.shape)}"
             )
+
+
+def check_adam_step(
+    params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor],
+    state_steps: Sequence[Tensor], lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
+) -> None:
+    """adam_step_ (csrc/optim/adam_checks.cpp)."""
+    lists = {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "state_steps": state_steps}
+    for name, found in lists.items():
+        if len(found) != len(params):
+            raise ValueError(f"{name}: expected one tensor per parameter ({len(params)}), got {len(found)}")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr: expected a finite value >= 0, got {lr}")
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0 <= beta < 1:
+            raise ValueError(f"{name}: expected a value in [0, 1), got {beta}")
+    for name, value in (("weight_decay", weight_decay), ("eps", eps)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: expected a finite value >= 0, got {value}")
+    for i, p in enumerate(params):
+        if p.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"params[{i}]: expected float32 or float64, got {p.dtype}")
+        if not p.is_contiguous():
+            raise ValueError(f"params[{i}]: expected a contiguous tensor")
+        for name, found in lists.items():
+            t = found[i]
+            check_same_device(f"{name}[{i}]", t, p)
+            if name == "state_steps":
+                if t.dtype != torch.float32:
+                    raise TypeError(f"{name}[{i}]: expected a float32 step count, got {t.dtype}")
+                if t.numel() != 1:
+                    raise ValueError(f"{name}[{i}]: expected one element, got shape {list(t.shape)}")
+                continue
+            if t.dtype != p.dtype:
+                raise TypeError(f"{name}[{i}]: expected dtype {p.dtype}, got {t.dtype}")
+            if t.shape != p.shape:
+                raise ValueError(f"{name}[{i}]: expected shape {list(p.shape)}, got {list(t.shape)}")
+            if not t.is_contiguous():
+                raise ValueError(f"{name}[{i}]: expected a contiguous tensor")
