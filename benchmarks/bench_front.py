@@ -1,7 +1,7 @@
 """A user's own ``nn.Sequential`` MLP: the automatically detected fused path against the generic
 (vmap) path, same model, same batch, same run; and (``--loop``) the training loop's whole
-meta-iteration against the bare ``mlp_maml_grad`` call, before/after the one-call Adam and the
-cheap finiteness check.
+meta-iteration against the bare ``mlp_maml_grad`` call, with its parts, before/after the cheaper
+finiteness check.
 
     python benchmarks/bench_front.py [--threads 1] [--reps 30]
     python benchmarks/bench_front.py --loop [--rounds 7] [--seconds 0.5]
@@ -57,8 +57,8 @@ def _cat_check(loss: float, params) -> None:
 
 def loop(rounds: int, seconds: float) -> None:
     """The training loop's meta-iteration (SupervisedStep: zero_grad, meta_grad, the finiteness
-    check, Adam) against the bare op, before (torch's per-tensor fused Adam kernel, the
-    concatenating check) and after (ops.adam_step_, loop.check_finite), same run."""
+    check, the lean fused Adam) against the bare op, with the check before (concatenated) and
+    after (loop.check_finite), and the parts that make up the difference, same run."""
     from maml_ext import ops
     from maml_ext.models import mlp as mlp_plugin
     from maml_ext.train import loop as train_loop
@@ -69,25 +69,34 @@ def loop(rounds: int, seconds: float) -> None:
     batch = Sinusoid().sample(25, 10, 10, torch.Generator().manual_seed(0))
     learner = MAML(model, lr=0.01, steps=1)
     params = [p.detach() for p in model.parameters()]
-    before, after = optim.adam(learner.parameters(), 1e-3), optim.adam(learner.parameters(), 1e-3)
+    opt = optim.adam(learner.parameters(), 1e-3)
 
-    def iteration(opt, check, one_call):
+    def bare():
+        return ops.mlp_maml_grad(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, lr=0.01)
+
+    def iteration(check=None, step=True):
         def run():
             opt.zero_grad(set_to_none=True)
             loss = float(learner.meta_grad(batch))
             if check is not None:
                 check(loss, learner.parameters())
-            opt._one_call = one_call  # False: torch's kernel (the before)
-            opt.step()
+            if step:
+                opt.step()
         return run
 
+    def bare_and_adam():  # torch's fused Adam kernel right after the meta-gradient kernel
+        _, grads, _ = bare()
+        for p, g in zip(opt._lists[0], grads):
+            p.grad = g
+        opt.step()
+
     fns = {
-        "bare `ops.mlp_maml_grad`": lambda: ops.mlp_maml_grad(params, batch.x_support, batch.y_support,
-                                                               batch.x_query, batch.y_query, lr=0.01),
-        "before: meta_grad + lean Adam (torch's `_fused_adam_`)": iteration(before, None, False),
-        "after: meta_grad + lean Adam (`ops.adam_step_`)": iteration(after, None, True),
-        "before: + finiteness check (concatenated), the training loop": iteration(before, _cat_check, False),
-        "after: + `loop.check_finite` (AMP check), the training loop": iteration(after, train_loop.check_finite, True),
+        "bare `ops.mlp_maml_grad`": bare,
+        "`zero_grad` + `meta_grad`": iteration(step=False),
+        "bare op + lean Adam step": bare_and_adam,
+        "meta-iteration: `zero_grad` + `meta_grad` + lean Adam": iteration(),
+        "training loop, before: + finiteness check by concatenation": iteration(_cat_check),
+        "training loop, after: + `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
     }
     for fn in fns.values():  # warm-up, and the first Adam step (state creation)
         for _ in range(3):
@@ -96,13 +105,13 @@ def loop(rounds: int, seconds: float) -> None:
     for _ in range(rounds):
         for k, fn in fns.items():
             samples[k].append(_cpu_us(fn, seconds))
-    bare = statistics.median(samples["bare `ops.mlp_maml_grad`"])
+    bare_us = statistics.median(samples["bare `ops.mlp_maml_grad`"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; median of {rounds} alternating rounds of {seconds} s\n")
     print("| what | CPU µs | vs bare op |\n|---|---|---|")
     for k, v in samples.items():
         m = statistics.median(v)
-        print(f"| {k} | {m:.1f} | {m / bare:.2f}x |")
+        print(f"| {k} | {m:.1f} | {m / bare_us:.2f}x |")
 
 
 def main() -> None:

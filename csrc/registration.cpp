@@ -58,13 +58,6 @@ TORCH_LIBRARY(maml_ext, m) {
   // The fused per-task CUDA kernel body run sequentially on the CPU (csrc/mlp/mlp_fused.h).
   m.def(("_mlp_maml_grad_emulated" + maml_grad).c_str());
 
-  /* From csrc/optim */
-  // torch.optim.Adam(fused=True)'s update (Adam mode, no amsgrad) of every tensor in one call:
-  // params, exp_avgs and exp_avg_sqs in place; state_steps (float32, already incremented) are read.
-  m.def("adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-        "Tensor(c!)[] exp_avg_sqs, Tensor[] state_steps, float lr, float beta1, float beta2, "
-        "float weight_decay, float eps, bool maximize) -> ()");
-
   /* From csrc/svgd */
   // One SVGD step per task, particles [T, M, ...] (split over tensors) moved to
   // x + step_size * phi with grad log p = score_scale * scores (same shapes): returns (the moved

@@ -20,7 +20,6 @@ if _extension.available():
     from maml_ext.ops import _registration  # fake kernels and autograd formulas of the ops
 
 __all__ = [
-    "adam_step_",
     "extension_available",
     "inner_update",
     "inner_update_",
@@ -40,24 +39,6 @@ def extension_available() -> bool:
 
 def _fused(*tensors: Tensor) -> bool:
     return bool(tensors) and _extension.supports(tensors[0].device)
-
-
-def adam_step_(
-    params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor],
-    state_steps: Sequence[Tensor], *, lr: float, beta1: float, beta2: float, weight_decay: float = 0.0,
-    eps: float = 1e-8, maximize: bool = False,
-) -> None:
-    """One ``torch.optim.Adam(fused=True)`` update (Adam mode, no amsgrad) of every tensor, in place:
-    ``params``, ``exp_avgs`` and ``exp_avg_sqs`` are written; ``state_steps`` (float32 step counts,
-    already incremented, one per parameter) are read. On the CPU one op call does all tensors with
-    torch's arithmetic in its vector width (bitwise equal to ``torch._fused_adam_``); elsewhere it
-    is torch's fused kernel (the reference twin)."""
-    if not (params and params[0].device.type == "cpu" and _fused(*params)):
-        return reference.adam_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
-                                    beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=maximize)
-    torch.ops.maml_ext.adam_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2,
-                                  weight_decay, eps, maximize)
-    return None
 
 
 def inner_update(

@@ -15,15 +15,6 @@ _LIB = "maml_ext::"
 # traced or meta-tensor call rejects what the compiled op rejects; they never read values.
 
 
-# ---- adam_step_ ---------------------------------------------------------------------------------
-
-
-@torch.library.register_fake(_LIB + "adam_step_")
-def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps, maximize):
-    _checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps)
-    return None
-
-
 # ---- inner_update -------------------------------------------------------------------------------
 
 

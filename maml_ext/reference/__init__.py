@@ -19,7 +19,6 @@ from maml_ext.reference import _checks
 from maml_ext.reference.svgd import svgd_step
 
 __all__ = [
-    "adam_step_",
     "inner_update",
     "inner_update_",
     "mlp_forward",
@@ -67,21 +66,6 @@ def inner_update_(
     with torch.no_grad():
         for i, (p, g) in enumerate(zip(params, grads)):
             p.sub_(_lr_for(lrs, lr_value, i, step) * g)
-
-
-def adam_step_(
-    params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor],
-    state_steps: Sequence[Tensor], *, lr: float, beta1: float, beta2: float, weight_decay: float = 0.0,
-    eps: float = 1e-8, maximize: bool = False,
-) -> None:
-    """``torch.optim.Adam(fused=True)``'s update (Adam mode, no amsgrad): torch's own fused kernel,
-    which the compiled op reproduces bit for bit."""
-    _checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps)
-    torch._fused_adam_(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), [], list(state_steps),
-        amsgrad=False, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=maximize,
-        grad_scale=None, found_inf=None,
-    )
 
 
 def mlp_forward(params: Sequence[Tensor], x: Tensor, activation: str, loss: str = "mse") -> Tensor:

@@ -8,8 +8,6 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from maml_ext import ops
-
 # Devices with torch's fused Adam kernel (a subset of what it supports; others use the default).
 _FUSED_DEVICES = ("cpu", "cuda")
 
@@ -24,10 +22,8 @@ def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
 
 
 class LeanFusedAdam(torch.optim.Adam):
-    """``torch.optim.Adam(fused=True)`` (same update, state and ``state_dict``) whose ``step`` runs
-    the fused update directly on lists of tensors gathered once: on the CPU maml_ext's
-    ``adam_step_`` op (one call for all tensors, bitwise torch's arithmetic), elsewhere torch's
-    fused kernel. ``Adam.step()``'s Python
+    """``torch.optim.Adam(fused=True)`` (same update, state and ``state_dict``) whose ``step`` calls
+    torch's fused kernel directly on lists of tensors gathered once. ``Adam.step()``'s Python
     (hooks, grad-mode switch, state initialisation, grouping by device and dtype) costs half a
     paper-config meta-gradient per call; here it runs only on the first step, after
     ``load_state_dict``, and whenever the plain lists do not apply (several devices or dtypes,
@@ -35,7 +31,6 @@ class LeanFusedAdam(torch.optim.Adam):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
         self._lists: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None = None
-        self._one_call = False
         super().__init__(params, lr=lr, fused=True)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -65,7 +60,7 @@ class LeanFusedAdam(torch.optim.Adam):
     def _step(self, closure: Callable[[], float] | None) -> float | None:
         lists = self._lists
         grads = None if lists is None else [p.grad for p in lists[0]]
-        if (closure is not None or grads is None or any(g is None or not g.is_contiguous() for g in grads)
+        if (closure is not None or grads is None or any(g is None for g in grads)
                 or isinstance(self.param_groups[0]["lr"], Tensor)):
             loss = _adam_step(self, closure)
             self._lists = self._gather()
@@ -77,15 +72,11 @@ class LeanFusedAdam(torch.optim.Adam):
             # As torch.optim.adam._fused_adam does for one device and dtype; the per-parameter
             # step counts are views of one tensor, so one add increments them all.
             step_counts.add_(1)
-            if self._one_call:  # the compiled adam_step_: all tensors in one call, same bits
-                torch.ops.maml_ext.adam_step_(params, grads, exp_avgs, exp_avg_sqs, steps, group["lr"], beta1,
-                                              beta2, group["weight_decay"], group["eps"], group["maximize"])
-            else:
-                torch._fused_adam_(
-                    params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                    maximize=group["maximize"], grad_scale=None, found_inf=None,
-                )
+            torch._fused_adam_(
+                params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                maximize=group["maximize"], grad_scale=None, found_inf=None,
+            )
         return None
 
     def _gather(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None:
@@ -102,10 +93,6 @@ class LeanFusedAdam(torch.optim.Adam):
             return None
         if len({(p.device, p.dtype) for p in params}) != 1:
             return None
-        # torch's CPU kernel costs ~30 µs for the 6 small tensors of the paper's MLP (a launch per
-        # tensor); maml_ext's adam_step_ does them in one call with the same arithmetic.
-        self._one_call = (params[0].device.type == "cpu" and params[0].dtype in (torch.float32, torch.float64)
-                          and ops.extension_available() and all(p.is_contiguous() for p in params))
         states = [self.state[p] for p in params]
         step_counts = torch.stack([s["step"] for s in states])
         for i, s in enumerate(states):
