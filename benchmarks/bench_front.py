@@ -86,7 +86,7 @@ def loop(rounds: int, seconds: float) -> None:
 
     def bare_and_adam():  # torch's fused Adam kernel right after the meta-gradient kernel
         _, grads, _ = bare()
-        for p, g in zip(opt._lists[0], grads):
+        for p, g in zip(learner._fused_call.params(), grads):
             p.grad = g
         opt.step()
 
