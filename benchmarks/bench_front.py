@@ -74,12 +74,14 @@ def loop(rounds: int, seconds: float) -> None:
     def bare():
         return ops.mlp_maml_grad(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, lr=0.01)
 
-    def iteration(check=None, step=True):
+    listed = list(learner.parameters())  # SupervisedStep lists them once now; before: per call
+
+    def iteration(check=None, step=True, params=lambda: listed):
         def run():
             opt.zero_grad(set_to_none=True)
             loss = float(learner.meta_grad(batch))
             if check is not None:
-                check(loss, learner.parameters())
+                check(loss, params())
             if step:
                 opt.step()
         return run
@@ -95,8 +97,9 @@ def loop(rounds: int, seconds: float) -> None:
         "`zero_grad` + `meta_grad`": iteration(step=False),
         "bare op + lean Adam step": bare_and_adam,
         "meta-iteration: `zero_grad` + `meta_grad` + lean Adam": iteration(),
-        "training loop, before: + finiteness check by concatenation": iteration(_cat_check),
-        "training loop, after: + `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
+        "training loop, before: + `learner.parameters()`, finiteness check by concatenation":
+            iteration(_cat_check, params=learner.parameters),
+        "training loop, after: + listed parameters, `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
     }
     for fn in fns.values():  # warm-up, and the first Adam step (state creation)
         for _ in range(3):
