@@ -1,16 +1,19 @@
-"""Evaluation time of a fused-MLP learner: the fused multi-step evaluation against the generic one.
+"""Evaluation time of a fused-MLP learner: one op call for all steps, the per-step fused kernels
+and the generic evaluation, alternating in one run.
 
     python benchmarks/bench_eval.py [--config sinusoid] [--repeats 3] [--threads 1] [--write]
 
 Runs ``maml_ext.train.evaluate.evaluate`` (what ``maml-ext eval`` runs: every shot count of the
 config, ``eval.num_tasks`` tasks, 0..``eval.steps`` steps, with the regression calibration pass)
-on the config's model at its initialisation (the time does not depend on the weights), alternately
-as now (the fused path of ``train/fused_eval.py`` and the closed-form noise fit of point learners)
-and as before (the generic inner loop and the grid search of the mixture likelihood for every
-learner), and reports the medians of wall and process CPU time. Both give the same metrics (checked here).
-A second table times only what the fused path replaces: ``predictive_samples`` (the query outputs
-after 0..steps steps) on the held-out tasks of the first shot count, in the evaluator's chunks;
-the rest of ``evaluate`` (the calibration noise fit, the metrics) is the same either way.
+on the config's model at its initialisation (the time does not depend on the weights), in three
+ways, alternately: "one call" (now: ``train/fused_eval.py``, one ``ops.mlp_maml_eval`` call per
+chunk of tasks for every step's query outputs), "per step" (the fused path before it: one
+``ops.mlp_hvp`` and one ``ops.inner_update`` call per step, the query outputs by a batched
+forward per step; kept below as the baseline) and "generic" (the generic inner loop and the grid
+search of the mixture likelihood for every learner, as before both). It reports the medians of
+wall and process CPU time and checks that all three give the same metrics. A second table times
+only what the fused paths replace: ``predictive_samples`` (the query outputs after 0..steps steps)
+on the held-out tasks of the first shot count, in the evaluator's chunks.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import time
 
 import torch
 
-from maml_ext.train import config, evaluate, loop
+from maml_ext import ops, reference
+from maml_ext.train import config, evaluate, fused_eval, loop
 from results_md import cpu_model, write_run
+
+MODES = ("generic", "per step", "one call")
 
 
 def _generic(*args, **kwargs):
@@ -36,10 +42,28 @@ def _grid_search_noise(samples, y, grid=evaluate.NOISE_GRID):
     return grid[scores.argmax(1)]
 
 
-def _timed(fn, fused: bool) -> tuple[float, float, object]:
+@torch.no_grad()
+def _per_step(learner, batch, steps, lr):
+    """The fused evaluation before ops.mlp_maml_eval: two op calls and a forward per step."""
+    activation = learner.fused_spec.activation
+    params = [p.detach() for p in learner._fused_call.params()]
+    rates, per_step = fused_eval._rates(learner, steps, lr)
+    outs = [reference.mlp_forward(params, batch.x_query, activation)]
+    tasks = batch.x_support.shape[0]
+    for s in range(steps):
+        per_task = params if s else [p.expand(tasks, *p.shape) for p in params]
+        _, grads, _ = ops.mlp_hvp(per_task, batch.x_support, batch.y_support, activation=activation, loss=learner.loss)
+        params = ops.inner_update(params, grads, rates, s if per_step else None)
+        outs.append(reference.mlp_forward(params, batch.x_query, activation))
+    return torch.stack(outs)
+
+
+def _timed(fn, mode: str) -> tuple[float, float, object]:
     originals = evaluate.fused_query_outputs, evaluate.fit_noise
-    if not fused:
+    if mode == "generic":
         evaluate.fused_query_outputs, evaluate.fit_noise = _generic, _grid_search_noise
+    elif mode == "per step":
+        evaluate.fused_query_outputs = _per_step
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         results = fn()
@@ -48,11 +72,12 @@ def _timed(fn, fused: bool) -> tuple[float, float, object]:
         evaluate.fused_query_outputs, evaluate.fit_noise = originals
 
 
-def _table(times: dict[bool, list[tuple[float, float]]], what: str, before: str, now: str) -> list[str]:
-    rows = [f"| {what} | wall s | CPU s | before / now (CPU) |", "|---|---|---|---|"]
-    med = {f: (statistics.median(w for w, _ in times[f]), statistics.median(c for _, c in times[f])) for f in times}
-    for fused, name in ((False, f"before: {before}"), (True, f"now: {now}")):
-        rows.append(f"| {name} | {med[fused][0]:.2f} | {med[fused][1]:.2f} | {med[False][1] / med[fused][1]:.2f}x |")
+def _table(times: dict[str, list[tuple[float, float]]], what: str) -> list[str]:
+    rows = [f"| {what} | wall s | CPU s | generic / this (CPU) | per step / this (wall) |", "|---|---|---|---|---|"]
+    med = {m: (statistics.median(w for w, _ in times[m]), statistics.median(c for _, c in times[m])) for m in times}
+    for mode in MODES:
+        rows.append(f"| {mode} | {med[mode][0]:.3f} | {med[mode][1]:.3f} | {med['generic'][1] / med[mode][1]:.2f}x | "
+                    f"{med['per step'][0] / med[mode][0]:.2f}x |")
     return rows
 
 
@@ -74,30 +99,32 @@ def main(argv: list[str] | None = None) -> int:
         return [evaluate.predictive_samples(run.learner, c, ecfg["steps"], ecfg.get("lr"), gen)
                 for c in evaluate._chunks(batch, ecfg["chunk"])]
 
-    whole: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    adapt: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    results = {}
+    whole: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    adapt: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    results, samples = {}, {}
     for _ in range(args.repeats):
-        for fused in (False, True):
-            wall, cpu, results[fused] = _timed(lambda: evaluate.evaluate(run, cfg), fused)
-            whole[fused].append((wall, cpu))
-            wall, cpu, _ = _timed(adapt_only, fused)
-            adapt[fused].append((wall, cpu))
-    for shots, r in results[True]["shots"].items():  # the same numbers either way
-        for key in ("mean", "noise_std"):
-            want = results[False]["shots"][shots][key]
-            assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(r[key], want)), (shots, key)
+        for mode in MODES:
+            wall, cpu, results[mode] = _timed(lambda: evaluate.evaluate(run, cfg, progress=False), mode)
+            whole[mode].append((wall, cpu))
+            wall, cpu, samples[mode] = _timed(adapt_only, mode)
+            adapt[mode].append((wall, cpu))
+    for mode in MODES[:-1]:  # the same outputs and metrics every way
+        for a, b in zip(samples["one call"], samples[mode]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for shots, r in results["one call"]["shots"].items():
+            for key in (k for k, v in r.items() if isinstance(v, dict) and "mean" in v):
+                want = results[mode]["shots"][shots][key]["mean"]
+                assert all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in zip(r[key]["mean"], want)), (mode, key)
     header = (f"{cpu_model()}; torch {torch.__version__}; threads {args.threads}; "
               f"{args.config}: {ecfg['num_tasks']} tasks x shots {ecfg['shots']} x 0..{ecfg['steps']} steps, "
               f"{ecfg['k_query']} query examples, chunks of {ecfg['chunk']}; median of {args.repeats}, alternating")
-    rows = [*_table(whole, "`evaluate()` (all of `maml-ext eval`)", "generic inner loop, grid-search noise fit",
-                    "fused kernels, closed-form noise fit"), "",
-            *_table(adapt, f"adaptation only: `predictive_samples`, {ecfg['shots'][0]}-shot", "generic inner loop",
-                    "fused kernels")]
+    rows = [*_table(whole, "`evaluate()` (all of `maml-ext eval`)"), "",
+            *_table(adapt, f"adaptation only: `predictive_samples`, {ecfg['shots'][0]}-shot")]
     print(header)
     print("\n".join(rows))
     if args.write:
-        write_run("bench_eval", header, rows, heading="Evaluation: fused multi-step vs generic (`bench_eval.py`)")
+        write_run("bench_eval_one_call", header, rows,
+                  heading="Evaluation in one op call per chunk (`bench_eval.py`, issue 14.5)")
     return 0
 
 

@@ -1,14 +1,20 @@
 """A user's own ``nn.Sequential`` MLP: the automatically detected fused path against the generic
-(vmap) path, same model, same batch, same run.
+(vmap) path, same model, same batch, same run; and (``--loop``) the training loop's whole
+meta-iteration against the bare ``mlp_maml_grad`` call, with its parts, before/after the cheaper
+finiteness check.
 
     python benchmarks/bench_front.py [--threads 1] [--reps 30]
+    python benchmarks/bench_front.py --loop [--rounds 7] [--seconds 0.5]
 
-One line per configuration: median wall time of one meta-iteration (meta_loss + backward).
+Default: one line per configuration, median wall time of one meta-iteration (meta_loss +
+backward). ``--loop``: median CPU µs per call over alternating rounds, paper sinusoid config
+(1-40-40-1, 25 tasks, K=10, 1 step, second order, float32).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -34,12 +40,94 @@ def median_ms(learner: MAML, batch, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def _cpu_us(fn, seconds: float) -> float:
+    calls, start, wall = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall < seconds or calls < 3:
+        fn()
+        calls += 1
+    return (time.process_time() - start) / calls * 1e6
+
+
+def _cat_check(loss: float, params) -> None:
+    """The finiteness check before this change (concatenate, then test), as the baseline."""
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    if not (math.isfinite(loss) and bool(torch.cat(grads).isfinite().all())):
+        raise RuntimeError("non-finite")
+
+
+def loop(rounds: int, seconds: float) -> None:
+    """The training loop's meta-iteration (SupervisedStep: zero_grad, meta_grad, the finiteness
+    check, the lean fused Adam) against the bare op, with the check before (concatenated) and
+    after (loop.check_finite), and the parts that make up the difference, same run."""
+    from maml_ext import ops
+    from maml_ext.models import mlp as mlp_plugin
+    from maml_ext.train import loop as train_loop
+    from maml_ext.train import optim
+
+    torch.manual_seed(0)
+    model = mlp_plugin.build(1, 1, hidden=(40, 40))
+    batch = Sinusoid().sample(25, 10, 10, torch.Generator().manual_seed(0))
+    learner = MAML(model, lr=0.01, steps=1)
+    params = [p.detach() for p in model.parameters()]
+    opt = optim.adam(learner.parameters(), 1e-3)
+
+    def bare():
+        return ops.mlp_maml_grad(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, lr=0.01)
+
+    listed = list(learner.parameters())  # SupervisedStep lists them once now; before: per call
+
+    def iteration(check=None, step=True, params=lambda: listed):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            loss = float(learner.meta_grad(batch))
+            if check is not None:
+                check(loss, params())
+            if step:
+                opt.step()
+        return run
+
+    def bare_and_adam():  # torch's fused Adam kernel right after the meta-gradient kernel
+        _, grads, _ = bare()
+        for p, g in zip(learner._fused_call.params(), grads):
+            p.grad = g
+        opt.step()
+
+    fns = {
+        "bare `ops.mlp_maml_grad`": bare,
+        "`zero_grad` + `meta_grad`": iteration(step=False),
+        "bare op + lean Adam step": bare_and_adam,
+        "meta-iteration: `zero_grad` + `meta_grad` + lean Adam": iteration(),
+        "training loop, before: + `learner.parameters()`, finiteness check by concatenation":
+            iteration(_cat_check, params=learner.parameters),
+        "training loop, after: + listed parameters, `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
+    }
+    for fn in fns.values():  # warm-up, and the first Adam step (state creation)
+        for _ in range(3):
+            fn()
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            samples[k].append(_cpu_us(fn, seconds))
+    bare_us = statistics.median(samples["bare `ops.mlp_maml_grad`"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; median of {rounds} alternating rounds of {seconds} s\n")
+    print("| what | CPU µs | vs bare op |\n|---|---|---|")
+    for k, v in samples.items():
+        m = statistics.median(v)
+        print(f"| {k} | {m:.1f} | {m / bare_us:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--loop", action="store_true", help="the training loop's meta-iteration vs the bare op")
+    parser.add_argument("--rounds", type=int, default=7, help="--loop: alternating rounds")
+    parser.add_argument("--seconds", type=float, default=0.5, help="--loop: timing per row and round")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.loop:
+        return loop(args.rounds, args.seconds)
     for hidden, tasks, steps, lr in CONFIGS:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))

@@ -44,6 +44,11 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("mlp_maml" + maml).c_str());
   m.def(("mlp_maml_backward" + maml_backward).c_str());
   m.def(("mlp_maml_grad" + maml_grad).c_str());
+  // Evaluation: the query losses [steps + 1, T] before each of `steps` SGD steps and after the
+  // last, and with `outputs` the query outputs [steps + 1, T, K_query, out] (else [0, ...]).
+  m.def("mlp_maml_eval(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "
+        "Tensor y_support, Tensor? w_support, Tensor x_query, Tensor y_query, Tensor? w_query, "
+        "int steps, str activation, str loss, bool outputs) -> (Tensor, Tensor)");
   // The batched (bmm over tasks) implementation that CUDA uses, callable on any device so that
   // it is tested on CPU-only machines too (csrc/mlp/mlp_batched.cpp).
   m.def(("_mlp_hvp_batched" + hvp).c_str());

@@ -199,3 +199,20 @@ def test_lean_adam_skips_torch_step_after_the_first(monkeypatch):
     assert all(p.grad is None for p in learner.parameters())
     opt.step()  # no gradients: torch's step (which skips them) runs
     assert len(calls) == 2
+
+
+def test_check_finite_finds_any_non_finite_entry_and_leaves_gradients_bitwise_alone():
+    from maml_ext.train import driver, loop
+
+    tiny = torch.tensor([5e-324, -0.0, -1e308, 1.0], dtype=torch.float64)  # denormal, -0, huge
+    params = [nn.Parameter(torch.zeros(4, dtype=torch.float64)), nn.Parameter(torch.zeros(2, 3)),
+              nn.Parameter(torch.zeros(1))]
+    params[0].grad, params[1].grad = tiny.clone(), torch.randn(2, 3)  # params[2] has no gradient
+    before = [p.grad.clone() for p in params[:2]]
+    loop.check_finite(0.5, params)
+    for p, b in zip(params, before):
+        assert torch.equal(p.grad.view(torch.uint8), b.view(torch.uint8))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        params[1].grad[1, 2] = bad
+        with pytest.raises(driver.NonFinite, match=r"^the meta-gradient has non-finite entries$"):
+            loop.check_finite(0.5, params)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _ops_helpers import gen, mlp_batch, mlp_params, randn, requires_extension
+from maml_ext import ops, reference
 from maml_ext.algorithms import MAML
 from maml_ext.models import mlp
 from maml_ext.tasks import TaskBatch
@@ -91,3 +93,75 @@ def test_point_learner_noise_fit_equals_the_mixture_formula(scale):
     grid = evaluate.NOISE_GRID
     scores = torch.stack([evaluate.mixture_log_likelihood(samples, y, s).flatten(1).mean(1) for s in grid], 1)
     torch.testing.assert_close(evaluate.fit_noise(samples, y), grid[scores.argmax(1)], rtol=0, atol=0)
+
+
+# ----- the op: ops.mlp_maml_eval (one call: every step's query losses and outputs) ------------
+def _eval_args(loss: str, lr_kind: str, steps: int = 3, weighted: bool = True):
+    g = gen(5)
+    widths = (2, 6, 3)
+    params = mlp_params(g, widths, loss)
+    xs, ys = mlp_batch(g, widths, loss, 4, 5)
+    xq, yq = mlp_batch(g, widths, loss, 4, 7)
+    lead = (steps,) if lr_kind == "per_step" else ()
+    lr = 0.1 if lr_kind == "float" else [0.05 + 0.1 * torch.rand((*lead, *p.shape), generator=g,
+                                                                  dtype=torch.float64) for p in params]
+    weights = dict(w_support=0.5 + torch.rand(4, 5, generator=g, dtype=torch.float64),
+                   w_query=randn(g, 4, 7).abs()) if weighted else {}
+    return (params, xs, ys, xq, yq), dict(lr=lr, steps=steps, per_step_lr=lr_kind == "per_step",
+                                          activation="tanh", loss=loss, **weights)
+
+
+@requires_extension
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "gaussian_nll"])
+@pytest.mark.parametrize("lr_kind", ["float", "elementwise", "per_step"])
+def test_op_equals_reference(loss, lr_kind):
+    args, kw = _eval_args(loss, lr_kind)
+    got_loss, got_out = ops.mlp_maml_eval(*args, **kw, outputs=True)
+    want_loss, want_out = reference.mlp_maml_eval(*args, **kw, outputs=True)
+    assert got_loss.shape == (4, 4) and got_out.shape == (4, 4, 7, 3)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-10, atol=1e-12)
+    assert ops.mlp_maml_eval(*args, **kw)[1] is None  # outputs=False: losses only, the same
+    assert torch.equal(ops.mlp_maml_eval(*args, **kw)[0], got_loss)
+
+
+@requires_extension
+def test_op_rows_are_the_losses_after_each_step():
+    # Row s is mlp_maml's query loss after s steps (row 0: the initialisation's, unweighted here).
+    args, kw = _eval_args("mse", "float", weighted=False)
+    losses, _ = ops.mlp_maml_eval(*args, **kw)
+    for s in (1, 3):
+        torch.testing.assert_close(losses[s], ops.mlp_maml(*args, **{**kw, "steps": s})[0], rtol=1e-12, atol=0)
+    params, _, _, xq, yq = args
+    torch.testing.assert_close(losses[0], reference.mlp_task_losses(params, reference.mlp_forward(params, xq, "tanh"),
+                                                                     yq, "mse"), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fn", [pytest.param(ops.mlp_maml_eval, marks=requires_extension), reference.mlp_maml_eval],
+                         ids=["op", "reference"])
+def test_bad_input_is_named(fn):
+    (params, xs, ys, xq, yq), kw = _eval_args("mse", "float")
+    with pytest.raises(ValueError, match=r"^query y: expected \[T=4, K=7, 3\], got shape \[4, 3, 3\]"):
+        fn(params, xs, ys, xq, yq[:, :3], **kw)
+    with pytest.raises(ValueError, match=r"^steps: expected >= 1, got 0"):
+        fn(params, xs, ys, xq, yq, **{**kw, "steps": 0})
+
+
+@requires_extension
+@pytest.mark.parametrize("outputs", [True, False])
+def test_opcheck(outputs):
+    (params, xs, ys, xq, yq), kw = _eval_args("gaussian_nll", "per_step")
+    torch.library.opcheck(torch.ops.maml_ext.mlp_maml_eval,
+                          (params, kw["lr"], 0.0, True, xs, ys, kw["w_support"], xq, yq, kw["w_query"], 3, "tanh",
+                           "gaussian_nll", outputs))
+
+
+def test_evaluator_makes_one_op_call(monkeypatch):
+    fused, _ = _learners("relu", "mse")
+    calls = []
+    op = ops.mlp_maml_eval
+    monkeypatch.setattr(ops, "mlp_maml_eval", lambda *a, **k: calls.append(1) or op(*a, **k))
+    for name in ("mlp_hvp", "inner_update"):
+        monkeypatch.setattr(ops, name, lambda *a, **k: pytest.fail("the fused evaluation stepped in Python"))
+    assert fused_query_outputs(fused, _batch("mse"), STEPS, None).shape == (STEPS + 1, 5, 6, 1)
+    assert len(calls) == 1

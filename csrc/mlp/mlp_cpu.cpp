@@ -169,6 +169,29 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> mlp_maml
   return {query_loss, unpack(adapted, params, false, T), checkpoints, query_grad};
 }
 
+std::tuple<at::Tensor, at::Tensor> mlp_maml_eval_cpu(
+    at::TensorList params, at::TensorList lrs, double lr, bool per_step, const at::Tensor& x_support,
+    const at::Tensor& y_support, const std::optional<at::Tensor>& w_support,
+    const at::Tensor& x_query, const at::Tensor& y_query, const std::optional<at::Tensor>& w_query,
+    int64_t steps, c10::string_view activation, c10::string_view loss, bool outputs) {
+  const MamlInputs in = prepare_maml(params, lrs, lr, per_step, x_support, y_support, w_support,
+                                     &x_query, &y_query, w_query, steps, activation, loss, 1);
+  const int64_t T = in.tasks, D = in.layout.dim[in.layout.layers];
+  const auto opts = in.theta0.options();
+  at::Tensor losses = at::empty({steps + 1, T}, opts);
+  at::Tensor outs = at::empty({outputs ? steps + 1 : 0, T, in.xq.size(1), D}, opts);
+  AT_DISPATCH_FLOATING_TYPES(in.theta0.scalar_type(), "mlp_maml_eval_cpu", [&] {
+    auto a = maml_args<scalar_t>(in, steps, 1);
+    a.step_query_loss = losses.data_ptr<scalar_t>();
+    a.query_loss = a.step_query_loss + steps * T;  // the last row: after all steps
+    a.query_out = outputs ? outs.data_ptr<scalar_t>() : nullptr;
+    const auto fn = engine<scalar_t>().maml_forward_tasks;
+    at::parallel_for(0, T, task_grain(in.layout, in.xs.size(1) + in.xq.size(1), steps),
+                     [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  });
+  return {losses, outs};
+}
+
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_cpu(
     const at::Tensor& grad_loss, at::TensorList grad_adapted, at::TensorList params,
     at::TensorList lrs, double lr, bool per_step, const at::Tensor& x_support,
@@ -247,6 +270,7 @@ TORCH_LIBRARY_IMPL(maml_ext, CPU, m) {
   m.impl("mlp_hvp", &mlp_hvp_cpu);
   m.impl("mlp_maml", &mlp_maml_cpu);
   m.impl("mlp_maml_backward", &mlp_maml_backward_cpu);
+  m.impl("mlp_maml_eval", &mlp_maml_eval_cpu);
   m.impl("mlp_maml_grad", &mlp_maml_grad_cpu);
 }
 

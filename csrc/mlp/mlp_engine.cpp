@@ -360,6 +360,9 @@ class Net {
   }
 
   // The R-op of the loss needs the same targets/weights as loss(); remembered per task.
+  // The last forward pass's outputs [k, D] (before the loss).
+  const T* output() { return at(h_, L_.layers); }
+
   void bind(const Batch<T>& b, int64_t task) {
     const int64_t D = L_.dim[L_.layers];
     batch_weight_ = b.weight ? b.weight + task * b.k : nullptr;
@@ -438,14 +441,23 @@ void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1) {
   T* g = thread_buffer<T>(1, P);
   T* ping = thread_buffer<T>(2, P);
   T* pong = thread_buffer<T>(3, P);
+  const int64_t out_size = kq * L.dim[L.layers];
+  // Query loss (and outputs) at parameters th: after s steps, s = 0..steps.
+  auto query = [&](const T* th, int64_t s, int64_t t, T* grad) {
+    net.bind(a.query, t);
+    net.forward(th, a.query.x + t * kq * d0, kq);
+    if (a.query_out) std::memcpy(a.query_out + (s * a.tasks + t) * out_size, net.output(), sizeof(T) * out_size);
+    return net.loss(th, a.query, t, grad);
+  };
   for (int64_t t = t0; t < t1; ++t) {
     const T* cur = a.theta0;
-    net.bind(a.support, t);
     for (int64_t s = 0; s < a.steps; ++s) {
+      if (a.step_query_loss) a.step_query_loss[s * a.tasks + t] = query(cur, s, t, nullptr);
+      net.bind(a.support, t);
       net.forward(cur, a.support.x + t * ks * d0, ks);
       net.loss(cur, a.support, t, g);
       T* dst;
-      if (s + 1 == a.steps) {
+      if (s + 1 == a.steps && a.adapted) {
         dst = a.adapted + t * P;
       } else if (a.checkpoints && (s + 1) % a.checkpoint_every == 0) {
         dst = checkpoint(a, s + 1, t);
@@ -455,9 +467,7 @@ void maml_forward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1) {
       sgd_step(cur, alpha_row(a, s), g, dst, P);
       cur = dst;
     }
-    net.bind(a.query, t);
-    net.forward(cur, a.query.x + t * kq * d0, kq);
-    a.query_loss[t] = net.loss(cur, a.query, t, a.query_grad ? a.query_grad + t * P : nullptr);
+    a.query_loss[t] = query(cur, a.steps, t, a.query_grad ? a.query_grad + t * P : nullptr);
   }
 }
 

@@ -73,7 +73,11 @@ struct MamlArgs {
   Batch<T> query;
   // forward outputs
   T* query_loss;   // [T]
-  T* adapted;      // [T, P]
+  T* adapted;      // [T, P], or null: the adapted parameters are not returned
+  // evaluation (mlp_maml_eval): the query loss before each step [steps, T] and the query outputs
+  // before each step and after the last [steps + 1, T, K_query, D_out]; null when not wanted
+  T* step_query_loss;
+  T* query_out;
   T* checkpoints;  // [(steps - 1) / checkpoint_every, T, P] or null when nothing is saved
   T* query_grad;   // [T, P] or null
   // backward inputs and outputs

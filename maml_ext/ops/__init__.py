@@ -26,6 +26,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "mlp_maml_eval",
     "mlp_maml_loss",
     "svgd_step",
 ]
@@ -214,6 +215,41 @@ def mlp_maml_grad(
             y_query, w_query, steps, activation, loss, first_order, loss_weight,
         )
     return query_loss, list(grads), list(lr_grads)
+
+
+def mlp_maml_eval(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    outputs: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Multi-step evaluation in one call: the query losses [steps + 1, T] before each of the
+    ``steps`` SGD steps of :func:`mlp_maml`'s adaptation and after the last (row s: after s
+    steps), and with ``outputs=True`` the query outputs [steps + 1, T, K_query, out] (else None).
+    Arguments as in :func:`mlp_maml`; no gradients. On the CPU one kernel pass per task (the inner
+    loop with the query forward at every step), elsewhere the reference."""
+    if not (params and params[0].device.type == "cpu" and _fused(*params)):
+        return reference.mlp_maml_eval(
+            params, x_support, y_support, x_query, y_query, lr=lr, steps=steps, per_step_lr=per_step_lr,
+            activation=activation, loss=loss, w_support=w_support, w_query=w_query, outputs=outputs,
+        )
+    lrs, lr_value = split_lr(lr)
+    with torch.no_grad():
+        losses, outs = torch.ops.maml_ext.mlp_maml_eval(
+            list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
+            w_query, steps, activation, loss, outputs,
+        )
+    return losses, outs if outputs else None
 
 
 def mlp_maml_loss(

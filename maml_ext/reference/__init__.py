@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "mlp_maml_eval",
     "svgd_step",
 ]
 
@@ -163,20 +164,66 @@ def mlp_maml(
         params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
         steps, activation, loss, snapshot_interval(snapshots, max(steps, 1)), values=x_support.device.type != "meta",
     )
-    tasks = x_support.shape[0]
     leaves, tracked = _leaves(params)
     with torch.enable_grad():
-        theta = [p.unsqueeze(0).expand(tasks, *p.shape) for p in leaves]
-        for step in range(steps):
-            out = mlp_forward(theta, x_support, activation, loss)
-            losses = mlp_task_losses(theta, out, y_support, loss, w_support)
-            grads = torch.autograd.grad(losses.sum(), theta, create_graph=not first_order)
-            theta = inner_update(theta, grads, lr, step if per_step_lr else None)
+        for theta in _adapted(leaves, x_support, y_support, w_support, lr, steps, per_step_lr, activation, loss,
+                              create_graph=not first_order):
+            pass
         query_out = mlp_forward(theta, x_query, activation, loss)
         query_loss = mlp_task_losses(theta, query_out, y_query, loss, w_query)
     if not (tracked or (torch.is_grad_enabled() and any(a.requires_grad for a in lrs))):
         return query_loss.detach(), [t.detach() for t in theta]
     return query_loss, theta
+
+
+def _adapted(
+    params: Sequence[Tensor], x: Tensor, y: Tensor, weight: Tensor | None, lr: LearningRate, steps: int,
+    per_step_lr: bool, activation: str, loss: str, create_graph: bool,
+) -> Iterator[list[Tensor]]:
+    """The per-task parameters [T, ...] before the first of ``steps`` SGD steps on (x, y) and
+    after each (autograd must be enabled)."""
+    theta = [p.unsqueeze(0).expand(x.shape[0], *p.shape) for p in params]
+    yield theta
+    for step in range(steps):
+        losses = mlp_task_losses(theta, mlp_forward(theta, x, activation, loss), y, loss, weight)
+        grads = torch.autograd.grad(losses.sum(), theta, create_graph=create_graph)
+        theta = inner_update(theta, grads, lr, step if per_step_lr else None)
+        yield theta
+
+
+def mlp_maml_eval(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: LearningRate,
+    steps: int = 1,
+    per_step_lr: bool = False,
+    activation: str = "relu",
+    loss: str = "mse",
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    outputs: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Evaluation of :func:`mlp_maml`'s adaptation: the query losses [steps + 1, T] before each of
+    the ``steps`` SGD steps and after the last, and (``outputs=True``) the query outputs
+    [steps + 1, T, K_query, out], else None. No graph is returned."""
+    lrs, lr_value = split_lr(lr)
+    _checks.check_maml(
+        params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
+        steps, activation, loss, 1, values=x_support.device.type != "meta",
+    )
+    losses, outs = [], []
+    leaves = [p.detach().requires_grad_() for p in params]
+    with torch.enable_grad():
+        for theta in _adapted(leaves, x_support, y_support, w_support, [a.detach() for a in lrs] or lr_value,
+                              steps, per_step_lr, activation, loss, create_graph=False):
+            out = mlp_forward(theta, x_query, activation, loss).detach()
+            losses.append(mlp_task_losses(theta, out, y_query, loss, w_query).detach())
+            outs.append(out)
+    return torch.stack(losses), torch.stack(outs) if outputs else None
 
 
 def mlp_maml_grad(
