@@ -21,12 +21,11 @@ import rl_looped as looped  # the per-task autograd reference (tests/rl_looped.p
 LR = 0.1
 
 
-@pytest.fixture(scope="module")
-def batch():
+def _batch(activation="relu"):
     """A tiny float64 meta-batch: 3 tasks × 4 rollouts × 12 steps, pre- and post-update data."""
     torch.manual_seed(0)
     env = PointNav(horizon=12, action_scale=0.1, dtype=torch.float64)
-    pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.7).double()
+    pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.7, activation=activation).double()
     with torch.no_grad():
         pol.log_std.copy_(torch.tensor([-0.3, 0.2]))
         for layer in pol.layers:  # away from the ReLU kink (zero biases, rollouts from the origin)
@@ -34,10 +33,15 @@ def batch():
     gen = torch.Generator().manual_seed(3)
     tasks = env.sample_tasks(3, gen)
     params = [p.detach() for p in pol.params()]
-    pre = A.process(sample(env, tasks, params, 4, gen))
-    adapted = A.adapt(params, pre, LR)
-    post = A.process(sample(env, tasks, adapted, 4, gen))
+    pre = A.process(sample(env, tasks, params, 4, gen, activation))
+    adapted = A.adapt(params, pre, LR, activation)
+    post = A.process(sample(env, tasks, adapted, 4, gen, activation))
     return params, pre, post, adapted
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return _batch()
 
 
 def _close(a, b, rtol=1e-8, atol=1e-10):
@@ -106,6 +110,24 @@ def test_kl_hvp_matches_autograd_third_derivatives(batch):
     _close(looped.kl_hvp_fd(params, objs, v), exact, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cached_kl_hvp_equals_the_fused_ops_product(activation, first_order):
+    """The KL-HVP from passes kept for the meta-step (kl_hessian.py) equals the one from three
+    fused mlp_hvp calls that recompute everything (float64, 1e-10), for ReLU and tanh (whose
+    second derivative enters the inner Hessian), MAML and FOMAML, and again on a second direction
+    (the cached passes are reused, not consumed)."""
+    params, pre, post, adapted = _batch(activation)
+    objective = A.MetaObjective(params, pre, post, LR, activation, first_order, adapted=adapted)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        _close(objective.kl_hvp(v), objective.kl_hvp_fused(v), rtol=1e-10, atol=1e-12)
+    if not first_order:
+        objs = looped.objectives(params, pre, post, LR, activation)
+        _close(objective.kl_hvp(v), looped.kl_hvp_exact(params, objs, v), rtol=1e-10, atol=1e-12)
+
+
 def test_evaluate_matches_autograd_surrogate_and_kl(batch):
     params, pre, post, adapted = batch
     objective = A.MetaObjective(params, pre, post, LR, adapted=adapted)
@@ -125,8 +147,12 @@ def test_conjugate_gradient_solves_spd_system():
     m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
     h = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, generator=gen, dtype=torch.float64)
-    x = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=6)
+    x, hx = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=6)
     torch.testing.assert_close(h @ x, b, rtol=1e-8, atol=1e-8)
+    # H x accumulated from CG's own products, at any iteration count (TRPO's sᵀHs needs it)
+    for iterations in (2, 6):
+        x, hx = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=iterations)
+        torch.testing.assert_close(hx, h @ x, rtol=1e-12, atol=1e-12)
 
 
 def test_trpo_step_respects_kl_bound_and_improves(batch):

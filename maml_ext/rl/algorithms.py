@@ -33,6 +33,7 @@ from maml_ext import ops
 
 from . import baseline, policy, trpo
 from .envs.base import TaskEnv
+from .kl_hessian import KLHessian
 from .policy import LOSS, GaussianMLPPolicy
 from .rollouts import Rollouts, sample
 
@@ -119,6 +120,7 @@ class MetaObjective:
         self.adapted = list(adapted) if adapted is not None else adapt(self.params, pre, lr, activation)
         tasks = pre.obs.shape[0]
         self._per_task = [p.expand(tasks, *p.shape).contiguous() for p in self.params]
+        self._kl_hessian: KLHessian | None = None  # built by the first kl_hvp
         with torch.no_grad():
             self.old_mean = policy.mean(self.adapted, post.obs, activation)
             self.old_log_prob = policy.log_prob(self.adapted, post.obs, post.actions, activation)
@@ -153,7 +155,19 @@ class MetaObjective:
     @torch.no_grad()
     def kl_hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
         """Exact Hessian of the mean KL w.r.t. θ at θ, times v: mean_t J_tᵀ F_t J_t v (see the
-        module docstring; J_t = I for first-order MAML)."""
+        module docstring; J_t = I for first-order MAML), from the forward and backward passes
+        :class:`~maml_ext.rl.kl_hessian.KLHessian` keeps for the whole meta-step."""
+        if self._kl_hessian is None:
+            pre, post = self.pre, self.post
+            self._kl_hessian = KLHessian(self.params, self.adapted, pre.obs, pre.actions, pre.weight, post.obs,
+                                         post.valid, self.lr, self.activation, self.first_order)
+        return unflatten(self.reduce(flat(self._kl_hessian(v)) / self.total), self.params)
+
+    @torch.no_grad()
+    def kl_hvp_fused(self, v: Sequence[Tensor]) -> list[Tensor]:
+        """:meth:`kl_hvp` by three fused ``ops.mlp_hvp`` calls, each recomputing its forward and
+        backward passes: an independent implementation of the same product (tests compare the two
+        in float64; ``benchmarks/bench_rl.py`` times both)."""
         tasks, per_task = self.pre.obs.shape[0], self._per_task
         u = [x.expand(tasks, *x.shape) for x in v]
         if not self.first_order:
