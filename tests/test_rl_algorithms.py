@@ -181,6 +181,46 @@ def test_trpo_step_respects_kl_bound_and_improves(batch):
     assert torch.equal(new, theta)
 
 
+def _iteration(**options):
+    env = PointNav(horizon=10, action_scale=0.1, dtype=torch.float64)
+    torch.manual_seed(0)
+    learner = A.MetaRL(GaussianMLPPolicy(2, 2, hidden=(8, 8)).double(), **options)
+    info = learner.iteration(env, env.sample_tasks(3, torch.Generator().manual_seed(0)), 5,
+                             torch.Generator().manual_seed(1))
+    return info, [p.detach().clone() for p in learner.params()]
+
+
+def test_trpo_step_is_the_same_with_cached_and_fused_kl_products():
+    """A whole MAML-TRPO iteration (10 CG iterations, sᵀHs from CG's own products, line search)
+    takes the same step with either implementation of the KL-HVP (float64; the products agree to
+    ~1e-15, ten CG iterations with damping 1e-5 amplify that rounding to ~1e-9 in the step)."""
+    cached_info, cached = _iteration(kl_products="cached")
+    fused_info, fused = _iteration(kl_products="fused")
+    assert cached_info["accepted"] and cached_info == pytest.approx(fused_info, rel=1e-7, abs=1e-13)
+    _close(cached, fused, rtol=1e-8, atol=1e-10)
+
+
+def test_cg_subsample_uses_every_tasks_evenly_spaced_samples(batch):
+    """hvp_subsample: the product equals the full-sample formula on the kept rows (the adapted
+    policies unchanged), 1 keeps everything, and a subsampled TRPO step still holds the KL bound
+    (the line search measures the KL on all samples)."""
+    params, pre, post, adapted = batch
+    k = pre.obs.shape[1]  # 4 rollouts × 12 steps
+    assert pre.subsample(1.0) is pre
+    half = pre.subsample(0.5)
+    assert half.obs.shape[1] == k // 2 and torch.equal(half.obs, pre.obs[:, ::2])
+    assert pre.subsample(1e-9).obs.shape[1] == 1
+    gen = torch.Generator().manual_seed(5)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    sub = A.MetaObjective(params, pre, post, LR, adapted=adapted, hvp_subsample=0.25)
+    kept = A.MetaObjective(params, pre.subsample(0.25), post.subsample(0.25), LR, adapted=adapted)
+    _close(sub.kl_hvp(v), kept.kl_hvp_fused(v), rtol=1e-10, atol=1e-12)
+    full = A.MetaObjective(params, pre, post, LR, adapted=adapted).kl_hvp(v)
+    assert max(float((a - b).abs().max()) for a, b in zip(sub.kl_hvp(v), full)) > 1e-3  # an approximation
+    info, _ = _iteration(cg_subsample=0.2)
+    assert info["accepted"] and info["kl"] <= 0.01
+
+
 def test_trpo_rejects_bad_constants():
     with pytest.raises(ValueError, match="max_kl"):
         trpo.step(torch.zeros(2), torch.ones(2), lambda v: v, lambda x: (0.0, 0.0), max_kl=0.0)
@@ -246,4 +286,11 @@ def test_bad_learner_options():
         A.MetaRL(pol, lr=0.0)
     with pytest.raises(ValueError, match="gamma"):
         A.MetaRL(pol, gamma=1.5)
+    with pytest.raises(ValueError, match="kl_products"):
+        A.MetaRL(pol, kl_products="exact")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="cg_subsample"):
+            A.MetaRL(pol, cg_subsample=bad)
+    with pytest.raises(ValueError, match="cg_subsample < 1 needs kl_products='cached'"):
+        A.MetaRL(pol, cg_subsample=0.5, kl_products="fused")
     assert math.isfinite(A.MetaRL(pol, optimizer="adam").lr)

@@ -38,6 +38,7 @@ from .policy import LOSS, GaussianMLPPolicy
 from .rollouts import Rollouts, sample
 
 OPTIMIZERS = ("trpo", "adam")
+KL_PRODUCTS = ("cached", "fused")  # MetaObjective.kl_hvp, MetaObjective.kl_hvp_fused
 
 
 def flat(tensors: Sequence[Tensor]) -> Tensor:
@@ -66,6 +67,18 @@ class TaskData:
     @property
     def weight(self) -> Tensor:
         return self.advantages * self.valid
+
+    def subsample(self, fraction: float) -> TaskData:
+        """Every task's same ``int(K · fraction)`` (at least 1) evenly spaced samples: rllab's
+        ``subsample_factor`` for TRPO's Hessian products, as a systematic sample (no random state
+        to checkpoint; with K = R·H in rollout-major order it spreads over every rollout). Means
+        over the kept slots of ``valid · x`` still estimate the means over the steps taken."""
+        k = self.obs.shape[1]
+        n = max(1, int(k * fraction))
+        if n == k:
+            return self
+        rows = torch.arange(n, device=self.obs.device) * k // n
+        return TaskData(self.obs[:, rows], self.actions[:, rows], self.advantages[:, rows], self.valid[:, rows])
 
 
 def process(rollouts: Rollouts, gamma: float = 0.99, gae_lambda: float = 1.0, center: bool = True) -> TaskData:
@@ -108,13 +121,14 @@ class MetaObjective:
     def __init__(self, params: Sequence[Tensor], pre: TaskData, post: TaskData, lr: float,
                  activation: str = "relu", first_order: bool = False,
                  adapted: Sequence[Tensor] | None = None, total_tasks: int | None = None,
-                 reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+                 reduce: Callable[[Tensor], Tensor] | None = None, hvp_subsample: float = 1.0) -> None:
         # Data parallel: this process holds ``pre.obs.shape[0]`` of ``total_tasks`` tasks; every
         # mean over tasks is a local sum / total_tasks completed by ``reduce`` (an all-reduce).
         self.total = pre.obs.shape[0] if total_tasks is None else total_tasks
         self.reduce = reduce if reduce is not None else (lambda x: x)
         self.params = [p.detach() for p in params]
         self.pre, self.post, self.lr = pre, post, lr
+        self.hvp_subsample = hvp_subsample  # fraction of each task's samples kl_hvp uses
         self.activation, self.first_order = activation, first_order
         # the adapted policies the post-update rollouts came from (recomputed when not given)
         self.adapted = list(adapted) if adapted is not None else adapt(self.params, pre, lr, activation)
@@ -156,9 +170,11 @@ class MetaObjective:
     def kl_hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
         """Exact Hessian of the mean KL w.r.t. θ at θ, times v: mean_t J_tᵀ F_t J_t v (see the
         module docstring; J_t = I for first-order MAML), from the forward and backward passes
-        :class:`~maml_ext.rl.kl_hessian.KLHessian` keeps for the whole meta-step."""
+        :class:`~maml_ext.rl.kl_hessian.KLHessian` keeps for the whole meta-step. With
+        ``hvp_subsample < 1`` the Hessian is that of the subsampled samples' KL (the adapted
+        policies stay those of all samples)."""
         if self._kl_hessian is None:
-            pre, post = self.pre, self.post
+            pre, post = self.pre.subsample(self.hvp_subsample), self.post.subsample(self.hvp_subsample)
             self._kl_hessian = KLHessian(self.params, self.adapted, pre.obs, pre.actions, pre.weight, post.obs,
                                          post.valid, self.lr, self.activation, self.first_order)
         return unflatten(self.reduce(flat(self._kl_hessian(v)) / self.total), self.params)
@@ -195,6 +211,12 @@ class MetaRL:
         first_order: drop the second-order term (FOMAML-RL).
         optimizer: "trpo" (the paper's) or "adam" (``meta_lr``).
         max_kl, cg_iters, cg_damping, backtrack_ratio, max_backtracks: TRPO's constants.
+        cg_subsample: fraction of each task's samples in the conjugate gradient's KL-Hessian
+            products (rllab's ``subsample_factor``; 1 = all, exact). The meta-gradient, the adapted
+            policies and the line search's loss and KL always use every sample.
+        kl_products: "cached" (passes kept for the meta-step) or "fused" (three fused-op calls per
+            product, each recomputing its passes): the same exact product; "fused" is the slower
+            independent implementation, kept for checks and the benchmark.
         gamma, gae_lambda, center_advantages: how rollouts become advantages.
     """
 
@@ -211,6 +233,8 @@ class MetaRL:
         cg_damping: float = 1e-5,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
+        cg_subsample: float = 1.0,
+        kl_products: str = "cached",
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         center_advantages: bool = True,
@@ -219,6 +243,12 @@ class MetaRL:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
+        if kl_products not in KL_PRODUCTS:
+            raise ValueError(f"kl_products must be one of {KL_PRODUCTS}, got {kl_products!r}")
+        if not 0 < cg_subsample <= 1:
+            raise ValueError(f"cg_subsample must be in (0, 1], got {cg_subsample!r}")
+        if kl_products == "fused" and cg_subsample != 1:
+            raise ValueError(f"cg_subsample < 1 needs kl_products='cached', got {cg_subsample!r} with 'fused'")
         if not 0 < gamma <= 1 or not 0 <= gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {gamma!r}, {gae_lambda!r}")
         self.policy = policy_module
@@ -226,6 +256,7 @@ class MetaRL:
         self.optimizer_name = optimizer
         self.trpo_options = dict(max_kl=max_kl, cg_iters=cg_iters, damping=cg_damping,
                                  backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks)
+        self.cg_subsample, self.kl_products = float(cg_subsample), kl_products
         self.gamma, self.gae_lambda, self.center = gamma, gae_lambda, center_advantages
         self.adam = torch.optim.Adam(policy_module.params(), lr=meta_lr) if optimizer == "adam" else None
 
@@ -249,7 +280,7 @@ class MetaRL:
         and ``reduce``: this process's share of a data-parallel meta-batch, see MetaObjective)."""
         params = self.params()
         objective = MetaObjective(params, pre, post, self.lr, self.activation, self.first_order, adapted,
-                                  total_tasks, reduce)
+                                  total_tasks, reduce, self.cg_subsample)
         loss, grads = objective.gradient()
         if self.adam is not None:
             for p, g in zip(params, grads):
@@ -262,9 +293,10 @@ class MetaRL:
             return unflatten(x, shapes)
 
         theta = flat([p.detach() for p in params])
+        kl_hvp = objective.kl_hvp if self.kl_products == "cached" else objective.kl_hvp_fused
         new, result = trpo.step(
             theta, flat(grads),
-            lambda x: flat(objective.kl_hvp(unflat(x))),
+            lambda x: flat(kl_hvp(unflat(x))),
             lambda x: objective.evaluate(unflat(x)),
             **self.trpo_options,
         )
