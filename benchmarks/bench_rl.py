@@ -108,9 +108,10 @@ def iteration_rows(tasks: int, rollouts: int, repeats: int, with_fd: bool) -> li
 
 
 NOTES = [
-    "Where the time goes: a meta-iteration is dominated by TRPO's 11 KL Hessian-vector products "
-    "(10 CG iterations + sᵀHs) on 20 tasks x 2,000 samples through a 100-wide MLP; ours costs three fused "
-    "`mlp_hvp` calls per product, large batched matmuls that a per-task loop also runs at near full "
+    "Where the time goes: a meta-iteration is dominated by TRPO's 10 KL Hessian-vector products "
+    "(the CG iterations; sᵀHs comes from their results) on 20 tasks x 2,000 samples through a 100-wide MLP; ours "
+    "runs directional passes on forward/backward passes kept for the meta-step (`maml_ext/rl/kl_hessian.py`), "
+    "large batched matmuls that a per-task loop also runs at near full "
     "speed (2,000 x 100 per task), so batching gains less there than in sampling, where the loop pays "
     "Python and small-kernel overhead per task and time step. The finite-difference loop needs two KL "
     "gradients per product instead of a double backward, hence its smaller gap; it is also wrong at "

@@ -11,12 +11,15 @@ Hessian-vector products, no autograd graph).
 
 TRPO's KL Hessian-vector products are exact too, not finite differences. At the current
 parameters the KL's gradient vanishes, so its Hessian w.r.t. θ is Jᵀ F J with J = dθ'/dθ =
-I − α H_t (the inner-loss Hessian) and F the Fisher matrix of the adapted Gaussian policy. Both are
-products the fused ``ops.mlp_hvp`` computes: H_t·v directly, and F·u as the Hessian of the
-Gaussian NLL whose targets are the adapted policy's own means (a zero residual leaves exactly the
-Gauss-Newton term JμᵀΣ⁻¹Jμ), plus the log-std block 2·I, which that NLL lacks. One KL-HVP is
-three fused calls, needs no step size ε (the paper's finite differences of the meta-gradient
-trade truncation against rounding error) and no third derivatives.
+I − α H_t (the inner-loss Hessian) and F the Fisher matrix of the adapted Gaussian policy: no
+step size ε (the paper's finite differences of the meta-gradient trade truncation against
+rounding error) and no third derivatives. Two implementations compute it:
+:class:`~maml_ext.rl.kl_hessian.KLHessian` (the default) keeps the forward and backward passes of
+θ on the pre-update samples and of θ'_t on the post-update samples for the whole meta-step and
+runs only directional passes per product; ``kl_hvp_fused`` makes three fused ``ops.mlp_hvp`` calls
+per product (H_t·v; F·u as the Hessian of the Gaussian NLL whose targets are the adapted policy's
+own means, where a zero residual leaves exactly the Gauss-Newton term JμᵀΣ⁻¹Jμ, plus the log-std
+block 2·I that this NLL lacks; H_t·w), each recomputing its passes.
 """
 
 from __future__ import annotations
