@@ -11,9 +11,11 @@ import torch
 from maml_ext import ops
 from maml_ext.rl import algorithms as A
 from maml_ext.rl import policy, trpo
+from maml_ext.rl import train as rl_train
 from maml_ext.rl.envs.point_nav import PointNav
 from maml_ext.rl.policy import GaussianMLPPolicy
 from maml_ext.rl.rollouts import sample
+from maml_ext.train import config
 from maml_ext.train.progress import Progress
 
 import rl_looped as looped  # the per-task autograd reference (tests/rl_looped.py)
@@ -219,6 +221,8 @@ def test_cg_subsample_uses_every_tasks_evenly_spaced_samples(batch):
     assert max(float((a - b).abs().max()) for a, b in zip(sub.kl_hvp(v), full)) > 1e-3  # an approximation
     info, _ = _iteration(cg_subsample=0.2)
     assert info["accepted"] and info["kl"] <= 0.01
+    cfg = rl_train.load_config(config.apply_overrides(config.read("point-nav"), ["train.cg_subsample=0.25"]))
+    assert rl_train.build(cfg).learner.cg_subsample == 0.25  # the config key reaches the learner
 
 
 def test_trpo_rejects_bad_constants():
