@@ -213,6 +213,10 @@ def test_cg_subsample_uses_every_tasks_evenly_spaced_samples(batch):
     half = pre.subsample(0.5)
     assert half.obs.shape[1] == k // 2 and torch.equal(half.obs, pre.obs[:, ::2])
     assert pre.subsample(1e-9).obs.shape[1] == 1
+    with pytest.raises(ValueError, match="fraction must be in"):
+        pre.subsample(0.0)
+    with pytest.raises(ValueError, match="hvp_subsample must be in"):
+        A.MetaObjective(params, pre, post, LR, adapted=adapted, hvp_subsample=1.5)
     gen = torch.Generator().manual_seed(5)
     v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
     sub = A.MetaObjective(params, pre, post, LR, adapted=adapted, hvp_subsample=0.25)

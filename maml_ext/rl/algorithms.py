@@ -76,6 +76,8 @@ class TaskData:
         ``subsample_factor`` for TRPO's Hessian products, as a systematic sample (no random state
         to checkpoint; with K = R·H in rollout-major order it spreads over every rollout). Means
         over the kept slots of ``valid · x`` still estimate the means over the steps taken."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         k = self.obs.shape[1]
         n = max(1, int(k * fraction))
         if n == k:
@@ -127,6 +129,8 @@ class MetaObjective:
                  reduce: Callable[[Tensor], Tensor] | None = None, hvp_subsample: float = 1.0) -> None:
         # Data parallel: this process holds ``pre.obs.shape[0]`` of ``total_tasks`` tasks; every
         # mean over tasks is a local sum / total_tasks completed by ``reduce`` (an all-reduce).
+        if not 0 < hvp_subsample <= 1:
+            raise ValueError(f"hvp_subsample must be in (0, 1], got {hvp_subsample!r}")
         self.total = pre.obs.shape[0] if total_tasks is None else total_tasks
         self.reduce = reduce if reduce is not None else (lambda x: x)
         self.params = [p.detach() for p in params]
