@@ -11,9 +11,12 @@ import torch
 from maml_ext import ops
 from maml_ext.rl import algorithms as A
 from maml_ext.rl import policy, trpo
+from maml_ext.rl import train as rl_train
+from maml_ext.rl.kl_hessian import KLHessian
 from maml_ext.rl.envs.point_nav import PointNav
 from maml_ext.rl.policy import GaussianMLPPolicy
 from maml_ext.rl.rollouts import sample
+from maml_ext.train import config
 from maml_ext.train.progress import Progress
 
 import rl_looped as looped  # the per-task autograd reference (tests/rl_looped.py)
@@ -21,12 +24,11 @@ import rl_looped as looped  # the per-task autograd reference (tests/rl_looped.p
 LR = 0.1
 
 
-@pytest.fixture(scope="module")
-def batch():
+def _batch(activation="relu"):
     """A tiny float64 meta-batch: 3 tasks × 4 rollouts × 12 steps, pre- and post-update data."""
     torch.manual_seed(0)
     env = PointNav(horizon=12, action_scale=0.1, dtype=torch.float64)
-    pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.7).double()
+    pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.7, activation=activation).double()
     with torch.no_grad():
         pol.log_std.copy_(torch.tensor([-0.3, 0.2]))
         for layer in pol.layers:  # away from the ReLU kink (zero biases, rollouts from the origin)
@@ -34,10 +36,15 @@ def batch():
     gen = torch.Generator().manual_seed(3)
     tasks = env.sample_tasks(3, gen)
     params = [p.detach() for p in pol.params()]
-    pre = A.process(sample(env, tasks, params, 4, gen))
-    adapted = A.adapt(params, pre, LR)
-    post = A.process(sample(env, tasks, adapted, 4, gen))
+    pre = A.process(sample(env, tasks, params, 4, gen, activation))
+    adapted = A.adapt(params, pre, LR, activation)
+    post = A.process(sample(env, tasks, adapted, 4, gen, activation))
     return params, pre, post, adapted
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return _batch()
 
 
 def _close(a, b, rtol=1e-8, atol=1e-10):
@@ -106,6 +113,24 @@ def test_kl_hvp_matches_autograd_third_derivatives(batch):
     _close(looped.kl_hvp_fd(params, objs, v), exact, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cached_kl_hvp_equals_the_fused_ops_product(activation, first_order):
+    """The KL-HVP from passes kept for the meta-step (kl_hessian.py) equals the one from three
+    fused mlp_hvp calls that recompute everything (float64, 1e-10), for ReLU and tanh (whose
+    second derivative enters the inner Hessian), MAML and FOMAML, and again on a second direction
+    (the cached passes are reused, not consumed)."""
+    params, pre, post, adapted = _batch(activation)
+    objective = A.MetaObjective(params, pre, post, LR, activation, first_order, adapted=adapted)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        _close(objective.kl_hvp(v), objective.kl_hvp_fused(v), rtol=1e-10, atol=1e-12)
+    if not first_order:
+        objs = looped.objectives(params, pre, post, LR, activation)
+        _close(objective.kl_hvp(v), looped.kl_hvp_exact(params, objs, v), rtol=1e-10, atol=1e-12)
+
+
 def test_evaluate_matches_autograd_surrogate_and_kl(batch):
     params, pre, post, adapted = batch
     objective = A.MetaObjective(params, pre, post, LR, adapted=adapted)
@@ -125,8 +150,12 @@ def test_conjugate_gradient_solves_spd_system():
     m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
     h = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, generator=gen, dtype=torch.float64)
-    x = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=6)
+    x, hx = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=6)
     torch.testing.assert_close(h @ x, b, rtol=1e-8, atol=1e-8)
+    # H x accumulated from CG's own products, at any iteration count (TRPO's sᵀHs needs it)
+    for iterations in (2, 6):
+        x, hx = trpo.conjugate_gradient(lambda v: h @ v, b, iterations=iterations)
+        torch.testing.assert_close(hx, h @ x, rtol=1e-12, atol=1e-12)
 
 
 def test_trpo_step_respects_kl_bound_and_improves(batch):
@@ -153,6 +182,52 @@ def test_trpo_step_respects_kl_bound_and_improves(batch):
                             lambda x: (float((x - theta).norm()), 0.0), max_kl=0.01, max_backtracks=3)
     assert not result.accepted and result.backtracks == 3
     assert torch.equal(new, theta)
+
+
+def _iteration(**options):
+    env = PointNav(horizon=10, action_scale=0.1, dtype=torch.float64)
+    torch.manual_seed(0)
+    learner = A.MetaRL(GaussianMLPPolicy(2, 2, hidden=(8, 8)).double(), **options)
+    info = learner.iteration(env, env.sample_tasks(3, torch.Generator().manual_seed(0)), 5,
+                             torch.Generator().manual_seed(1))
+    return info, [p.detach().clone() for p in learner.params()]
+
+
+def test_trpo_step_is_the_same_with_cached_and_fused_kl_products():
+    """A whole MAML-TRPO iteration (10 CG iterations, sᵀHs from CG's own products, line search)
+    takes the same step with either implementation of the KL-HVP (float64; the products agree to
+    ~1e-15, ten CG iterations with damping 1e-5 amplify that rounding to ~1e-9 in the step)."""
+    cached_info, cached = _iteration(kl_products="cached")
+    fused_info, fused = _iteration(kl_products="fused")
+    assert cached_info["accepted"] and cached_info == pytest.approx(fused_info, rel=1e-7, abs=1e-13)
+    _close(cached, fused, rtol=1e-7, atol=1e-8)
+
+
+def test_cg_subsample_uses_every_tasks_evenly_spaced_samples(batch):
+    """hvp_subsample: the product equals the full-sample formula on the kept rows (the adapted
+    policies unchanged), 1 keeps everything, and a subsampled TRPO step still holds the KL bound
+    (the line search measures the KL on all samples)."""
+    params, pre, post, adapted = batch
+    k = pre.obs.shape[1]  # 4 rollouts × 12 steps
+    assert pre.subsample(1.0) is pre
+    half = pre.subsample(0.5)
+    assert half.obs.shape[1] == k // 2 and torch.equal(half.obs, pre.obs[:, ::2])
+    assert pre.subsample(1e-9).obs.shape[1] == 1
+    with pytest.raises(ValueError, match="fraction must be in"):
+        pre.subsample(0.0)
+    with pytest.raises(ValueError, match="hvp_subsample must be in"):
+        A.MetaObjective(params, pre, post, LR, adapted=adapted, hvp_subsample=1.5)
+    gen = torch.Generator().manual_seed(5)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    sub = A.MetaObjective(params, pre, post, LR, adapted=adapted, hvp_subsample=0.25)
+    kept = A.MetaObjective(params, pre.subsample(0.25), post.subsample(0.25), LR, adapted=adapted)
+    _close(sub.kl_hvp(v), kept.kl_hvp_fused(v), rtol=1e-10, atol=1e-12)
+    full = A.MetaObjective(params, pre, post, LR, adapted=adapted).kl_hvp(v)
+    assert max(float((a - b).abs().max()) for a, b in zip(sub.kl_hvp(v), full)) > 1e-3  # an approximation
+    info, _ = _iteration(cg_subsample=0.2)
+    assert info["accepted"] and info["kl"] <= 0.01
+    cfg = rl_train.load_config(config.apply_overrides(config.read("point-nav"), ["train.cg_subsample=0.25"]))
+    assert rl_train.build(cfg).learner.cg_subsample == 0.25  # the config key reaches the learner
 
 
 def test_trpo_rejects_bad_constants():
@@ -212,6 +287,15 @@ def test_trpo_step_reports_its_progress_on_the_running_bar(capsys):
     _close(params, quiet_params, rtol=1e-12, atol=1e-15)
 
 
+def test_kl_hessian_rejects_bad_input(batch):
+    params, pre, post, adapted = batch
+    args = (pre.obs, pre.actions, pre.weight, post.obs, post.valid, LR)
+    with pytest.raises(ValueError, match="activation must be"):
+        KLHessian(params, adapted, *args, "gelu")
+    with pytest.raises(ValueError, match="adapted must hold one"):
+        KLHessian(params, params, *args, "relu")
+
+
 def test_bad_learner_options():
     pol = GaussianMLPPolicy(2, 2, hidden=(4,))
     with pytest.raises(ValueError, match="optimizer"):
@@ -220,4 +304,11 @@ def test_bad_learner_options():
         A.MetaRL(pol, lr=0.0)
     with pytest.raises(ValueError, match="gamma"):
         A.MetaRL(pol, gamma=1.5)
+    with pytest.raises(ValueError, match="kl_products"):
+        A.MetaRL(pol, kl_products="exact")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="cg_subsample"):
+            A.MetaRL(pol, cg_subsample=bad)
+    with pytest.raises(ValueError, match="cg_subsample < 1 needs kl_products='cached'"):
+        A.MetaRL(pol, cg_subsample=0.5, kl_products="fused")
     assert math.isfinite(A.MetaRL(pol, optimizer="adam").lr)

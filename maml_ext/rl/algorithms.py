@@ -11,12 +11,15 @@ Hessian-vector products, no autograd graph).
 
 TRPO's KL Hessian-vector products are exact too, not finite differences. At the current
 parameters the KL's gradient vanishes, so its Hessian w.r.t. θ is Jᵀ F J with J = dθ'/dθ =
-I − α H_t (the inner-loss Hessian) and F the Fisher matrix of the adapted Gaussian policy. Both are
-products the fused ``ops.mlp_hvp`` computes: H_t·v directly, and F·u as the Hessian of the
-Gaussian NLL whose targets are the adapted policy's own means (a zero residual leaves exactly the
-Gauss-Newton term JμᵀΣ⁻¹Jμ), plus the log-std block 2·I, which that NLL lacks. One KL-HVP is
-three fused calls, needs no step size ε (the paper's finite differences of the meta-gradient
-trade truncation against rounding error) and no third derivatives.
+I − α H_t (the inner-loss Hessian) and F the Fisher matrix of the adapted Gaussian policy: no
+step size ε (the paper's finite differences of the meta-gradient trade truncation against
+rounding error) and no third derivatives. Two implementations compute it:
+:class:`~maml_ext.rl.kl_hessian.KLHessian` (the default) keeps the forward and backward passes of
+θ on the pre-update samples and of θ'_t on the post-update samples for the whole meta-step and
+runs only directional passes per product; ``kl_hvp_fused`` makes three fused ``ops.mlp_hvp`` calls
+per product (H_t·v; F·u as the Hessian of the Gaussian NLL whose targets are the adapted policy's
+own means, where a zero residual leaves exactly the Gauss-Newton term JμᵀΣ⁻¹Jμ, plus the log-std
+block 2·I that this NLL lacks; H_t·w), each recomputing its passes.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from maml_ext import ops
 
 from . import baseline, policy, trpo
 from .envs.base import TaskEnv
+from .kl_hessian import KLHessian
 from .policy import LOSS, GaussianMLPPolicy
 from .rollouts import Rollouts, sample
 
 OPTIMIZERS = ("trpo", "adam")
+KL_PRODUCTS = ("cached", "fused")  # MetaObjective.kl_hvp, MetaObjective.kl_hvp_fused
 
 
 def flat(tensors: Sequence[Tensor]) -> Tensor:
@@ -65,6 +70,20 @@ class TaskData:
     @property
     def weight(self) -> Tensor:
         return self.advantages * self.valid
+
+    def subsample(self, fraction: float) -> TaskData:
+        """Every task's same ``int(K · fraction)`` (at least 1) evenly spaced samples: rllab's
+        ``subsample_factor`` for TRPO's Hessian products, as a systematic sample (no random state
+        to checkpoint; with K = R·H in rollout-major order it spreads over every rollout). Means
+        over the kept slots of ``valid · x`` still estimate the means over the steps taken."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        k = self.obs.shape[1]
+        n = max(1, int(k * fraction))
+        if n == k:
+            return self
+        rows = torch.arange(n, device=self.obs.device) * k // n
+        return TaskData(self.obs[:, rows], self.actions[:, rows], self.advantages[:, rows], self.valid[:, rows])
 
 
 def process(rollouts: Rollouts, gamma: float = 0.99, gae_lambda: float = 1.0, center: bool = True) -> TaskData:
@@ -107,18 +126,22 @@ class MetaObjective:
     def __init__(self, params: Sequence[Tensor], pre: TaskData, post: TaskData, lr: float,
                  activation: str = "relu", first_order: bool = False,
                  adapted: Sequence[Tensor] | None = None, total_tasks: int | None = None,
-                 reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+                 reduce: Callable[[Tensor], Tensor] | None = None, hvp_subsample: float = 1.0) -> None:
         # Data parallel: this process holds ``pre.obs.shape[0]`` of ``total_tasks`` tasks; every
         # mean over tasks is a local sum / total_tasks completed by ``reduce`` (an all-reduce).
+        if not 0 < hvp_subsample <= 1:
+            raise ValueError(f"hvp_subsample must be in (0, 1], got {hvp_subsample!r}")
         self.total = pre.obs.shape[0] if total_tasks is None else total_tasks
         self.reduce = reduce if reduce is not None else (lambda x: x)
         self.params = [p.detach() for p in params]
         self.pre, self.post, self.lr = pre, post, lr
+        self.hvp_subsample = hvp_subsample  # fraction of each task's samples kl_hvp uses
         self.activation, self.first_order = activation, first_order
         # the adapted policies the post-update rollouts came from (recomputed when not given)
         self.adapted = list(adapted) if adapted is not None else adapt(self.params, pre, lr, activation)
         tasks = pre.obs.shape[0]
         self._per_task = [p.expand(tasks, *p.shape).contiguous() for p in self.params]
+        self._kl_hessian: KLHessian | None = None  # built by the first kl_hvp
         with torch.no_grad():
             self.old_mean = policy.mean(self.adapted, post.obs, activation)
             self.old_log_prob = policy.log_prob(self.adapted, post.obs, post.actions, activation)
@@ -153,7 +176,21 @@ class MetaObjective:
     @torch.no_grad()
     def kl_hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
         """Exact Hessian of the mean KL w.r.t. θ at θ, times v: mean_t J_tᵀ F_t J_t v (see the
-        module docstring; J_t = I for first-order MAML)."""
+        module docstring; J_t = I for first-order MAML), from the forward and backward passes
+        :class:`~maml_ext.rl.kl_hessian.KLHessian` keeps for the whole meta-step. With
+        ``hvp_subsample < 1`` the Hessian is that of the subsampled samples' KL (the adapted
+        policies stay those of all samples)."""
+        if self._kl_hessian is None:
+            pre, post = self.pre.subsample(self.hvp_subsample), self.post.subsample(self.hvp_subsample)
+            self._kl_hessian = KLHessian(self.params, self.adapted, pre.obs, pre.actions, pre.weight, post.obs,
+                                         post.valid, self.lr, self.activation, self.first_order)
+        return unflatten(self.reduce(flat(self._kl_hessian(v)) / self.total), self.params)
+
+    @torch.no_grad()
+    def kl_hvp_fused(self, v: Sequence[Tensor]) -> list[Tensor]:
+        """:meth:`kl_hvp` by three fused ``ops.mlp_hvp`` calls, each recomputing its forward and
+        backward passes: an independent implementation of the same product (tests compare the two
+        in float64; ``benchmarks/bench_rl.py`` times both)."""
         tasks, per_task = self.pre.obs.shape[0], self._per_task
         u = [x.expand(tasks, *x.shape) for x in v]
         if not self.first_order:
@@ -181,6 +218,12 @@ class MetaRL:
         first_order: drop the second-order term (FOMAML-RL).
         optimizer: "trpo" (the paper's) or "adam" (``meta_lr``).
         max_kl, cg_iters, cg_damping, backtrack_ratio, max_backtracks: TRPO's constants.
+        cg_subsample: fraction of each task's samples in the conjugate gradient's KL-Hessian
+            products (rllab's ``subsample_factor``; 1 = all, exact). The meta-gradient, the adapted
+            policies and the line search's loss and KL always use every sample.
+        kl_products: "cached" (passes kept for the meta-step) or "fused" (three fused-op calls per
+            product, each recomputing its passes): the same exact product; "fused" is the slower
+            independent implementation, kept for checks and the benchmark.
         gamma, gae_lambda, center_advantages: how rollouts become advantages.
     """
 
@@ -197,6 +240,8 @@ class MetaRL:
         cg_damping: float = 1e-5,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
+        cg_subsample: float = 1.0,
+        kl_products: str = "cached",
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         center_advantages: bool = True,
@@ -205,6 +250,12 @@ class MetaRL:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
+        if kl_products not in KL_PRODUCTS:
+            raise ValueError(f"kl_products must be one of {KL_PRODUCTS}, got {kl_products!r}")
+        if not 0 < cg_subsample <= 1:
+            raise ValueError(f"cg_subsample must be in (0, 1], got {cg_subsample!r}")
+        if kl_products == "fused" and cg_subsample != 1:
+            raise ValueError(f"cg_subsample < 1 needs kl_products='cached', got {cg_subsample!r} with 'fused'")
         if not 0 < gamma <= 1 or not 0 <= gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {gamma!r}, {gae_lambda!r}")
         self.policy = policy_module
@@ -212,6 +263,7 @@ class MetaRL:
         self.optimizer_name = optimizer
         self.trpo_options = dict(max_kl=max_kl, cg_iters=cg_iters, damping=cg_damping,
                                  backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks)
+        self.cg_subsample, self.kl_products = float(cg_subsample), kl_products
         self.gamma, self.gae_lambda, self.center = gamma, gae_lambda, center_advantages
         self.adam = torch.optim.Adam(policy_module.params(), lr=meta_lr) if optimizer == "adam" else None
 
@@ -235,7 +287,7 @@ class MetaRL:
         and ``reduce``: this process's share of a data-parallel meta-batch, see MetaObjective)."""
         params = self.params()
         objective = MetaObjective(params, pre, post, self.lr, self.activation, self.first_order, adapted,
-                                  total_tasks, reduce)
+                                  total_tasks, reduce, self.cg_subsample)
         loss, grads = objective.gradient()
         if self.adam is not None:
             for p, g in zip(params, grads):
@@ -248,9 +300,10 @@ class MetaRL:
             return unflatten(x, shapes)
 
         theta = flat([p.detach() for p in params])
+        kl_hvp = objective.kl_hvp if self.kl_products == "cached" else objective.kl_hvp_fused
         new, result = trpo.step(
             theta, flat(grads),
-            lambda x: flat(objective.kl_hvp(unflat(x))),
+            lambda x: flat(kl_hvp(unflat(x))),
             lambda x: objective.evaluate(unflat(x)),
             **self.trpo_options,
         )

@@ -86,6 +86,7 @@ def build(cfg: Config) -> RLRun:
         model, lr=cfg["algorithm"]["lr"], first_order=ALGORITHMS[cfg["algorithm"]["name"]],
         optimizer=t["optimizer"], meta_lr=t["meta_lr"], max_kl=t["max_kl"], cg_iters=t["cg_iters"],
         cg_damping=t["cg_damping"], backtrack_ratio=t["backtrack_ratio"], max_backtracks=t["max_backtracks"],
+        cg_subsample=t["cg_subsample"],
         gamma=t["gamma"], gae_lambda=t["gae_lambda"], center_advantages=t["center_advantages"],
     )
     return RLRun(cfg, env, learner)

@@ -14,9 +14,11 @@ from maml_ext.train import progress
 
 
 def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10,
-                       residual_tol: float = 1e-10) -> Tensor:
-    """Approximately solve H x = b with ``iterations`` CG steps (rllab's ``cg``)."""
-    x = torch.zeros_like(b)
+                       residual_tol: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """Approximately solve H x = b with ``iterations`` CG steps (rllab's ``cg``); returns x and
+    H x. x = Σ α_i p_i, so H x = Σ α_i H p_i accumulates from the products CG computes anyway:
+    TRPO's step size needs xᵀH x, and this saves the extra product rllab spends on it."""
+    x, hx = torch.zeros_like(b), torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r.dot(r)
     for i in range(iterations):
@@ -26,13 +28,14 @@ def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, iterations: i
         hp = hvp(p)
         alpha = rr / p.dot(hp)
         x += alpha * p
+        hx += alpha * hp
         r -= alpha * hp
         rr_new = r.dot(r)
         if rr_new < residual_tol:
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, hx
 
 
 @dataclass
@@ -71,8 +74,8 @@ def step(
     if cg_iters < 1 or max_backtracks < 1:
         raise ValueError(f"cg_iters and max_backtracks must be >= 1, got {cg_iters}, {max_backtracks}")
     damped = lambda v: hvp(v) + damping * v  # noqa: E731
-    direction = conjugate_gradient(damped, grad, cg_iters)
-    shs = direction.dot(damped(direction)).item()
+    direction, h_direction = conjugate_gradient(damped, grad, cg_iters)
+    shs = direction.dot(h_direction).item()
     full_step = math.sqrt(2.0 * max_kl / (shs + 1e-8)) * direction
     progress.detail("TRPO: line search candidate", 0, max_backtracks)  # the loss at theta first
     loss_before, _ = evaluate(theta)

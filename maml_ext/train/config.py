@@ -94,6 +94,7 @@ RL_SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
     "train.cg_damping": (_float_in(0.0, 1e6), 1e-5),
     "train.backtrack_ratio": (_float_in(0.0, 1.0, lo_open=True, hi_open=True), 0.8),  # 1 would never shrink
     "train.max_backtracks": (_int(1), 15),
+    "train.cg_subsample": (_float_in(0.0, 1.0, lo_open=True), 1.0),  # rllab's subsample_factor
     "train.gamma": (_float_in(0.0, 1.0, lo_open=True), 0.99),
     "train.gae_lambda": (_float_in(0.0, 1.0), 1.0),
     "train.center_advantages": (_bool(), True),
