@@ -36,7 +36,9 @@ from maml_ext.train import config, evaluate, loop
 # 5-40-40-1 adapted head, inner lr 0.01, β = 5e-5, 10 support and 10 query points, noise 0.1;
 # evaluation on 5-shot tasks with amplitudes off the grid.
 MEMO_MODEL = {"name": "mlp", "hidden": [100, 5, 40, 40], "activation": "relu"}
-ENCODER, HEAD = ["0", "2"], ["4", "6", "8"]
+# The paper's encoder layers are tfp DenseReparameterization: stochastic kernels, deterministic biases.
+ENCODER, HEAD = ["0.weight", "2.weight"], ["4", "6", "8"]
+EVAL_CHUNK = 20  # tasks per evaluation call (per weight draw with sample_eval)
 
 
 def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Namespace) -> config.Config:
@@ -63,11 +65,20 @@ def metrics_row(run: loop.Run, cfg: config.Config, steps: int) -> dict[str, torc
     and held-out tasks (the same eval seed for every run)."""
     ecfg = cfg["eval"]
     found = {}
+    run.learner.eval()
     for label, family in (("train", run.family), ("held-out", run.family.held_out)):
         batch = family.sample(ecfg["num_tasks"], ecfg["shots"][0], ecfg["k_query"], torch.Generator().manual_seed(ecfg["seed"]))
-        losses = run.learner.evaluate(batch, steps).double()
+        torch.manual_seed(ecfg["seed"])  # MR-MAML with sample_eval: one weight draw per chunk of tasks
+        losses = torch.cat([run.learner.evaluate(batch.slice(i, i + EVAL_CHUNK), steps)
+                            for i in range(0, batch.num_tasks, EVAL_CHUNK)], 1).double()
         found[f"{label} pre"], found[f"{label} post"] = losses[0], losses[steps]
     return found
+
+
+def _trained_as(cfg: config.Config) -> dict[str, Any]:
+    """The part of a config that training depends on (evaluation settings dropped)."""
+    algorithm = {k: v for k, v in cfg["algorithm"].items() if k != "sample_eval"}
+    return {**{k: v for k, v in cfg.items() if k != "eval"}, "algorithm": algorithm}
 
 
 def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.Run, float]:
@@ -75,7 +86,9 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
     ckpt = out / loop.CHECKPOINT
     if reuse and ckpt.exists():
         run, _ = loop.restore(ckpt)
-        if {k: v for k, v in run.config.items() if k != "eval"} == {k: v for k, v in cfg.items() if k != "eval"}:
+        if _trained_as(run.config) == _trained_as(cfg):
+            if "sample_eval" in cfg["algorithm"]:
+                run.learner.sample_eval = cfg["algorithm"]["sample_eval"]
             return run, float("nan")
     out.mkdir(parents=True, exist_ok=True)
     ckpt.unlink(missing_ok=True)
@@ -87,10 +100,11 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
 
 
 def memo(args: argparse.Namespace) -> None:
-    algorithms = {"MAML": {"name": "maml", "lr": 0.01, "steps": 1}}
-    for beta in args.beta:
+    algorithms = {"MAML": {"name": "maml", "lr": 0.01, "steps": 1}} if "maml" in args.algorithms else {}
+    for beta in args.beta if "mr-maml" in args.algorithms else ():
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": 0.01, "steps": 1, "beta": beta,
-                                              "stochastic": ENCODER, "adapt": HEAD, "init_std": args.init_std}
+                                              "stochastic": args.stochastic, "adapt": HEAD, "init_std": args.init_std,
+                                              "sample_eval": args.sample_eval}
     steps = args.eval_steps
     rows = [f"| tasks | algorithm | train tasks, 0 steps | train tasks, {steps} steps | held-out, 0 steps | "
             f"held-out, {steps} steps | train time |", "|---" * 7 + "|"]
@@ -156,6 +170,10 @@ def main() -> None:
     m.add_argument("--iterations", type=int, default=4000)
     m.add_argument("--beta", type=float, nargs="+", default=[5e-5], help="MR-MAML β values (paper: 5e-5)")
     m.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
+    m.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml"], default=["maml", "mr-maml"])
+    m.add_argument("--stochastic", nargs="+", default=ENCODER,
+                   help="MR-MAML's stochastic parameters (default: the encoder's kernels, as in the paper)")
+    m.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (the paper's code)")
     m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
                    help="memo: non-mutually-exclusive tasks; control: the mutually-exclusive version")
     m.add_argument("--eval-steps", type=int, default=100, help="adaptation steps at test time (paper's code: 100)")
