@@ -114,29 +114,52 @@ def memo(args: argparse.Namespace) -> None:
         for label, algorithm in algorithms.items():
             cfg = memo_config(exclusive, algorithm, args)
             name = f"{'me' if exclusive else 'nme'}-{algorithm['name']}" + (f"-{algorithm['beta']:g}" if "beta" in algorithm else "")
-            run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
+            if args.fresh_adam:  # no checkpoint: evaluated at once
+                t0 = time.perf_counter()
+                run, _ = train_for(cfg, iterations=args.iterations, fresh_adam=True)
+                seconds = time.perf_counter() - t0
+            else:
+                run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
             found = metrics_row(run, cfg, steps)
             summary[name] = {k: [v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())] for k, v in found.items()}
             rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[k]) for k in
                         ("train pre", "train post", "held-out pre", "held-out post")) + f" | {f'{seconds:.0f} s' if seconds == seconds else 'reused'} |")
             print(rows[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(rows))
 
 
-def train_for(cfg: config.Config, seconds: float) -> tuple[loop.Run, int]:
-    """Meta-train for a wall-clock budget (the same loop for every learner); returns the run and
-    the iterations done."""
+def fresh_adam_step(params: list[torch.Tensor], lr: float) -> None:
+    """The first step of a new Adam optimizer, lr·g/(|g| + 1e-7): the paper's MR-MAML notebook
+    builds a new ``keras.optimizers.Adam`` in every iteration, so every update is this sign-like
+    step. A parameter with a zero loss gradient (a code row not in the batch) then moves by about
+    lr towards the prior mean under the KL term alone."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.sub_(lr * p.grad / (p.grad.abs() + 1e-7))
+
+
+def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | None = None,
+              fresh_adam: bool = False) -> tuple[loop.Run, int]:
+    """Meta-train for a wall-clock budget or a number of iterations (the same loop for every
+    learner); returns the run and the iterations done. ``fresh_adam``: the paper's notebook's
+    update (:func:`fresh_adam_step`) instead of one Adam optimizer."""
     torch.set_num_threads(1)
     run = loop.build(cfg)
-    optimizer = torch.optim.Adam(run.learner.parameters(), lr=cfg["train"]["meta_lr"])
+    params = [p for p in run.learner.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg["train"]["meta_lr"])
     tasks = torch.Generator().manual_seed(cfg["seed"])
     tcfg, done, t0 = cfg["train"], 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds and (iterations is None or done < iterations):
         batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
         optimizer.zero_grad(set_to_none=True)
         run.learner.meta_loss(batch, done).backward()
-        optimizer.step()
+        if fresh_adam:
+            fresh_adam_step(params, tcfg["meta_lr"])
+        else:
+            optimizer.step()
         done += 1
     return run, done
 
@@ -174,6 +197,8 @@ def main() -> None:
     m.add_argument("--stochastic", nargs="+", default=ENCODER,
                    help="MR-MAML's stochastic parameters (default: the encoder's kernels, as in the paper)")
     m.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (the paper's code)")
+    m.add_argument("--fresh-adam", action="store_true",
+                   help="the paper's notebook's meta-update for every learner (a new Adam every iteration: lr·g/(|g|+1e-7))")
     m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
                    help="memo: non-mutually-exclusive tasks; control: the mutually-exclusive version")
     m.add_argument("--eval-steps", type=int, default=100, help="adaptation steps at test time (paper's code: 100)")
