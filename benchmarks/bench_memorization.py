@@ -12,7 +12,9 @@ adapt on new ones.
 ``imaml``: MAML and iMAML on the paper's sinusoid family, each meta-trained for the same wall-clock
 budget, evaluated on the same held-out tasks.
 
-    nice python benchmarks/bench_memorization.py memo --iterations 4000 --out runs/memo
+    nice python benchmarks/bench_memorization.py memo --fresh-adam --meta-batch 1 --iterations 15000 \
+        --beta 0 5e-5 --init-std 1.9e-22 --tasks 200 --eval-steps 10 --out runs/memo-paper   # the paper's settings
+    nice python benchmarks/bench_memorization.py memo --iterations 3000 --beta 1e-3 1e-2 --init-std 0.05 --out runs/memo
     nice python benchmarks/bench_memorization.py imaml --seconds 120 --out runs/imaml
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
