@@ -181,7 +181,7 @@ def imaml(args: argparse.Namespace) -> None:
         cfg["algorithm"] = algorithm
         run, done = train_for(cfg, args.seconds)
         run.learner.eval()
-        results = evaluate.evaluate(run, cfg)["shots"]["5"]
+        results = evaluate.evaluate(run, cfg)["shots"]["5"]["loss"]
         rows.append(f"| {label} | {done} | " + " | ".join(
             f"{results['mean'][s]:.3f} ± {results['ci95'][s]:.3f}" for s in eval_steps) + " |")
         print(rows[-1], flush=True)
