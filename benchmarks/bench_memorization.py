@@ -12,7 +12,9 @@ adapt on new ones.
 ``imaml``: MAML and iMAML on the paper's sinusoid family, each meta-trained for the same wall-clock
 budget, evaluated on the same held-out tasks.
 
-    nice python benchmarks/bench_memorization.py memo --iterations 4000 --out runs/memo
+    nice python benchmarks/bench_memorization.py memo --fresh-adam --meta-batch 1 --iterations 15000 \
+        --beta 0 5e-5 --init-std 1.9e-22 --tasks 200 --eval-steps 10 --out runs/memo-paper   # the paper's settings
+    nice python benchmarks/bench_memorization.py memo --iterations 3000 --beta 1e-3 1e-2 --init-std 0.05 --out runs/memo
     nice python benchmarks/bench_memorization.py imaml --seconds 120 --out runs/imaml
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
@@ -36,7 +38,9 @@ from maml_ext.train import config, evaluate, loop
 # 5-40-40-1 adapted head, inner lr 0.01, β = 5e-5, 10 support and 10 query points, noise 0.1;
 # evaluation on 5-shot tasks with amplitudes off the grid.
 MEMO_MODEL = {"name": "mlp", "hidden": [100, 5, 40, 40], "activation": "relu"}
-ENCODER, HEAD = ["0", "2"], ["4", "6", "8"]
+# The paper's encoder layers are tfp DenseReparameterization: stochastic kernels, deterministic biases.
+ENCODER, HEAD = ["0.weight", "2.weight"], ["4", "6", "8"]
+EVAL_CHUNK = 20  # tasks per evaluation call (per weight draw with sample_eval)
 
 
 def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Namespace) -> config.Config:
@@ -63,11 +67,20 @@ def metrics_row(run: loop.Run, cfg: config.Config, steps: int) -> dict[str, torc
     and held-out tasks (the same eval seed for every run)."""
     ecfg = cfg["eval"]
     found = {}
+    run.learner.eval()
     for label, family in (("train", run.family), ("held-out", run.family.held_out)):
         batch = family.sample(ecfg["num_tasks"], ecfg["shots"][0], ecfg["k_query"], torch.Generator().manual_seed(ecfg["seed"]))
-        losses = run.learner.evaluate(batch, steps).double()
+        torch.manual_seed(ecfg["seed"])  # MR-MAML with sample_eval: one weight draw per chunk of tasks
+        losses = torch.cat([run.learner.evaluate(batch.slice(i, i + EVAL_CHUNK), steps)
+                            for i in range(0, batch.num_tasks, EVAL_CHUNK)], 1).double()
         found[f"{label} pre"], found[f"{label} post"] = losses[0], losses[steps]
     return found
+
+
+def _trained_as(cfg: config.Config) -> dict[str, Any]:
+    """The part of a config that training depends on (evaluation settings dropped)."""
+    algorithm = {k: v for k, v in cfg["algorithm"].items() if k != "sample_eval"}
+    return {**{k: v for k, v in cfg.items() if k != "eval"}, "algorithm": algorithm}
 
 
 def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.Run, float]:
@@ -75,7 +88,9 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
     ckpt = out / loop.CHECKPOINT
     if reuse and ckpt.exists():
         run, _ = loop.restore(ckpt)
-        if {k: v for k, v in run.config.items() if k != "eval"} == {k: v for k, v in cfg.items() if k != "eval"}:
+        if _trained_as(run.config) == _trained_as(cfg):
+            if "sample_eval" in cfg["algorithm"]:
+                run.learner.sample_eval = cfg["algorithm"]["sample_eval"]
             return run, float("nan")
     out.mkdir(parents=True, exist_ok=True)
     ckpt.unlink(missing_ok=True)
@@ -87,10 +102,11 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
 
 
 def memo(args: argparse.Namespace) -> None:
-    algorithms = {"MAML": {"name": "maml", "lr": 0.01, "steps": 1}}
-    for beta in args.beta:
+    algorithms = {"MAML": {"name": "maml", "lr": 0.01, "steps": 1}} if "maml" in args.algorithms else {}
+    for beta in args.beta if "mr-maml" in args.algorithms else ():
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": 0.01, "steps": 1, "beta": beta,
-                                              "stochastic": ENCODER, "adapt": HEAD, "init_std": args.init_std}
+                                              "stochastic": args.stochastic, "adapt": HEAD, "init_std": args.init_std,
+                                              "sample_eval": args.sample_eval}
     steps = args.eval_steps
     rows = [f"| tasks | algorithm | train tasks, 0 steps | train tasks, {steps} steps | held-out, 0 steps | "
             f"held-out, {steps} steps | train time |", "|---" * 7 + "|"]
@@ -100,29 +116,52 @@ def memo(args: argparse.Namespace) -> None:
         for label, algorithm in algorithms.items():
             cfg = memo_config(exclusive, algorithm, args)
             name = f"{'me' if exclusive else 'nme'}-{algorithm['name']}" + (f"-{algorithm['beta']:g}" if "beta" in algorithm else "")
-            run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
+            if args.fresh_adam:  # no checkpoint: evaluated at once
+                t0 = time.perf_counter()
+                run, _ = train_for(cfg, iterations=args.iterations, fresh_adam=True)
+                seconds = time.perf_counter() - t0
+            else:
+                run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
             found = metrics_row(run, cfg, steps)
             summary[name] = {k: [v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())] for k, v in found.items()}
             rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[k]) for k in
                         ("train pre", "train post", "held-out pre", "held-out post")) + f" | {f'{seconds:.0f} s' if seconds == seconds else 'reused'} |")
             print(rows[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(rows))
 
 
-def train_for(cfg: config.Config, seconds: float) -> tuple[loop.Run, int]:
-    """Meta-train for a wall-clock budget (the same loop for every learner); returns the run and
-    the iterations done."""
+def fresh_adam_step(params: list[torch.Tensor], lr: float) -> None:
+    """The first step of a new Adam optimizer, lr·g/(|g| + 1e-7): the paper's MR-MAML notebook
+    builds a new ``keras.optimizers.Adam`` in every iteration, so every update is this sign-like
+    step. A parameter with a zero loss gradient (a code row not in the batch) then moves by about
+    lr towards the prior mean under the KL term alone."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.sub_(lr * p.grad / (p.grad.abs() + 1e-7))
+
+
+def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | None = None,
+              fresh_adam: bool = False) -> tuple[loop.Run, int]:
+    """Meta-train for a wall-clock budget or a number of iterations (the same loop for every
+    learner); returns the run and the iterations done. ``fresh_adam``: the paper's notebook's
+    update (:func:`fresh_adam_step`) instead of one Adam optimizer."""
     torch.set_num_threads(1)
     run = loop.build(cfg)
-    optimizer = torch.optim.Adam(run.learner.parameters(), lr=cfg["train"]["meta_lr"])
+    params = [p for p in run.learner.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg["train"]["meta_lr"])
     tasks = torch.Generator().manual_seed(cfg["seed"])
     tcfg, done, t0 = cfg["train"], 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds and (iterations is None or done < iterations):
         batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
         optimizer.zero_grad(set_to_none=True)
         run.learner.meta_loss(batch, done).backward()
-        optimizer.step()
+        if fresh_adam:
+            fresh_adam_step(params, tcfg["meta_lr"])
+        else:
+            optimizer.step()
         done += 1
     return run, done
 
@@ -142,7 +181,7 @@ def imaml(args: argparse.Namespace) -> None:
         cfg["algorithm"] = algorithm
         run, done = train_for(cfg, args.seconds)
         run.learner.eval()
-        results = evaluate.evaluate(run, cfg)["shots"]["5"]
+        results = evaluate.evaluate(run, cfg)["shots"]["5"]["loss"]
         rows.append(f"| {label} | {done} | " + " | ".join(
             f"{results['mean'][s]:.3f} ± {results['ci95'][s]:.3f}" for s in eval_steps) + " |")
         print(rows[-1], flush=True)
@@ -156,6 +195,12 @@ def main() -> None:
     m.add_argument("--iterations", type=int, default=4000)
     m.add_argument("--beta", type=float, nargs="+", default=[5e-5], help="MR-MAML β values (paper: 5e-5)")
     m.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
+    m.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml"], default=["maml", "mr-maml"])
+    m.add_argument("--stochastic", nargs="+", default=ENCODER,
+                   help="MR-MAML's stochastic parameters (default: the encoder's kernels, as in the paper)")
+    m.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (the paper's code)")
+    m.add_argument("--fresh-adam", action="store_true",
+                   help="the paper's notebook's meta-update for every learner (a new Adam every iteration: lr·g/(|g|+1e-7))")
     m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
                    help="memo: non-mutually-exclusive tasks; control: the mutually-exclusive version")
     m.add_argument("--eval-steps", type=int, default=100, help="adaptation steps at test time (paper's code: 100)")

@@ -110,6 +110,11 @@ def test_draws_in_training_mean_in_eval_and_model_untouched():
     mr.eval()
     c = mr.init_params()
     assert c.frozen["0.weight"] is model[0].weight
+    mr.sample_eval = True  # the paper's evaluation: drawn weights at test time too
+    d, e = mr.init_params(), mr.init_params()
+    assert not torch.equal(d.frozen["0.weight"], e.frozen["0.weight"])
+    assert not torch.equal(d.frozen["0.weight"], model[0].weight)
+    mr.sample_eval = False
     mr.meta_loss(batch64()).backward()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
@@ -120,7 +125,8 @@ def test_selectable_by_name_with_the_paper_split():
         assert isinstance(learner, MRMAML) and learner.beta == 1e-3
         assert learner.stochastic_names == ["0.weight", "0.bias"]  # the first layer: the encoder
         assert learner.adapt_names == ["2.weight", "2.bias", "4.weight", "4.bias"]
-        assert learner.fused_spec is None
+        assert learner.fused_spec is None and not learner.sample_eval
+    assert build_algorithm("mr-maml", model64(), sample_eval=True).sample_eval
     default = build_algorithm("mr-maml", model64())
     assert math.isclose(F.softplus(default.rho[0]).max().item(), F.softplus(torch.tensor(-20.0)).item(), rel_tol=1e-6)
     # adapt given: the stochastic weights are the others

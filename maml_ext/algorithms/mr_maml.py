@@ -70,6 +70,8 @@ class MRMAML(MAML):
         stochastic: names (or name prefixes) of the stochastic parameters.
         prior_std: standard deviation of the zero-mean Gaussian prior.
         init_std: initial σ (> 0); default softplus(−20), the pose code's.
+        sample_eval: draw θ̃ in eval mode too (the paper's code evaluates with drawn weights:
+            its encoder layers draw on every call); default: the mean μ.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class MRMAML(MAML):
         adapt: Sequence[str] | None = None,
         prior_std: float = 1.0,
         init_std: float | None = None,
+        sample_eval: bool = False,
         **options: Any,
     ) -> None:
         if options.get("fused"):
@@ -109,6 +112,7 @@ class MRMAML(MAML):
         self.beta = float(beta)
         self.prior_std = float(prior_std)
         self.stochastic_names = stochastic_names
+        self.sample_eval = bool(sample_eval)
         named = dict(model.named_parameters())
         rho = math.log(math.expm1(init_std))  # softplus⁻¹
         self.rho = nn.ParameterList(nn.Parameter(torch.full_like(named[n], rho).detach()) for n in stochastic_names)
@@ -118,9 +122,10 @@ class MRMAML(MAML):
         return {n: F.softplus(r) for n, r in zip(self.stochastic_names, self.rho)}
 
     def init_params(self) -> Params:
-        """The initialisation: θ̃ drawn from q in training mode, its mean μ in eval mode."""
+        """The initialisation: θ̃ drawn from q in training mode (and in eval mode with
+        ``sample_eval``), its mean μ otherwise."""
         params = super().init_params()
-        if not self.training:
+        if not (self.training or self.sample_eval):
             return params
         mean = {**params.adapted, **params.frozen}
         draws = {n: mean[n] + sigma * torch.randn_like(mean[n]) for n, sigma in self.std().items()}
