@@ -85,3 +85,8 @@ def test_tiny_slice_in_omniglot_layout_and_cached(tmp_path, dejavu, monkeypatch)
 def test_no_fonts_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="setup-fonts.sh"):
         glyphs.build(tmp_path, faces=[], verbose=False)
+
+
+def test_too_few_font_designs_is_a_clear_error(tmp_path, dejavu):
+    with pytest.raises(RuntimeError, match=r"no script has 5\+ characters drawn by 40\+ agreeing font designs"):
+        glyphs.build(tmp_path, faces=dejavu, scripts=["Latn"], min_designs=40, min_chars=5, verbose=False)

@@ -346,6 +346,11 @@ def build(out: Path, *, jobs: int = 1, force: bool = False, faces: Sequence[Face
             renders[(_script(cp), cp)][face] = mask
     log: list[str] = []
     chosen = select(renders, log, min_designs, min_chars)
+    if not chosen:
+        raise RuntimeError(
+            f"no script has {min_chars}+ characters drawn by {min_designs}+ agreeing font designs among the "
+            f"{len(faces)} installed font families: install more fonts (`sudo bash .ci/setup-fonts.sh`)"
+        )
     manifest = _write(out, chosen, stamp)
     manifest["log"] = log
     manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
