@@ -13,7 +13,9 @@ f_1..f_S after ``--eval-steps`` adaptation steps (no noise σ fitted to data):
 - NLL and 90% coverage of the moment-matched predictive N(mean_s f_s, var_s f_s + σ0²) with a
   fixed floor σ0 = ``--sigma0`` (a constant chosen in advance, the same for every learner, so that
   a point predictor such as MAML has a finite NLL);
-- MSE of the sample mean.
+- MSE of the sample mean;
+- by distance to the nearest support point (bins BINS, pooled over tasks): the mean spread against
+  the RMSE of the sample mean; a calibrated predictive has spread ≈ RMSE in every bin.
 
 Each is a mean over tasks with a 95% CI (1.96·std/√n). ``--plot`` draws the sampled functions on
 a few ambiguous tasks (the qualitative figures of the PLATIPUS and BMAML papers).
@@ -41,7 +43,8 @@ GRID = torch.linspace(-5.0, 5.0, 100).view(1, -1, 1)
 
 # name -> (algorithm, options). MAML adapts with SGD; BMAML's particles by SVGD; PLATIPUS samples
 # initialisations from its learned prior, then takes SGD steps. The Bayesian settings differ from
-# the library defaults where those collapse the sets (see docs/bayesian-uncertainty.md).
+# the library defaults where those collapse the sets; "(uncertainty)" are the documented settings
+# (docs/bayesian-uncertainty.md), the others the variants that show which setting matters.
 LEARNERS: dict[str, tuple[str, dict]] = {
     "MAML": ("maml", {}),
     "BMAML (defaults)": ("bmaml", {"particles": 5}),
