@@ -6,14 +6,16 @@ Every learner is meta-trained here on a 50/50 mix of both kinds of task (K suppo
 each kind, with queries on a 100-point grid over [−5, 5]. Metrics use only the sampled functions
 f_1..f_S after ``--eval-steps`` adaptation steps (no noise σ fitted to data):
 
-- spread far / near: the std over the S functions, averaged over grid points farther than 1 from
-  every support point / within 0.5 of one (MAML: S = 1, spread 0);
+- spread far / near / all: the std over the S functions, averaged over grid points farther than 1
+  from every support point / within 0.5 of one / over the whole grid (MAML: S = 1, spread 0);
 - envelope coverage: the fraction of grid targets inside [min_s f_s, max_s f_s]. For S exchangeable
   draws from a calibrated predictive a new value falls inside with probability (S − 1)/(S + 1);
 - NLL and 90% coverage of the moment-matched predictive N(mean_s f_s, var_s f_s + σ0²) with a
   fixed floor σ0 = ``--sigma0`` (a constant chosen in advance, the same for every learner, so that
   a point predictor such as MAML has a finite NLL);
-- MSE of the sample mean.
+- MSE of the sample mean;
+- by distance to the nearest support point (bins BINS, pooled over tasks): the mean spread against
+  the RMSE of the sample mean; a calibrated predictive has spread ≈ RMSE in every bin.
 
 Each is a mean over tasks with a 95% CI (1.96·std/√n). ``--plot`` draws the sampled functions on
 a few ambiguous tasks (the qualitative figures of the PLATIPUS and BMAML papers).
@@ -41,18 +43,21 @@ GRID = torch.linspace(-5.0, 5.0, 100).view(1, -1, 1)
 
 # name -> (algorithm, options). MAML adapts with SGD; BMAML's particles by SVGD; PLATIPUS samples
 # initialisations from its learned prior, then takes SGD steps. The Bayesian settings differ from
-# the library defaults where those collapse the sets (see docs/bayesian-uncertainty.md).
+# the library defaults where those collapse the sets; "(uncertainty)" are the documented settings
+# (docs/bayesian-uncertainty.md), the others the variants that show which setting matters.
 LEARNERS: dict[str, tuple[str, dict]] = {
     "MAML": ("maml", {}),
     "BMAML (defaults)": ("bmaml", {"particles": 5}),
-    "BMAML (tuned)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3}),
+    "BMAML (likelihood, 1 step)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3}),
+    "BMAML (uncertainty)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "BMAML (Chaser, init_noise 0.3)": ("bmaml", {"particles": 5, "init_noise": 0.3}),
-    "BMAML (tuned, 3 steps)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "PLATIPUS (defaults)": ("platipus", {"samples": 5, "test_samples": 10}),
-    "PLATIPUS (tuned)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.01}),
-    "PLATIPUS (init_std 0.1)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1}),
-    "PLATIPUS (init_std 0.3, KL 0.1)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.3, "kl_weight": 0.1}),
+    "PLATIPUS (init_std 0.05, KL 0.01, 1 step)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.01}),
+    "PLATIPUS (uncertainty)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.01, "steps": 3}),
+    "PLATIPUS (init_std 0.25, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.25, "kl_weight": 0.01, "steps": 3}),
 }
+# Distance bins (to the nearest support point) of the calibration-by-distance table.
+BINS = ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, math.inf))  # [lo, hi)
 
 
 def sample_tasks(family: Sinusoid, tasks: int, shots: int, queries: Tensor | int, ambiguous: bool,
@@ -90,12 +95,30 @@ def mean_ci(v: Tensor) -> tuple[float, float]:
     return v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())
 
 
+def support_distance(batch: TaskBatch) -> Tensor:
+    """Distance ``[T, N]`` of every query point to its task's nearest support point."""
+    return (batch.x_query - batch.x_support.transpose(1, 2)).abs().min(-1).values
+
+
+@torch.no_grad()
+def by_distance(samples: Tensor, batch: TaskBatch) -> list[tuple[float, float, float]]:
+    """Per bin of BINS, pooled over tasks and grid points: (share of the grid, mean spread, RMSE of
+    the sample mean). A calibrated predictive has spread ≈ RMSE in every bin."""
+    dist, spread = support_distance(batch), samples.std(1, unbiased=False)[..., 0]
+    err = (samples.mean(1) - batch.y_query)[..., 0]
+    out = []
+    for lo, hi in BINS:
+        m = (dist >= lo) & (dist < hi)
+        out.append((m.float().mean().item(), spread[m].mean().item(), err[m].pow(2).mean().sqrt().item()))
+    return out
+
+
 @torch.no_grad()
 def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tensor]:
     """Per-task metrics ``[T]`` of ``samples [T, S, N, 1]`` on the grid (see the module docstring)."""
     y, s = batch.y_query, samples
     mean, std = s.mean(1), s.std(1, unbiased=False)
-    dist = (batch.x_query - batch.x_support.transpose(1, 2)).abs().min(-1).values  # [T, N]
+    dist = support_distance(batch)
     far, near = (dist > 1.0).float(), (dist < 0.5).float()
     spread = std[..., 0]
     scale = (std.pow(2) + sigma0**2).sqrt()
@@ -105,6 +128,7 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     return {
         "spread far": (spread * far).sum(1) / far.sum(1).clamp_min(1),
         "spread near": (spread * near).sum(1) / near.sum(1).clamp_min(1),
+        "spread all": spread.mean(1),
         "envelope coverage": inside.flatten(1).mean(1),
         "NLL": nll.flatten(1).mean(1),
         "coverage 90%": (z.abs() <= 1.6449).float().flatten(1).mean(1),
@@ -112,13 +136,14 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     }
 
 
-def evaluate(learner: torch.nn.Module, args: argparse.Namespace) -> dict[str, dict[str, Tensor]]:
+def evaluate(learner: torch.nn.Module, args: argparse.Namespace) -> dict[str, tuple[dict[str, Tensor], list]]:
+    """Per task kind: the per-task metrics and the by-distance bins after ``--eval-steps`` steps."""
     gen = torch.Generator().manual_seed(args.seed + 1000)
     out = {}
     for kind, amb in (("ambiguous", True), ("non-ambiguous", False)):
         batch = sample_tasks(Sinusoid(), args.eval_tasks, args.shots, GRID, amb, gen)
-        samples = predictive_samples(learner, batch, args.eval_steps, None, torch.Generator().manual_seed(args.seed))
-        out[kind] = metrics(samples[-1], batch, args.sigma0)
+        samples = predictive_samples(learner, batch, args.eval_steps, None, torch.Generator().manual_seed(args.seed))[-1]
+        out[kind] = (metrics(samples, batch, args.sigma0), by_distance(samples, batch))
     return out
 
 
@@ -149,7 +174,7 @@ def plot(learners: dict[str, torch.nn.Module], args: argparse.Namespace, path: P
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=list(LEARNERS))
     p.add_argument("--iterations", type=int, default=3000)
@@ -159,25 +184,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1, help="inner steps in meta-training")
     p.add_argument("--inner-lr", type=float, default=0.01)
     p.add_argument("--meta-lr", type=float, default=1e-3)
-    p.add_argument("--eval-steps", type=int, default=5)
+    p.add_argument("--eval-steps", type=int, default=40)
     p.add_argument("--eval-tasks", type=int, default=200)
     p.add_argument("--sigma0", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", type=Path, default=None, help="write the sampled-functions figure here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(1)
-    trained, rows = {}, []
-    keys = ("spread far", "spread near", "envelope coverage", "NLL", "coverage 90%", "MSE")
+    trained, bins = {}, []
+    keys = ("spread far", "spread near", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
     print("| learner | tasks | S | " + " | ".join(keys) + " |\n|---|---|---|" + "---|" * len(keys), flush=True)
     for name in args.learners:
         learner, seconds = train(name, args)
         trained[name] = learner
         sets = getattr(learner, "num_particles", None) or getattr(learner, "test_samples", None) or 1
-        for kind, found in evaluate(learner, args).items():
+        for kind, (found, binned) in evaluate(learner, args).items():
             cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_ci(found[k])) for k in keys)
-            rows.append(f"| {name} | {kind} | {sets} | {cells} |")
-            print(rows[-1], flush=True)
+            print(f"| {name} | {kind} | {sets} | {cells} |", flush=True)
+            bins.append(f"| {name} | {kind} | " + " | ".join(f"{sp:.2f} / {e:.2f} ({share:.0%})" for share, sp, e in binned) + " |")
         print(f"<!-- {name}: {args.iterations} iterations in {seconds:.0f} s CPU -->", flush=True)
+    print("\nspread / RMSE of the mean (share of grid points) by distance to the nearest support point:\n"
+          "| learner | tasks | " + " | ".join(f"d in [{lo:g}, {hi:g})" for lo, hi in BINS) + " |\n|---|---|" + "---|" * len(BINS))
+    print("\n".join(bins), flush=True)
     if args.plot:
         plot(trained, args, args.plot)
     return 0

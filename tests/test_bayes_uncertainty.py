@@ -3,10 +3,12 @@ run (every learner trains and evaluates)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
@@ -23,6 +25,10 @@ def test_metrics_on_known_samples():
     m = bu.metrics(s, batch, sigma0=0.1)
     assert m["spread far"].item() == 1.0  # x = 2, 3
     assert m["spread near"].item() == 0.5  # x = 0 (0) and x = 0.4 (1)
+    assert m["spread all"].item() == 0.75
+    bins = bu.by_distance(s, batch)  # bins [0, .5): d = 0, 0.4 | [.5, 1) | [1, 2) | [2, 3): 2 | [3, inf): 3
+    assert [b[0] for b in bins] == [0.5, 0.0, 0.0, 0.25, 0.25]
+    assert bins[0][1:] == (0.5, 0.0) and bins[3][1:] == (1.0, 0.0) and bins[4][1:] == (1.0, 0.0)
     assert m["envelope coverage"].item() == 1.0
     assert m["coverage 90%"].item() == 1.0
     assert m["MSE"].item() == 0.0
@@ -44,6 +50,36 @@ def test_ambiguous_support_lies_in_a_narrow_window():
 
 
 def test_every_learner_trains_and_evaluates(capsys):
-    assert bu.main(["--iterations", "2", "--eval-tasks", "4", "--meta-batch", "4"]) == 0
+    assert bu.main(["--iterations", "2", "--eval-tasks", "4", "--meta-batch", "4", "--eval-steps", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ambiguous" in line]
-    assert len(rows) == 2 * len(bu.LEARNERS)
+    metric_rows = [r for r in rows if " ± " in r]
+    assert len(metric_rows) == 2 * len(bu.LEARNERS) and len(rows) == 4 * len(bu.LEARNERS)
+
+
+@functools.lru_cache(maxsize=None)
+def _small_run(name: str) -> dict:
+    """A short meta-training (300 iterations) and evaluation (60 tasks of each kind, 10 steps)."""
+    args = bu.parse_args(["--iterations", "300", "--eval-tasks", "60", "--eval-steps", "10"])
+    learner, _ = bu.train(name, args)
+    return bu.evaluate(learner, args)
+
+
+@pytest.mark.parametrize("name", ["BMAML (uncertainty)", "PLATIPUS (uncertainty)"])
+def test_sampled_functions_spread_more_on_ambiguous_tasks(name):
+    # The documented settings: over the grid, the sampled functions disagree more on tasks whose
+    # support lies in a narrow window than on tasks whose support covers [-5, 5] (the difference's
+    # 95% CI excludes 0, ratio > 1.15; about 1.3 at 300 iterations), and they agree near the support.
+    found = _small_run(name)
+    amb, non = found["ambiguous"][0]["spread all"], found["non-ambiguous"][0]["spread all"]
+    (a, ca), (n, cn) = bu.mean_ci(amb), bu.mean_ci(non)
+    assert a - n > math.hypot(ca, cn) and a > 1.15 * n, (a, ca, n, cn)
+    near, far = found["ambiguous"][1][0][1], found["ambiguous"][1][-1][1]  # spread at d <= 0.5 / d > 3
+    assert near < 0.6 * far, (near, far)
+
+
+def test_bmaml_spread_tracks_its_error_at_every_distance():
+    # Calibration by distance to the support: in every bin the particles' spread is within a factor
+    # 2 of the sample mean's RMSE (about 0.7x at 300 iterations; the defaults give about 0.1x).
+    for kind, (_, bins) in _small_run("BMAML (uncertainty)").items():
+        for (lo, hi), (_, spread, rmse) in zip(bu.BINS, bins):
+            assert 0.5 * rmse < spread < 2.0 * rmse, (kind, lo, hi, spread, rmse)
