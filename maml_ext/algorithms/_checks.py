@@ -29,14 +29,17 @@ def check_steps(steps: object, name: str = "steps", minimum: int = 1) -> int:
     return int(steps)
 
 
-def check_support(x: Tensor, y: Tensor) -> None:
-    """A support batch [T, K, ...] with at least one task and one example per task."""
-    if x.dim() < 2:
-        raise ValueError(f"x_support must be [T, K, ...], got shape {tuple(x.shape)}")
-    tasks, k = x.shape[0], x.shape[1]
-    if tasks == 0:
-        raise ValueError(f"x_support must hold at least one task, got shape {tuple(x.shape)}")
-    if k == 0:
-        raise ValueError(f"x_support must hold at least one example per task (K >= 1), got shape {tuple(x.shape)}")
-    if y.shape[:2] != x.shape[:2]:
-        raise ValueError(f"y_support must start with [T={tasks}, K={k}] like x_support, got shape {tuple(y.shape)}")
+def check_examples(x: Tensor, y: Tensor, which: str = "support", tasks: int | None = None) -> None:
+    """The one shape rule of a learner's example sets, for ``adapt`` and ``meta_loss`` alike:
+    ``x_<which>`` and ``y_<which>`` are ``[T, K, ...]`` with the T of the support set (``tasks``;
+    default: x's own), at least one task and K >= 1 examples, the K of ``x_<which>``."""
+    if tasks is None:
+        tasks = x.shape[0] if x.dim() else 0
+    for name, t in ((f"x_{which}", x), (f"y_{which}", y)):
+        # x is checked first, so x.shape[1] exists when y is checked
+        if t.dim() < 2 or t.shape[0] != tasks or t.shape[1] != x.shape[1]:
+            raise ValueError(f"{name}: expected [T={tasks}, K, ...] with the K of x_{which}, got shape {tuple(t.shape)}")
+        if t is x and tasks == 0:
+            raise ValueError(f"{name}: expected at least one task (T >= 1), got shape {tuple(t.shape)}")
+        if t is x and x.shape[1] == 0:
+            raise ValueError(f"{name}: expected at least one example per task (K >= 1), got shape {tuple(t.shape)}")
