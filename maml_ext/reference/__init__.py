@@ -122,7 +122,9 @@ def mlp_hvp(
     """Per-task support loss [T], its gradient and its Hessian-vector product with ``direction``
     (no direction, or an empty one: loss and gradient only, and an empty HVP list)."""
     direction = list(direction or [])
-    _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss, values=x.device.type != "meta")
+    widths = _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss)
+    if x.device.type != "meta":  # meta tensors have no values to check
+        _checks.check_labels("support", widths, loss, y)
     leaves, tracked = _leaves(params)
     steered = torch.is_grad_enabled() and any(d.requires_grad for d in direction)
     with torch.enable_grad():
@@ -159,10 +161,13 @@ def mlp_maml(
     """
     snapshots = renamed_snapshots(snapshots, checkpoint)
     lrs, lr_value = split_lr(lr)
-    _checks.check_maml(
-        params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
-        steps, activation, loss, snapshot_interval(snapshots, max(steps, 1)), values=x_support.device.type != "meta",
+    widths = _checks.check_maml(
+        params, lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query, w_query,
+        steps, activation, loss, snapshot_interval(snapshots, max(steps, 1)),
     )
+    if x_support.device.type != "meta":  # meta tensors have no values to check
+        for what, labels in (("support", y_support), ("query", y_query)):
+            _checks.check_labels(what, widths, loss, labels)
     tasks = x_support.shape[0]
     leaves, tracked = _leaves(params)
     with torch.enable_grad():
