@@ -32,14 +32,19 @@ def check_steps(steps: object, name: str = "steps", minimum: int = 1) -> int:
 def check_examples(x: Tensor, y: Tensor, which: str = "support", tasks: int | None = None) -> None:
     """The one shape rule of a learner's example sets, for ``adapt`` and ``meta_loss`` alike:
     ``x_<which>`` and ``y_<which>`` are ``[T, K, ...]`` with the T of the support set (``tasks``;
-    default: x's own), at least one task and K >= 1 examples, the K of ``x_<which>``."""
+    default: x's own), at least one task and K >= 1 examples, the K of ``x_<which>``. On the
+    fused path's every call: no string is built unless a check fails."""
     if tasks is None:
         tasks = x.shape[0] if x.dim() else 0
-    for name, t in ((f"x_{which}", x), (f"y_{which}", y)):
-        # x is checked first, so x.shape[1] exists when y is checked
-        if t.dim() < 2 or t.shape[0] != tasks or t.shape[1] != x.shape[1]:
-            raise ValueError(f"{name}: expected [T={tasks}, K, ...] with the K of x_{which}, got shape {tuple(t.shape)}")
-        if t is x and tasks == 0:
-            raise ValueError(f"{name}: expected at least one task (T >= 1), got shape {tuple(t.shape)}")
-        if t is x and x.shape[1] == 0:
-            raise ValueError(f"{name}: expected at least one example per task (K >= 1), got shape {tuple(t.shape)}")
+    if x.dim() < 2 or x.shape[0] != tasks:
+        raise _not_examples("x", which, tasks, x)
+    if tasks == 0:
+        raise ValueError(f"x_{which}: expected at least one task (T >= 1), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"x_{which}: expected at least one example per task (K >= 1), got shape {tuple(x.shape)}")
+    if y.dim() < 2 or y.shape[0] != tasks or y.shape[1] != x.shape[1]:
+        raise _not_examples("y", which, tasks, y)
+
+
+def _not_examples(xy: str, which: str, tasks: int, t: Tensor) -> ValueError:
+    return ValueError(f"{xy}_{which}: expected [T={tasks}, K, ...] with the K of x_{which}, got shape {tuple(t.shape)}")
