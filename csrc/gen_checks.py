@@ -40,6 +40,7 @@ KIND = {  # annotation -> the translator's type
     "Sequence[int]": "IntList", "list[int]": "IntList", "int": "int", "int | None": "OptInt",
     "float": "float", "bool": "bool", "str": "str", "None": "void",
 }
+OPTIONAL = {"OptTensor": "Tensor", "OptInt": "int"}  # optional type -> its value's type
 CPP_LOCAL = {"Tensor": "at::Tensor", "int": "int64_t", "bool": "bool", "Shape": "c10::IntArrayRef",
              "IntList": "std::vector<int64_t>", "float": "double"}
 CPP_RETURN = {"void": "void", "IntList": "std::vector<int64_t>"}
@@ -110,8 +111,8 @@ class Function:
     def value(self, node: ast.expr) -> tuple[str, str]:
         """The expression's value (optionals dereferenced: the spec tests them for None first)."""
         code, kind = self.expr(node)
-        if kind in ("OptTensor", "OptInt"):
-            return f"(*{code})", kind[3:].lower() if kind == "OptInt" else "Tensor"
+        if kind in OPTIONAL:
+            return f"(*{code})", OPTIONAL[kind]
         return code, kind
 
     def expr(self, node: ast.expr) -> tuple[str, str]:
@@ -192,11 +193,9 @@ class Function:
         if wanted.startswith("Opt"):
             code, kind = self.expr(arg)
             if kind not in (wanted, "None"):
-                code = f"std::optional<{'at::Tensor' if wanted == 'OptTensor' else 'int64_t'}>({code})"
+                code = f"std::optional<{CPP_LOCAL[OPTIONAL[wanted]]}>({code})"
             return code
-        if isinstance(arg, ast.JoinedStr):
-            return f"c10::str({', '.join(self.message(arg))})"
-        return self.value(arg)[0]
+        return self.value(arg)[0]  # an f-string here would be formatted on every call: not allowed
 
     def subscript(self, node: ast.Subscript) -> tuple[str, str]:
         base, kind = self.value(node.value)
