@@ -25,6 +25,7 @@ import torch
 from maml_ext import plugins
 from maml_ext.algorithms import ALGORITHMS
 from maml_ext.rl import train as rl
+from maml_ext.rl.envs.base import TaskEnv
 from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
 from maml_ext.train import results as eval_files
 
@@ -38,15 +39,17 @@ EXPECTED_ERRORS = (config.ConfigError, checkpoint.CheckpointError, plugins.Plugi
                    driver.TrainingError, MissingDependency)
 
 
-def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Config, out: Path) -> Path | None:
+def _launch(args: argparse.Namespace, train: Callable[..., Path], cfg: config.Config, out: Path,
+            family: object) -> Path | None:
     """Run ``train(cfg, out, ...)`` in this process, in ``--nproc`` local ranks, or as one rank of
-    a torchrun job; the checkpoint path on the main process, None on the other ranks."""
+    a torchrun job; the checkpoint path on the main process, None on the other ranks. ``family``
+    (built from ``cfg`` already) is used in this process; local ranks build their own."""
     if args.nproc > 1:
         distributed.launch(args.nproc, train, cfg, out, resume=args.resume, progress=not args.quiet,
                            timeout=args.timeout, expected=(*EXPECTED_ERRORS, OSError))
         return out / loop.CHECKPOINT
     with distributed.join(args.timeout) as shard:  # one process, or one rank of a torchrun job
-        ckpt = train(cfg, out, resume=args.resume, progress=not args.quiet)
+        ckpt = train(cfg, out, resume=args.resume, progress=not args.quiet, family=family)
     return ckpt if shard.is_main else None
 
 
@@ -72,22 +75,23 @@ def _train(args: argparse.Namespace) -> None:
         raise config.ConfigError("give a config, or --out RUN_DIR with --resume")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     raw = config.apply_overrides(_base_config(args, out), args.set, args.unset)
-    if rl.is_rl_config(raw):  # the task family is a meta-RL environment
-        ckpt = _launch(args, rl.train, rl.load_config(raw), out)
+    family = rl.task_family(raw)  # built once for the whole command
+    if isinstance(family, TaskEnv):  # the task family is a meta-RL environment
+        ckpt = _launch(args, rl.train, rl.load_config(raw), out, family)
         if ckpt is not None:
             print(f"checkpoint: {ckpt}")
             if not args.no_eval:
-                run_rl, iteration = rl.restore(ckpt)
+                run_rl, iteration = rl.restore(ckpt, family)
                 rl.evaluate(run_rl, run_rl.config, iteration, out, progress=not args.quiet)
                 with _plotting(out):
                     rl.plot(run_rl, run_rl.config, out)
         return
-    ckpt = _launch(args, loop.train, config.validate(raw), out)
+    ckpt = _launch(args, loop.train, config.validate(raw), out, family)
     if ckpt is None:
         return
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
-        run, iteration = loop.restore(ckpt)
+        run, iteration = loop.restore(ckpt, family)
         _evaluate(run, run.config, iteration, out, progress=not args.quiet)
         _plot(run, run.config, out)
 

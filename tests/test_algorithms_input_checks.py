@@ -64,6 +64,24 @@ def test_empty_meta_batches_are_rejected(fused, tasks, k, match):
         learner.meta_loss(empty)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "generic"])
+@pytest.mark.parametrize("cut, message", [
+    (lambda x, y: (x[0, :, 0], y), "x_support: expected [T=4, K, ...] with the K of x_support, got shape (4,)"),
+    (lambda x, y: (x[:0], y[:0]), "x_support: expected at least one task (T >= 1), got shape (0, 4, 1)"),
+    (lambda x, y: (x[:, :0], y[:, :0]), "x_support: expected at least one example per task (K >= 1), got shape (3, 0, 1)"),
+    (lambda x, y: (x, y[:, :2]), "y_support: expected [T=3, K, ...] with the K of x_support, got shape (3, 2, 1)"),
+    (lambda x, y: (x, y[:2]), "y_support: expected [T=3, K, ...] with the K of x_support, got shape (2, 4, 1)"),
+])
+def test_adapt_and_meta_loss_state_one_support_rule(fused, cut, message):
+    """One rule, one message for a support set, whether it is adapted to or meta-trained on."""
+    learner = MAML(small_mlp(), lr=0.1, fused=fused)
+    b = batch()
+    x, y = cut(b.x_support, b.y_support)
+    for call in (lambda: learner.adapt(x, y), lambda: learner.meta_loss(TaskBatch(x, y, b.x_query, b.y_query))):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
 def test_unknown_lr_parameterisation_is_named():
     with pytest.raises(ValueError, match=r"lr_parameterisation must be one of"):
         build_algorithm("metasgd", small_mlp(), lr_parameterisation="square")

@@ -296,6 +296,41 @@ def test_kl_hessian_rejects_bad_input(batch):
         KLHessian(params, params, *args, "relu")
 
 
+@pytest.mark.parametrize("optimizer", ["trpo", "adam"])
+def test_meta_gradient_reports_its_progress_on_the_running_bar(batch, optimizer):
+    """The inner step of an iteration and the meta-gradient through it (seconds at the paper's size,
+    one fused call) are named on the open bar while they run, before TRPO's conjugate gradient."""
+    params, pre, post, _ = batch
+    pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.7).double()
+    with torch.no_grad():
+        for p, q in zip(pol.params(), params):
+            p.copy_(q)
+    learner = A.MetaRL(pol, cg_iters=2, optimizer=optimizer)
+    log = io.StringIO()
+    bar = Progress(1, stream=log, log_seconds=0.0, what="training")
+    try:
+        learner.meta_step(pre, post)
+    finally:
+        bar.close(1)
+    lines = log.getvalue().splitlines()
+    running = lines.index(next(x for x in lines if x.endswith("| meta-RL: meta-gradient through the inner step 0/1")))
+    assert lines[running + 1].endswith("| meta-RL: meta-gradient through the inner step 1/1")
+    if optimizer == "trpo":
+        assert lines[running + 2].endswith("| TRPO: conjugate gradient iteration 1/2")
+
+
+def test_iteration_names_its_inner_step_on_the_running_bar():
+    log = io.StringIO()
+    bar = Progress(1, stream=log, log_seconds=0.0, what="training")
+    try:
+        _one_iteration()
+    finally:
+        bar.close(1)
+    lines = log.getvalue().splitlines()
+    inner = lines.index(next(x for x in lines if x.endswith("| meta-RL: inner policy-gradient step 0/1")))
+    assert "rollouts: time step" in lines[inner - 1] and "rollouts: time step" in lines[inner + 1]
+
+
 def test_bad_learner_options():
     pol = GaussianMLPPolicy(2, 2, hidden=(4,))
     with pytest.raises(ValueError, match="optimizer"):

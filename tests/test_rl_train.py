@@ -3,13 +3,17 @@ evaluation/plots are written, bad configs are rejected by name."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
 import pytest
 import torch
 
-from maml_ext import cli
+from maml_ext import cli, plugins
+from maml_ext.rl.envs.base import TaskEnv
+from maml_ext.rl.envs.point_nav import build_point_nav
+from maml_ext.tasks.sinusoid import build as build_sinusoid
 from maml_ext.rl import train as rl
 from maml_ext.train import config
 from maml_ext.train.checkpoint import CheckpointError
@@ -27,10 +31,34 @@ def test_packaged_config_is_the_papers_setting():
     assert cfg["train"]["max_kl"] == 0.01 and cfg["train"]["cg_iters"] == 10
     assert cfg["algorithm"] == {"name": "maml", "lr": 0.1}
     assert cfg["eval"]["num_tasks"] == 40 and cfg["eval"]["later_lr"] == 0.05
-    assert rl.is_rl_config(cfg)
-    assert not rl.is_rl_config(config.read("sinusoid"))
+    assert isinstance(rl.task_family(cfg), TaskEnv)
+    assert not isinstance(rl.task_family(config.read("sinusoid")), TaskEnv)
     for name in ("halfcheetah-vel", "halfcheetah-dir", "ant-vel", "ant-dir"):
         assert rl.load_config(config.read(name))["train"]["meta_batch"] == 40
+
+
+@pytest.mark.parametrize("config_name, task, factory, sets", [
+    ("sinusoid", "sinusoid", build_sinusoid,
+     ["model.hidden=[8]", "train.meta_batch=2", "eval.num_tasks=4", "eval.shots=[5]", "eval.k_query=5", "eval.steps=1"]),
+    ("point-nav", "point_nav", build_point_nav, SMALL),
+], ids=["supervised", "meta-rl"])
+def test_cli_builds_the_task_family_once(tmp_path, config_name, task, factory, sets):
+    """`maml-ext train` builds the family once: it tells meta-RL from supervised, trains and is evaluated."""
+    calls = []
+
+    @functools.wraps(factory)  # the same options as the packaged factory
+    def counted(**options):
+        calls.append(options)
+        return factory(**options)
+
+    plugins.register_task(task, counted)  # shadows the entry point in this process
+    try:
+        args = ["train", config_name, "--out", str(tmp_path), "--quiet", "--set", "train.iterations=1"]
+        assert cli.main([*args, *(arg for item in sets for arg in ("--set", item))]) == 0
+    finally:
+        plugins.tasks.unregister(task)
+    assert (tmp_path / "eval.json").is_file()
+    assert len(calls) == 1
 
 
 def test_short_training_run_improves_return(tmp_path):

@@ -1,4 +1,4 @@
-// Checks shared by the CPU and CUDA kernels of inner_update / inner_update_.
+// The registered ops inner_update / inner_update_ of every device, built from its ApplyFn.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,16 +8,15 @@
 
 namespace maml_ext::inner_update {
 
-// Validates the lists and returns, per parameter, the learning-rate tensor for this step
-// (undefined when the scalar `lr` applies). `in_place`: params are updated in place, so grads
-// must have exactly their shape.
-std::vector<at::Tensor> check_and_select_lrs(at::TensorList params, at::TensorList grads,
-                                             at::TensorList lrs, double lr, int64_t step,
-                                             bool in_place);
-
 // The registered ops take `int? step`; a device's ApplyFn receives kNoStep when it is absent.
 constexpr int64_t kNoStep = -1;
-int64_t step_index(std::optional<int64_t> step);
+// Checks every input (before any work; `in_place`: grads must have exactly the params' shapes)
+// and returns the step index, or kNoStep.
+int64_t check_inputs(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
+                     std::optional<int64_t> step, bool in_place);
+// Per parameter, the learning-rate tensor of this step (undefined when the scalar `lr` applies),
+// from checked inputs.
+std::vector<at::Tensor> select_lrs(at::TensorList lrs, int64_t step, size_t count);
 
 // A device's update: writes theta - alpha * g for every tensor into `outs`.
 using ApplyFn = void (*)(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
@@ -27,7 +26,7 @@ using ApplyFn = void (*)(at::TensorList params, at::TensorList grads, at::Tensor
 template <ApplyFn apply>
 std::vector<at::Tensor> functional(at::TensorList params, at::TensorList grads, at::TensorList lrs,
                                    double lr, std::optional<int64_t> step) {
-  const int64_t s = step_index(step);
+  const int64_t s = check_inputs(params, grads, lrs, lr, step, false);
   std::vector<at::Tensor> outs;
   outs.reserve(grads.size());
   for (const auto& g : grads) outs.push_back(at::empty(g.sizes(), g.options()));
@@ -40,7 +39,7 @@ std::vector<at::Tensor> functional(at::TensorList params, at::TensorList grads, 
 template <ApplyFn apply>
 void in_place(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
               std::optional<int64_t> step) {
-  const int64_t s = step_index(step);
+  const int64_t s = check_inputs(params, grads, lrs, lr, step, true);
   std::vector<at::Tensor> outs;
   outs.reserve(params.size());
   for (const auto& p : params) outs.push_back(p.is_contiguous() ? p : at::empty(p.sizes(), p.options()));

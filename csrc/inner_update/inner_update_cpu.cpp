@@ -31,7 +31,7 @@ void update(const scalar_t* theta, int64_t n_theta, const scalar_t* alpha, int64
 
 void apply(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, int64_t step,
            at::TensorList outs, bool in_place) {
-  const auto alphas = check_and_select_lrs(params, grads, lrs, lr, step, in_place);
+  const auto alphas = select_lrs(lrs, step, params.size());  // inputs checked by check_inputs
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor p = params[i].contiguous();
     const at::Tensor g = grads[i].contiguous();

@@ -103,7 +103,7 @@ void launch(const std::vector<size_t>& idx, const std::vector<at::Tensor>& p,
 
 void apply(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, int64_t step,
            at::TensorList outs, bool in_place) {
-  const auto alphas = check_and_select_lrs(params, grads, lrs, lr, step, in_place);
+  const auto alphas = select_lrs(lrs, step, params.size());  // inputs checked by check_inputs
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<at::Tensor> p, g, a;

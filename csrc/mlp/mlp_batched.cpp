@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "maml_ext_checks.h"  // generated from maml_ext/reference/_checks.py
 #include "mlp/mlp_common.h"
 
 namespace maml_ext::mlp::batched {
@@ -213,8 +214,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward(
                                      nullptr, nullptr, std::nullopt, steps, activation, loss,
                                      checkpoint_every);
   const int64_t T = in.tasks, P = in.layout.numel;
-  check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, T, P, steps,
-                 checkpoint_every);
+  checks::check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, T, steps,
+                         checkpoint_every);
   const bool lr_grad = need_lr_grad && !lrs.empty();
   at::Tensor v = grad_loss.to(in.theta0.scalar_type()).reshape({T, 1}) * query_grad;
   if (!grad_adapted.empty()) v = v + pack(grad_adapted, true);
@@ -252,7 +253,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_mam
     const at::Tensor& x_query, const at::Tensor& y_query, const std::optional<at::Tensor>& w_query,
     int64_t steps, c10::string_view activation, c10::string_view loss, bool first_order,
     const at::Tensor& loss_weight) {
-  check_loss_weight(loss_weight, params[0], x_support.size(0));
+  checks::check_loss_weight(loss_weight, params[0], x_support.size(0));
   auto [query_loss, adapted, checkpoints, query_grad] =
       mlp_maml(params, lrs, lr, per_step, x_support, y_support, w_support, x_query, y_query,
                w_query, steps, activation, loss, first_order, 1, true);

@@ -1,5 +1,6 @@
-// ATen-side helpers shared by the CPU and CUDA implementations of the MLP ops: input checks,
-// packing of parameter lists into one flat [T, P] matrix and back.
+// ATen-side helpers shared by the CPU and CUDA implementations of the MLP ops: the checked inputs
+// (the checks are generated from maml_ext/reference/_checks.py, see maml_ext_checks.h), packing
+// of parameter lists into one flat [T, P] matrix and back.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,18 +13,6 @@
 #include "mlp/mlp_layout.h"
 
 namespace maml_ext::mlp {
-
-// A dtype as Python prints it ("torch.float64"), so both paths word their messages alike.
-std::string dtype_name(at::ScalarType t);
-
-// Checks the parameter list [W1, b1, ..., WL, bL, (log_std)] and returns its layout.
-// `task_dim`: the tensors carry a leading task dimension of size `tasks`.
-Layout layout_from_params(at::TensorList params, bool task_dim, int64_t tasks,
-                          const std::string& activation, const std::string& loss);
-
-// Checks x [T, K, d0], the targets and the optional weights against the layout.
-void check_batch(const Layout& L, const char* what, const at::Tensor& x, const at::Tensor& y,
-                 const std::optional<at::Tensor>& weight, int64_t tasks, const at::Tensor& like);
 
 // [T, P] (or [P] without task dim) with every parameter flattened, in order.
 at::Tensor pack(at::TensorList params, bool task_dim);
@@ -47,7 +36,7 @@ struct HvpInputs {
   std::optional<at::Tensor> weight;
 };
 
-// Checks every input of mlp_hvp and packs params and direction.
+// Checks every input of mlp_hvp (checks::check_hvp, labels) and packs params and direction.
 HvpInputs prepare_hvp(at::TensorList params, const at::Tensor& x, const at::Tensor& y,
                       at::TensorList direction, const std::optional<at::Tensor>& sample_weight,
                       c10::string_view activation, c10::string_view loss);
@@ -59,7 +48,8 @@ struct MamlInputs {
   std::optional<at::Tensor> ws, wq;
 };
 
-// Checks every input of mlp_maml / mlp_maml_backward (query tensors may be null) and packs them.
+// Checks every input of mlp_maml / mlp_maml_backward (checks::check_maml, labels; query tensors
+// may be null) and packs them.
 MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bool per_step,
                         const at::Tensor& x_support, const at::Tensor& y_support,
                         const std::optional<at::Tensor>& w_support, const at::Tensor* x_query,
@@ -68,16 +58,8 @@ MamlInputs prepare_maml(at::TensorList params, at::TensorList lrs, double lr, bo
                         int64_t checkpoint_every);
 
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t);
-// Class labels within [0, classes) (cross-entropy only).
+// Class labels within [0, classes) (cross-entropy, CPU only: reading values on a device would
+// synchronise with it).
 void check_labels(const Layout& L, const at::Tensor& y, const char* what);
-// The incoming gradients (grad_loss [T], grad_adapted: none or [T, *param] each) and the tensors
-// mlp_maml saved for its backward match the call (tasks, numel, steps, interval, dtype, device).
-void check_backward(const at::Tensor& grad_loss, at::TensorList grad_adapted, at::TensorList params,
-                    const at::Tensor& checkpoints, const at::Tensor& query_grad, int64_t tasks,
-                    int64_t numel, int64_t steps, int64_t checkpoint_every);
-// The per-task weights of the query losses in mlp_maml_grad: [T], like the parameters.
-void check_loss_weight(const at::Tensor& loss_weight, const at::Tensor& like, int64_t tasks);
-// The scalar learning rate is finite (any sign). Tensor rates are checked for metadata only.
-void check_lr(double lr);
 
 }  // namespace maml_ext::mlp

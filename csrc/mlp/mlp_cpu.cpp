@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "maml_ext_checks.h"  // generated from maml_ext/reference/_checks.py
 #include "mlp/mlp_common.h"
 #include "mlp/mlp_engine.h"
 
@@ -203,8 +204,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_maml_backward_c
                                      nullptr, nullptr, std::nullopt, steps, activation, loss,
                                      checkpoint_every);
   const int64_t T = in.tasks, P = in.layout.numel;
-  check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, T, P, steps,
-                 checkpoint_every);
+  checks::check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, T, steps,
+                         checkpoint_every);
   const bool lr_grad = need_lr_grad && !lrs.empty();
   const at::Tensor g_loss = grad_loss.to(in.theta0.scalar_type()).contiguous();
   const at::Tensor g_adapted = grad_adapted.empty() ? at::Tensor() : pack(grad_adapted, true);
@@ -239,7 +240,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_mam
   const MamlInputs in = prepare_maml(params, lrs, lr, per_step, x_support, y_support, w_support,
                                      &x_query, &y_query, w_query, steps, activation, loss, 1);
   const int64_t T = in.tasks, P = in.layout.numel;
-  check_loss_weight(loss_weight, in.theta0, T);
+  checks::check_loss_weight(loss_weight, in.theta0, T);
   const at::Tensor weight = loss_weight.contiguous();
   at::Tensor query_loss = at::empty({T}, in.theta0.options());
   // Summed per chunk of tasks as they finish: a [T, P] matrix would be written on every call

@@ -1,5 +1,7 @@
 #include "mlp/mlp_fused_call.h"
 
+#include "maml_ext_checks.h"  // generated from maml_ext/reference/_checks.py
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -22,7 +24,7 @@ Call prepare(at::TensorList params, at::TensorList lrs, double lr, bool per_step
                       &y_query, w_query, steps, activation, loss, 1);
   const Layout& L = c.in.layout;
   const int64_t T = c.in.tasks, P = L.numel;
-  check_loss_weight(loss_weight, c.in.theta0, T);
+  checks::check_loss_weight(loss_weight, c.in.theta0, T);
   TORCH_CHECK(supported(L), "the fused MLP kernel handles at most ", kMaxLayers, " layers, got ",
               L.layers);
   c.layout.act = static_cast<int>(L.act);

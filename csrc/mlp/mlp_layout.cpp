@@ -7,14 +7,15 @@ namespace maml_ext::mlp {
 Activation parse_activation(const std::string& name) {
   if (name == "relu") return Activation::Relu;
   if (name == "tanh") return Activation::Tanh;
-  TORCH_CHECK_VALUE(false, "activation: expected 'relu' or 'tanh', got '", name, "'");
+  // The ops check their arguments first (checks::check_hvp / check_maml): a user never gets here.
+  TORCH_INTERNAL_ASSERT(false, "parse_activation: unchecked activation '", name, "'");
 }
 
 Loss parse_loss(const std::string& name) {
   if (name == "mse") return Loss::Mse;
   if (name == "cross_entropy") return Loss::CrossEntropy;
   if (name == "gaussian_nll") return Loss::GaussianNll;
-  TORCH_CHECK_VALUE(false, "loss: expected 'mse', 'cross_entropy' or 'gaussian_nll', got '", name, "'");
+  TORCH_INTERNAL_ASSERT(false, "parse_loss: unchecked loss '", name, "'");
 }
 
 Layout make_layout(const std::vector<int64_t>& widths, Activation act, Loss loss) {

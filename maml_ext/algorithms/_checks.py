@@ -29,14 +29,22 @@ def check_steps(steps: object, name: str = "steps", minimum: int = 1) -> int:
     return int(steps)
 
 
-def check_support(x: Tensor, y: Tensor) -> None:
-    """A support batch [T, K, ...] with at least one task and one example per task."""
-    if x.dim() < 2:
-        raise ValueError(f"x_support must be [T, K, ...], got shape {tuple(x.shape)}")
-    tasks, k = x.shape[0], x.shape[1]
+def check_examples(x: Tensor, y: Tensor, which: str = "support", tasks: int | None = None) -> None:
+    """The one shape rule of a learner's example sets, for ``adapt`` and ``meta_loss`` alike:
+    ``x_<which>`` and ``y_<which>`` are ``[T, K, ...]`` with the T of the support set (``tasks``;
+    default: x's own), at least one task and K >= 1 examples, the K of ``x_<which>``. On the
+    fused path's every call: no string is built unless a check fails."""
+    if tasks is None:
+        tasks = x.shape[0] if x.dim() else 0
+    if x.dim() < 2 or x.shape[0] != tasks:
+        raise _not_examples("x", which, tasks, x)
     if tasks == 0:
-        raise ValueError(f"x_support must hold at least one task, got shape {tuple(x.shape)}")
-    if k == 0:
-        raise ValueError(f"x_support must hold at least one example per task (K >= 1), got shape {tuple(x.shape)}")
-    if y.shape[:2] != x.shape[:2]:
-        raise ValueError(f"y_support must start with [T={tasks}, K={k}] like x_support, got shape {tuple(y.shape)}")
+        raise ValueError(f"x_{which}: expected at least one task (T >= 1), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"x_{which}: expected at least one example per task (K >= 1), got shape {tuple(x.shape)}")
+    if y.dim() < 2 or y.shape[0] != tasks or y.shape[1] != x.shape[1]:
+        raise _not_examples("y", which, tasks, y)
+
+
+def _not_examples(xy: str, which: str, tasks: int, t: Tensor) -> ValueError:
+    return ValueError(f"{xy}_{which}: expected [T={tasks}, K, ...] with the K of x_{which}, got shape {tuple(t.shape)}")

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from maml_ext.tasks import TaskBatch
 
-from ._checks import check_lr, check_steps, check_support
+from ._checks import check_examples, check_lr, check_steps
 from .clone import TaskClone
 from .functional import FunctionalModel, Output
 from .inner import InnerSGD, State, inner_step
@@ -272,7 +272,7 @@ class MetaLearner(nn.Module, ABC):
         ``first_order`` cuts the graph through the gradients (FOMAML); ``lr`` overrides α
         (used when fine-tuning a baseline at test time).
         """
-        check_support(x, y)
+        check_examples(x, y)
         params = self.init_params()
         for s in range(steps):
             grads = self._grads(params, x, y, create_graph=not first_order)
@@ -287,7 +287,7 @@ class MetaLearner(nn.Module, ABC):
         ``predict``: all tasks at once on the learner's loss (``clone().adapt(loss)`` is the
         one-task form: one step on a loss the caller computes)."""
         steps = self.steps if steps is None else check_steps(steps, minimum=0)
-        check_support(x_support, y_support)  # also for steps=0, where inner_loop never starts
+        check_examples(x_support, y_support)  # also for steps=0, where inner_loop never starts
         params = self.init_params()
         for params in self.inner_loop(x_support, y_support, steps, first_order=False):
             pass
@@ -307,17 +307,14 @@ class MetaLearner(nn.Module, ABC):
         than the rest of the check)."""
         if ref is None:
             ref = self.model.get_parameter(self.adapt_names[0])
-        tasks = batch.x_support.shape[0] if batch.x_support.dim() else 0
         for name in ("x_support", "y_support", "x_query", "y_query"):
             t = getattr(batch, name)
             if t.device != ref.device:
                 raise RuntimeError(f"{name}: expected device {ref.device} like the model's parameters, got {t.device}")
             if t.is_floating_point() and t.dtype != ref.dtype:
                 raise TypeError(f"{name}: expected dtype {ref.dtype} like the model's parameters, got {t.dtype}")
-            x = getattr(batch, "x_" + name.split("_")[1])
-            if t.dim() < 2 or t.shape[0] != tasks or t.shape[1] != x.shape[1]:
-                raise ValueError(f"{name}: expected [T={tasks}, K, ...] with the K of x_{name.split('_')[1]}, "
-                                 f"got shape {tuple(t.shape)}")
+        check_examples(batch.x_support, batch.y_support)
+        check_examples(batch.x_query, batch.y_query, "query", batch.x_support.shape[0])
 
     # ----- algorithm interface ------------------------------------------------------------
     @abstractmethod

@@ -73,7 +73,7 @@ torch.library.register_autograd(
 
 @torch.library.register_fake(_LIB + "mlp_hvp")
 def _mlp_hvp_fake(params, x, y, direction, sample_weight, activation, loss):
-    _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss, values=False)
+    _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss)
     return (
         params[0].new_empty(x.shape[0]),
         [torch.empty_like(p) for p in params],
@@ -123,8 +123,7 @@ def _num_checkpoints(steps: int, every: int) -> int:
 @torch.library.register_fake(_LIB + "mlp_maml")
 def _mlp_maml_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
                    first_order, checkpoint_every, save_for_backward):
-    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), (xq, yq, wq), steps, activation, loss,
-                       checkpoint_every, values=False)
+    _checks.check_maml(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, checkpoint_every)
     tasks = xs.shape[0]
     numel = sum(p.numel() for p in params)
     ref = params[0]
@@ -189,8 +188,8 @@ torch.library.register_autograd(_LIB + "mlp_maml", _mlp_maml_backward, setup_con
 def _mlp_maml_backward_fake(grad_loss, grad_adapted, params, lrs, lr, per_step, xs, ys, ws,
                             checkpoints, query_grad, steps, activation, loss, first_order,
                             checkpoint_every, need_lr_grad):
-    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), None, steps, activation, loss,
-                       checkpoint_every, values=False)
+    _checks.check_maml(params, lrs, lr, per_step, xs, ys, ws, None, None, None, steps, activation, loss,
+                       checkpoint_every)
     _checks.check_backward(grad_loss, grad_adapted, params, checkpoints, query_grad, xs.shape[0],
                            steps, checkpoint_every)
     lr_grads = [torch.empty_like(a) for a in lrs] if need_lr_grad and lrs else []
@@ -200,9 +199,8 @@ def _mlp_maml_backward_fake(grad_loss, grad_adapted, params, lrs, lr, per_step, 
 @torch.library.register_fake(_LIB + "mlp_maml_grad")
 def _mlp_maml_grad_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss,
                         first_order, loss_weight):
-    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), (xq, yq, wq), steps, activation, loss,
-                       1, values=False)
-    _checks.loss_weight(loss_weight, params[0], xs.shape[0])
+    _checks.check_maml(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, 1)
+    _checks.check_loss_weight(loss_weight, params[0], xs.shape[0])
     return (params[0].new_empty(xs.shape[0]), [torch.empty_like(p) for p in params],
             [torch.empty_like(a) for a in lrs])
 
@@ -233,6 +231,8 @@ torch.library.register_autograd(
 
 @torch.library.register_fake(_LIB + "svgd_step")
 def _svgd_step_fake(particles, scores, score_scale, step_size):
+    _checks.check_svgd_scalars(score_scale, step_size)
+    _checks.check_svgd(particles, scores, "scores")
     tasks, m = particles[0].shape[:2]
     ref = particles[0]
     return [torch.empty_like(p) for p in particles], ref.new_empty(tasks, m, m), ref.new_empty(tasks)
@@ -262,6 +262,9 @@ torch.library.register_autograd(_LIB + "svgd_step", _svgd_step_backward, setup_c
 
 @torch.library.register_fake(_LIB + "svgd_step_backward")
 def _svgd_step_backward_fake(grad_out, particles, scores, score_scale, step_size, kernel, bandwidth):
+    _checks.check_svgd_scalars(score_scale, step_size)
+    _checks.check_svgd(particles, scores, "scores")
+    _checks.check_svgd(particles, grad_out, "grad_out")
     return [torch.empty_like(p) for p in particles], [torch.empty_like(p) for p in particles]
 
 

@@ -123,7 +123,9 @@ def mlp_hvp(
     """Per-task support loss [T], its gradient and its Hessian-vector product with ``direction``
     (no direction, or an empty one: loss and gradient only, and an empty HVP list)."""
     direction = list(direction or [])
-    _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss, values=x.device.type != "meta")
+    widths = _checks.check_hvp(params, x, y, direction, sample_weight, activation, loss)
+    if x.device.type != "meta":  # meta tensors have no values to check
+        _checks.check_labels("support", widths, loss, y)
     leaves, tracked = _leaves(params)
     steered = torch.is_grad_enabled() and any(d.requires_grad for d in direction)
     with torch.enable_grad():
@@ -160,10 +162,11 @@ def mlp_maml(
     """
     snapshots = renamed_snapshots(snapshots, checkpoint)
     lrs, lr_value = split_lr(lr)
-    _checks.check_maml(
-        params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
-        steps, activation, loss, snapshot_interval(snapshots, max(steps, 1)), values=x_support.device.type != "meta",
+    widths = _checks.check_maml(
+        params, lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query, w_query,
+        steps, activation, loss, snapshot_interval(snapshots, max(steps, 1)),
     )
+    _check_task_labels(widths, loss, y_support, y_query)
     leaves, tracked = _leaves(params)
     with torch.enable_grad():
         for theta in _adapted(leaves, x_support, y_support, w_support, lr, steps, per_step_lr, activation, loss,
@@ -174,6 +177,13 @@ def mlp_maml(
     if not (tracked or (torch.is_grad_enabled() and any(a.requires_grad for a in lrs))):
         return query_loss.detach(), [t.detach() for t in theta]
     return query_loss, theta
+
+
+def _check_task_labels(widths: list[int], loss: str, y_support: Tensor, y_query: Tensor) -> None:
+    """The label values of both sets (meta tensors have no values to check)."""
+    if y_support.device.type != "meta":
+        for what, labels in (("support", y_support), ("query", y_query)):
+            _checks.check_labels(what, widths, loss, labels)
 
 
 def _adapted(
@@ -211,10 +221,11 @@ def mlp_maml_eval(
     the ``steps`` SGD steps and after the last, and (``outputs=True``) the query outputs
     [steps + 1, T, K_query, out], else None. No graph is returned."""
     lrs, lr_value = split_lr(lr)
-    _checks.check_maml(
-        params, lrs, lr_value, per_step_lr, (x_support, y_support, w_support), (x_query, y_query, w_query),
-        steps, activation, loss, 1, values=x_support.device.type != "meta",
+    widths = _checks.check_maml(
+        params, lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query, w_query,
+        steps, activation, loss, 1,
     )
+    _check_task_labels(widths, loss, y_support, y_query)
     losses, outs = [], []
     leaves = [p.detach().requires_grad_() for p in params]
     with torch.enable_grad():

@@ -19,35 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_svgd", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel", "svgd_direction", "svgd_step"]
+from ._checks import check_svgd, check_svgd_scalars
+
+__all__ = ["median_bandwidth", "pairwise_sq_dists", "rbf_kernel", "svgd_direction", "svgd_step"]
 
 _TINY = 1e-12
-
-
-def check_svgd(particles: Sequence[Tensor], others: Sequence[Tensor], name: str) -> None:
-    """The checks of the compiled op (same argument names and exception types): ``particles`` are
-    float32/float64 tensors [T, M, ...] with equal T, M, dtype and device, and ``others`` (called
-    ``name``) match them tensor by tensor."""
-    if not particles:
-        raise ValueError("particles: expected at least one tensor [T, M, ...], got none")
-    if len(others) != len(particles):
-        raise ValueError(f"{name}: expected {len(particles)} tensors (one per particles tensor), got {len(others)}")
-    first = particles[0]
-    if first.dim() < 2 or first.shape[1] < 1:
-        raise ValueError(f"particles[0]: expected [T, M, ...] with M >= 1, got shape {tuple(first.shape)}")
-    if first.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"particles[0]: expected dtype float32 or float64, got {first.dtype}")
-    for i, (p, o) in enumerate(zip(particles, others)):
-        if p.dim() < 2 or p.shape[:2] != first.shape[:2]:
-            raise ValueError(f"particles[{i}]: expected [T, M, ...] with T, M = {tuple(first.shape[:2])} "
-                             f"like particles[0], got shape {tuple(p.shape)}")
-        if o.shape != p.shape:
-            raise ValueError(f"{name}[{i}]: expected shape {tuple(p.shape)} (that of particles[{i}]), got {tuple(o.shape)}")
-        for label, t, like in ((f"particles[{i}]", p, first), (f"{name}[{i}]", o, p)):
-            if t.dtype != like.dtype:
-                raise TypeError(f"{label}: expected dtype {like.dtype}, got {t.dtype}")
-            if t.device != like.device:
-                raise RuntimeError(f"{label}: expected device {like.device}, got {t.device}")
 
 
 def pairwise_sq_dists(particles: Sequence[Tensor]) -> Tensor:
@@ -108,9 +84,7 @@ def svgd_direction(particles: Sequence[Tensor], log_p_grads: Sequence[Tensor]) -
 
 def svgd_step(particles: Sequence[Tensor], scores: Sequence[Tensor], score_scale: float, step_size: float) -> list[Tensor]:
     """θ + ε φ per tensor with ∇log p = ``score_scale`` · ``scores`` (see ``maml_ext.ops.svgd_step``)."""
+    check_svgd_scalars(score_scale, step_size)
     check_svgd(particles, scores, "scores")
-    for name, value in (("score_scale", score_scale), ("step_size", step_size)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number, got {value}")
     phi = svgd_direction(particles, [score_scale * s for s in scores])
     return [p + step_size * f for p, f in zip(particles, phi)]

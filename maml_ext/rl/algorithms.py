@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.nn.utils import vector_to_parameters
 
 from maml_ext import ops
+from maml_ext.train import progress
 
 from . import baseline, policy, trpo
 from .envs.base import TaskEnv
@@ -286,9 +287,13 @@ class MetaRL:
         (``adapted``: the post-update policies, when the caller has them already; ``total_tasks``
         and ``reduce``: this process's share of a data-parallel meta-batch, see MetaObjective)."""
         params = self.params()
+        # The meta-gradient (one fused call through every task's inner step) takes seconds at the
+        # paper's size: it is named on the running bar (a no-op when none is open), like TRPO's CG.
+        progress.detail("meta-RL: meta-gradient through the inner step", 0, 1)
         objective = MetaObjective(params, pre, post, self.lr, self.activation, self.first_order, adapted,
                                   total_tasks, reduce, self.cg_subsample)
         loss, grads = objective.gradient()
+        progress.detail("meta-RL: meta-gradient through the inner step", 1, 1)
         if self.adam is not None:
             for p, g in zip(params, grads):
                 p.grad = g.to(p.dtype)
@@ -323,6 +328,7 @@ class MetaRL:
         params, total = self.params(), tasks.shape[0]
         pre_rollouts = sample(env, tasks, params, rollouts, generator, self.activation, shard)
         pre = self.process(pre_rollouts)
+        progress.detail("meta-RL: inner policy-gradient step", 0, 1)
         adapted = adapt(params, pre, self.lr, self.activation)
         post_rollouts = sample(env, tasks, adapted, rollouts, generator, self.activation, shard)
         info = self.meta_step(pre, self.process(post_rollouts), adapted, total, reduce)

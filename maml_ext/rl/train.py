@@ -46,14 +46,14 @@ class RLRun:
     learner: MetaRL
 
 
-def is_rl_config(cfg: Config) -> bool:
-    """Whether the config's task family is a meta-RL environment, as the family itself declares
-    (it is a :class:`TaskEnv`): the family is built once to ask it. A config without a task name
-    is not (its validation then says what is missing)."""
+def task_family(cfg: Config) -> Any:
+    """The config's task family, built once per command: it declares whether the run is meta-RL
+    (it is a :class:`TaskEnv`) and is then handed to ``train``/``restore`` of the right loop.
+    None for a config without a task name (its validation then says what is missing)."""
     task = cfg.get("task")
     if not isinstance(task, dict) or not isinstance(task.get("name"), str):
-        return False
-    return isinstance(supervised.build_plugin("task", cfg, plugins.tasks), TaskEnv)
+        return None
+    return supervised.build_plugin("task", cfg, plugins.tasks)
 
 
 def load_config(raw: Config) -> Config:
@@ -72,10 +72,11 @@ def load_config(raw: Config) -> Config:
     return cfg
 
 
-def build(cfg: Config) -> RLRun:
-    """Environment, policy (initialised from ``seed``) and learner of a validated config."""
+def build(cfg: Config, env: Any = None) -> RLRun:
+    """Environment, policy (initialised from ``seed``) and learner of a validated config
+    (``env``: the config's environment when the caller built it already, see ``task_family``)."""
     torch.manual_seed(cfg["seed"])
-    env = supervised.build_plugin("task", cfg, plugins.tasks)
+    env = supervised.build_plugin("task", cfg, plugins.tasks) if env is None else env
     if not isinstance(env, TaskEnv):
         raise ConfigError(f"task {cfg['task']['name']!r} is not a meta-RL environment (TaskEnv)")
     model = supervised.build_plugin("model", cfg, plugins.models, in_features=env.obs_dim, out_features=env.act_dim)
@@ -148,7 +149,7 @@ class RLStep:
         _load_learner(path, self.run.learner, state["learner"])
 
 
-def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True, family: Any = None) -> Path:
     """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the
     checkpoint path. Tasks come from a generator seeded by ``seed``, the rollouts' noise (and
     start states) from one seeded by ``seed + 1``; both are checkpointed, so ``resume`` continues
@@ -162,7 +163,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = 
     start states are deterministic (``point_nav``); a family that draws random start states from
     the generator draws them per shard, so its runs are as random but not the same numbers."""
     driver.set_threads(cfg)
-    step = RLStep(build(cfg), distributed.current())
+    step = RLStep(build(cfg, family), distributed.current())
     return driver.train(step, cfg, out_dir, resume=resume, progress=progress)
 
 
@@ -178,12 +179,12 @@ def is_rl_checkpoint(path: Path) -> bool:
     return checkpoint.load(path).get("kind") == KIND
 
 
-def restore(path: Path) -> tuple[RLRun, int]:
-    """The trained run stored in a meta-RL checkpoint, and its iteration."""
+def restore(path: Path, env: Any = None) -> tuple[RLRun, int]:
+    """The trained run stored in a meta-RL checkpoint, and its iteration (``env``: see ``build``)."""
     state = checkpoint.load(path)
     if state.get("kind") != KIND:
         raise checkpoint.CheckpointError(f"{path} is not a meta-RL checkpoint")
-    run = build(load_config(state["config"]))
+    run = build(load_config(state["config"]), env)
     _load_learner(path, run.learner, state["learner"])
     return run, state["iteration"]
 
@@ -191,7 +192,7 @@ def restore(path: Path) -> tuple[RLRun, int]:
 def evaluate(run: RLRun, cfg: Config, iteration: int, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """``eval.*`` protocol on the trained policy (and from the run's random initialisation when
     ``eval.random_init``); writes eval.json and prints the table."""
-    initial = build(run.config).learner if cfg["eval"]["random_init"] else None
+    initial = build(run.config, run.env).learner if cfg["eval"]["random_init"] else None
     results = rl_evaluate.evaluate(run.learner, run.env, cfg["eval"], initial, progress)
     results["iteration"] = iteration
     path = eval_files.write(results, cfg["eval"], out_dir, run.config["eval"])

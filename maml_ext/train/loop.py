@@ -45,10 +45,12 @@ def build_plugin(section: str, cfg: Config, registry: plugins.Registry, **given:
         raise ConfigError(f"{section} {name!r}: {exc}") from exc
 
 
-def build(cfg: Config) -> Run:
-    """Task family, model and learner of a validated config (model init seeded by ``seed``)."""
+def build(cfg: Config, family: Any = None) -> Run:
+    """Task family, model and learner of a validated config (model init seeded by ``seed``).
+    ``family``: the config's task family when the caller built it already (the families draw
+    from their own generators, never the global one, so the model's init is the same)."""
     torch.manual_seed(cfg["seed"])
-    family = build_plugin("task", cfg, plugins.tasks)
+    family = build_plugin("task", cfg, plugins.tasks) if family is None else family
     model = build_plugin("model", cfg, plugins.models, in_features=family.in_features, out_features=family.out_features)
     name, options = cfg["algorithm"]["name"], _options(cfg["algorithm"])
     if name in ALGORITHMS:
@@ -139,27 +141,27 @@ def _all_finite(grads: list[Tensor]) -> bool:
     return True
 
 
-def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True, family: Any = None) -> Path:
     """Meta-train into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json); returns the checkpoint path.
 
     Inside a torch.distributed process group every rank calls this: the ranks split each
     meta-batch (see ``distributed``) and only rank 0 touches ``out_dir``."""
     driver.set_threads(cfg)
-    run = build(cfg)
+    run = build(cfg, family)
     if cfg["train"].get("task_chunk") and run.learner.bn_names:
         raise ConfigError("train.task_chunk cannot be used with per-step BatchNorm statistics (MAML++): "
                           "their running averages are taken over one pass's tasks")
     return driver.train(SupervisedStep(run, distributed.current()), cfg, out_dir, resume=resume, progress=progress)
 
 
-def restore(ckpt_path: Path) -> tuple[Run, int]:
-    """The trained run stored in a checkpoint, and its iteration."""
+def restore(ckpt_path: Path, family: Any = None) -> tuple[Run, int]:
+    """The trained run stored in a checkpoint, and its iteration (``family``: see :func:`build`)."""
     state = checkpoint.load(ckpt_path)
     try:
         cfg = validate(state["config"])
     except ConfigError as exc:
         raise checkpoint.CheckpointError(f"checkpoint {ckpt_path} holds an invalid config: {exc}") from exc
-    run = build(cfg)
+    run = build(cfg, family)
     checkpoint.load_into(ckpt_path, run.learner, state["learner"])
     run.learner.eval()  # for evaluation: MAML++ per-step BatchNorm then uses its running statistics
     return run, state["iteration"]
