@@ -207,11 +207,9 @@ def _mlp_maml_grad_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps
 
 @torch.library.register_fake(_LIB + "mlp_maml_eval")
 def _mlp_maml_eval_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, outputs):
-    _checks.check_maml(params, lrs, lr, per_step, (xs, ys, ws), (xq, yq, wq), steps, activation, loss,
-                       1, values=False)
-    width = _checks.mlp_widths(params, False, 0, loss)[-1]
+    widths = _checks.check_maml(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, 1)
     return (params[0].new_empty(steps + 1, xs.shape[0]),
-            params[0].new_empty(steps + 1 if outputs else 0, xs.shape[0], xq.shape[1], width))
+            params[0].new_empty(steps + 1 if outputs else 0, xs.shape[0], xq.shape[1], widths[-1]))
 
 
 def _not_differentiable(ctx, *grads):
