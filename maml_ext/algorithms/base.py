@@ -102,6 +102,10 @@ class MetaLearner(nn.Module, ABC):
             the default, ``Momentum(0.9, nesterov=...)``, ``Adam(betas, eps)``); step size α.
         lr_groups: per-parameter-group step sizes ``{name or prefix: α}`` (the longest matching
             prefix wins; other parameters use ``lr``).
+        trace: record the ``vmap``-batched forward once per input signature and replay it
+            (:mod:`.trace`; faster, same results). None: when every module is torch.nn's or
+            maml_ext's; True also for your own modules, whose ``forward`` must then depend only on
+            tensors, training mode and shapes (not on Python state that changes between calls).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class MetaLearner(nn.Module, ABC):
         output: Output = None,
         inner_optimizer: InnerSGD | None = None,
         lr_groups: dict[str, float] | None = None,
+        trace: bool | None = None,
     ) -> None:
         super().__init__()
         check_loss(loss)
@@ -134,7 +139,7 @@ class MetaLearner(nn.Module, ABC):
                 # Row s: statistics of the forward passes made with parameters after s steps.
                 self.register_buffer(f"bn_mean_{i}", bn.running_mean.detach().repeat(steps + 1, 1))
                 self.register_buffer(f"bn_var_{i}", bn.running_var.detach().repeat(steps + 1, 1))
-        self.functional = FunctionalModel(model, output, self.bn_names)
+        self.functional = FunctionalModel(model, output, self.bn_names, trace)
         forward_tasks = getattr(model, "forward_tasks", None)
         if task_batched and (not callable(forward_tasks) or per_step_bn):
             raise ValueError("task_batched=True needs a model with forward_tasks(params, x) and per_step_bn off")

@@ -84,11 +84,12 @@ class MAML(MetaLearner):
         output: Output = None,
         inner_optimizer: InnerSGD | None = None,
         lr_groups: dict[str, float] | None = None,
+        trace: bool | None = None,
     ) -> None:
         super().__init__(
             model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn,
             per_step_bn_weights=per_step_bn_weights, task_batched=task_batched, output=output,
-            inner_optimizer=inner_optimizer, lr_groups=lr_groups,
+            inner_optimizer=inner_optimizer, lr_groups=lr_groups, trace=trace,
         )
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")

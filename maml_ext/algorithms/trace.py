@@ -1,0 +1,111 @@
+"""The generic path's batched forward, traced once and replayed: ``vmap`` without its per-call cost.
+
+``vmap`` of a module re-runs, on every call, the module tree's Python (``nn.Module.__call__`` per
+layer), the ``vmap`` wrapper and functorch's batching rules, and the rules emit more operators
+than a hand-written batched forward (a batched ``linear`` becomes expand, view, bmm, a view back,
+a multiplication of the bias by 1 and an add). Here that work is done once per input signature:
+``make_fx`` records the aten operators ``vmap`` runs, :func:`simplify` removes the ones that do
+nothing (views and expands to the same shape, multiplications by 1) and folds ``bmm`` + bias into
+``baddbmm``, and later calls replay the recorded operators. They are plain differentiable aten
+ops, so autograd through the replay (per-task gradients, second order) is exact.
+
+A recording is valid while the forward is a function of its tensor inputs, the modules' training
+flags and the input shapes, dtypes, devices and strides (the cache key). That holds for
+``torch.nn``'s layers and maml_ext's models; a user's own ``forward`` could also read Python state
+that changes between calls, so it is traced only on request (``trace=True``, see
+:class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks switch tracing off for the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.modules import module as module_globals
+
+aten = torch.ops.aten
+SAME_SHAPE_NOOPS = (aten.view.default, aten.expand.default, aten._unsafe_view.default, aten.reshape.default)
+TRUSTED = ("torch.nn.modules.", "maml_ext.models.")  # forwards that read no mutable Python state
+MAX_SIGNATURES = 16  # more distinct input signatures than this: shapes keep changing, stop recording
+
+
+def trusted(model: nn.Module) -> bool:
+    """Whether every module's ``forward`` is one of torch.nn's or maml_ext's (safe to record)."""
+    return all(type(m).__module__.startswith(TRUSTED) for m in model.modules())
+
+
+def _is_mutating(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and schema.is_mutable
+
+
+def simplify(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop same-shape views/expands and ``mul(x, 1)``; ``add(bmm(a, b), c)`` -> ``baddbmm(c, a, b)``.
+    Graphs with in-place operators are left as recorded (dropping a copy could alias an input)."""
+    graph = gm.graph
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    if any(_is_mutating(n) for n in calls):
+        return gm
+    for n in calls:
+        src = n.args[0] if n.args else None
+        if (n.target in SAME_SHAPE_NOOPS and src.meta["val"].shape == n.meta["val"].shape) or (
+                n.target is aten.mul.Scalar and n.args[1] == 1):
+            n.replace_all_uses_with(src)
+            graph.erase_node(n)
+    for n in list(graph.nodes):
+        if n.op != "call_function" or n.target is not aten.add.Tensor or n.kwargs or len(n.args) != 2:
+            continue
+        for mm, other in (n.args, reversed(n.args)):
+            if (isinstance(mm, fx.Node) and mm.target is aten.bmm.default and len(mm.users) == 1
+                    and isinstance(other, fx.Node) and mm.meta["val"].shape == n.meta["val"].shape):
+                with graph.inserting_before(n):
+                    fused = graph.call_function(aten.baddbmm.default, (other, *mm.args))
+                fused.meta = n.meta
+                n.replace_all_uses_with(fused)
+                graph.erase_node(n)
+                graph.erase_node(mm)
+                break
+    graph.eliminate_dead_code()
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _has_hooks(modules: list[nn.Module]) -> bool:
+    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+class Recorder:
+    """Recorded batched forwards of one model, one per input signature."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = list(model.modules())
+        self.graphs: dict[tuple, fx.GraphModule] = {}
+        self.enabled = True  # False once recording failed or the signatures kept changing
+
+    def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
+        """The cache key of a call, or None when this call must not use a recording (hooks)."""
+        if _has_hooks(self.modules):
+            return None
+        return (names, dims, tuple(m.training for m in self.modules),
+                tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors))
+
+    def __call__(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> Tensor | None:
+        """``fn(*tensors)`` through the recording for ``key`` (made now if new); None when recording
+        is off or fails (the caller runs ``fn`` itself, which raises the model's own error)."""
+        gm = self.graphs.get(key)
+        if gm is None:
+            if len(self.graphs) >= MAX_SIGNATURES:
+                self.enabled = False
+                return None
+            try:
+                gm = make_fx(fn)(*(t.detach() for t in tensors))  # the batched operators, no autograd graph
+            except Exception:  # noqa: BLE001 - anything vmap or tracing rejects runs untraced
+                self.enabled = False
+                return None
+            self.graphs[key] = gm = simplify(gm)
+        return gm(*tensors)
