@@ -134,6 +134,14 @@ class FunctionalModel:
             # Adapted after frozen: an adapted tensor wins a shared name, as in _call.
             names = (*frozen, *adapted, *buffers)
             dims = (None,) * len(frozen) + (0 if batched else None,) * len(adapted) + (buffer_dim,) * len(buffers)
+            tensors = (x, *frozen.values(), *adapted.values(), *buffers.values())
+            # Per-step BatchNorm statistics are updated in place: those calls are not recorded.
+            recorder = self.recorder if self.recorder is not None and self.recorder.enabled and not buffers else None
+            key = recorder.key(names, dims, tensors) if recorder is not None else None
+            replay = recorder.graphs.get(key) if key is not None else None
+            if replay is not None:
+                return replay(*tensors), buffers
+
             n_params = len(frozen) + len(adapted)
 
             def flat_call(x: Tensor, *tensors: Tensor) -> Tensor:
@@ -141,14 +149,9 @@ class FunctionalModel:
                 return self(params, dict(zip(names[n_params:], tensors[n_params:])), x)
 
             batched_call = vmap(flat_call, in_dims=(0, *dims))
-            tensors = (x, *frozen.values(), *adapted.values(), *buffers.values())
-            # Per-step BatchNorm statistics are updated in place: those calls are not recorded.
-            recorder = self.recorder if self.recorder is not None and self.recorder.enabled and not buffers else None
-            key = recorder.key(names, dims, tensors) if recorder is not None else None
-            out = recorder(key, batched_call, tensors) if key is not None else None
-            if out is not None:
+            if key is not None and recorder.record(key, batched_call, tensors):
                 self.vmap_ok = True  # recorded from a vmap call that worked
-                return out, buffers
+                return recorder.graphs[key](*tensors), buffers
             try:
                 out = batched_call(*tensors)
                 self.vmap_ok = True

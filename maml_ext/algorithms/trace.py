@@ -10,10 +10,11 @@ nothing (views and expands to the same shape, multiplications by 1) and folds ``
 ops, so autograd through the replay (per-task gradients, second order) is exact.
 
 A recording is valid while the forward is a function of its tensor inputs, the modules' training
-flags and the input shapes, dtypes, devices and strides (the cache key). That holds for
-``torch.nn``'s layers and maml_ext's models; a user's own ``forward`` could also read Python state
-that changes between calls, so it is traced only on request (``trace=True``, see
-:class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks switch tracing off for the call.
+flags, the input shapes, dtypes, devices and strides and the module's buffer tensors (the cache
+key). That holds for ``torch.nn``'s layers and maml_ext's models; a user's own ``forward`` could
+also read Python state that changes between calls, so it is traced only on request
+(``trace=True``, see :class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks switch
+recording off for the call.
 """
 
 from __future__ import annotations
@@ -84,28 +85,29 @@ class Recorder:
 
     def __init__(self, model: nn.Module) -> None:
         self.modules = list(model.modules())
-        self.graphs: dict[tuple, fx.GraphModule] = {}
+        # A recording holds the module's buffers (a normalisation constant, say) as they were:
+        # in-place changes are seen, a buffer replaced by another tensor needs a new recording.
+        self.buffer_slots = [(m._buffers, name) for m in self.modules for name in m._buffers]
+        self.graphs: dict[tuple, Callable[..., Tensor]] = {}  # key -> a recorded GraphModule's forward
         self.enabled = True  # False once recording failed or the signatures kept changing
 
     def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
         """The cache key of a call, or None when this call must not use a recording (hooks)."""
         if _has_hooks(self.modules):
             return None
-        return (names, dims, tuple(m.training for m in self.modules),
+        return (names, dims, tuple(m.training for m in self.modules), tuple(id(d[n]) for d, n in self.buffer_slots),
                 tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors))
 
-    def __call__(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> Tensor | None:
-        """``fn(*tensors)`` through the recording for ``key`` (made now if new); None when recording
-        is off or fails (the caller runs ``fn`` itself, which raises the model's own error)."""
-        gm = self.graphs.get(key)
-        if gm is None:
-            if len(self.graphs) >= MAX_SIGNATURES:
-                self.enabled = False
-                return None
-            try:
-                gm = make_fx(fn)(*(t.detach() for t in tensors))  # the batched operators, no autograd graph
-            except Exception:  # noqa: BLE001 - anything vmap or tracing rejects runs untraced
-                self.enabled = False
-                return None
-            self.graphs[key] = gm = simplify(gm)
-        return gm(*tensors)
+    def record(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> bool:
+        """Record ``fn(*tensors)`` (the vmapped forward) as ``graphs[key]``; False when recording is
+        off or fails (the caller runs ``fn`` itself, which raises the model's own error)."""
+        if len(self.graphs) >= MAX_SIGNATURES:
+            self.enabled = False
+            return False
+        try:
+            gm = make_fx(fn)(*(t.detach() for t in tensors))  # the batched operators, no autograd graph
+        except Exception:  # noqa: BLE001 - anything vmap or tracing rejects runs untraced
+            self.enabled = False
+            return False
+        self.graphs[key] = simplify(gm).forward  # forward: without nn.Module.__call__'s overhead
+        return True
