@@ -53,6 +53,19 @@ def task_loss(out: Tensor, y: Tensor, loss: Loss) -> Tensor:
     return per_example.view(y.shape).mean(1)
 
 
+def mean_task_loss(out: Tensor, y: Tensor, loss: Loss) -> Tensor:
+    """``task_loss(out, y, loss).mean()``: for the named losses one op over all tasks (every task
+    has the same K, so the mean of per-task means is the mean over all examples), whose backward
+    is one node instead of five (difference, square, flatten, per-task mean, mean)."""
+    if callable(loss):
+        return task_loss(out, y, loss).mean()
+    if loss == "mse":
+        if out.shape != y.shape:
+            raise ValueError(f"y: expected targets of the outputs' shape {tuple(out.shape)}, got {tuple(y.shape)}")
+        return F.mse_loss(out, y)
+    return F.cross_entropy(out.flatten(0, 1), y.flatten())
+
+
 class Params(NamedTuple):
     """Adapted parameters after ``step`` inner steps (per task ``[T, ...]`` once step > 0) and
     the frozen rest (shared)."""
@@ -243,6 +256,10 @@ class MetaLearner(nn.Module, ABC):
     def losses(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return task_loss(self.predict(params, x), y, self.loss)
 
+    def mean_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        """``losses(params, x, y).mean()``, computed as :func:`mean_task_loss`."""
+        return mean_task_loss(self.predict(params, x), y, self.loss)
+
     def _grads(self, params: Params, x: Tensor, y: Tensor, create_graph: bool) -> dict[str, Tensor | None]:
         """Per-task gradients ``[T, ...]`` of the support losses w.r.t. the adapted parameters
         (None for a parameter the loss does not use).
@@ -258,8 +275,10 @@ class MetaLearner(nn.Module, ABC):
                 p = p if params.per_task else p.expand(tasks, *p.shape)
                 inputs[name] = p if p.requires_grad else p.detach().requires_grad_()
             out = self._over_tasks(inputs, params.frozen, params.step, True, x)
-            total = task_loss(out, y, self.loss).sum()
-            grads = torch.autograd.grad(total, list(inputs.values()), create_graph=create_graph, allow_unused=True)
+            mean = mean_task_loss(out, y, self.loss)
+            # Seeded with T: the gradient of the summed task losses (no multiplication node).
+            grads = torch.autograd.grad(mean, list(inputs.values()), mean.new_full((), tasks),
+                                        create_graph=create_graph, allow_unused=True)
         return dict(zip(inputs, grads))
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:
