@@ -12,7 +12,8 @@ gradients from one batched backward. ``generic, vmap per call`` is the same lear
 - ``layernorm-mlp``: 1-40-40-1 with LayerNorm after each hidden Linear, same sizes;
 - ``resbn``: 1-64 → residual block [Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d] + skip → ReLU
   → 64-1, batch-statistics BatchNorm, same sizes;
-- ``conv4-5way``: Omniglot-shaped conv4 (64 filters), 5-way 1-shot, T=32, S=1, α=0.4.
+- ``conv4-5way``: Omniglot-shaped conv4 (64 filters), 5-way 1-shot, T=32, S=1, α=0.4;
+- ``conv4-20way``: the same, 20-way 1-shot, T=16, S=1, α=0.1.
 
 Implementations: ``maml_ext generic``; ``generic, vmap per call``; ``torch.func`` (``vmap`` over an unrolled per-task
 ``grad`` of ``functional_call``, the functorch MAML example); ``hand-batched`` (parameters
@@ -107,7 +108,8 @@ class Workload:
     tasks: int
     steps: int
     lr: float
-    loss: str  # "mse" (sinusoid regression) or "cross_entropy" (5-way labels)
+    loss: str  # "mse" (sinusoid regression) or "cross_entropy" (n-way labels)
+    ways: int = 5  # classes per task (cross_entropy)
 
 
 def _sinusoid_batch(tasks: int, k: int, g: torch.Generator) -> TaskBatch:
@@ -135,6 +137,8 @@ WORKLOADS = {
                  25, 1, 0.01, "mse"),
         Workload("conv4-5way", "conv4 (64 filters) 5-way 1-shot 28×28, T=32, S=1, α=0.4", lambda: conv4.build(1, 5),
                  lambda m: m.forward_tasks, 32, 1, 0.4, "cross_entropy"),
+        Workload("conv4-20way", "conv4 (64 filters) 20-way 1-shot 28×28, T=16, S=1, α=0.1", lambda: conv4.build(1, 20),
+                 lambda m: m.forward_tasks, 16, 1, 0.1, "cross_entropy", ways=20),
     )
 }
 
@@ -143,7 +147,7 @@ def make(w: Workload, dtype: torch.dtype) -> tuple[nn.Module, TaskBatch]:
     torch.manual_seed(0)
     model = w.build().to(dtype)
     g = torch.Generator().manual_seed(0)
-    b = _sinusoid_batch(w.tasks, 10, g) if w.loss == "mse" else _image_batch(w.tasks, 5, g)
+    b = _sinusoid_batch(w.tasks, 10, g) if w.loss == "mse" else _image_batch(w.tasks, w.ways, g)
     cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
     return model, TaskBatch(*(cast(t) for t in (b.x_support, b.y_support, b.x_query, b.y_query)))
 
