@@ -89,8 +89,13 @@ def test_recording_is_used_for_torch_nn_models_and_on_request() -> None:
     got = _meta_grads(learner, _batch())
     # step 0's expanded parameters (stride 0), step 1's per-task ones, the query after 2 steps
     assert len(learner.functional.recorder.graphs) == 3
-    want = _meta_grads(MAML(learner.model, lr=0.3, steps=2, trace=False), _batch())
+    plain = MAML(learner.model, lr=0.3, steps=2, trace=False)
+    want = _meta_grads(plain, _batch())
     for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # Evaluation records without gradients (its own keys), then training replays its own again.
+    torch.testing.assert_close(learner.evaluate(_batch(), steps=3), plain.evaluate(_batch(), steps=3), rtol=1e-12, atol=0)
+    for a, b in zip(_meta_grads(learner, _batch()), want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="trace"):
         MAML(mlp, trace="yes")

@@ -10,7 +10,7 @@ nothing (views and expands to the same shape, multiplications by 1) and folds ``
 ops, so autograd through the replay (per-task gradients, second order) is exact.
 
 A recording is valid while the forward is a function of its tensor inputs, the modules' training
-flags, the input shapes, dtypes, devices and strides and the module's buffer tensors (the cache
+flags, grad mode and autocast, the input shapes, dtypes, devices and strides and the module's buffer tensors (the cache
 key). That holds for ``torch.nn``'s layers and maml_ext's models; a user's own ``forward`` could
 also read Python state that changes between calls, so it is traced only on request
 (``trace=True``, see :class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks switch
@@ -29,7 +29,7 @@ from torch.nn.modules import module as module_globals
 aten = torch.ops.aten
 SAME_SHAPE_NOOPS = (aten.view.default, aten.expand.default, aten._unsafe_view.default, aten.reshape.default)
 TRUSTED = ("torch.nn.modules.", "maml_ext.models.")  # forwards that read no mutable Python state
-MAX_SIGNATURES = 16  # more distinct input signatures than this: shapes keep changing, stop recording
+MAX_SIGNATURES = 64  # beyond this many input signatures (shapes keep changing) new ones run unrecorded
 
 
 def trusted(model: nn.Module) -> bool:
@@ -89,20 +89,22 @@ class Recorder:
         # in-place changes are seen, a buffer replaced by another tensor needs a new recording.
         self.buffer_slots = [(m._buffers, name) for m in self.modules for name in m._buffers]
         self.graphs: dict[tuple, Callable[..., Tensor]] = {}  # key -> a recorded GraphModule's forward
-        self.enabled = True  # False once recording failed or the signatures kept changing
+        self.enabled = True  # False once recording failed (the model runs unrecorded from then on)
 
     def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
         """The cache key of a call, or None when this call must not use a recording (hooks)."""
         if _has_hooks(self.modules):
             return None
-        return (names, dims, tuple(m.training for m in self.modules), tuple(id(d[n]) for d, n in self.buffer_slots),
+        # Grad mode and autocast: layers may take another route without gradients (e.g.
+        # MultiheadAttention's fused inference path) or cast under autocast.
+        modes = (torch.is_grad_enabled(), torch.is_autocast_enabled(tensors[0].device.type))
+        return (names, dims, modes, tuple(m.training for m in self.modules), tuple(id(d[n]) for d, n in self.buffer_slots),
                 tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors))
 
     def record(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> bool:
         """Record ``fn(*tensors)`` (the vmapped forward) as ``graphs[key]``; False when recording is
         off or fails (the caller runs ``fn`` itself, which raises the model's own error)."""
-        if len(self.graphs) >= MAX_SIGNATURES:
-            self.enabled = False
+        if len(self.graphs) >= MAX_SIGNATURES:  # the recordings made so far are still used
             return False
         try:
             gm = make_fx(fn)(*(t.detach() for t in tensors))  # the batched operators, no autograd graph
