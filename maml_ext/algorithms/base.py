@@ -202,7 +202,7 @@ class MetaLearner(nn.Module, ABC):
 
     # ----- functional pieces -------------------------------------------------------------
     def init_params(self) -> Params:
-        named = dict(self.model.named_parameters())
+        named = self.functional.named_parameters()
         adapted = {n: named[n] for n in self.adapt_names}
         frozen = {n: p for n, p in named.items() if n not in adapted}
         return Params(adapted, frozen, step=0)
@@ -212,6 +212,8 @@ class MetaLearner(nn.Module, ABC):
 
         Training mode gets per-task copies ``[T, C]``, which BatchNorm updates in place under vmap.
         """
+        if not self.bn_names:
+            return {}, None
         row = min(step, self.steps)
         buffers = {}
         for i, name in enumerate(self.bn_names):

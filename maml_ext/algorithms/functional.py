@@ -96,6 +96,11 @@ class FunctionalModel:
         self.buffer_slots: dict[str, tuple[dict, str]] = {}  # filled on first use of each buffer name
         self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
 
+    def named_parameters(self) -> dict[str, Tensor]:
+        """``dict(model.named_parameters())`` read from the slots found once: the tensors now in
+        place, in the same order, without walking the module tree on every call."""
+        return {name: slots[attr] for slots, attr, name in self.param_slots}
+
     def _owner(self, path: str) -> nn.Module:
         return self.model.get_submodule(path.rpartition(".")[0])
 

@@ -98,8 +98,10 @@ class Recorder:
         # Grad mode and autocast: layers may take another route without gradients (e.g.
         # MultiheadAttention's fused inference path) or cast under autocast.
         modes = (torch.is_grad_enabled(), torch.is_autocast_enabled(tensors[0].device.type))
-        return (names, dims, modes, tuple(m.training for m in self.modules), tuple(id(d[n]) for d, n in self.buffer_slots),
-                tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors))
+        # Lists, not generator expressions: this runs twice per inner step.
+        return (names, dims, modes, tuple([m.training for m in self.modules]),
+                tuple([id(d[n]) for d, n in self.buffer_slots]),
+                tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors]))
 
     def record(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> bool:
         """Record ``fn(*tensors)`` (the vmapped forward) as ``graphs[key]``; False when recording is
