@@ -129,3 +129,23 @@ def test_recorded_graph_drops_no_op_views_and_folds_the_bias() -> None:
     assert aten.baddbmm.default in targets
     assert not targets & {aten.bmm.default, aten.mul.Scalar, aten.expand.default, aten._unsafe_view.default}
     torch.testing.assert_close(gm(x, w, b), torch.baddbmm(b[:, None], x, w.transpose(1, 2)), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 4, 4)])  # BatchNorm1d / BatchNorm2d inputs per task
+def test_recorded_graph_folds_a_per_task_batchnorm_affine(shape) -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.func import vmap
+
+    from maml_ext.algorithms.trace import simplify
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, *shape, generator=g, dtype=torch.float64)
+    w, b = (torch.randn(T, shape[1], generator=g, dtype=torch.float64) for _ in range(2))
+    norm = lambda x, w, b: torch.nn.functional.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
+    want = torch.stack([norm(x[t], w[t], b[t]) for t in range(T)])
+    gm = simplify(make_fx(vmap(norm))(x, w, b))
+    aten = torch.ops.aten
+    norms = [n for n in gm.graph.nodes if n.target is aten.native_batch_norm.default]
+    assert len(norms) == 1 and norms[0].args[1] is not None and norms[0].args[1].target is not aten.ones.default
+    assert not {n.target for n in gm.graph.nodes} & {aten.mul.Tensor, aten.ones.default, aten.zeros.default}
+    torch.testing.assert_close(gm(x, w, b), want, rtol=1e-13, atol=1e-13)

@@ -19,6 +19,7 @@ recording off for the call.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import torch
@@ -68,10 +69,57 @@ def simplify(gm: fx.GraphModule) -> fx.GraphModule:
                 graph.erase_node(n)
                 graph.erase_node(mm)
                 break
+    for n in list(graph.nodes):
+        _fold_norm_affine(graph, n)
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
     return gm
+
+
+def _shape(n: object) -> list[int] | None:
+    return list(n.meta["val"].shape) if isinstance(n, fx.Node) and isinstance(n.meta.get("val"), Tensor) else None
+
+
+def _fold_norm_affine(graph: fx.Graph, add: fx.Node) -> None:
+    """vmap's rule for a per-task BatchNorm affine: ``native_batch_norm(x [N, G·C, ...], ones,
+    zeros)``, its output transposed and viewed ``[G, C, N, ...]``, times a ``[G, C, 1, ...]`` weight
+    plus a bias of that shape -> ``native_batch_norm(x, weight [G·C], bias [G·C])`` with the same
+    transpose and view: the affine inside the normalisation, on contiguous memory, as a
+    hand-written per-task BatchNorm does."""
+    if add.target is not aten.add.Tensor or add.kwargs or len(add.args) != 2:
+        return
+    mul, bias = add.args
+    if not (isinstance(mul, fx.Node) and mul.target is aten.mul.Tensor and len(mul.users) == 1 and not mul.kwargs):
+        return
+    view, weight = mul.args
+    if not (isinstance(view, fx.Node) and view.target is aten.view.default and len(view.users) == 1):
+        return
+    trans = view.args[0]
+    if not (trans.target is aten.transpose.int and tuple(trans.args[1:]) == (0, 1) and len(trans.users) == 1):
+        return
+    item = trans.args[0]
+    if not (item.target is operator.getitem and item.args[1] == 0 and len(item.users) == 1):
+        return
+    norm = item.args[0]
+    if not (norm.target is aten.native_batch_norm.default and norm.args[3] is None and norm.args[4] is None
+            and norm.args[5] is True and norm.args[1].target is aten.ones.default
+            and norm.args[2].target is aten.zeros.default):
+        return
+    shape = _shape(view)
+    per_channel = shape[:2] + [1] * (len(shape) - 2)
+    if shape[0] * shape[1] != _shape(norm.args[0])[1] or _shape(weight) != per_channel or _shape(bias) != per_channel:
+        return
+    channels = [shape[0] * shape[1]]
+    with graph.inserting_before(add):
+        flat_w = graph.call_function(aten.reshape.default, (weight, channels))
+        flat_b = graph.call_function(aten.reshape.default, (bias, channels))
+        folded = graph.call_function(aten.native_batch_norm.default, (norm.args[0], flat_w, flat_b, *norm.args[3:]))
+        out = graph.call_function(operator.getitem, (folded, 0))
+        out = graph.call_function(aten.transpose.int, (out, 0, 1))
+        out = graph.call_function(aten.view.default, (out, view.args[1]))
+    out.meta = add.meta
+    add.replace_all_uses_with(out)  # the old chain is dead code now
 
 
 def _has_hooks(modules: list[nn.Module]) -> bool:
