@@ -3,15 +3,19 @@
     python benchmarks/bench_generic.py [--threads 1] [--min-time 2] [--rounds 3] [--workloads ...]
 
 The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's module under
-``vmap`` over tasks, per-task gradients from one batched backward. Workloads (second order, CPU):
+``vmap`` over tasks, recorded once per input signature and replayed (``trace``; the default for
+torch.nn and maml_ext modules, ``trace=True`` here so the custom ``ResBN`` is recorded too), per-task
+gradients from one batched backward. ``generic, vmap per call`` is the same learner with
+``trace=False`` (the path before recording). Workloads (second order, CPU):
 
 - ``sinusoid``: the paper's MLP 1-40-40-1 as a plain ``nn.Sequential``, T=25, K=10, S=1, α=0.01;
 - ``layernorm-mlp``: 1-40-40-1 with LayerNorm after each hidden Linear, same sizes;
 - ``resbn``: 1-64 → residual block [Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d] + skip → ReLU
   → 64-1, batch-statistics BatchNorm, same sizes;
-- ``conv4-5way``: Omniglot-shaped conv4 (64 filters), 5-way 1-shot, T=32, S=1, α=0.4.
+- ``conv4-5way``: Omniglot-shaped conv4 (64 filters), 5-way 1-shot, T=32, S=1, α=0.4;
+- ``conv4-20way``: the same, 20-way 1-shot, T=16, S=1, α=0.1.
 
-Implementations: ``maml_ext generic``; ``torch.func`` (``vmap`` over an unrolled per-task
+Implementations: ``maml_ext generic``; ``generic, vmap per call``; ``torch.func`` (``vmap`` over an unrolled per-task
 ``grad`` of ``functional_call``, the functorch MAML example); ``hand-batched`` (parameters
 expanded to ``[T, ...]``, a batched forward written by hand: ``baddbmm``, per-task LayerNorm /
 BatchNorm statistics, conv4's grouped convolutions; ``autograd.grad(create_graph=True)``).
@@ -41,6 +45,7 @@ from maml_ext.models import conv4
 from maml_ext.tasks import TaskBatch
 
 GATE = 1e-10
+IMPLS = ("maml_ext generic", "generic, vmap per call", "torch.func", "hand-batched")
 Batched = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params [T, ...], x [T, N, ...]) -> [T, N, out]
 
 
@@ -103,7 +108,8 @@ class Workload:
     tasks: int
     steps: int
     lr: float
-    loss: str  # "mse" (sinusoid regression) or "cross_entropy" (5-way labels)
+    loss: str  # "mse" (sinusoid regression) or "cross_entropy" (n-way labels)
+    ways: int = 5  # classes per task (cross_entropy)
 
 
 def _sinusoid_batch(tasks: int, k: int, g: torch.Generator) -> TaskBatch:
@@ -131,6 +137,8 @@ WORKLOADS = {
                  25, 1, 0.01, "mse"),
         Workload("conv4-5way", "conv4 (64 filters) 5-way 1-shot 28×28, T=32, S=1, α=0.4", lambda: conv4.build(1, 5),
                  lambda m: m.forward_tasks, 32, 1, 0.4, "cross_entropy"),
+        Workload("conv4-20way", "conv4 (64 filters) 20-way 1-shot 28×28, T=16, S=1, α=0.1", lambda: conv4.build(1, 20),
+                 lambda m: m.forward_tasks, 16, 1, 0.1, "cross_entropy", ways=20),
     )
 }
 
@@ -139,7 +147,7 @@ def make(w: Workload, dtype: torch.dtype) -> tuple[nn.Module, TaskBatch]:
     torch.manual_seed(0)
     model = w.build().to(dtype)
     g = torch.Generator().manual_seed(0)
-    b = _sinusoid_batch(w.tasks, 10, g) if w.loss == "mse" else _image_batch(w.tasks, 5, g)
+    b = _sinusoid_batch(w.tasks, 10, g) if w.loss == "mse" else _image_batch(w.tasks, w.ways, g)
     cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
     return model, TaskBatch(*(cast(t) for t in (b.x_support, b.y_support, b.x_query, b.y_query)))
 
@@ -151,7 +159,8 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     """Each returns the mean query loss whose gradient w.r.t. the model's parameters is the meta-gradient."""
     params = dict(model.named_parameters())
     loss_fn = F.mse_loss if w.loss == "mse" else F.cross_entropy
-    learner = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False)
+    learner, untraced = (MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=trace)
+                         for trace in (True, False))
     forward_tasks = w.batched(model)
 
     def task_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -191,6 +200,7 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     return {
         "per-task loop": loop,
         "maml_ext generic": learner.meta_loss,
+        "generic, vmap per call": untraced.meta_loss,
         "torch.func": lambda b: vmap(one_task)(b.x_support, b.y_support, b.x_query, b.y_query).mean(),
         "hand-batched": hand_batched,
     }
@@ -244,16 +254,16 @@ def main() -> None:
     for key in args.workloads:
         w = WORKLOADS[key]
         errors = float64_errors(w)
-        timed = [n for n in ("maml_ext generic", "torch.func", "hand-batched") if errors[n] <= GATE]
+        timed = [n for n in IMPLS if errors[n] <= GATE]
         ms = cpu_ms(w, timed, args.min_time, args.rounds)
         ours = ms.get("maml_ext generic")
         print(f"\n{key}: {w.label}")
-        for n in ("maml_ext generic", "torch.func", "hand-batched"):
+        for n in IMPLS:
             if n in ms:
                 ratio = f"  ({ms[n] / ours:.2f}x generic's time)" if ours else ""
-                print(f"  {n:18s} {ms[n]:9.3f} ms   f64 error {errors[n]:.1e}{ratio}")
+                print(f"  {n:22s} {ms[n]:9.3f} ms   f64 error {errors[n]:.1e}{ratio}")
             else:
-                print(f"  {n:18s}   not timed: f64 error {errors[n]:.1e} > {GATE:g}")
+                print(f"  {n:22s}   not timed: f64 error {errors[n]:.1e} > {GATE:g}")
 
 
 if __name__ == "__main__":

@@ -252,14 +252,15 @@ def assert_same(got, want):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("trace", [None, True, False])  # recorded forward: torch.nn models only / all / none
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_meta_gradient_equals_per_task_autograd(name):
+def test_meta_gradient_equals_per_task_autograd(name, trace):
     case = CASES[name]
     torch.manual_seed(0)
     model = case.build().double()
     batch = case.batch()
     before = snapshot(model)
-    learner = MAML(model, lr=LR, steps=STEPS, loss=case.loss, **case.options)
+    learner = MAML(model, lr=LR, steps=STEPS, loss=case.loss, trace=trace, **case.options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the per-task-loop notice has its own test
         for task_major, run in ((False, lambda: learner.meta_loss(batch)),

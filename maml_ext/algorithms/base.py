@@ -53,6 +53,19 @@ def task_loss(out: Tensor, y: Tensor, loss: Loss) -> Tensor:
     return per_example.view(y.shape).mean(1)
 
 
+def mean_task_loss(out: Tensor, y: Tensor, loss: Loss) -> Tensor:
+    """``task_loss(out, y, loss).mean()``: for the named losses one op over all tasks (every task
+    has the same K, so the mean of per-task means is the mean over all examples), whose backward
+    is one node instead of five (difference, square, flatten, per-task mean, mean)."""
+    if callable(loss):
+        return task_loss(out, y, loss).mean()
+    if loss == "mse":
+        if out.shape != y.shape:
+            raise ValueError(f"y: expected targets of the outputs' shape {tuple(out.shape)}, got {tuple(y.shape)}")
+        return torch.ops.aten.mse_loss.default(out, y)  # F.mse_loss's checks and broadcasting are done
+    return F.cross_entropy(out.flatten(0, 1), y.flatten())
+
+
 class Params(NamedTuple):
     """Adapted parameters after ``step`` inner steps (per task ``[T, ...]`` once step > 0) and
     the frozen rest (shared)."""
@@ -102,6 +115,10 @@ class MetaLearner(nn.Module, ABC):
             the default, ``Momentum(0.9, nesterov=...)``, ``Adam(betas, eps)``); step size α.
         lr_groups: per-parameter-group step sizes ``{name or prefix: α}`` (the longest matching
             prefix wins; other parameters use ``lr``).
+        trace: record the ``vmap``-batched forward once per input signature and replay it
+            (:mod:`.trace`; faster, same results). None: when every module is torch.nn's or
+            maml_ext's; True also for your own modules, whose ``forward`` must then depend only on
+            tensors, training mode and shapes (not on Python state that changes between calls).
     """
 
     def __init__(
@@ -118,6 +135,7 @@ class MetaLearner(nn.Module, ABC):
         output: Output = None,
         inner_optimizer: InnerSGD | None = None,
         lr_groups: dict[str, float] | None = None,
+        trace: bool | None = None,
     ) -> None:
         super().__init__()
         check_loss(loss)
@@ -134,7 +152,7 @@ class MetaLearner(nn.Module, ABC):
                 # Row s: statistics of the forward passes made with parameters after s steps.
                 self.register_buffer(f"bn_mean_{i}", bn.running_mean.detach().repeat(steps + 1, 1))
                 self.register_buffer(f"bn_var_{i}", bn.running_var.detach().repeat(steps + 1, 1))
-        self.functional = FunctionalModel(model, output, self.bn_names)
+        self.functional = FunctionalModel(model, output, self.bn_names, trace)
         forward_tasks = getattr(model, "forward_tasks", None)
         if task_batched and (not callable(forward_tasks) or per_step_bn):
             raise ValueError("task_batched=True needs a model with forward_tasks(params, x) and per_step_bn off")
@@ -184,7 +202,7 @@ class MetaLearner(nn.Module, ABC):
 
     # ----- functional pieces -------------------------------------------------------------
     def init_params(self) -> Params:
-        named = dict(self.model.named_parameters())
+        named = self.functional.named_parameters()
         adapted = {n: named[n] for n in self.adapt_names}
         frozen = {n: p for n, p in named.items() if n not in adapted}
         return Params(adapted, frozen, step=0)
@@ -194,6 +212,8 @@ class MetaLearner(nn.Module, ABC):
 
         Training mode gets per-task copies ``[T, C]``, which BatchNorm updates in place under vmap.
         """
+        if not self.bn_names:
+            return {}, None
         row = min(step, self.steps)
         buffers = {}
         for i, name in enumerate(self.bn_names):
@@ -238,6 +258,10 @@ class MetaLearner(nn.Module, ABC):
     def losses(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return task_loss(self.predict(params, x), y, self.loss)
 
+    def mean_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        """``losses(params, x, y).mean()``, computed as :func:`mean_task_loss`."""
+        return mean_task_loss(self.predict(params, x), y, self.loss)
+
     def _grads(self, params: Params, x: Tensor, y: Tensor, create_graph: bool) -> dict[str, Tensor | None]:
         """Per-task gradients ``[T, ...]`` of the support losses w.r.t. the adapted parameters
         (None for a parameter the loss does not use).
@@ -253,8 +277,10 @@ class MetaLearner(nn.Module, ABC):
                 p = p if params.per_task else p.expand(tasks, *p.shape)
                 inputs[name] = p if p.requires_grad else p.detach().requires_grad_()
             out = self._over_tasks(inputs, params.frozen, params.step, True, x)
-            total = task_loss(out, y, self.loss).sum()
-            grads = torch.autograd.grad(total, list(inputs.values()), create_graph=create_graph, allow_unused=True)
+            mean = mean_task_loss(out, y, self.loss)
+            # Seeded with T: the gradient of the summed task losses (no multiplication node).
+            grads = torch.autograd.grad(mean, list(inputs.values()), mean.new_full((), tasks),
+                                        create_graph=create_graph, allow_unused=True)
         return dict(zip(inputs, grads))
 
     def step_lr(self, step: int) -> tuple[float | list[Tensor], int | None]:

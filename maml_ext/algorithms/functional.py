@@ -8,8 +8,10 @@
   instead of on every call (its per-call bookkeeping was a tenth of a small model's iteration).
 - BatchNorm running statistics are passed as ``None`` (batch statistics in train and eval mode,
   as in the original MAML, and no in-place update of the module's buffers).
-- Tasks run under ``vmap``; a model vmap cannot batch (RNNs, dropout, data-dependent control flow)
-  runs as an exact per-task loop instead, with a one-time notice.
+- Tasks run under ``vmap``, recorded once per input signature and replayed (:mod:`.trace`) for
+  torch.nn's layers, maml_ext's models and models traced on request; a model vmap cannot batch
+  (RNNs, dropout, data-dependent control flow) runs as an exact per-task loop instead, with a
+  one-time notice.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .trace import Recorder, trusted
 
 Output = Union[int, str, Callable[[object], Tensor], None]
 """Which part of a model's output the loss sees: None (a tensor as is, element 0 of a tuple or
@@ -76,8 +80,12 @@ def batch_stat_buffers(model: nn.Module, skip: list[str]) -> dict[str, None]:
 class FunctionalModel:
     """A model called with given parameters and buffers, per task or over a batch of tasks."""
 
-    def __init__(self, model: nn.Module, output: Output, keep_stats: list[str]) -> None:
+    def __init__(self, model: nn.Module, output: Output, keep_stats: list[str], trace: bool | None = None) -> None:
         check_output(output)
+        if trace not in (None, True, False):
+            raise ValueError(f"trace: expected None, True or False, got {trace!r}")
+        # None: record the batched forward when every module's forward is torch.nn's or maml_ext's.
+        self.recorder = Recorder(model) if trace or (trace is None and trusted(model)) else None
         self.model = model
         self.output = output
         self.aliases = parameter_aliases(model)
@@ -87,6 +95,11 @@ class FunctionalModel:
                             for alias, name in self.aliases.items()]
         self.buffer_slots: dict[str, tuple[dict, str]] = {}  # filled on first use of each buffer name
         self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
+
+    def named_parameters(self) -> dict[str, Tensor]:
+        """``dict(model.named_parameters())`` read from the slots found once: the tensors now in
+        place, in the same order, without walking the module tree on every call."""
+        return {name: slots[attr] for slots, attr, name in self.param_slots}
 
     def _owner(self, path: str) -> nn.Module:
         return self.model.get_submodule(path.rpartition(".")[0])
@@ -126,14 +139,26 @@ class FunctionalModel:
             # Adapted after frozen: an adapted tensor wins a shared name, as in _call.
             names = (*frozen, *adapted, *buffers)
             dims = (None,) * len(frozen) + (0 if batched else None,) * len(adapted) + (buffer_dim,) * len(buffers)
+            tensors = (x, *frozen.values(), *adapted.values(), *buffers.values())
+            # Per-step BatchNorm statistics are updated in place: those calls are not recorded.
+            recorder = self.recorder if self.recorder is not None and self.recorder.enabled and not buffers else None
+            key = recorder.key(names, dims, tensors) if recorder is not None else None
+            replay = recorder.graphs.get(key) if key is not None else None
+            if replay is not None:
+                return replay(*tensors), buffers
+
             n_params = len(frozen) + len(adapted)
 
             def flat_call(x: Tensor, *tensors: Tensor) -> Tensor:
                 params = dict(zip(names[:n_params], tensors[:n_params]))
                 return self(params, dict(zip(names[n_params:], tensors[n_params:])), x)
 
+            batched_call = vmap(flat_call, in_dims=(0, *dims))
+            if key is not None and recorder.record(key, batched_call, tensors):
+                self.vmap_ok = True  # recorded from a vmap call that worked
+                return recorder.graphs[key](*tensors), buffers
             try:
-                out = vmap(flat_call, in_dims=(0, *dims))(x, *frozen.values(), *adapted.values(), *buffers.values())
+                out = batched_call(*tensors)
                 self.vmap_ok = True
                 return out, buffers
             except RuntimeError as exc:

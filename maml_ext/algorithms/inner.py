@@ -107,4 +107,5 @@ def inner_step(
     directions, state = optimizer.directions({n: grads[n] for n in names}, state, step)
     stepped = apply_step([adapted[n] for n in names], [directions[n] for n in names], lr, row)
     new = dict(zip(names, stepped))
-    return {n: new.get(n, p if per_task else p.expand(tasks, *p.shape)) for n, p in adapted.items()}, state
+    # (not new.get(n, p.expand(...)): that would expand every parameter on every step)
+    return {n: new[n] if n in new else p if per_task else p.expand(tasks, *p.shape) for n, p in adapted.items()}, state

@@ -84,11 +84,12 @@ class MAML(MetaLearner):
         output: Output = None,
         inner_optimizer: InnerSGD | None = None,
         lr_groups: dict[str, float] | None = None,
+        trace: bool | None = None,
     ) -> None:
         super().__init__(
             model, lr=lr, steps=steps, loss=loss, adapt=adapt, per_step_bn=per_step_bn,
             per_step_bn_weights=per_step_bn_weights, task_batched=task_batched, output=output,
-            inner_optimizer=inner_optimizer, lr_groups=lr_groups,
+            inner_optimizer=inner_optimizer, lr_groups=lr_groups, trace=trace,
         )
         if learn_lr not in LEARN_LR:
             raise ValueError(f"learn_lr must be one of {LEARN_LR}, got {learn_lr!r}")
@@ -152,13 +153,14 @@ class MAML(MetaLearner):
         if self.fused_spec is not None:
             return self._fused_meta_loss(batch, first_order)
         weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
-        total = batch.x_query.new_zeros(())
+        total = None  # no zero to start from: one add and its backward node fewer
         loop = self.inner_loop(batch.x_support, batch.y_support, self.steps, first_order=first_order)
         for s, params in enumerate(loop):
             if weights is None and s < self.steps - 1:
                 continue
-            query = self.losses(params, batch.x_query, batch.y_query).mean()
-            total = total + (query if weights is None else weights[s] * query)
+            query = self.mean_loss(params, batch.x_query, batch.y_query)
+            query = query if weights is None else weights[s] * query
+            total = query if total is None else total + query
         return total
 
     def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
