@@ -32,17 +32,25 @@ def test_readme_keeps_the_ci_test_command_on_a_line_of_its_own():
     assert command in (ROOT / "README.md").read_text().splitlines()  # .ci/run greps for it
 
 
-# Pages written on other branches at the same time as this layout; drop a name once it is merged.
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown page: lower case, punctuation dropped, spaces as '-'."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def test_readme_links_resolve():
-    """Every relative link of README.md and docs/*.md names a file of the repository."""
+    """Every relative link of README.md and docs/*.md names a file of the repository, and a
+    heading of that file when it has an anchor."""
     missing = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        for target, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", page.read_text()):
             if "://" in target:
                 continue
             path = (page.parent / target).resolve()
             if not path.exists():
                 missing.append(f"{page.relative_to(ROOT)} -> {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                missing.append(f"{page.relative_to(ROOT)} -> {target}#{anchor}")
     assert not missing, missing
 
 
