@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
-from .bayes import RowLearner, Rows, expand_rows
+from .bayes import RowLearner, Rows, compiled_on_cpu, expand_rows
 
 OBJECTIVES = ("chaser", "likelihood")
 
@@ -21,7 +21,7 @@ def step_node_available(t: Tensor) -> bool:
     """Whether a fused-MLP BMAML runs its SVGD steps as :class:`_MLPSVGDStep` nodes (compiled
     kernels on CPU, where ``svgd_step`` has one); else the composed ops (their reference twins
     without the extension)."""
-    return ops.extension_available() and t.device.type == "cpu"
+    return compiled_on_cpu(t)
 
 
 class _MLPSVGDStep(torch.autograd.Function):

@@ -1,13 +1,15 @@
-"""BMAML's Chaser loss as one autograd node over the compiled ops (bmaml._MLPChaser): loss and
-meta-gradient in float64 against the pure-PyTorch learner (generic path, reference SVGD) and
-against the per-step nodes, over M, T, inner and leader steps, first and second order."""
+"""The fused-MLP autograd nodes of the row learners, in float64: BMAML's Chaser loss as one node
+(bmaml._MLPChaser), loss and meta-gradient against the pure-PyTorch learner (generic path, reference
+SVGD) and the per-step nodes over M, T, inner and leader steps, first and second order; the per-row
+loss node (bayes._MLPRowLoss) against the generic forward, and the learners that use it."""
 
 import pytest
 import torch
 
 from _ops_helpers import assert_rel, gen, requires_extension
 from maml_ext import ops, reference
-from maml_ext.algorithms import BMAML, bmaml
+from maml_ext.algorithms import BMAML, PLATIPUS, bayes, bmaml
+from maml_ext.algorithms.base import task_loss
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks.sinusoid import Sinusoid
 
@@ -81,3 +83,45 @@ def test_chaser_node_backward_scales_with_the_loss_cotangent():
         (weight * learner.meta_loss(batch)).backward()
         grads.append([p.grad for p in learner.parameters()])
     assert_rel([-2.5 * g for g in grads[0]], grads[1], TIGHT, "cotangent")
+
+
+@requires_extension
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_row_loss_node_equals_the_generic_forward(activation):
+    learner = BMAML(MLP(1, 1, hidden=(8, 6), activation=activation).double(), particles=3, fused=True)
+    batch = batch64(4, seed=7)
+    rows = {n: (p + 0.1 * torch.randn(12, *p.shape[1:], generator=gen(8), dtype=p.dtype)).requires_grad_()
+            for n, p in learner._task_rows(4).items()}
+    x, y = bayes.expand_rows(batch.x_query, 3), bayes.expand_rows(batch.y_query, 3)
+    cot = torch.randn(12, generator=gen(9), dtype=torch.float64)
+    results = []
+    for losses_of in (learner.row_losses, lambda r, x, y: task_loss(learner.row_predict(r, x), y, learner.loss)):
+        losses = losses_of(rows, x, y)
+        results.append([losses, *torch.autograd.grad((losses * cot).sum(), list(rows.values()))])
+    assert results[0][0].grad_fn.name() == "_MLPRowLossBackward"
+    assert_rel(results[0], results[1], TIGHT, "row-loss node vs generic forward")
+
+
+@requires_extension
+def test_row_loss_node_refuses_a_second_derivative():
+    learner = BMAML(MLP(1, 1, hidden=(4,)).double(), particles=2, fused=True)
+    batch = batch64(2, seed=10)
+    rows = {n: p.detach().clone().requires_grad_() for n, p in learner._task_rows(2).items()}
+    losses = learner.row_losses(rows, bayes.expand_rows(batch.x_query, 2), bayes.expand_rows(batch.y_query, 2))
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(losses.sum(), list(rows.values()), create_graph=True)
+
+
+@requires_extension
+@pytest.mark.parametrize("first_order", [False, True])
+def test_platipus_with_the_row_loss_node_equals_the_generic_path(first_order):
+    batch = batch64(3, seed=11)
+
+    def meta_grad(fused):
+        torch.manual_seed(0)
+        learner = PLATIPUS(MLP(1, 1, hidden=(8, 6)).double(), samples=3, first_order=first_order, fused=fused)
+        loss = learner.meta_loss(batch)
+        loss.backward()
+        return [loss, *(p.grad for p in learner.parameters())]
+
+    assert_rel(meta_grad(True), meta_grad(False), TIGHT, "PLATIPUS fused vs generic")
