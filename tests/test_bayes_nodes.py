@@ -125,3 +125,14 @@ def test_platipus_with_the_row_loss_node_equals_the_generic_path(first_order):
         return [loss, *(p.grad for p in learner.parameters())]
 
     assert_rel(meta_grad(True), meta_grad(False), TIGHT, "PLATIPUS fused vs generic")
+
+
+@requires_extension
+def test_row_loss_node_gradcheck():
+    learner = BMAML(MLP(1, 1, hidden=(3, 2), activation="tanh").double(), particles=2, fused=True)
+    batch = batch64(2, seed=12)
+    names = learner.fused_spec.param_names
+    x, y = bayes.expand_rows(batch.x_query, 2), bayes.expand_rows(batch.y_query, 2)
+    leaves = tuple((0.5 * torch.randn(4, *p.shape[1:], generator=gen(13), dtype=torch.float64)).requires_grad_()
+                   for p in (learner._task_rows(2)[n] for n in names))
+    assert torch.autograd.gradcheck(lambda *r: learner.row_losses(dict(zip(names, r)), x, y), leaves)
