@@ -4,8 +4,11 @@ One meta-iteration = ``meta_loss`` + ``backward`` for a meta-batch of 25 tasks, 
 and 10 query points, 1-40-40-1 ReLU MLP, one inner step (the paper's sinusoid setting). MAML
 (fused ``mlp_maml_loss``) is the reference, on the 25 tasks and on 25·S tasks ("the same
 particles": as many adapted parameter sets as a learner with S sets per task adapts). The last
-column is each row's CPU time over that of MAML on 25·S tasks. Two BMAML rows rerun earlier
-implementations in the same process, for before/after in one run: "steps as composed ops" runs the
+column is each row's CPU time over that of MAML on 25·S tasks. Four BMAML rows rerun earlier
+implementations in the same process, for before/after in one run: "steps as _MLPSVGDStep nodes"
+runs one node per SVGD step and the Chaser loss in autograd instead of the one ``_MLPChaser`` node
+(the implementation before it), "query loss by the generic forward" computes the likelihood's
+query losses by the generic batched forward instead of ``_MLPRowLoss``, "steps as composed ops" runs the
 fused ops ``mlp_hvp`` and ``svgd_step`` composed through autograd instead of one
 ``_MLPSVGDStep`` node per SVGD step (the implementation before issue 14.4's step node), "SVGD in
 composed PyTorch ops" also replaces ``ops.svgd_step`` by ``maml_ext.reference.svgd_step`` (before
@@ -25,6 +28,7 @@ import torch
 from bench_classification import rate
 from maml_ext import ops, reference
 from maml_ext.algorithms import bmaml, build_algorithm
+from maml_ext.algorithms.base import task_loss
 from maml_ext.algorithms.bayes import expand_rows
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks import TaskBatch
@@ -36,10 +40,12 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("MAML, 125 tasks (25 × 5 sets)", "maml", {}),
     ("BMAML M=1, likelihood", "bmaml", {"particles": 1, "objective": "likelihood"}),
     ("BMAML M=5, Chaser", "bmaml", {"particles": 5}),
+    ("BMAML M=5, Chaser, steps as _MLPSVGDStep nodes", "bmaml", {"particles": 5}),
     ("BMAML M=5, Chaser, steps as composed ops", "bmaml", {"particles": 5}),
     ("BMAML M=5, Chaser, SVGD in composed PyTorch ops", "bmaml", {"particles": 5}),
     ("BMAML M=5, Chaser, its compiled ops alone", "bmaml", {"particles": 5}),
     ("BMAML M=5, likelihood", "bmaml", {"particles": 5, "objective": "likelihood"}),
+    ("BMAML M=5, likelihood, query loss by the generic forward", "bmaml", {"particles": 5, "objective": "likelihood"}),
     ("BMAML M=5, Chaser, first-order", "bmaml", {"particles": 5, "first_order": True}),
     ("PLATIPUS, 1 sample", "platipus", {}),
     ("PLATIPUS, 5 samples", "platipus", {"samples": 5}),
@@ -98,6 +104,11 @@ def check_compiled_ops_only(learner: bmaml.BMAML, batch: TaskBatch) -> None:
         torch.testing.assert_close(g, expected[n], rtol=1e-4, atol=1e-6, msg=f"compiled ops alone: {n}")
 
 
+def generic_row_losses(learner: bmaml.BMAML):
+    """The row losses by the generic batched forward (before ``_MLPRowLoss``)."""
+    return lambda rows, x, y: task_loss(learner.row_predict(rows, x), y, learner.loss)
+
+
 def sets_of(options: dict[str, Any]) -> int:
     return options.get("particles", options.get("samples", 1))
 
@@ -115,13 +126,19 @@ def run(args: argparse.Namespace) -> list[str]:
         found = {}
         tasks = 125 if label.startswith("MAML, 125") else 25
         composed = "composed" in label
-        single = name == "maml" or composed or "alone" in label
+        step_nodes = "_MLPSVGDStep nodes" in label
+        generic_loss = "generic forward" in label
+        single = name == "maml" or composed or step_nodes or generic_loss or "alone" in label
         for path in (("fused",) if single else ("fused", "generic")):
             torch.manual_seed(0)
             extra = {} if name == "maml" else {"fused": path == "fused"}
             learner = build_algorithm(name, MLP(1, 1, init="trunc_normal"), **options, **extra)
             if composed:
                 bmaml.step_node_available = lambda t: False
+            if step_nodes:
+                learner._chaser_node_available = lambda t: False
+            if generic_loss:
+                learner.row_losses = generic_row_losses(learner)
             if "PyTorch ops" in label:
                 ops.svgd_step = reference.svgd_step
             fn = step(learner)

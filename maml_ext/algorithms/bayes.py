@@ -32,6 +32,34 @@ def expand_rows(x: Tensor, sets: int) -> Tensor:
     return x.unsqueeze(1).expand(x.shape[0], sets, *x.shape[1:]).reshape(x.shape[0] * sets, *x.shape[1:])
 
 
+def compiled_on_cpu(t: Tensor) -> bool:
+    """Whether the compiled kernels run for tensors like ``t`` (extension loaded, CPU): where the
+    fused-MLP rows use the autograd nodes built directly on the compiled ops."""
+    return ops.extension_available() and t.device.type == "cpu"
+
+
+class _MLPRowLoss(torch.autograd.Function):
+    """Per-row mean losses ``[R]`` of a fused MLP from one ``mlp_hvp`` call (no R-pass). Their
+    gradient w.r.t. the rows is that call's gradient output, so the backward only scales it (a
+    first derivative: ``ops.mlp_hvp`` through autograd would run an HVP for its unused gradient
+    outputs, the generic forward a batched backward). A second derivative raises."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, activation: str, loss: str, *rows: Tensor) -> Tensor:
+        losses, grads, _ = torch.ops.maml_ext.mlp_hvp([r.contiguous() for r in rows], x, y, [], None, activation, loss)
+        ctx.save_for_backward(*grads)
+        return losses
+
+    @staticmethod
+    def backward(ctx, d_losses: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph: the saved gradients carry no graph of their own
+            raise RuntimeError(
+                "row_losses of a fused MLP on the compiled kernels is differentiable once; for a second "
+                "derivative (create_graph=True) use the generic path (fused=False)"
+            )
+        return (None,) * 4 + tuple(g * d_losses.view(-1, *([1] * (g.dim() - 1))) for g in ctx.saved_tensors)
+
+
 class RowLearner(MetaLearner):
     """A learner whose adapted parameters are several sets per task, held as rows.
 
@@ -65,7 +93,11 @@ class RowLearner(MetaLearner):
         return self._over_tasks(rows, {}, 1, True, x)
 
     def row_losses(self, rows: Rows, x: Tensor, y: Tensor) -> Tensor:
-        """Per-row mean loss ``[R]`` of the rows' parameters on ``(x, y)``."""
+        """Per-row mean loss ``[R]`` of the rows' parameters on ``(x, y)`` (differentiable once
+        w.r.t. the rows for a fused MLP on the compiled kernels)."""
+        spec = self.fused_spec
+        if spec is not None and compiled_on_cpu(x):
+            return _MLPRowLoss.apply(x, y, spec.activation, self.loss, *(rows[n] for n in spec.param_names))
         return task_loss(self.row_predict(rows, x), y, self.loss)
 
     def row_grads(self, rows: Rows, x: Tensor, y: Tensor, create_graph: bool) -> tuple[Tensor, Rows]:

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
-from .bayes import RowLearner, Rows, expand_rows
+from .bayes import RowLearner, Rows, compiled_on_cpu, expand_rows
 
 OBJECTIVES = ("chaser", "likelihood")
 
@@ -21,7 +21,7 @@ def step_node_available(t: Tensor) -> bool:
     """Whether a fused-MLP BMAML runs its SVGD steps as :class:`_MLPSVGDStep` nodes (compiled
     kernels on CPU, where ``svgd_step`` has one); else the composed ops (their reference twins
     without the extension)."""
-    return ops.extension_available() and t.device.type == "cpu"
+    return compiled_on_cpu(t)
 
 
 class _MLPSVGDStep(torch.autograd.Function):
@@ -71,6 +71,76 @@ class _MLPSVGDStep(torch.autograd.Function):
         return (None,) * 7 + tuple(d.view(r.shape).add_(h) for d, r, h in zip(d_sets, rows, hv))
 
 
+def _sets_rows(sets: list[Tensor]) -> list[Tensor]:
+    """``[T, M, ...]`` -> rows ``[T·M, ...]`` (views)."""
+    return [s.view(-1, *s.shape[2:]) for s in sets]
+
+
+class _MLPChaser(torch.autograd.Function):
+    """The Chaser loss of a fused MLP on CPU as one autograd node over the compiled ops, from the
+    initial particles ``[M, ...]`` (one tensor per parameter) to
+
+        chase = Σ_t Σ_m ‖θ^n_{t,m} − stopgrad(θ^{n+s}_{t,m})‖² / T
+
+    and the particles' mean query loss (not differentiable; the reported value).
+    Forward: n SVGD steps (``mlp_hvp`` gradients + ``svgd_step``) from every task's copy of the
+    particles, then s leader steps on support + query. Backward: from d chase / dθ^n =
+    2 (θ^n − θ^{n+s}) / T, per inner step in reverse ``svgd_step_backward`` + one ``mlp_hvp`` with
+    the scores' cotangent as direction (dθ = θ̄ + H ḡ), and the sum over tasks. This is the
+    meta-gradient of :class:`_MLPSVGDStep` nodes composed with the Chaser loss through autograd,
+    without the per-step nodes, the task-copy expansion's graph and the loss's elementwise nodes.
+    ``first_order``: every step's Jacobian is the identity (as :class:`_MLPSVGDStep`'s).
+    """
+
+    @staticmethod
+    def forward(ctx, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, x_all: Tensor, y_all: Tensor, steps: int,
+                leader_steps: int, lr: float, first_order: bool, activation: str, loss: str,
+                *init: Tensor) -> tuple[Tensor, Tensor]:
+        hvp, svgd = torch.ops.maml_ext.mlp_hvp, torch.ops.maml_ext.svgd_step
+        tasks = xs.shape[0] // init[0].shape[0]
+        sets = [p.detach().unsqueeze(0).expand(tasks, *p.shape).contiguous() for p in init]
+        saved: list[Tensor] = []  # per step: its particles, scores, kernel and bandwidth
+
+        def step(sets: list[Tensor], x: Tensor, y: Tensor, keep: bool) -> list[Tensor]:
+            _, grads, _ = hvp(_sets_rows(sets), x, y, [], None, activation, loss)
+            scores = [g.view(s.shape) for g, s in zip(grads, sets)]
+            moved, kernel, bandwidth = svgd(sets, scores, -1.0, lr)
+            if keep:
+                saved.extend([*sets, *scores, kernel, bandwidth])
+            return list(moved)
+
+        for _ in range(steps):
+            sets = step(sets, xs, ys, not first_order)
+        query, _, _ = hvp(_sets_rows(sets), xq, yq, [], None, activation, loss)  # the op's loss, no R-pass
+        leader = sets
+        for _ in range(leader_steps):
+            leader = step(leader, x_all, y_all, False)
+        diffs = [c - lead for c, lead in zip(sets, leader)]
+        chase = sum(torch.dot(d.view(-1), d.view(-1)) for d in diffs) / tasks
+        ctx.args = (tasks, len(init), steps, lr, first_order, activation, loss)
+        ctx.save_for_backward(xs, ys, *diffs, *saved)
+        query = query.mean()
+        ctx.mark_non_differentiable(query)
+        return chase, query
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_chase: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+        tasks, n, steps, lr, first_order, activation, loss = ctx.args
+        xs, ys, *rest = ctx.saved_tensors
+        d = [diff * (d_chase * (2.0 / tasks)) for diff in rest[:n]]
+        per_step = 2 * n + 2
+        for s in reversed(range(0 if first_order else steps)):
+            block = rest[n + s * per_step: n + (s + 1) * per_step]
+            sets, scores, (kernel, bandwidth) = block[:n], block[n:2 * n], block[2 * n:]
+            d_sets, d_scores = torch.ops.maml_ext.svgd_step_backward(d, list(sets), list(scores), -1.0, lr, kernel,
+                                                                     bandwidth)
+            _, _, hv = torch.ops.maml_ext.mlp_hvp(_sets_rows(list(sets)), xs, ys, _sets_rows(list(d_scores)), None,
+                                                  activation, loss)
+            d = [ds.add_(h.view(ds.shape)) for ds, h in zip(d_sets, hv)]
+        return (None,) * 12 + tuple(x.sum(0) for x in d)
+
+
 class BMAML(RowLearner):
     """BMAML: the initialisation is a set of M learned particles; the inner loop moves each
     task's copy of them by SVGD on the support set, with log p(θ | support) = −L_support(θ)
@@ -79,7 +149,8 @@ class BMAML(RowLearner):
         θ_m ← θ_m + α φ(θ_m),   φ = the SVGD direction,
 
     one fused :func:`maml_ext.ops.svgd_step` (for a fused MLP on CPU, gradient and step together as
-    one autograd node, :class:`_MLPSVGDStep`). With M = 1 this is exactly MAML's SGD step.
+    one autograd node, :class:`_MLPSVGDStep`; the whole Chaser loss as one node, :class:`_MLPChaser`).
+    With M = 1 this is exactly MAML's SGD step.
 
     Particles: particle 0 is the model's own parameters; particles 1..M−1 are separate learned
     tensors, initialised as the model's initial parameters plus N(0, init_noise²) noise (drawn
@@ -195,18 +266,36 @@ class BMAML(RowLearner):
         return rows
 
     # ----- meta-training ------------------------------------------------------------------
+    def _chaser_node_available(self, t: Tensor) -> bool:
+        """Whether the Chaser loss runs as one :class:`_MLPChaser` node (where the SVGD steps
+        would be :class:`_MLPSVGDStep` nodes); else the steps' nodes and the loss in autograd."""
+        return self.objective == "chaser" and self.fused_spec is not None and step_node_available(t)
+
+    def _leader_data(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """The leader's data, support + query, as rows ``[T·M, K_s + K_q, ...]``."""
+        m = self.num_particles
+        return (expand_rows(torch.cat([batch.x_support, batch.x_query], 1), m),
+                expand_rows(torch.cat([batch.y_support, batch.y_query], 1), m))
+
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         m, tasks = self.num_particles, batch.num_tasks
-        chaser = self._adapt(batch.x_support, batch.y_support, self.steps, self.lr, self.first_order)
         xq, yq = expand_rows(batch.x_query, m), expand_rows(batch.y_query, m)
+        if self._chaser_node_available(batch.x_support):
+            spec, init = self.fused_spec, self.initial_particles()
+            x_all, y_all = self._leader_data(batch)
+            xs, ys = expand_rows(batch.x_support, m), expand_rows(batch.y_support, m)
+            chase, query = _MLPChaser.apply(xs, ys, xq, yq, x_all, y_all, self.steps, self.leader_steps, self.lr,
+                                            self.first_order, spec.activation, self.loss,
+                                            *(init[n] for n in spec.param_names))
+            return query + chase - chase.detach()
+        chaser = self._adapt(batch.x_support, batch.y_support, self.steps, self.lr, self.first_order)
         if self.objective == "likelihood":
             query = self.row_losses(chaser, xq, yq).view(tasks, m)
             objective = -(torch.logsumexp(-query, dim=1) - math.log(m)).mean()
             return objective + (query.mean() - objective).detach()
         with torch.no_grad():
             query = self.row_losses(chaser, xq, yq).mean()
-            x_all = expand_rows(torch.cat([batch.x_support, batch.x_query], 1), m)
-            y_all = expand_rows(torch.cat([batch.y_support, batch.y_query], 1), m)
+            x_all, y_all = self._leader_data(batch)
             leader = {n: p.detach() for n, p in chaser.items()}
             for leader in self.svgd_steps(leader, x_all, y_all, self.leader_steps, self.lr, first_order=True):
                 pass
