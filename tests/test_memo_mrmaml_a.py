@@ -204,6 +204,12 @@ def test_models_and_options_that_do_not_fit_are_named(make, options, match):
         build_algorithm("mr-maml-a", make(), **options)
 
 
+@pytest.mark.parametrize("latent", [0, 2.5, True])
+def test_bottleneck_model_names_a_bad_latent(latent):
+    with pytest.raises(ValueError, match="latent must be an integer >= 1"):
+        BottleneckMLP(1, 1, latent=latent)
+
+
 def test_odd_encoder_width_and_clone_are_clear_errors():
     torch.manual_seed(0)
     model = nn.Module()

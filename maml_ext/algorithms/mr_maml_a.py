@@ -49,7 +49,7 @@ def _submodule(model: nn.Module, name: object, role: str) -> nn.Module:
     except AttributeError:
         raise ValueError(f"{role}={name!r} is not a submodule of {type(model).__name__} (its children: {children}); "
                          "mr-maml-a needs a model with an encoder and a head submodule") from None
-    if not any(True for _ in module.parameters()):
+    if next(module.parameters(), None) is None:
         raise ValueError(f"{role}={name!r} has no parameters")
     return module
 
