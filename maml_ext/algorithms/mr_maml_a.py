@@ -73,9 +73,10 @@ class MRMAMLA(MAML):
     In training mode every call that takes inputs (``meta_loss``, ``inner_loop``, ``predict``)
     draws z = μ + σ ⊙ ε, ε ~ N(0, I) from the global RNG, once per input: the support set is
     encoded once per ``meta_loss`` and its draw serves every inner step; the query set once per
-    query loss (per step with ``multi_step_loss``). In eval mode z = μ (or a draw with ``sample_eval``). ``meta_loss``'s value is the query loss
-    alone; its gradient includes β · KL, the KL of q(z*|x*) to N(0, I) averaged over the latent
-    dimensions, the query inputs and the tasks (the paper's code averages it).
+    query loss (per step with ``multi_step_loss``). In eval mode z = μ (or a draw with
+    ``sample_eval``). ``meta_loss``'s value is the query loss alone; its gradient includes β · KL,
+    the KL of q(z*|x*) to N(0, I) averaged over the latent dimensions, the query inputs and the
+    tasks (the paper's code averages it).
 
     Args (beyond :class:`MAML`'s, which are passed on; ``fused`` is not available: the fused MLP
     op would run the head on the raw inputs):
