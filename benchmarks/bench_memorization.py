@@ -55,7 +55,8 @@ def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Names
         "train": {"iterations": args.iterations, "meta_batch": args.meta_batch, "k_support": 10, "k_query": 10,
                   "meta_lr": 1e-3, "checkpoint_every": args.iterations, "log_every": max(1, args.iterations // 20),
                   "threads": 1},
-        "eval": {"num_tasks": args.tasks, "shots": [5], "k_query": 100, "steps": args.eval_steps, "chunk": 200},
+        "eval": {"num_tasks": args.tasks, "shots": [5], "k_query": 100, "steps": args.eval_steps, "chunk": 200,
+                 **({} if args.eval_seed is None else {"seed": args.eval_seed})},
     })
 
 
@@ -216,6 +217,8 @@ def main() -> None:
     m.add_argument("--tasks", type=int, default=600, help="evaluation tasks")
     m.add_argument("--meta-batch", type=int, default=10)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--eval-seed", type=int, default=None,
+                   help="seed of the evaluation tasks (default: the config's, 1000; another one: fresh tasks)")
     m.add_argument("--out", type=Path, default=Path("runs/memorization"))
     m.add_argument("--reuse", action="store_true", help="evaluate the runs already trained in --out (same config)")
     m.set_defaults(func=memo)
