@@ -15,6 +15,8 @@ budget, evaluated on the same held-out tasks.
     nice python benchmarks/bench_memorization.py memo --fresh-adam --meta-batch 1 --iterations 15000 \
         --beta 0 5e-5 --init-std 1.9e-22 --tasks 200 --eval-steps 10 --out runs/memo-paper   # the paper's settings
     nice python benchmarks/bench_memorization.py memo --iterations 3000 --beta 1e-3 1e-2 --init-std 0.05 --out runs/memo
+    nice python benchmarks/bench_memorization.py memo --fresh-adam --meta-batch 1 --iterations 15000 \
+        --algorithms mr-maml-a --beta-a 0 0.01 0.1 0.5 5 --tasks 200 --eval-steps 10 --sample-eval --out runs/memo-a
     nice python benchmarks/bench_memorization.py imaml --seconds 120 --out runs/imaml
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
