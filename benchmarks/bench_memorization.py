@@ -1,7 +1,7 @@
 """The memorization benchmark (Yin et al., "Meta-Learning without Memorization", ICLR 2020, §6.1),
 and iMAML vs MAML at equal wall time.
 
-``memo``: MAML and MR-MAML(W) meta-trained on the ``memo_sinusoid`` family, whose input carries a
+``memo``: MAML, MR-MAML(W) and MR-MAML(A) (``--algorithms``) meta-trained on the ``memo_sinusoid`` family, whose input carries a
 task code that names the amplitude in meta-training (non-mutually-exclusive tasks), and on its
 mutually-exclusive control (``exclusive=true``: the code says nothing). Both are evaluated on
 held-out tasks (amplitudes off the training grid, random codes) and on training-distribution
@@ -15,6 +15,8 @@ budget, evaluated on the same held-out tasks.
     nice python benchmarks/bench_memorization.py memo --fresh-adam --meta-batch 1 --iterations 15000 \
         --beta 0 5e-5 --init-std 1.9e-22 --tasks 200 --eval-steps 10 --out runs/memo-paper   # the paper's settings
     nice python benchmarks/bench_memorization.py memo --iterations 3000 --beta 1e-3 1e-2 --init-std 0.05 --out runs/memo
+    nice python benchmarks/bench_memorization.py memo --fresh-adam --meta-batch 1 --iterations 15000 \
+        --algorithms mr-maml-a --beta-a 0 0.01 0.1 0.5 5 --tasks 200 --eval-steps 10 --sample-eval --out runs/memo-a
     nice python benchmarks/bench_memorization.py imaml --seconds 120 --out runs/imaml
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
@@ -40,19 +42,23 @@ from maml_ext.train import config, evaluate, loop
 MEMO_MODEL = {"name": "mlp", "hidden": [100, 5, 40, 40], "activation": "relu"}
 # The paper's encoder layers are tfp DenseReparameterization: stochastic kernels, deterministic biases.
 ENCODER, HEAD = ["0.weight", "2.weight"], ["4", "6", "8"]
+# MR-MAML(A) in the paper's code: a deterministic 21-80 ReLU encoder to 5 means and 5 softplus
+# scales (one draw per input), the 5-40-40-1 head adapted on the draws.
+BOTTLENECK_MODEL = {"name": "bottleneck_mlp", "encoder_hidden": [80], "latent": 5, "hidden": [40, 40], "activation": "relu"}
 EVAL_CHUNK = 20  # tasks per evaluation call (per weight draw with sample_eval)
 
 
 def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Namespace) -> config.Config:
     return config.validate({
         "seed": args.seed,
-        "model": dict(MEMO_MODEL),
+        "model": dict(BOTTLENECK_MODEL if algorithm["name"] == "mr-maml-a" else MEMO_MODEL),
         "task": {"name": "memo_sinusoid", "exclusive": exclusive},
         "algorithm": algorithm,
         "train": {"iterations": args.iterations, "meta_batch": args.meta_batch, "k_support": 10, "k_query": 10,
                   "meta_lr": 1e-3, "checkpoint_every": args.iterations, "log_every": max(1, args.iterations // 20),
                   "threads": 1},
-        "eval": {"num_tasks": args.tasks, "shots": [5], "k_query": 100, "steps": args.eval_steps, "chunk": 200},
+        "eval": {"num_tasks": args.tasks, "shots": [5], "k_query": 100, "steps": args.eval_steps, "chunk": 200,
+                 **({} if args.eval_seed is None else {"seed": args.eval_seed})},
     })
 
 
@@ -106,6 +112,9 @@ def memo(args: argparse.Namespace) -> None:
     for beta in args.beta if "mr-maml" in args.algorithms else ():
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": 0.01, "steps": 1, "beta": beta,
                                               "stochastic": args.stochastic, "adapt": HEAD, "init_std": args.init_std,
+                                              "sample_eval": args.sample_eval}
+    for beta in args.beta_a if "mr-maml-a" in args.algorithms else ():
+        algorithms[f"MR-MAML(A) β={beta:g}"] = {"name": "mr-maml-a", "lr": 0.01, "steps": 1, "beta": beta,
                                               "sample_eval": args.sample_eval}
     steps = args.eval_steps
     rows = [f"| tasks | algorithm | train tasks, 0 steps | train tasks, {steps} steps | held-out, 0 steps | "
@@ -195,10 +204,13 @@ def main() -> None:
     m.add_argument("--iterations", type=int, default=4000)
     m.add_argument("--beta", type=float, nargs="+", default=[5e-5], help="MR-MAML β values (paper: 5e-5)")
     m.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
-    m.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml"], default=["maml", "mr-maml"])
+    m.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml", "mr-maml-a"], default=["maml", "mr-maml"])
+    m.add_argument("--beta-a", type=float, nargs="+", default=[5.0],
+                   help="MR-MAML(A) β values (the paper's sinusoid code: 5, on the KL averaged over latent dimensions and query points)")
     m.add_argument("--stochastic", nargs="+", default=ENCODER,
                    help="MR-MAML's stochastic parameters (default: the encoder's kernels, as in the paper)")
-    m.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (the paper's code)")
+    m.add_argument("--sample-eval", action="store_true",
+                   help="MR-MAML: evaluate with drawn weights, MR-MAML(A) with drawn latents (the paper's code)")
     m.add_argument("--fresh-adam", action="store_true",
                    help="the paper's notebook's meta-update for every learner (a new Adam every iteration: lr·g/(|g|+1e-7))")
     m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
@@ -207,6 +219,8 @@ def main() -> None:
     m.add_argument("--tasks", type=int, default=600, help="evaluation tasks")
     m.add_argument("--meta-batch", type=int, default=10)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--eval-seed", type=int, default=None,
+                   help="seed of the evaluation tasks (default: the config's, 1000; another one: fresh tasks)")
     m.add_argument("--out", type=Path, default=Path("runs/memorization"))
     m.add_argument("--reuse", action="store_true", help="evaluate the runs already trained in --out (same config)")
     m.set_defaults(func=memo)

@@ -16,7 +16,9 @@ CI_ITERATIONS = 150
 
 
 def train(tmp_path: Path, name: str, iterations: int, *extra: str) -> loop.Run:
-    overrides = [f"algorithm.name={name}", f"train.iterations={iterations}",
+    # MR-MAML(A) needs a model with an encoder and a head (the config's head widths apply).
+    model = ["model.name=bottleneck_mlp"] if name in ("mr-maml-a", "mr_maml_a") else []
+    overrides = [*model, f"algorithm.name={name}", f"train.iterations={iterations}",
                  f"train.checkpoint_every={iterations}", f"train.log_every={iterations}", *extra]
     cfg = config.load("sinusoid", overrides)
     ckpt = loop.train(cfg, tmp_path, progress=False)

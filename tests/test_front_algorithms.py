@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from maml_ext.algorithms import ALGORITHMS, MAML, build_algorithm, msl_weights
+from maml_ext.models.bottleneck import build as build_bottleneck
 from maml_ext.models.mlp import build as build_mlp
 from maml_ext.tasks.episodes import Episodes
 from maml_ext.tasks.sinusoid import Sinusoid
@@ -23,6 +24,14 @@ def small_mlp(seed=0):
     return build_mlp(1, 1, hidden=(16, 16))
 
 
+def small_model(name, seed=0):
+    """The learner's kind of model: an encoder and a head for MR-MAML(A), else the MLP."""
+    if name not in ("mr-maml-a", "mr_maml_a"):
+        return small_mlp(seed)
+    torch.manual_seed(seed)
+    return build_bottleneck(1, 1, hidden=(16, 16), encoder_hidden=(16,), latent=4)
+
+
 def grads_of(learner, batch, iteration=0):
     learner.zero_grad(set_to_none=True)
     learner.meta_loss(batch, iteration).backward()
@@ -31,7 +40,7 @@ def grads_of(learner, batch, iteration=0):
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_algorithm_runs_a_meta_iteration(name):
-    learner = build_algorithm(name, small_mlp(), lr=0.05, steps=2)
+    learner = build_algorithm(name, small_model(name), lr=0.05, steps=2)
     before = {n: p.detach().clone() for n, p in learner.named_parameters()}
     opt = torch.optim.Adam(learner.parameters(), lr=1e-2)
     loss = learner.meta_loss(sinusoid_batch())

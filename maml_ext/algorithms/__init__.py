@@ -18,6 +18,8 @@ platipus       PLATIPUS: learned Gaussian prior over initialisations, ELBO meta-
                ``test_samples`` sampled initialisations adapted at test time
 mr-maml        MR-MAML(W) (alias mr_maml): MAML with stochastic weights and a β-weighted KL
                meta-regulariser against memorisation
+mr-maml-a      MR-MAML(A) (alias mr_maml_a): a stochastic, meta-learned encoder N(μ(x), σ(x)²)
+               and a head adapted on its samples, β-weighted KL on the query encodings
 imaml          iMAML: proximal inner problem, implicit meta-gradient by conjugate gradient on
                Hessian-vector products (memory independent of the inner steps)
 =============  ===========================================================================
@@ -41,12 +43,13 @@ from .imaml import IMAML
 from .inner import Adam, InnerSGD, Momentum
 from .maml import MAML, msl_weights
 from .mr_maml import MRMAML
+from .mr_maml_a import MRMAMLA
 from .platipus import PLATIPUS
 from .pretrain import Pretrain
 from .reptile import Reptile
 
 __all__ = [
-    "ALGORITHMS", "Adam", "BMAML", "IMAML", "InnerSGD", "LossFn", "MAML", "MRMAML", "MetaLearner", "Momentum",
+    "ALGORITHMS", "Adam", "BMAML", "IMAML", "InnerSGD", "LossFn", "MAML", "MRMAML", "MRMAMLA", "MetaLearner", "Momentum",
     "PLATIPUS", "Params", "Pretrain", "Reptile", "RowLearner", "TaskClone", "build_algorithm", "msl_weights",
     "task_loss",
 ]
@@ -72,6 +75,7 @@ ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "bmaml": (BMAML, {}),
     "platipus": (PLATIPUS, {}),
     "mr-maml": (MRMAML, {}), "mr_maml": (MRMAML, {}),
+    "mr-maml-a": (MRMAMLA, {}), "mr_maml_a": (MRMAMLA, {}),
     "imaml": (IMAML, {}),
 }
 
