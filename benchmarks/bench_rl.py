@@ -56,9 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pe
 from rl_looped import LoopedMetaRL  # noqa: E402
 
 
-def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median wall and CPU seconds of ``fn`` over ``repeats`` calls (after one warm-up call)."""
-    fn()
+def _time(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``fn`` over ``repeats`` calls, after one warm-up call unless
+    ``warm_up`` is False (calls of seconds)."""
+    if warm_up:
+        fn()
     walls, cpus = [], []
     for _ in range(repeats):
         w, c = time.perf_counter(), time.process_time()
@@ -121,17 +123,6 @@ NOTES = [
 ]
 
 
-def _once(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median wall and CPU seconds over ``repeats`` calls, no warm-up (calls of seconds)."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus)
-
-
 def cheetah_lines(tasks: int, rollouts: int, repeats: int, subsample: float) -> list[str]:
     """HalfCheetah-vel: rollouts, meta-step pieces and whole meta-steps, on one meta-batch."""
     from maml_ext.rl.envs.locomotion import build_halfcheetah_vel  # the rl extra
@@ -151,7 +142,7 @@ def cheetah_lines(tasks: int, rollouts: int, repeats: int, subsample: float) -> 
         adapted = adapt(params, pre, learner.lr)
         data.update(pre=pre, adapted=adapted, post=learner.process(sample(env, goals, adapted, rollouts, gen)))
 
-    rollout_wall, rollout_cpu = _once(collect, 1)
+    rollout_wall, rollout_cpu = _time(collect, 1, warm_up=False)
     pre, post, adapted = data["pre"], data["post"], data["adapted"]
     objective = MetaObjective(params, pre, post, learner.lr, adapted=adapted)
     v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) for p in params]
@@ -165,7 +156,7 @@ def cheetah_lines(tasks: int, rollouts: int, repeats: int, subsample: float) -> 
                            "relu")),
         ("one line-search candidate (inner step + surrogate + KL)", lambda: objective.evaluate(params)),
     ]
-    piece_rows = [(name, *_once(fn, repeats)) for name, fn in pieces]
+    piece_rows = [(name, *_time(fn, repeats, warm_up=False)) for name, fn in pieces]
     variants = [("fused KL products (before)", {"kl_products": "fused"}),
                 ("cached KL products (exact)", {}),
                 (f"cached, cg_subsample={subsample:g} (approximate)", {"cg_subsample": subsample})]
@@ -177,7 +168,7 @@ def cheetah_lines(tasks: int, rollouts: int, repeats: int, subsample: float) -> 
             policy.load_state_dict(state)  # every call from the same θ
             infos.append(timed.meta_step(pre, post, adapted))  # noqa: B023 (called within this iteration)
 
-        step_rows.append((name, *_once(step, repeats)))
+        step_rows.append((name, *_time(step, repeats, warm_up=False)))
     policy.load_state_dict(state)
     samples = tasks * rollouts * env.horizon
     lines = [
