@@ -173,6 +173,14 @@ def test_atomic_save_leaves_no_temporary_file(tmp_path):
 
 
 # ----- evaluation, plots, CLI ----------------------------------------------------------------------
+def test_cli_train_shows_the_progress_bar(tmp_path, capsys):
+    """The README's first command as a user runs it: not --quiet, the bar on stderr names the loss."""
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    assert cli.main(["train", "sinusoid", "--out", str(tmp_path / "run"), "--no-eval", *sets]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"6/6 .*loss [0-9.]+", err), err
+
+
 def test_cli_train_eval_plot(tmp_path, capsys):
     out = tmp_path / "run"
     sets = [arg for item in TINY for arg in ("--set", item)]

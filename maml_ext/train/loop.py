@@ -69,6 +69,7 @@ class SupervisedStep:
     last record (the running window is checkpointed, so a resumed run logs the same numbers)."""
 
     kind = None
+    metric = "loss"  # the meta-batch's mean query loss after adaptation
 
     def __init__(self, run: Run, shard: distributed.Shard) -> None:
         self.run, self.shard, self.tcfg = run, shard, run.config["train"]
