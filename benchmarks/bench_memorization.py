@@ -156,7 +156,8 @@ def glyphs(args: argparse.Namespace) -> None:
     for algorithm in algorithms.values():
         algorithm["steps"] = GLYPH_TRAIN_STEPS
     compare(args, algorithms, lambda exclusive, algorithm: glyph_config(
-        {"name": "memo_glyphs", "exclusive": exclusive}, algorithm, args, args.iterations), "accuracy")
+        {"name": "memo_glyphs", "exclusive": exclusive, "train_classes": args.train_classes}, algorithm, args,
+        args.iterations), "accuracy")
 
 
 def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
@@ -306,6 +307,8 @@ def main() -> None:
     g.add_argument("--second-order", dest="first_order", action="store_false",
                    help="second-order meta-gradients (default: first order, as FOMAML)")
     g.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"])
+    g.add_argument("--train-classes", type=int, default=0,
+                   help="meta-train on this many training classes (a seeded subset; 0: all): memorised sooner")
     g.add_argument("--tasks", type=int, default=600, help="evaluation tasks")
     g.add_argument("--meta-batch", type=int, default=16)
     g.add_argument("--seed", type=int, default=0)
