@@ -2,6 +2,7 @@
 memorization table reports accuracies of both families and learners, and the iMAML comparison
 runs both learners for the budget and adapts each its own way."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # s
 import bench_memorization as bench  # noqa: E402
 
 from maml_ext.tasks.memorization import FixedLabelEpisodes  # noqa: E402
+from maml_ext.train import loop  # noqa: E402
 
 
 @pytest.fixture
@@ -49,9 +51,7 @@ def test_glyph_memo_table_reports_accuracy_of_both_families(root, tmp_path, monk
 
 
 def test_glyph_config_selects_the_fixed_label_family_unless_control(root, tmp_path):
-    args = bench.main.__globals__["argparse"].Namespace(seed=0, filters=4, root=root, meta_batch=2, tasks=10,
-                                                        eval_k_query=1, eval_steps=1)
-    from maml_ext.train import loop
+    args = argparse.Namespace(seed=0, filters=4, root=root, meta_batch=2, tasks=10, eval_k_query=1, eval_steps=1)
     memo = loop.build(bench.glyph_config({"name": "memo_glyphs", "exclusive": False}, {"name": "maml"}, args))
     control = loop.build(bench.glyph_config({"name": "memo_glyphs", "exclusive": True}, {"name": "maml"}, args))
     assert isinstance(memo.family.episodes, FixedLabelEpisodes)
