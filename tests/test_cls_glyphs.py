@@ -90,3 +90,11 @@ def test_no_fonts_is_a_clear_error(tmp_path):
 def test_too_few_font_designs_is_a_clear_error(tmp_path, dejavu):
     with pytest.raises(RuntimeError, match=r"no script has 5\+ characters drawn by 40\+ agreeing font designs"):
         glyphs.build(tmp_path, faces=dejavu, scripts=["Latn"], min_designs=40, min_chars=5, verbose=False)
+
+
+def test_cli_scripts_option_restricts_the_build(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(glyphs, "build", lambda out, **kw: seen.update(out=out, **kw))
+    assert glyphs.main(["build", "--out", str(tmp_path), "--scripts", "Grek", "Hebr"]) == 0
+    assert seen["scripts"] == ["Grek", "Hebr"] and seen["out"] == tmp_path
+    assert glyphs.main(["build", "--out", str(tmp_path)]) == 0 and seen["scripts"] is None

@@ -97,3 +97,23 @@ def test_memo_glyphs_fix_labels_in_training_only(tmp_path, monkeypatch):
     assert all(len(v) == 1 for v in label_sets(memo).values())
     for family in (control, memo.held_out):
         assert any(len(v) > 1 for v in label_sets(family).values())
+
+
+def test_memo_glyphs_train_classes_subset_shared_by_the_control(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAML_EXT_CACHE", str(tmp_path / "cache"))
+    write_omniglot(tmp_path / "glyphs", alphabets=(("Alpha", 8), ("Beta", 8)), evaluation=(("Gamma", 6),))
+    (tmp_path / "glyphs" / "manifest.json").write_text("{}")
+    root = str(tmp_path / "glyphs")
+    full = plugins.build_task("memo_glyphs", root=root, n_way=3)
+    memo = plugins.build_task("memo_glyphs", root=root, n_way=3, train_classes=6)
+    control = plugins.build_task("memo_glyphs", root=root, n_way=3, train_classes=6, exclusive=True)
+    assert len(full.episodes._classes) > 6
+    for family in (memo, control):
+        seen = set(family.sample(80, 1, 1, torch.Generator().manual_seed(0)).info["classes"].flatten().tolist())
+        assert seen == set(memo.episodes._classes.tolist()) and len(seen) == 6
+    assert torch.equal(memo.episodes._classes, control.episodes._classes)
+    assert isinstance(memo.episodes, FixedLabelEpisodes) and not isinstance(control.episodes, FixedLabelEpisodes)
+    assert len(memo.held_out.episodes._classes) == len(full.held_out.episodes._classes)  # held-out: every test class
+    for bad in (2, 10**6, -1, 2.5):
+        with pytest.raises(ValueError, match="task.train_classes must be"):
+            plugins.build_task("memo_glyphs", root=root, n_way=3, train_classes=bad)

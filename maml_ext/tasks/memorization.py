@@ -136,13 +136,29 @@ class FixedLabelEpisodes(Episodes):
 
 def build_glyphs(
     root: str = "data/glyphs", n_way: int = 5, image_size: int = 28, exclusive: bool = False, seed: int = 1,
+    train_classes: int = 0,
 ) -> FewShot:
     """Entry point ``maml_ext.tasks: memo_glyphs``: the ``glyphs`` family (Omniglot's split and
-    rotations) with a fixed class-to-label assignment in meta-training unless ``exclusive``."""
+    rotations) with a fixed class-to-label assignment in meta-training unless ``exclusive``.
+    ``train_classes``: meta-train on that many training classes only (a subset drawn with
+    ``seed``, the same for the control; 0: all): fewer classes are memorised sooner. Held-out
+    episodes use every test class."""
     from maml_ext.datasets import fewshot  # the image stack is only needed for this family
 
+    if isinstance(train_classes, bool) or not isinstance(train_classes, int) or train_classes < 0:
+        raise ValueError(f"task.train_classes must be an integer >= 0 (0: all), got {train_classes!r}")
     family = fewshot.build_glyphs(root, int(n_way), int(image_size), seed=int(seed))
-    if not exclusive:
-        labels = torch.from_numpy(np.asarray(family.split.labels))
-        family.episodes = FixedLabelEpisodes(family.episodes.inputs, labels, int(n_way), seed=int(seed))
+    inputs, labels = family.episodes.inputs, torch.from_numpy(np.asarray(family.split.labels))
+    if train_classes:
+        classes = torch.unique(labels)
+        if not n_way <= train_classes <= len(classes):
+            raise ValueError(f"task.train_classes must be 0 or in [n_way={n_way}, {len(classes)}] "
+                             f"(the training classes), got {train_classes}")
+        keep = classes[torch.randperm(len(classes), generator=torch.Generator().manual_seed(int(seed)))[:train_classes]]
+        chosen = torch.isin(labels, keep)
+        inputs, labels = inputs[chosen], labels[chosen]
+    if exclusive:
+        family.episodes = Episodes(inputs, labels, int(n_way))
+    else:
+        family.episodes = FixedLabelEpisodes(inputs, labels, int(n_way), seed=int(seed))
     return family
