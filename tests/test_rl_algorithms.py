@@ -282,9 +282,11 @@ def test_trpo_step_reports_its_progress_on_the_running_bar(capsys):
     # after the rollouts of the same iteration: each step names what it is doing
     assert lines.index(next(x for x in lines if "rollouts: time step" in x)) < lines.index(
         next(x for x in lines if "conjugate gradient" in x))
-    # The same step (to rounding: two quiet iterations differ by ~1e-16 too, the surrogate is ~1e-17 at θ).
-    assert info == pytest.approx(quiet_info, rel=1e-12, abs=1e-15)
-    _close(params, quiet_params, rtol=1e-12, atol=1e-15)
+    # The same step, to rounding: two quiet iterations differ too (the baseline's lstsq varies by
+    # ~1e-16, which CG amplifies to ~1e-9 in the step, as in the cached-vs-fused test above); a
+    # changed computation (another CG iteration, another line-search step) differs far more.
+    assert info == pytest.approx(quiet_info, rel=1e-7, abs=1e-13)
+    _close(params, quiet_params, rtol=1e-7, atol=1e-8)
 
 
 def test_kl_hessian_rejects_bad_input(batch):
