@@ -44,6 +44,17 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("mlp_maml" + maml).c_str());
   m.def(("mlp_maml_backward" + maml_backward).c_str());
   m.def(("mlp_maml_grad" + maml_grad).c_str());
+  // A whole training step: mlp_maml_grad with a float lr, then (when the loss and gradient are
+  // finite) the gradient clipped to [-clip_value, clip_value] and torch.optim.Adam's update of
+  // params, exp_avgs, exp_avg_sqs and step_counts in place. Returns (the meta-loss
+  // sum_t loss_weight[t] * query_loss[t], whether the step was applied (a bool tensor), the
+  // clipped gradient per parameter when return_grads, else []).
+  m.def("mlp_maml_adam_(Tensor(a!)[] params, Tensor x_support, Tensor y_support, Tensor? w_support, "
+        "Tensor x_query, Tensor y_query, Tensor? w_query, float lr, int steps, str activation, "
+        "str loss, bool first_order, Tensor loss_weight, Tensor(b!)[] exp_avgs, "
+        "Tensor(c!)[] exp_avg_sqs, Tensor(d!) step_counts, float adam_lr, float beta1, float beta2, "
+        "float weight_decay, float eps, bool maximize, float clip_value, bool return_grads) "
+        "-> (Tensor, Tensor, Tensor[])");
   // Evaluation: the query losses [steps + 1, T] before each of `steps` SGD steps and after the
   // last, and with `outputs` the query outputs [steps + 1, T, K_query, out] (else [0, ...]).
   m.def("mlp_maml_eval(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "

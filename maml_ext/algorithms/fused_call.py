@@ -10,6 +10,7 @@ reused per (tasks, dtype, device).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -50,3 +51,17 @@ class FusedMLPCall:
         if weight is None:
             weight = self._weights[key] = like.new_full((tasks,), 1.0 / max(tasks, 1))
         return weight
+
+
+class AdamState(NamedTuple):
+    """An Adam optimizer's state and settings for an update applied inside the fused op
+    (``ops.mlp_maml_adam_``), in the op's parameter order; updated in place there."""
+
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    step_counts: Tensor  # float32 [number of parameters], torch's fused-Adam step counts
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    eps: float
+    maximize: bool

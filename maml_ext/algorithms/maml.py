@@ -197,6 +197,39 @@ class MAML(MetaLearner):
         loss = (query_loss * kwargs["loss_weight"]).sum()
         return loss if scale == 1.0 else loss * scale
 
+    def meta_step_adam_(self, batch: TaskBatch, optimizer: object, iteration: int = 0,
+                        clip_value: float | None = None) -> tuple[float, bool] | None:
+        """A whole training step in one op call (``ops.mlp_maml_adam_``): the meta-gradient of
+        ``meta_loss(batch, iteration)``, clipped to [-clip_value, clip_value], and ``optimizer``'s
+        Adam update of the parameters, applied only when the loss and gradient are finite; ``.grad``
+        is not touched. Returns (the meta-loss, whether the update was applied), or None where
+        this does not apply and nothing was done (then: ``meta_grad`` and ``optimizer.step()``):
+        off the compiled CPU fused path, learned step sizes, a subclass's own ``meta_loss`` or
+        ``meta_grad``, gradient hooks, or an optimizer whose ``fused_state(params)`` (see
+        ``train.optim.LeanFusedAdam``) offers no plain Adam state for exactly these parameters.
+        On the paper's sinusoid config this saves the second dispatch and Adam's cold start after
+        the kernel (benchmarks/RESULTS.md, issue 14.2, third pass)."""
+        call = self._fused_call if self.fused_spec is not None else None
+        if (call is None or self.learn_lr != "none" or type(self).meta_loss is not MAML.meta_loss
+                or type(self).meta_grad is not MAML.meta_grad or not ops.extension_available()):
+            return None
+        params = call.params()
+        fused_state = getattr(optimizer, "fused_state", None)
+        state = fused_state(params) if fused_state is not None and params[0].device.type == "cpu" else None
+        if state is None or _has_grad_hooks(params):
+            return None
+        # No check_batch: the op checks the same (each error naming the tensor) before any work.
+        x = batch.x_support
+        loss, applied, _ = ops.mlp_maml_adam_(
+            params, x, batch.y_support, batch.x_query, batch.y_query, lr=self.lr, steps=self.steps,
+            activation=self.fused_spec.activation, loss=self.loss, first_order=self.uses_first_order(iteration),
+            loss_weight=call.mean_weight(x.shape[0] if x.dim() == 3 else 0, params[0]),
+            exp_avgs=state.exp_avgs, exp_avg_sqs=state.exp_avg_sqs, step_counts=state.step_counts,
+            adam_lr=state.lr, betas=state.betas, weight_decay=state.weight_decay, eps=state.eps,
+            maximize=state.maximize, clip_value=clip_value,
+        )
+        return loss.item(), applied
+
     def _fused_args(self, batch: TaskBatch, first_order: bool, params: list[Tensor]) -> tuple[list[Tensor], dict]:
         """The op's learned-rate tensors (empty for a float lr) and keyword arguments."""
         call = self._fused_call

@@ -8,6 +8,7 @@ cannot handle the tensors' device, or ``MAML_EXT_NO_EXTENSION=1`` is set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "mlp_maml_adam_",
     "mlp_maml_eval",
     "mlp_maml_loss",
     "svgd_step",
@@ -216,6 +218,65 @@ def mlp_maml_grad(
         )
     return query_loss, list(grads), list(lr_grads)
 
+
+
+def mlp_maml_adam_(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: float,
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    step_counts: Tensor,
+    adam_lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    maximize: bool = False,
+    clip_value: float | None = None,
+    steps: int = 1,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    loss_weight: Tensor | None = None,
+    return_grads: bool = False,
+) -> tuple[Tensor, bool, list[Tensor]]:
+    """A whole meta-training step in one call: :func:`mlp_maml_grad` (float ``lr``) and, when the
+    meta-loss and every gradient entry are finite, the gradient clipped to
+    [-clip_value, clip_value] and ``torch.optim.Adam``'s update of ``params`` and its state
+    (``exp_avgs``, ``exp_avg_sqs``, float32 ``step_counts`` [len(params)], torch's fused-Adam
+    step counts) in place, while the gradient is still in cache: the training loop's
+    meta-iteration without a second dispatch (benchmarks/RESULTS.md, issue 14.2, third pass).
+    ``adam_lr``, ``betas``, ``weight_decay`` (L2, added to the gradient), ``eps`` and
+    ``maximize`` as in ``torch.optim.Adam``; amsgrad and decoupled weight decay are not offered.
+
+    Returns (the meta-loss Σ_t loss_weight[t]·query_loss[t], whether the step was applied, the
+    clipped meta-gradients when ``return_grads`` else []). Nothing is modified when it was not
+    applied. On the CPU one compiled call; elsewhere the reference.
+    """
+    if not (params and isinstance(lr, (int, float)) and params[0].device.type == "cpu" and _fused(*params)):
+        return reference.mlp_maml_adam_(
+            params, x_support, y_support, x_query, y_query, lr=lr, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+            step_counts=step_counts, adam_lr=adam_lr, betas=betas, weight_decay=weight_decay, eps=eps,
+            maximize=maximize, clip_value=clip_value, steps=steps, activation=activation, loss=loss,
+            first_order=first_order, w_support=w_support, w_query=w_query, loss_weight=loss_weight,
+            return_grads=return_grads,
+        )
+    if loss_weight is None:
+        tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+        loss_weight = params[0].new_full((tasks,), 1.0 / max(tasks, 1))
+    with torch.no_grad():  # an optimizer step: no graph (the op bumps the version counters)
+        value, applied, grads = torch.ops.maml_ext.mlp_maml_adam_(
+            params, x_support, y_support, w_support, x_query, y_query, w_query, lr, steps, activation, loss,
+            first_order, loss_weight, exp_avgs, exp_avg_sqs, step_counts, adam_lr, betas[0], betas[1],
+            weight_decay, eps, maximize, math.inf if clip_value is None else clip_value, return_grads,
+        )
+    return value, bool(applied), list(grads)
 
 def mlp_maml_eval(
     params: Sequence[Tensor],

@@ -205,6 +205,18 @@ def _mlp_maml_grad_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps
             [torch.empty_like(a) for a in lrs])
 
 
+
+@torch.library.register_fake(_LIB + "mlp_maml_adam_")
+def _mlp_maml_adam_fake(params, xs, ys, ws, xq, yq, wq, lr, steps, activation, loss, first_order, loss_weight,
+                        exp_avgs, exp_avg_sqs, step_counts, adam_lr, beta1, beta2, weight_decay, eps, maximize,
+                        clip_value, return_grads):
+    _checks.check_maml(params, [], lr, False, xs, ys, ws, xq, yq, wq, steps, activation, loss, 1)
+    _checks.check_loss_weight(loss_weight, params[0], xs.shape[0])
+    _checks.check_adam(params, exp_avgs, exp_avg_sqs, step_counts, adam_lr, beta1, beta2, weight_decay, eps,
+                       clip_value)
+    return (params[0].new_empty(()), params[0].new_empty((), dtype=torch.bool),
+            [torch.empty_like(p) for p in params] if return_grads else [])
+
 @torch.library.register_fake(_LIB + "mlp_maml_eval")
 def _mlp_maml_eval_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, outputs):
     widths = _checks.check_maml(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps, activation, loss, 1)

@@ -26,6 +26,7 @@ __all__ = [
     "mlp_hvp",
     "mlp_maml",
     "mlp_maml_grad",
+    "mlp_maml_adam_",
     "mlp_maml_eval",
     "svgd_step",
 ]
@@ -270,6 +271,70 @@ def mlp_maml_grad(
         grads = torch.autograd.grad((query_loss * weight).sum(), [*p, *a])
     return query_loss.detach(), list(grads[: len(p)]), list(grads[len(p):])
 
+
+
+def mlp_maml_adam_(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    lr: float,
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    step_counts: Tensor,
+    adam_lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    maximize: bool = False,
+    clip_value: float | None = None,
+    steps: int = 1,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+    w_support: Tensor | None = None,
+    w_query: Tensor | None = None,
+    loss_weight: Tensor | None = None,
+    return_grads: bool = False,
+) -> tuple[Tensor, bool, list[Tensor]]:
+    """A whole meta-training step: :func:`mlp_maml_grad`'s meta-gradient (float ``lr``), and when
+    the meta-loss and every gradient entry are finite, the gradient clipped to
+    [-clip_value, clip_value] and ``torch.optim.Adam``'s update (L2 ``weight_decay`` added to the
+    gradient, ``maximize``) of ``params``, ``exp_avgs``, ``exp_avg_sqs`` and the float32
+    ``step_counts`` [len(params)], all in place. Returns (the meta-loss
+    Σ_t loss_weight[t]·query_loss[t], whether the step was applied, the clipped gradients when
+    ``return_grads`` else [])."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"lr: expected a float (learned step sizes: use mlp_maml_grad and an optimizer), got {type(lr).__name__}")
+    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+    _checks.check_maml(params, [], float(lr), False, x_support, y_support, w_support, x_query, y_query, w_query,
+                       steps, activation, loss, 1)
+    weight = _checks.loss_weight(loss_weight, params[0], tasks)
+    clip = math.inf if clip_value is None else float(clip_value)
+    beta1, beta2 = betas
+    _checks.check_adam(params, exp_avgs, exp_avg_sqs, step_counts, adam_lr, beta1, beta2, weight_decay, eps, clip)
+    query_loss, grads, _ = mlp_maml_grad(params, x_support, y_support, x_query, y_query, lr=float(lr), steps=steps,
+                                         activation=activation, loss=loss, first_order=first_order,
+                                         w_support=w_support, w_query=w_query, loss_weight=weight)
+    value = (query_loss * weight).sum()
+    if not (math.isfinite(value.item()) and all(bool(g.isfinite().all()) for g in grads)):
+        return value, False, []
+    with torch.no_grad():
+        grads = [g.clamp(-clip, clip) for g in grads] if clip_value is not None else grads
+        for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+            # torch.optim.Adam's single-tensor arithmetic, the step counted in float32 as there.
+            step_counts[i] += 1
+            step = step_counts[i].item()
+            g = -g if maximize else g
+            if weight_decay != 0:
+                g = g.add(p, alpha=weight_decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+            p.addcdiv_(m, denom, value=-adam_lr / (1 - beta1**step))
+    return value, True, list(grads) if return_grads else []
 
 def snapshot_interval(snapshots: bool | int, steps: int) -> int:
     """Inner steps between the stored parameter snapshots that mlp_maml's backward restarts from

@@ -353,6 +353,57 @@ def check_loss_weight(weight: Tensor, like: Tensor, tasks: int) -> None:
         raise ValueError(f"loss_weight: expected [T={tasks}], got shape {list(weight.shape)}")
 
 
+
+@compiled
+def check_adam(
+    params: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    step_counts: Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    clip_value: float,
+) -> None:
+    """The Adam state and settings of mlp_maml_adam_: the moments shaped like ``params``, one
+    float32 step count per parameter (torch's fused-Adam ``state["step"]``), settings in the
+    ranges ``torch.optim.Adam`` accepts, and ``clip_value`` > 0 (inf: no clipping)."""
+    if len(exp_avgs) != len(params) or len(exp_avg_sqs) != len(params):
+        raise ValueError(
+            f"exp_avgs, exp_avg_sqs: expected {len(params)} tensors each (one per parameter), got "
+            f"{len(exp_avgs)} and {len(exp_avg_sqs)}"
+        )
+    for i in range(len(params)):
+        p = params[i]
+        if exp_avgs[i].shape != p.shape or exp_avg_sqs[i].shape != p.shape:
+            raise ValueError(
+                f"exp_avgs[{i}], exp_avg_sqs[{i}]: expected shape {list(p.shape)} (that of params[{i}]), got "
+                f"{list(exp_avgs[i].shape)} and {list(exp_avg_sqs[i].shape)}"
+            )
+        check_same_dtype(f"exp_avgs[{i}]", exp_avgs[i], p)
+        check_same_dtype(f"exp_avg_sqs[{i}]", exp_avg_sqs[i], p)
+        check_same_device(f"exp_avgs[{i}]", exp_avgs[i], p)
+        check_same_device(f"exp_avg_sqs[{i}]", exp_avg_sqs[i], p)
+    if step_counts.dim() != 1 or step_counts.shape[0] != len(params) or step_counts.dtype != torch.float32:
+        raise ValueError(
+            f"step_counts: expected float32 [{len(params)}] (one step count per parameter), got "
+            f"{step_counts.dtype} of shape {list(step_counts.shape)}"
+        )
+    check_same_device("step_counts", step_counts, params[0])
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"adam_lr: expected a finite value >= 0, got {lr}")
+    if not (beta1 >= 0 and beta1 < 1 and beta2 >= 0 and beta2 < 1):
+        raise ValueError(f"betas: expected each in [0, 1), got ({beta1}, {beta2})")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay: expected a finite value >= 0, got {weight_decay}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps: expected a finite value >= 0, got {eps}")
+    if not (clip_value > 0):
+        raise ValueError(f"clip_value: expected a value > 0 (inf: no clipping), got {clip_value}")
+
+
 @compiled
 def check_svgd_scalars(score_scale: float, step_size: float) -> None:
     """The scalars of svgd_step / svgd_step_backward: finite."""

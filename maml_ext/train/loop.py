@@ -85,14 +85,33 @@ class SupervisedStep:
         t, learner = self.tcfg, self.run.learner
         batch = self.run.family.sample(t["meta_batch"], t["k_support"], t["k_query"], self.generators["tasks"])
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.shard.backward(learner, batch, iteration, t.get("task_chunk"))
-        check_finite(loss, self.params)
-        if t.get("clip_grad"):
-            # Element-wise value clipping of the (all-reduced) meta-gradient, as the official
-            # MiniImagenet code does (tf.clip_by_value to [-10, 10]).
-            torch.nn.utils.clip_grad_value_(self.params, t["clip_grad"])
-        self.optimizer.step()
+        loss = self._fused_step(batch, iteration)
+        if loss is None:
+            loss = self.shard.backward(learner, batch, iteration, t.get("task_chunk"))
+            check_finite(loss, self.params)
+            if t.get("clip_grad"):
+                # Element-wise value clipping of the (all-reduced) meta-gradient, as the official
+                # MiniImagenet code does (tf.clip_by_value to [-10, 10]).
+                torch.nn.utils.clip_grad_value_(self.params, t["clip_grad"])
+            self.optimizer.step()
         self.window = [self.window[0] + loss, self.window[1] + 1]
+        return loss
+
+    def _fused_step(self, batch: Any, iteration: int) -> float | None:
+        """The same iteration (meta-gradient, finiteness stop, clipping, Adam) in one op call
+        where the learner offers it (``MAML.meta_step_adam_``: the fused MLP path with a plain
+        Adam state) on one process and one pass over the meta-batch; None where it does not
+        (nothing done)."""
+        t = self.tcfg
+        step = getattr(self.run.learner, "meta_step_adam_", None)
+        if step is None or self.shard.world != 1 or (t.get("task_chunk") or t["meta_batch"]) < t["meta_batch"]:
+            return None
+        done = step(batch, self.optimizer, iteration, t.get("clip_grad"))
+        if done is None:
+            return None
+        loss, applied = done
+        if not applied:
+            raise non_finite(loss)
         return loss
 
     def record(self) -> dict[str, float]:
@@ -120,8 +139,13 @@ def check_finite(loss: float, params: Any) -> None:
     """Raise NonFinite for a non-finite meta-loss or meta-gradient entry."""
     if math.isfinite(loss) and _all_finite([p.grad for p in params if p.grad is not None]):
         return
+    raise non_finite(loss)
+
+
+def non_finite(loss: float) -> NonFinite:
+    """The stop for a non-finite meta-loss, or (``loss`` finite) a non-finite meta-gradient."""
     what = f"the meta-loss is {loss}" if not math.isfinite(loss) else "the meta-gradient has non-finite entries"
-    raise NonFinite(what, "try a smaller train.meta_lr or algorithm.lr, or train.clip_grad")
+    return NonFinite(what, "try a smaller train.meta_lr or algorithm.lr, or train.clip_grad")
 
 
 @torch.no_grad()

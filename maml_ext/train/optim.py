@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+from maml_ext.algorithms.fused_call import AdamState
 
 # Devices with torch's fused Adam kernel (a subset of what it supports; others use the default).
 _FUSED_DEVICES = ("cpu", "cuda")
@@ -27,7 +29,10 @@ class LeanFusedAdam(torch.optim.Adam):
     (hooks, grad-mode switch, state initialisation, grouping by device and dtype) costs half a
     paper-config meta-gradient per call; here it runs only on the first step, after
     ``load_state_dict``, and whenever the plain lists do not apply (several devices or dtypes,
-    amsgrad, a tensor lr, a missing gradient, a closure). Step hooks run as for any optimizer."""
+    amsgrad, a tensor lr, a missing gradient, a closure). Step hooks run as for any optimizer.
+
+    ``fused_state`` hands the same state to an update applied inside the meta-gradient op
+    (``MAML.meta_step_adam_``), which the training loop takes whenever it applies."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
         self._lists: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None = None
@@ -39,7 +44,9 @@ class LeanFusedAdam(torch.optim.Adam):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self._lists = None  # the state tensors were replaced
+        # The state tensors were replaced: gathered now, so that a resumed run's next step takes
+        # the same route (and arithmetic) as the uninterrupted run's.
+        self._lists = self._gather()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none or self._lists is None:
@@ -47,11 +54,30 @@ class LeanFusedAdam(torch.optim.Adam):
         for p in self._lists[0]:
             p.grad = None
 
+    def fused_state(self, params: Sequence[Tensor]) -> AdamState | None:
+        """The state and settings of a plain step over exactly ``params``, in their order (the
+        gathered lists are reordered once to follow it), for an update applied elsewhere; None
+        where ``step()`` would run torch's Adam (see the class docstring) or step hooks or the
+        profiler must see a step."""
+        lists = self._lists
+        if lists is None or self._hooked() or isinstance(self.param_groups[0]["lr"], Tensor):
+            return None
+        if len(params) != len(lists[0]) or not all(p is q for p, q in zip(params, lists[0])):
+            if {id(p) for p in params} != {id(p) for p in lists[0]} or len(params) != len(lists[0]):
+                return None
+            lists = self._lists = self._gather(params)
+        group = self.param_groups[0]
+        return AdamState(lists[1], lists[2], lists[4], group["lr"], group["betas"], group["weight_decay"],
+                         group["eps"], group["maximize"])
+
+    def _hooked(self) -> bool:
+        return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
+                    or _global_optimizer_post_hooks or torch.autograd.profiler._is_profiler_enabled)
+
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         # Optimizer.__init__ wraps a class's step in a profiler range and hook loops (~10 µs a
         # call, marked ``hooked`` below so it does not): here they run only when needed.
-        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
-                or _global_optimizer_post_hooks or torch.autograd.profiler._is_profiler_enabled):
+        if self._hooked():
             return self.profile_hook_step(LeanFusedAdam._step)(self, closure)
         return self._step(closure)
 
@@ -79,13 +105,14 @@ class LeanFusedAdam(torch.optim.Adam):
             )
         return None
 
-    def _gather(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None:
-        """The parameters and their state as the fused kernel takes them, or None where
-        ``Adam.step()`` must run (see the class docstring)."""
+    def _gather(self, order: Sequence[Tensor] | None = None
+                ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None:
+        """The parameters (the group's, in ``order`` if given) and their state as the fused
+        kernel takes them, or None where ``Adam.step()`` must run (see the class docstring)."""
         if len(self.param_groups) != 1:
             return None
         group = self.param_groups[0]
-        params = list(group["params"])
+        params = list(group["params"] if order is None else order)
         plain = (not group["amsgrad"] and not group["capturable"] and not group["differentiable"]
                  and not group.get("decoupled_weight_decay", False) and not isinstance(group["lr"], Tensor)
                  and all(not isinstance(b, Tensor) for b in group["betas"]))
