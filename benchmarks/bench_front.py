@@ -1,7 +1,7 @@
 """A user's own ``nn.Sequential`` MLP: the automatically detected fused path against the generic
 (vmap) path, same model, same batch, same run; and (``--loop``) the training loop's whole
-meta-iteration against the bare ``mlp_maml_grad`` call, with its parts, before/after the cheaper
-finiteness check.
+meta-iteration against the bare ``mlp_maml_grad`` call, with its parts: before (meta_grad, then
+the lean fused Adam) and after (one ``mlp_maml_adam_`` call, ``MAML.meta_step_adam_``).
 
     python benchmarks/bench_front.py [--threads 1] [--reps 30]
     python benchmarks/bench_front.py --loop [--rounds 7] [--seconds 0.5]
@@ -48,60 +48,95 @@ def _cpu_us(fn, seconds: float) -> float:
     return (time.process_time() - start) / calls * 1e6
 
 
-def _cat_check(loss: float, params) -> None:
-    """The finiteness check before this change (concatenate, then test), as the baseline."""
-    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
-    if not (math.isfinite(loss) and bool(torch.cat(grads).isfinite().all())):
-        raise RuntimeError("non-finite")
+def _denormals(opt) -> str:
+    """How many of Adam's first-moment entries are denormal (each costs a microcode assist)."""
+    moments = [s["exp_avg"] for s in opt.state.values()]
+    tiny = torch.finfo(moments[0].dtype).tiny
+    count = sum(int(((m != 0) & (m.abs() < tiny)).sum()) for m in moments)
+    return f"{count} of {sum(m.numel() for m in moments)}"
 
 
 def loop(rounds: int, seconds: float) -> None:
-    """The training loop's meta-iteration (SupervisedStep: zero_grad, meta_grad, the finiteness
-    check, the lean fused Adam) against the bare op, with the check before (concatenated) and
-    after (loop.check_finite), and the parts that make up the difference, same run."""
+    """The training loop's meta-iteration against the bare op, same run: before (SupervisedStep's
+    separate steps: zero_grad, meta_grad, the finiteness check, the lean fused Adam) and after
+    (one mlp_maml_adam_ call, SupervisedStep._fused_step), and the parts of the difference."""
     from maml_ext import ops
     from maml_ext.models import mlp as mlp_plugin
     from maml_ext.train import loop as train_loop
     from maml_ext.train import optim
 
-    torch.manual_seed(0)
-    model = mlp_plugin.build(1, 1, hidden=(40, 40))
     batch = Sinusoid().sample(25, 10, 10, torch.Generator().manual_seed(0))
-    learner = MAML(model, lr=0.01, steps=1)
-    params = [p.detach() for p in model.parameters()]
-    opt = optim.adam(learner.parameters(), 1e-3)
+
+    def setup():
+        """A learner and its optimizer, Adam's state created by a first step. Each path below
+        trains its own copy: Adam's moments evolve with the path's arithmetic (the fused step
+        flushes denormals, which would otherwise also speed up the other paths' steps)."""
+        torch.manual_seed(0)
+        learner = MAML(mlp_plugin.build(1, 1, hidden=(40, 40)), lr=0.01, steps=1)
+        opt = optim.adam(learner.parameters(), 1e-3)
+        learner.meta_grad(batch)
+        opt.step()
+        opt.zero_grad()
+        return learner, opt, list(learner.parameters())  # listed once, as SupervisedStep does
+
+    separate, fused, flushed_state = setup(), setup(), setup()
+    params = [p.detach() for p in separate[0].model.parameters()]
 
     def bare():
         return ops.mlp_maml_grad(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, lr=0.01)
 
-    listed = list(learner.parameters())  # SupervisedStep lists them once now; before: per call
+    def iteration(check=None, step=True):
+        learner, opt, listed = separate
 
-    def iteration(check=None, step=True, params=lambda: listed):
         def run():
             opt.zero_grad(set_to_none=True)
             loss = float(learner.meta_grad(batch))
             if check is not None:
-                check(loss, params())
+                check(loss, listed)
             if step:
                 opt.step()
         return run
 
-    def bare_and_adam():  # torch's fused Adam kernel right after the meta-gradient kernel
-        _, grads, _ = bare()
-        for p, g in zip(learner._fused_call.params(), grads):
-            p.grad = g
-        opt.step()
+    def bare_and_adam(state=separate):  # torch's fused Adam kernel right after the meta-gradient kernel
+        learner, opt, _ = state
+        own = [p.detach() for p in learner._fused_call.params()]
+
+        def run():
+            _, grads, _ = ops.mlp_maml_grad(own, batch.x_support, batch.y_support, batch.x_query,
+                                            batch.y_query, lr=0.01)
+            for p, g in zip(learner._fused_call.params(), grads):
+                p.grad = g
+            opt.step()
+        return run
+
+    def fused_step():  # the training loop's step now: one mlp_maml_adam_ call (SupervisedStep._fused_step)
+        learner, opt, _ = fused
+        opt.zero_grad(set_to_none=True)
+        loss, applied = learner.meta_step_adam_(batch, opt)
+        if not (applied and math.isfinite(loss)):
+            raise RuntimeError("non-finite")
+
+    def flushed(fn):  # the same with denormals flushed to zero for the whole thread
+        def run():
+            torch.set_flush_denormal(True)
+            try:
+                fn()
+            finally:
+                torch.set_flush_denormal(False)
+        return run
 
     fns = {
         "bare `ops.mlp_maml_grad`": bare,
         "`zero_grad` + `meta_grad`": iteration(step=False),
-        "bare op + lean Adam step": bare_and_adam,
-        "meta-iteration: `zero_grad` + `meta_grad` + lean Adam": iteration(),
-        "training loop, before: + `learner.parameters()`, finiteness check by concatenation":
-            iteration(_cat_check, params=learner.parameters),
-        "training loop, after: + listed parameters, `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
+        "bare op + lean Adam step": bare_and_adam(),
+        "bare op + lean Adam step, denormals flushed (`torch.set_flush_denormal(True)`, own state)":
+            flushed(bare_and_adam(flushed_state)),
+        "meta-iteration, before: `zero_grad` + `meta_grad` + lean Adam": iteration(),
+        "meta-iteration, after: `zero_grad` + `meta_step_adam_` (one `mlp_maml_adam_` call, own state)": fused_step,
+        "training loop's step, before: + `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
     }
-    for fn in fns.values():  # warm-up, and the first Adam step (state creation)
+    assert fused[0].meta_step_adam_(batch, fused[1]) is not None, "the fused step was declined"
+    for fn in fns.values():  # warm-up
         for _ in range(3):
             fn()
     samples = {k: [] for k in fns}
@@ -110,7 +145,10 @@ def loop(rounds: int, seconds: float) -> None:
             samples[k].append(_cpu_us(fn, seconds))
     bare_us = statistics.median(samples["bare `ops.mlp_maml_grad`"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; median of {rounds} alternating rounds of {seconds} s\n")
+          f"{torch.backends.cpu.get_cpu_capability()}; median of {rounds} alternating rounds of {seconds} s; "
+          f"Adam steps taken: {int(separate[1].state[separate[2][0]]['step'])} (separate), "
+          f"{int(fused[1].state[fused[2][0]]['step'])} (fused); denormal first moments: {_denormals(separate[1])} "
+          f"(separate), {_denormals(fused[1])} (fused)\n")
     print("| what | CPU µs | vs bare op |\n|---|---|---|")
     for k, v in samples.items():
         m = statistics.median(v)

@@ -18,7 +18,6 @@ from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
 from maml_ext.train import config, loop, optim
 
-pytestmark = requires_extension
 EXACT = 1e-12  # float64, relative per tensor
 
 SETTINGS = {  # torch.optim.Adam's settings and the loop's value clipping
@@ -35,6 +34,7 @@ def _state(g, params):
     return exp_avgs, exp_avg_sqs, torch.full((len(params),), 3.0)
 
 
+@requires_extension
 @pytest.mark.parametrize("loss, first_order, steps", [("mse", False, 1), ("cross_entropy", False, 2), ("mse", True, 3)])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_op_equals_its_reference_twin(loss, first_order, steps, setting):
@@ -82,6 +82,7 @@ def _lean_adam(learner, lr, settings):
     return opt
 
 
+@requires_extension
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_training_steps_equal_meta_grad_and_torch_adam_in_float64(setting):
     kw = SETTINGS[setting]
@@ -134,6 +135,7 @@ def _crafted_batch(bad: str) -> TaskBatch:
     return TaskBatch(xs, batch.y_support, xq, yq)
 
 
+@requires_extension
 @pytest.mark.parametrize("bad", ["loss", "gradient"])
 def test_non_finite_step_changes_nothing(bad):
     model, batch = _setup()
@@ -157,6 +159,7 @@ def test_non_finite_step_changes_nothing(bad):
     assert [p._version for p in learner.parameters()] == [v + 1 for v in versions]
 
 
+@requires_extension
 def test_declined_cases_do_nothing():
     model, batch = _setup()
     learner = MAML(model, lr=0.05, steps=2)
@@ -220,7 +223,7 @@ def test_state_follows_the_op_order_once_reordered():
     (lambda a: a.update(adam_lr=-1.0), r"adam_lr: expected a finite value >= 0"),
     (lambda a: a.update(clip_value=0.0), r"clip_value: expected a value > 0"),
 ])
-@pytest.mark.parametrize("impl", [ops.mlp_maml_adam_, reference.mlp_maml_adam_])
+@pytest.mark.parametrize("impl", [ops.mlp_maml_adam_, reference.mlp_maml_adam_])  # the op: its twin without _C
 def test_bad_adam_state_is_named_before_any_work(change, message, impl):
     g = gen(2)
     params = mlp_params(g, (1, 3, 1))
@@ -234,6 +237,7 @@ def test_bad_adam_state_is_named_before_any_work(change, message, impl):
     assert all(torch.equal(a, b) for a, b in zip(params, before))
 
 
+@requires_extension
 def test_opcheck_schema_and_fake_kernel():
     g = gen(3)
     params = mlp_params(g, (1, 3, 1))
@@ -270,6 +274,7 @@ def _final(out):
     return torch.load(out / loop.CHECKPOINT, weights_only=True)
 
 
+@requires_extension
 def test_loop_resumes_exactly_on_the_fused_path(tmp_path, monkeypatch):
     taken = _count_fused(monkeypatch)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -287,6 +292,7 @@ def test_loop_resumes_exactly_on_the_fused_path(tmp_path, monkeypatch):
     assert losses[0] == losses[1]
 
 
+@requires_extension
 def test_loop_fused_step_equals_the_separate_steps_with_and_without_clipping(tmp_path, monkeypatch):
     runs = {}
     for clip in ([], ["train.clip_grad=0.01"]):
@@ -300,3 +306,11 @@ def test_loop_fused_step_equals_the_separate_steps_with_and_without_clipping(tmp
         for name, value in runs[True, clip].items():  # float32: the two Adam loops round differently
             torch.testing.assert_close(value, runs[False, clip][name], rtol=1e-5, atol=1e-7)
     assert any(not torch.allclose(runs[True, True][n], runs[True, False][n], rtol=1e-3) for n in runs[True, True])
+
+
+def test_loop_keeps_the_separate_steps_without_the_compiled_op(monkeypatch, tmp_path):
+    """Without _C (or off the CPU) the fused step is declined: torch's Adam, as before."""
+    monkeypatch.setattr(ops, "extension_available", lambda: False)
+    taken = _count_fused(monkeypatch)
+    loop.train(config.load("sinusoid", TINY), tmp_path / "run", progress=False)
+    assert taken == [False] * 6
