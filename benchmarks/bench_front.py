@@ -116,6 +116,35 @@ def loop(rounds: int, seconds: float) -> None:
         if not (applied and math.isfinite(loss)):
             raise RuntimeError("non-finite")
 
+    raw_state, wrapped_state = setup(), setup()
+    weight = separate[0]._fused_call.mean_weight(25, params[0])
+
+    def raw_grad():  # the op alone: no Python wrapper
+        torch.ops.maml_ext.mlp_maml_grad(params, [], 0.01, False, batch.x_support, batch.y_support, None,
+                                         batch.x_query, batch.y_query, None, 1, "relu", "mse", False, weight)
+
+    def adam_args(state):  # gathered once: these rows time the call alone
+        learner, opt, _ = state
+        own = learner._fused_call.params()
+        return own, opt.fused_state(own)
+
+    raw_params, raw_adam_state = adam_args(raw_state)
+    wrapped_params, wrapped_adam_state = adam_args(wrapped_state)
+
+    def raw_adam():  # mlp_maml_adam_ alone: no Python wrapper, no MAML glue
+        adam = raw_adam_state
+        with torch.no_grad():
+            torch.ops.maml_ext.mlp_maml_adam_(
+                raw_params, batch.x_support, batch.y_support, None, batch.x_query, batch.y_query, None, 0.01, 1,
+                "relu", "mse", False, weight, adam.exp_avgs, adam.exp_avg_sqs, adam.step_counts, 1e-3, 0.9, 0.999,
+                0.0, 1e-8, False, math.inf, False)
+
+    def wrapped_adam():  # through the Python wrapper ops.mlp_maml_adam_
+        adam = wrapped_adam_state
+        ops.mlp_maml_adam_(wrapped_params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, lr=0.01,
+                           loss_weight=weight, exp_avgs=adam.exp_avgs, exp_avg_sqs=adam.exp_avg_sqs,
+                           step_counts=adam.step_counts, adam_lr=1e-3)
+
     def flushed(fn):  # the same with denormals flushed to zero for the whole thread
         def run():
             torch.set_flush_denormal(True)
@@ -133,6 +162,9 @@ def loop(rounds: int, seconds: float) -> None:
             flushed(bare_and_adam(flushed_state)),
         "meta-iteration, before: `zero_grad` + `meta_grad` + lean Adam": iteration(),
         "meta-iteration, after: `zero_grad` + `meta_step_adam_` (one `mlp_maml_adam_` call, own state)": fused_step,
+        "part: `torch.ops.maml_ext.mlp_maml_grad` alone (no Python wrapper)": raw_grad,
+        "part: `torch.ops.maml_ext.mlp_maml_adam_` alone (no wrapper, no MAML glue, own state)": raw_adam,
+        "part: `ops.mlp_maml_adam_` (the Python wrapper, own state)": wrapped_adam,
         "training loop's step, before: + `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
     }
     assert fused[0].meta_step_adam_(batch, fused[1]) is not None, "the fused step was declined"
