@@ -21,11 +21,12 @@ struct AdamSettings {
 };
 
 // Denormal inputs and results read as and become zero while it lives (the CPU's FTZ/DAZ modes,
-// what torch.set_flush_denormal(True) sets for the whole thread). Adam's moments of parameters
-// whose gradient stays zero decay geometrically through the denormal range, where each operation
-// takes a microcode assist: on the paper's sinusoid MLP after some thousand steps that is ~25 µs
-// of a ~10 µs update (benchmarks/RESULTS.md, issue 14.2, third pass). The values differ from
-// torch's Adam only where a moment or an update is below the smallest normal number.
+// what torch.set_flush_denormal(True) sets for the whole thread). Adam's first moments of weights
+// whose gradient stays zero decay geometrically through the denormal range, and in this scalar
+// loop each operation on one takes a microcode assist: on the paper's sinusoid MLP after ~14k
+// steps (306 of 1761 moments denormal) the update took ~35 instead of ~9 µs
+// (benchmarks/RESULTS.md, issue 14.2, third pass). The values differ from torch's Adam only where
+// a moment or an update is below the smallest normal number.
 class FlushDenormals {
  public:
 #ifdef MAML_EXT_HAVE_MXCSR
