@@ -160,6 +160,22 @@ def test_non_finite_step_changes_nothing(bad):
 
 
 @requires_extension
+@pytest.mark.parametrize("bad, message", [
+    (lambda b: TaskBatch(b.x_support.float(), b.y_support, b.x_query, b.y_query), r"^support x: expected dtype"),
+    (lambda b: TaskBatch(b.x_support, b.y_support, b.x_query[:3], b.y_query[:3]), r"^query x: expected \[T=5"),
+])
+def test_bad_batch_is_named_and_changes_nothing(bad, message):
+    model, batch = _setup()
+    learner = MAML(model, lr=0.05, steps=2)
+    opt = stepped_for(learner, batch)
+    before = [t.clone() for t in (*learner.parameters(), *(v for s in opt.state.values() for v in s.values()))]
+    with pytest.raises((TypeError, ValueError), match=message):
+        learner.meta_step_adam_(bad(batch), opt)
+    after = [*learner.parameters(), *(v for s in opt.state.values() for v in s.values())]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+@requires_extension
 def test_declined_cases_do_nothing():
     model, batch = _setup()
     learner = MAML(model, lr=0.05, steps=2)

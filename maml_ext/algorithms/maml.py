@@ -207,8 +207,8 @@ class MAML(MetaLearner):
         off the compiled CPU fused path, learned step sizes, a subclass's own ``meta_loss`` or
         ``meta_grad``, gradient hooks, or an optimizer whose ``fused_state(params)`` (see
         ``train.optim.LeanFusedAdam``) offers no plain Adam state for exactly these parameters.
-        On the paper's sinusoid config this saves the second dispatch and Adam's cold start after
-        the kernel (benchmarks/RESULTS.md, issue 14.2, third pass)."""
+        On the paper's sinusoid config a meta-iteration then costs 1.11x the bare ``mlp_maml_grad``
+        call instead of 1.23x (benchmarks/RESULTS.md, issue 14.2, third pass)."""
         call = self._fused_call if self.fused_spec is not None else None
         if (call is None or self.learn_lr != "none" or type(self).meta_loss is not MAML.meta_loss
                 or type(self).meta_grad is not MAML.meta_grad or not ops.extension_available()):

@@ -219,7 +219,6 @@ def mlp_maml_grad(
     return query_loss, list(grads), list(lr_grads)
 
 
-
 def mlp_maml_adam_(
     params: Sequence[Tensor],
     x_support: Tensor,
