@@ -145,6 +145,18 @@ def loop(rounds: int, seconds: float) -> None:
                            loss_weight=weight, exp_avgs=adam.exp_avgs, exp_avg_sqs=adam.exp_avg_sqs,
                            step_counts=adam.step_counts, adam_lr=1e-3)
 
+    backward_state = setup()
+    torch.manual_seed(0)
+    torch_learner = MAML(mlp_plugin.build(1, 1, hidden=(40, 40)), lr=0.01, steps=1)
+    torch_adam = torch.optim.Adam(torch_learner.parameters(), lr=1e-3, fused=True)
+
+    def backward_and_adam(learner, opt):  # the definition: meta_loss(batch).backward() + Adam
+        def run():
+            opt.zero_grad(set_to_none=True)
+            learner.meta_loss(batch).backward()
+            opt.step()
+        return run
+
     def flushed(fn):  # the same with denormals flushed to zero for the whole thread
         def run():
             torch.set_flush_denormal(True)
@@ -166,6 +178,10 @@ def loop(rounds: int, seconds: float) -> None:
         "part: `torch.ops.maml_ext.mlp_maml_adam_` alone (no wrapper, no MAML glue, own state)": raw_adam,
         "part: `ops.mlp_maml_adam_` (the Python wrapper, own state)": wrapped_adam,
         "training loop's step, before: + `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
+        "`zero_grad` + `meta_loss(batch).backward()` + lean Adam (own state)":
+            backward_and_adam(*backward_state[:2]),
+        "`zero_grad` + `meta_loss(batch).backward()` + `torch.optim.Adam(fused=True)` (own state)":
+            backward_and_adam(torch_learner, torch_adam),
     }
     assert fused[0].meta_step_adam_(batch, fused[1]) is not None, "the fused step was declined"
     for fn in fns.values():  # warm-up
