@@ -56,15 +56,13 @@ MAML_EXT_SVGD_CLONES double sq_dist(const float* a, const float* b, int64_t n) {
 MAML_EXT_SVGD_CLONES double sq_dist(const double* a, const double* b, int64_t n) { return sq_dist_impl(a, b, n); }
 MAML_EXT_SVGD_CLONES double dot(const float* a, const float* b, int64_t n) { return dot_impl(a, b, n); }
 MAML_EXT_SVGD_CLONES double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
-MAML_EXT_SVGD_CLONES void combine_rows(const double* w, const float* u, const double* v, const float* x, double su,
-                                       double sx, int64_t a, int64_t m, int64_t d, std::vector<float>& acc,
-                                       float* out) {
-  combine_rows_impl(w, u, v, x, su, sx, a, m, d, acc.data(), out);
+MAML_EXT_SVGD_CLONES void combine(int64_t m, int64_t d, const float* w, const float* u, const float* v,
+                                  const float* x, float* out) {
+  combine_impl(m, d, w, u, v, x, out);
 }
-MAML_EXT_SVGD_CLONES void combine_rows(const double* w, const double* u, const double* v, const double* x, double su,
-                                       double sx, int64_t a, int64_t m, int64_t d, std::vector<double>& acc,
-                                       double* out) {
-  combine_rows_impl(w, u, v, x, su, sx, a, m, d, acc.data(), out);
+MAML_EXT_SVGD_CLONES void combine(int64_t m, int64_t d, const double* w, const double* u, const double* v,
+                                  const double* x, double* out) {
+  combine_impl(m, d, w, u, v, x, out);
 }
 
 struct ClonedRows {
@@ -73,9 +71,9 @@ struct ClonedRows {
   template <typename scalar_t>
   static double dot(const scalar_t* a, const scalar_t* b, int64_t n) { return svgd::dot(a, b, n); }
   template <typename scalar_t>
-  static void combine_rows(const double* w, const scalar_t* u, const double* v, const scalar_t* x, double su,
-                           double sx, int64_t a, int64_t m, int64_t d, std::vector<scalar_t>& acc, scalar_t* out) {
-    svgd::combine_rows(w, u, v, x, su, sx, a, m, d, acc, out);
+  static void combine(int64_t m, int64_t d, const scalar_t* w, const scalar_t* u, const scalar_t* v,
+                      const scalar_t* x, scalar_t* out) {
+    svgd::combine(m, d, w, u, v, x, out);
   }
 };
 

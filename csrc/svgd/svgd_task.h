@@ -19,9 +19,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace maml_ext::svgd {
+// Each MLP engine build (one per CPU capability, with its own -m flags) gets its own copy: the
+// same symbols in several objects would be one arbitrary build's code at link time (the ODR).
+#ifdef MAML_EXT_CPU_CAPABILITY
+inline namespace MAML_EXT_CPU_CAPABILITY {
+#endif
 
 // One task's particle block [M, dim[i]] in each tensor i, row a at ptr[i] + a * dim[i].
 template <typename scalar_t>
@@ -63,25 +69,35 @@ template <typename scalar_t>
   return lane_sum<scalar_t>(n, [&](int64_t j) { return a[j] * b[j]; });
 }
 
-// out[j] = su * u_a[j] + sx * x_a[j] + sum_b (w[b] u_b[j] + v[b] x_b[j]) over the M rows of one
-// block (u_a, x_a: row a): the axpy form of the direction and both backward outputs.
+// out_a[j] = sum_b (w_ab u_b[j] + v_ab x_b[j]) for all M rows a of one block [M, d] (v null: the
+// u terms only): the direction and both backward outputs, with their diagonal terms folded into
+// w and v. Blocked over j so that each block of the 2M input rows is read from memory once for all
+// M outputs and the sums stay in registers; the order of operations is fixed.
 template <typename scalar_t>
-[[gnu::always_inline]] inline void combine_rows_impl(const double* w, const scalar_t* u, const double* v,
-                                                     const scalar_t* x, double su, double sx, int64_t a,
-                                                     int64_t m, int64_t d, scalar_t* acc_buf, scalar_t* out) {
-  scalar_t* __restrict__ acc = acc_buf;
-  const scalar_t u_w = static_cast<scalar_t>(su), x_w = static_cast<scalar_t>(sx);
-  const scalar_t* __restrict__ ua = u + a * d;
-  const scalar_t* __restrict__ xa = x + a * d;
-  for (int64_t j = 0; j < d; ++j) acc[j] = u_w * ua[j] + x_w * xa[j];
-  for (int64_t b = 0; b < m; ++b) {
-    const scalar_t wb = static_cast<scalar_t>(w[b]), vb = static_cast<scalar_t>(v[b]);
-    const scalar_t* __restrict__ ub = u + b * d;
-    const scalar_t* __restrict__ xb = x + b * d;
-    for (int64_t j = 0; j < d; ++j) acc[j] += wb * ub[j] + vb * xb[j];
-  }
-  scalar_t* __restrict__ o = out;
-  for (int64_t j = 0; j < d; ++j) o[j] = acc[j];
+[[gnu::always_inline]] inline void combine_impl(int64_t m, int64_t d, const scalar_t* w, const scalar_t* u,
+                                                const scalar_t* v, const scalar_t* x, scalar_t* out) {
+  constexpr int64_t J = 64;
+  const auto block = [&](int64_t j0, auto width) {
+    const int64_t n = width;
+    for (int64_t a = 0; a < m; ++a) {
+      scalar_t acc[J] = {};
+      for (int64_t b = 0; b < m; ++b) {
+        const scalar_t wb = w[a * m + b];
+        const scalar_t* __restrict__ ub = u + b * d + j0;
+        for (int64_t j = 0; j < n; ++j) acc[j] += wb * ub[j];
+        if (v != nullptr) {
+          const scalar_t vb = v[a * m + b];
+          const scalar_t* __restrict__ xb = x + b * d + j0;
+          for (int64_t j = 0; j < n; ++j) acc[j] += vb * xb[j];
+        }
+      }
+      scalar_t* __restrict__ o = out + a * d + j0;
+      for (int64_t j = 0; j < n; ++j) o[j] = acc[j];
+    }
+  };
+  int64_t j0 = 0;
+  for (; j0 + J <= d; j0 += J) block(j0, std::integral_constant<int64_t, J>{});  // full blocks: fixed trip count
+  if (j0 < d) block(j0, d - j0);
 }
 
 // The row primitives compiled where this header is included (the MLP engine's per-capability
@@ -92,9 +108,9 @@ struct InlineRows {
   template <typename scalar_t>
   static double dot(const scalar_t* a, const scalar_t* b, int64_t n) { return dot_impl(a, b, n); }
   template <typename scalar_t>
-  static void combine_rows(const double* w, const scalar_t* u, const double* v, const scalar_t* x, double su,
-                           double sx, int64_t a, int64_t m, int64_t d, std::vector<scalar_t>& acc, scalar_t* out) {
-    combine_rows_impl(w, u, v, x, su, sx, a, m, d, acc.data(), out);
+  static void combine(int64_t m, int64_t d, const scalar_t* w, const scalar_t* u, const scalar_t* v,
+                      const scalar_t* x, scalar_t* out) {
+    combine_impl(m, d, w, u, v, x, out);
   }
 };
 
@@ -114,13 +130,12 @@ inline double median_bandwidth(const std::vector<double>& sq, int64_t m) {
 // Per-thread work arrays of one task's step (reused across tasks).
 template <typename scalar_t>
 struct Scratch {
-  std::vector<double> sq, pg, px, b_mat, w, v;
-  std::vector<scalar_t> acc;
-  void size_for(int64_t m, const TaskView<scalar_t>& x) {
+  std::vector<double> sq, pg, px, b_mat;
+  std::vector<scalar_t> w, v;  // the combinations' coefficients [M, M]
+  void size_for(int64_t m) {
     for (auto* a : {&sq, &pg, &px, &b_mat}) a->resize(m * m);
-    w.resize(m);
-    v.resize(m);
-    acc.resize(x.dim.empty() ? 0 : *std::max_element(x.dim.begin(), x.dim.end()));
+    w.resize(m * m);
+    v.resize(m * m);
   }
 };
 
@@ -129,7 +144,7 @@ struct Scratch {
 template <typename Rows, typename scalar_t>
 double forward_task(const TaskView<scalar_t>& x, const TaskView<scalar_t>& g, int64_t m, double s, double e,
                     scalar_t* const* out, double* k, Scratch<scalar_t>& sc) {
-  sc.size_for(m, x);
+  sc.size_for(m);
   std::vector<double>& sq = sc.sq;
   std::fill(sq.begin(), sq.end(), 0.0);
   for (size_t i = 0; i < x.ptr.size(); ++i)
@@ -146,15 +161,14 @@ double forward_task(const TaskView<scalar_t>& x, const TaskView<scalar_t>& g, in
   // out_a = (1 + e c r_a / M) x_a + e/M sum_b K_ab (s g_b - c x_b).
   for (int64_t a = 0; a < m; ++a) {
     double r = 0;
+    for (int64_t b = 0; b < m; ++b) r += k[a * m + b];
     for (int64_t b = 0; b < m; ++b) {
-      r += k[a * m + b];
-      sc.w[b] = e * s * inv_m * k[a * m + b];
-      sc.v[b] = -e * c * inv_m * k[a * m + b];
+      sc.w[a * m + b] = static_cast<scalar_t>(e * s * inv_m * k[a * m + b]);
+      sc.v[a * m + b] = static_cast<scalar_t>(-e * c * inv_m * k[a * m + b] + (a == b ? 1.0 + e * c * inv_m * r : 0.0));
     }
-    for (size_t i = 0; i < x.ptr.size(); ++i)
-      Rows::combine_rows(sc.w.data(), g.ptr[i], sc.v.data(), x.ptr[i], 0.0, 1.0 + e * c * inv_m * r, a, m,
-                         x.dim[i], sc.acc, out[i] + a * x.dim[i]);
   }
+  for (size_t i = 0; i < x.ptr.size(); ++i)
+    Rows::combine(m, x.dim[i], sc.w.data(), g.ptr[i], sc.v.data(), x.ptr[i], out[i]);
   return h;
 }
 
@@ -164,8 +178,9 @@ template <typename Rows, typename scalar_t>
 void backward_task(const TaskView<scalar_t>& p, const TaskView<scalar_t>& x, const TaskView<scalar_t>& g,
                    int64_t m, double s, double e, const double* k, double h, scalar_t* const* dx,
                    scalar_t* const* dg, Scratch<scalar_t>& sc) {
-  sc.size_for(m, x);
-  std::vector<double>&pg = sc.pg, &px = sc.px, &b_mat = sc.b_mat, &w = sc.w, &v = sc.v;
+  sc.size_for(m);
+  std::vector<double>&pg = sc.pg, &px = sc.px, &b_mat = sc.b_mat;
+  std::vector<scalar_t>&w = sc.w, &v = sc.v;
   const double c = 2.0 / h, inv_m = 1.0 / static_cast<double>(m);
   // <P_a, g_b> and <P_a, x_b>, summed over blocks.
   std::fill(pg.begin(), pg.end(), 0.0);
@@ -189,27 +204,27 @@ void backward_task(const TaskView<scalar_t>& p, const TaskView<scalar_t>& x, con
       const double kba = e * inv_m * (s * pg[b * m + a] + c * (px[b * m + b] - px[b * m + a]));
       b_mat[a * m + b] = -(kab + kba) * k[a * m + b] / h;
     }
+  // dg_a = e s/M sum_b K_ab P_b.
+  for (int64_t ab = 0; ab < m * m; ++ab) w[ab] = static_cast<scalar_t>(e * s * inv_m * k[ab]);
+  for (size_t i = 0; i < x.ptr.size(); ++i)
+    Rows::combine(m, x.dim[i], w.data(), p.ptr[i], static_cast<const scalar_t*>(nullptr), x.ptr[i], dg[i]);
+  // dx_a = (1 + e c r_a/M) P_a - e c/M sum_b K_ab P_b + 2 (sum_b B_ab) x_a - 2 sum_b B_ab x_b.
   for (int64_t a = 0; a < m; ++a) {
-    // dg_a = e s/M sum_b K_ab P_b.
-    for (int64_t b = 0; b < m; ++b) {
-      w[b] = e * s * inv_m * k[a * m + b];
-      v[b] = 0;
-    }
-    for (size_t i = 0; i < x.ptr.size(); ++i)
-      Rows::combine_rows(w.data(), p.ptr[i], v.data(), x.ptr[i], 0.0, 0.0, a, m, x.dim[i], sc.acc,
-                         dg[i] + a * x.dim[i]);
-    // dx_a = (1 + e c r_a/M) P_a - e c/M sum_b K_ab P_b + 2 (sum_b B_ab) x_a - 2 sum_b B_ab x_b.
     double r = 0, b_sum = 0;
     for (int64_t b = 0; b < m; ++b) {
       r += k[a * m + b];
       b_sum += b_mat[a * m + b];
-      w[b] = -e * c * inv_m * k[a * m + b];
-      v[b] = -2.0 * b_mat[a * m + b];
     }
-    for (size_t i = 0; i < x.ptr.size(); ++i)
-      Rows::combine_rows(w.data(), p.ptr[i], v.data(), x.ptr[i], 1.0 + e * c * inv_m * r, 2.0 * b_sum, a, m,
-                         x.dim[i], sc.acc, dx[i] + a * x.dim[i]);
+    for (int64_t b = 0; b < m; ++b) {
+      w[a * m + b] = static_cast<scalar_t>(-e * c * inv_m * k[a * m + b] + (a == b ? 1.0 + e * c * inv_m * r : 0.0));
+      v[a * m + b] = static_cast<scalar_t>(-2.0 * b_mat[a * m + b] + (a == b ? 2.0 * b_sum : 0.0));
+    }
   }
+  for (size_t i = 0; i < x.ptr.size(); ++i)
+    Rows::combine(m, x.dim[i], w.data(), p.ptr[i], v.data(), x.ptr[i], dx[i]);
 }
 
+#ifdef MAML_EXT_CPU_CAPABILITY
+}  // namespace MAML_EXT_CPU_CAPABILITY
+#endif
 }  // namespace maml_ext::svgd
