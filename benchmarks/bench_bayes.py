@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import time
 from typing import Any
 
 import torch
@@ -265,16 +267,56 @@ def run(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def interleaved(rounds: int, iterations: int) -> list[str]:
+    """MAML-125 and the M = 5 Chaser iteration (engine op, and the previous loss node over the
+    composed ops) timed in alternating rounds of ``iterations`` meta-iterations in one process
+    (CPU time): the best and median round ratios, less exposed to load drifting between rows."""
+    batches = {n: Sinusoid().sample(n, 10, 10, torch.Generator().manual_seed(0)) for n in (25, 125)}
+    torch.manual_seed(0)
+    maml = step(build_algorithm("maml", MLP(1, 1, init="trunc_normal")))
+    torch.manual_seed(0)
+    learner = build_algorithm("bmaml", MLP(1, 1, init="trunc_normal"), particles=5, fused=True)
+    op = step(learner)
+    torch.manual_seed(0)
+    before = build_algorithm("bmaml", MLP(1, 1, init="trunc_normal"), particles=5, fused=True)
+    check_same_meta_grad(before, composed_chaser_loss(before), batches[25], "loss node over the composed ops")
+    before.meta_loss = composed_chaser_loss(before)
+    runs = {"MAML-125": (maml, batches[125]), "Chaser, engine op": (op, batches[25]),
+            "Chaser, loss node over the composed ops": (step(before), batches[25])}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn, batch in runs.values():
+        fn(batch)  # warm-up
+    for _ in range(rounds):
+        for name, (fn, batch) in runs.items():
+            start = time.process_time()
+            for _ in range(iterations):
+                fn(batch)
+            times[name].append((time.process_time() - start) / iterations * 1e3)
+    lines = [f"interleaved: {rounds} rounds of {iterations} meta-iterations, CPU ms per iteration (best / median), "
+             "ratio to MAML-125 (best / median)"]
+    base = times["MAML-125"]
+    for name, ts in times.items():
+        lines.append(f"  {name}: {min(ts):.3f} / {statistics.median(ts):.3f} ms, "
+                     f"{min(ts) / min(base):.2f}× / {statistics.median(ts) / statistics.median(base):.2f}×")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--min-time", type=float, default=3.0, help="seconds of timing per row")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    p.add_argument("--interleave", type=int, metavar="ROUNDS", default=0,
+                   help="instead of the table: MAML-125 and the M = 5 Chaser rows in alternating rounds")
+    p.add_argument("--iterations", type=int, default=30, help="meta-iterations per round (--interleave)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     header = (f"torch {torch.__version__}, CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
               f"{torch.get_num_threads()} thread(s), float32, sinusoid meta-batch 25, K = 10, 1 inner step")
     print(header, flush=True)
+    if args.interleave:
+        print("\n".join(interleaved(args.interleave, args.iterations)))
+        return 0
     rows = run(args)
     if args.write:
         write_run("bench_bayes", header, rows, "BMAML and PLATIPUS: meta-iterations/s, fused MLP op vs generic path")
