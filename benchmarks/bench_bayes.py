@@ -4,7 +4,7 @@ One meta-iteration = ``meta_loss`` + ``backward`` for a meta-batch of 25 tasks, 
 and 10 query points, 1-40-40-1 ReLU MLP, one inner step (the paper's sinusoid setting). MAML
 (fused ``mlp_maml_loss``) is the reference, on the 25 tasks and on 25·S tasks ("the same
 particles": as many adapted parameter sets as a learner with S sets per task adapts). The last
-column is each row's CPU time over that of MAML on 25·S tasks. Four BMAML rows rerun earlier
+column is each row's CPU time over that of MAML on 25·S tasks. Five BMAML rows rerun earlier
 implementations in the same process, for before/after in one run: "loss node over the composed
 ops" runs the Chaser loss as one autograd node over ``mlp_hvp`` + ``svgd_step`` calls
 (``ComposedChaser``, the implementation before the engine op ``mlp_bmaml_chaser`` that
