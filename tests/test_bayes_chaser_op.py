@@ -65,6 +65,21 @@ def test_op_equals_reference(case):
     assert_rel(got[2], want[2], TIGHT, "d chase / d particles")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_op_under_each_cpu_capability(capability, dtype):
+    # Every engine build (its own copy of the SVGD arithmetic, csrc/svgd/svgd_task.h), widths that
+    # leave remainders for every vector length and the 64-wide blocks of the particle combinations.
+    case = Case(3, 4, [2, 67, 9, 3], 5, 4, 2, 1, "tanh")
+    args = case.inputs(seed=4)
+    params, xs, ys, xq, yq = args
+    got = ops.mlp_bmaml_chaser([p.to(dtype) for p in params], xs.to(dtype), ys.to(dtype), xq.to(dtype),
+                               yq.to(dtype), **case.kwargs())
+    want = reference.mlp_bmaml_chaser(*args, **case.kwargs())
+    tol = TIGHT if dtype == torch.float64 else 1e-4
+    assert_rel([got[0].double(), got[1].double()], list(want[:2]), tol, "chase, query losses")
+    assert_rel([g.double() for g in got[2]], want[2], tol, "d chase / d particles")
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 def test_reference_equals_the_generic_learner(first_order):
     # The twin's chase and gradient against BMAML's generic path (batched forward, ops.svgd_step:
