@@ -6,9 +6,9 @@ opcheck; thread-count determinism; bad input (same messages on both paths); the 
 import pytest
 import torch
 
-from _ops_helpers import assert_rel, gen, mlp_batch, mlp_params, randn, requires_extension
+from _ops_helpers import assert_rel, gen, mlp_batch, mlp_params, requires_extension
 from maml_ext import ops, reference
-from maml_ext.algorithms import BMAML, bmaml
+from maml_ext.algorithms import BMAML
 from maml_ext.models.mlp import MLP
 from maml_ext.reference import svgd as reference_svgd
 from maml_ext.tasks.sinusoid import Sinusoid
