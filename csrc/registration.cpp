@@ -55,6 +55,12 @@ TORCH_LIBRARY(maml_ext, m) {
         "Tensor(c!)[] exp_avg_sqs, Tensor(d!) step_counts, float adam_lr, float beta1, float beta2, "
         "float weight_decay, float eps, bool maximize, float clip_value, bool return_grads) "
         "-> (Tensor, Tensor, Tensor[])");
+  // BMAML's Chaser loss in one call (no autograd graph): params are the M initial particles
+  // (each parameter [M, ...]); returns (sum_t |chaser_t - leader_t|^2 / T [scalar], the chasers'
+  // query losses [T, M], its gradient w.r.t. params); the leader is a constant.
+  m.def("mlp_bmaml_chaser(Tensor[] params, Tensor x_support, Tensor y_support, Tensor x_query, "
+        "Tensor y_query, int steps, int leader_steps, float lr, str activation, str loss, "
+        "bool first_order) -> (Tensor, Tensor, Tensor[])");
   // Evaluation: the query losses [steps + 1, T] before each of `steps` SGD steps and after the
   // last, and with `outputs` the query outputs [steps + 1, T, K_query, out] (else [0, ...]).
   m.def("mlp_maml_eval(Tensor[] params, Tensor[] lrs, float lr, bool per_step, Tensor x_support, "

@@ -1,6 +1,6 @@
 """The fused-MLP autograd nodes of the row learners, in float64: BMAML's Chaser loss as one node
-(bmaml._MLPChaser), loss and meta-gradient against the pure-PyTorch learner (generic path, reference
-SVGD) and the per-step nodes over M, T, inner and leader steps, first and second order; the per-row
+(bmaml._MLPChaser, over the engine op mlp_bmaml_chaser), loss and meta-gradient against the
+pure-PyTorch learner (generic path, reference SVGD) and the per-step nodes over M, T, inner and leader steps, first and second order; the per-row
 loss node (bayes._MLPRowLoss) against the generic forward, and the learners that use it."""
 
 import pytest

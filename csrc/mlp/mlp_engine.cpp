@@ -17,6 +17,7 @@
 
 #include "mlp/mlp_engine.h"
 #include "mlp/mlp_gemm.h"
+#include "svgd/svgd_task.h"
 
 namespace maml_ext::mlp::MAML_EXT_CPU_CAPABILITY {
 namespace {
@@ -641,11 +642,102 @@ void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk
   }
 }
 
+// BMAML with the Chaser loss, one task at a time on one thread with its M particles: the SVGD
+// steps from the shared initial particles keep each particle's forward/loss state for the
+// reverse walk (as maml_grad_tasks does), the particles are mixed by svgd_task.h's arithmetic
+// between the per-particle passes (no packing), the query loss is a forward pass, and the walk
+// runs per step in reverse the SVGD step's vector-Jacobian product (cotangents of the particles
+// and of their scores g = grad L) and one HVP per particle: d theta_s = xbar + H_s gbar. The
+// leader is a constant (stop-gradient). [t0, t1) is one chunk of tasks: its gradients are summed
+// in task order into row `chunk` of grad_sum (the first task's is stored).
+template <typename T>
+void bmaml_chaser_tasks(const BmamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk) {
+  const Layout& L = *a.layout;
+  const int64_t P = L.numel, d0 = L.dim[0], M = a.particles, MP = M * P, S = a.steps;
+  const int64_t ks = a.support.k, kq = a.query.k;
+  const bool walk = !a.first_order;
+  Net<T> net(L, std::max({ks, kq, a.all.k}));
+  const int64_t ss = net.state_size(ks);
+  T* thetas = thread_buffer<T>(1, S * MP);  // the particles after steps 1..S (before step 0: theta0)
+  T* scores = thread_buffer<T>(2, S * MP);  // the support-loss gradients at the start of each step
+  T* states = thread_buffer<T>(3, walk ? S * M * ss : 0);
+  T* leader = thread_buffer<T>(4, 3 * MP);  // ping, pong, scores
+  T* v = thread_buffer<T>(5, 4 * MP);       // the particles' cotangent, then dx, dg, hv
+  T *dx = v + MP, *dg = v + 2 * MP, *hv = v + 3 * MP;
+  std::vector<double> kernels((S + 1) * M * M), bandwidths(S);  // the last kernel: the leader's
+  svgd::Scratch<T> sc;
+  const auto view = [&](const T* base) { return svgd::TaskView<T>{{base}, {P}}; };
+  // The support-loss gradients of the M particles `th` on task t of batch b (with the hvp state).
+  const auto particle_grads = [&](const T* th, const Batch<T>& b, int64_t t, T* g, T* state) {
+    net.bind(b, t);
+    for (int64_t m = 0; m < M; ++m) {
+      net.forward(th + m * P, b.x + t * b.k * d0, b.k);
+      net.loss(th + m * P, b, t, g + m * P);
+      if (state) net.save_state(state + m * ss);
+    }
+  };
+  // log p = -L: score scale -1, step size lr.
+  const auto svgd_step = [&](const T* th, const T* g, T* out, double* k) {
+    T* const outs[1] = {out};
+    return svgd::forward_task<svgd::InlineRows>(view(th), view(g), M, -1.0, a.lr, outs, k, sc);
+  };
+  T* sum = a.grad_sum + chunk * MP;
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* cur = a.theta0;
+    for (int64_t s = 0; s < S; ++s) {
+      particle_grads(cur, a.support, t, scores + s * MP, walk ? states + s * M * ss : nullptr);
+      bandwidths[s] = svgd_step(cur, scores + s * MP, thetas + s * MP, kernels.data() + s * M * M);
+      cur = thetas + s * MP;
+    }
+    net.bind(a.query, t);
+    for (int64_t m = 0; m < M; ++m) {
+      net.forward(cur + m * P, a.query.x + t * kq * d0, kq);
+      a.query_loss[t * M + m] = net.loss(cur + m * P, a.query, t, nullptr);
+    }
+    const T* lead = cur;
+    for (int64_t l = 0; l < a.leader_steps; ++l) {
+      particle_grads(lead, a.all, t, leader + 2 * MP, nullptr);
+      svgd_step(lead, leader + 2 * MP, leader + (l % 2) * MP, kernels.data() + S * M * M);
+      lead = leader + (l % 2) * MP;
+    }
+    // chase_t = |chaser - leader|^2; its gradient (as part of sum_t chase_t / T) seeds the walk.
+    double chase = 0;
+    const T scale = T(2.0 / static_cast<double>(a.tasks));
+    for (int64_t i = 0; i < MP; ++i) {
+      const T diff = cur[i] - lead[i];
+      chase += double(diff) * double(diff);
+      v[i] = scale * diff;
+    }
+    a.chase[t] = chase;
+    if (walk) {
+      net.bind(a.support, t);
+      for (int64_t s = S - 1; s >= 0; --s) {
+        const T* th = s == 0 ? a.theta0 : thetas + (s - 1) * MP;
+        T* const dxs[1] = {dx};
+        T* const dgs[1] = {dg};
+        svgd::backward_task<svgd::InlineRows>(view(v), view(th), view(scores + s * MP), M, -1.0, a.lr,
+                                              kernels.data() + s * M * M, bandwidths[s], dxs, dgs, sc);
+        for (int64_t m = 0; m < M; ++m) {
+          net.load_state(states + (s * M + m) * ss, a.support.x + t * ks * d0, ks);
+          net.hvp(th + m * P, dg + m * P, hv + m * P);
+        }
+        for (int64_t i = 0; i < MP; ++i) v[i] = dx[i] + hv[i];
+      }
+    }
+    if (t == t0) {
+      std::memcpy(sum, v, sizeof(T) * MP);
+    } else {
+      for (int64_t i = 0; i < MP; ++i) sum[i] += v[i];
+    }
+  }
+}
+
 #define MAML_EXT_INSTANTIATE(T)                                                        \
   template void hvp_tasks<T>(const HvpArgs<T>&, int64_t, int64_t);                     \
   template void maml_forward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t);           \
   template void maml_backward_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);  \
-  template void maml_grad_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);
+  template void maml_grad_tasks<T>(const MamlArgs<T>&, int64_t, int64_t, int64_t);    \
+  template void bmaml_chaser_tasks<T>(const BmamlArgs<T>&, int64_t, int64_t, int64_t);
 MAML_EXT_INSTANTIATE(float)
 MAML_EXT_INSTANTIATE(double)
 #undef MAML_EXT_INSTANTIATE

@@ -17,6 +17,8 @@ namespace maml_ext::mlp {
   void maml_backward_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk);  \
   template <typename T>                                                               \
   void maml_grad_tasks(const MamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk);  \
+  template <typename T>                                                               \
+  void bmaml_chaser_tasks(const BmamlArgs<T>& a, int64_t t0, int64_t t1, int64_t chunk);  \
   }
 
 MAML_EXT_DECLARE_ENGINE(DEFAULT)
@@ -30,6 +32,7 @@ struct Engine {
   void (*maml_forward_tasks)(const MamlArgs<T>&, int64_t, int64_t);
   void (*maml_backward_tasks)(const MamlArgs<T>&, int64_t, int64_t, int64_t);
   void (*maml_grad_tasks)(const MamlArgs<T>&, int64_t, int64_t, int64_t);
+  void (*bmaml_chaser_tasks)(const BmamlArgs<T>&, int64_t, int64_t, int64_t);
 };
 
 // The engine compiled for the best capability this CPU has (or the one forced by

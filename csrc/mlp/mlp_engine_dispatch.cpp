@@ -93,16 +93,16 @@ Engine<T> engine() {
 #ifdef MAML_EXT_HAVE_AVX512
     case Capability::Avx512:
       return {AVX512::hvp_tasks<T>, AVX512::maml_forward_tasks<T>, AVX512::maml_backward_tasks<T>,
-              AVX512::maml_grad_tasks<T>};
+              AVX512::maml_grad_tasks<T>, AVX512::bmaml_chaser_tasks<T>};
 #endif
 #ifdef MAML_EXT_HAVE_AVX2
     case Capability::Avx2:
       return {AVX2::hvp_tasks<T>, AVX2::maml_forward_tasks<T>, AVX2::maml_backward_tasks<T>,
-              AVX2::maml_grad_tasks<T>};
+              AVX2::maml_grad_tasks<T>, AVX2::bmaml_chaser_tasks<T>};
 #endif
     default:
       return {DEFAULT::hvp_tasks<T>, DEFAULT::maml_forward_tasks<T>, DEFAULT::maml_backward_tasks<T>,
-              DEFAULT::maml_grad_tasks<T>};
+              DEFAULT::maml_grad_tasks<T>, DEFAULT::bmaml_chaser_tasks<T>};
   }
 }
 template Engine<float> engine<float>();

@@ -89,6 +89,25 @@ struct MamlArgs {
   T* grad_theta_sum;  // mlp_maml_grad: [chunks, P] sums over each task chunk, in task order
 };
 
+// mlp_bmaml_chaser: per task, `steps` SVGD steps of the M shared initial particles on the support
+// set (log p = -support loss), the query loss of the result (the chaser), `leader_steps` more
+// SVGD steps on support + query (the leader), and the chase ||chaser - leader||^2 with its exact
+// gradient w.r.t. the initial particles (leader held constant).
+template <typename T>
+struct BmamlArgs {
+  const Layout* layout;
+  int64_t tasks;
+  int64_t particles;  // M
+  int64_t steps, leader_steps;
+  double lr;
+  bool first_order;  // every SVGD step's Jacobian taken as the identity
+  const T* theta0;   // [M, P], shared by all tasks
+  Batch<T> support, query, all;  // all: support + query examples, for the leader
+  T* query_loss;     // [T, M]
+  double* chase;     // [T]: sum over particles of |chaser - leader|^2
+  T* grad_sum;       // [chunks, M, P]: d(sum_t chase_t / T) / d theta0 summed over each task chunk
+};
+
 inline int64_t num_checkpoints(int64_t steps, int64_t every) {
   return steps > 1 ? (steps - 1) / every : 0;
 }

@@ -71,74 +71,40 @@ class _MLPSVGDStep(torch.autograd.Function):
         return (None,) * 7 + tuple(d.view(r.shape).add_(h) for d, r, h in zip(d_sets, rows, hv))
 
 
-def _sets_rows(sets: list[Tensor]) -> list[Tensor]:
-    """``[T, M, ...]`` -> rows ``[T·M, ...]`` (views)."""
-    return [s.view(-1, *s.shape[2:]) for s in sets]
-
-
 class _MLPChaser(torch.autograd.Function):
-    """The Chaser loss of a fused MLP on CPU as one autograd node over the compiled ops, from the
-    initial particles ``[M, ...]`` (one tensor per parameter) to
+    """The Chaser loss of a fused MLP on CPU as one autograd node over one
+    ``mlp_bmaml_chaser`` call, from the initial particles ``[M, ...]`` (one tensor per parameter)
+    to
 
         chase = Σ_t Σ_m ‖θ^n_{t,m} − stopgrad(θ^{n+s}_{t,m})‖² / T
 
-    and the particles' mean query loss (not differentiable; the reported value).
-    Forward: n SVGD steps (``mlp_hvp`` gradients + ``svgd_step``) from every task's copy of the
-    particles, then s leader steps on support + query. Backward: from d chase / dθ^n =
-    2 (θ^n − θ^{n+s}) / T, per inner step in reverse ``svgd_step_backward`` + one ``mlp_hvp`` with
-    the scores' cotangent as direction (dθ = θ̄ + H ḡ), and the sum over tasks. This is the
-    meta-gradient of :class:`_MLPSVGDStep` nodes composed with the Chaser loss through autograd,
-    without the per-step nodes, the task-copy expansion's graph and the loss's elementwise nodes.
-    ``first_order``: every step's Jacobian is the identity (as :class:`_MLPSVGDStep`'s).
+    and the particles' mean query loss (not differentiable; the reported value). The op runs the
+    n SVGD steps from every task's copy of the particles, the query loss, the s leader steps on
+    support + query and the exact gradient d chase / d θ^0 (per step in reverse the SVGD step's
+    vector-Jacobian product and one HVP per particle, on the forward state it kept) in one engine
+    pass per task; the backward only scales that gradient. ``first_order``: every step's Jacobian
+    is the identity (as :class:`_MLPSVGDStep`'s). Differentiable once.
     """
 
     @staticmethod
-    def forward(ctx, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, x_all: Tensor, y_all: Tensor, steps: int,
-                leader_steps: int, lr: float, first_order: bool, activation: str, loss: str,
-                *init: Tensor) -> tuple[Tensor, Tensor]:
-        hvp, svgd = torch.ops.maml_ext.mlp_hvp, torch.ops.maml_ext.svgd_step
-        tasks = xs.shape[0] // init[0].shape[0]
-        sets = [p.detach().unsqueeze(0).expand(tasks, *p.shape).contiguous() for p in init]
-        saved: list[Tensor] = []  # per step: its particles, scores, kernel and bandwidth
-
-        def step(sets: list[Tensor], x: Tensor, y: Tensor, keep: bool) -> list[Tensor]:
-            _, grads, _ = hvp(_sets_rows(sets), x, y, [], None, activation, loss)
-            scores = [g.view(s.shape) for g, s in zip(grads, sets)]
-            moved, kernel, bandwidth = svgd(sets, scores, -1.0, lr)
-            if keep:
-                saved.extend([*sets, *scores, kernel, bandwidth])
-            return list(moved)
-
-        for _ in range(steps):
-            sets = step(sets, xs, ys, not first_order)
-        query, _, _ = hvp(_sets_rows(sets), xq, yq, [], None, activation, loss)  # the op's loss, no R-pass
-        leader = sets
-        for _ in range(leader_steps):
-            leader = step(leader, x_all, y_all, False)
-        diffs = [c - lead for c, lead in zip(sets, leader)]
-        chase = sum(torch.dot(d.view(-1), d.view(-1)) for d in diffs) / tasks
-        ctx.args = (tasks, len(init), steps, lr, first_order, activation, loss)
-        ctx.save_for_backward(xs, ys, *diffs, *saved)
+    def forward(ctx, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, steps: int, leader_steps: int, lr: float,
+                first_order: bool, activation: str, loss: str, *init: Tensor) -> tuple[Tensor, Tensor]:
+        chase, query, grads = torch.ops.maml_ext.mlp_bmaml_chaser(
+            [p.detach() for p in init], xs, ys, xq, yq, steps, leader_steps, lr, activation, loss, first_order
+        )
+        ctx.save_for_backward(*grads)
         query = query.mean()
         ctx.mark_non_differentiable(query)
         return chase, query
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_chase: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
-        tasks, n, steps, lr, first_order, activation, loss = ctx.args
-        xs, ys, *rest = ctx.saved_tensors
-        d = [diff * (d_chase * (2.0 / tasks)) for diff in rest[:n]]
-        per_step = 2 * n + 2
-        for s in reversed(range(0 if first_order else steps)):
-            block = rest[n + s * per_step: n + (s + 1) * per_step]
-            sets, scores, (kernel, bandwidth) = block[:n], block[n:2 * n], block[2 * n:]
-            d_sets, d_scores = torch.ops.maml_ext.svgd_step_backward(d, list(sets), list(scores), -1.0, lr, kernel,
-                                                                     bandwidth)
-            _, _, hv = torch.ops.maml_ext.mlp_hvp(_sets_rows(list(sets)), xs, ys, _sets_rows(list(d_scores)), None,
-                                                  activation, loss)
-            d = [ds.add_(h.view(ds.shape)) for ds, h in zip(d_sets, hv)]
-        return (None,) * 12 + tuple(x.sum(0) for x in d)
+        if torch.is_grad_enabled():  # create_graph: the op's gradient carries no graph of its own
+            raise RuntimeError(
+                "BMAML's Chaser loss on the compiled MLP op is differentiable once; for a second "
+                "derivative (create_graph=True) use the generic path (fused=False)"
+            )
+        return (None,) * 10 + tuple(g * d_chase for g in ctx.saved_tensors)
 
 
 class BMAML(RowLearner):
@@ -149,7 +115,8 @@ class BMAML(RowLearner):
         θ_m ← θ_m + α φ(θ_m),   φ = the SVGD direction,
 
     one fused :func:`maml_ext.ops.svgd_step` (for a fused MLP on CPU, gradient and step together as
-    one autograd node, :class:`_MLPSVGDStep`; the whole Chaser loss as one node, :class:`_MLPChaser`).
+    one autograd node, :class:`_MLPSVGDStep`; the whole Chaser loss and its gradient as one
+    ``ops.mlp_bmaml_chaser`` call in one node, :class:`_MLPChaser`).
     With M = 1 this is exactly MAML's SGD step.
 
     Particles: particle 0 is the model's own parameters; particles 1..M−1 are separate learned
@@ -279,15 +246,13 @@ class BMAML(RowLearner):
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         m, tasks = self.num_particles, batch.num_tasks
-        xq, yq = expand_rows(batch.x_query, m), expand_rows(batch.y_query, m)
         if self._chaser_node_available(batch.x_support):
             spec, init = self.fused_spec, self.initial_particles()
-            x_all, y_all = self._leader_data(batch)
-            xs, ys = expand_rows(batch.x_support, m), expand_rows(batch.y_support, m)
-            chase, query = _MLPChaser.apply(xs, ys, xq, yq, x_all, y_all, self.steps, self.leader_steps, self.lr,
-                                            self.first_order, spec.activation, self.loss,
-                                            *(init[n] for n in spec.param_names))
+            chase, query = _MLPChaser.apply(batch.x_support, batch.y_support, batch.x_query, batch.y_query,
+                                            self.steps, self.leader_steps, self.lr, self.first_order,
+                                            spec.activation, self.loss, *(init[n] for n in spec.param_names))
             return query + chase - chase.detach()
+        xq, yq = expand_rows(batch.x_query, m), expand_rows(batch.y_query, m)
         chaser = self._adapt(batch.x_support, batch.y_support, self.steps, self.lr, self.first_order)
         if self.objective == "likelihood":
             query = self.row_losses(chaser, xq, yq).view(tasks, m)

@@ -30,6 +30,7 @@ __all__ = [
     "mlp_maml_adam_",
     "mlp_maml_eval",
     "mlp_maml_loss",
+    "mlp_bmaml_chaser",
     "svgd_step",
 ]
 
@@ -419,3 +420,41 @@ def svgd_step(
         return reference.svgd_step(particles, scores, score_scale, step_size)
     moved, _, _ = torch.ops.maml_ext.svgd_step(list(particles), list(scores), float(score_scale), float(step_size))
     return list(moved)
+
+
+def mlp_bmaml_chaser(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    steps: int,
+    leader_steps: int,
+    lr: float,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """BMAML's Chaser loss of an MLP and its exact gradient w.r.t. the M initial particles in one
+    call, no autograd graph (as :func:`mlp_maml_grad` for MAML): returns (chase, the chasers'
+    query losses ``[T, M]``, d chase / d params). ``params``: the particles, each MLP parameter
+    with a leading particle dimension ``[M, ...]``; x/y as in :func:`mlp_maml` (no sample
+    weights). The formula is :func:`maml_ext.reference.mlp_bmaml_chaser`'s.
+
+    On CPU one engine pass per task: each SVGD step's forward state is kept for its HVP, the
+    particles are mixed by the SVGD kernel between the per-particle passes, and the walk back
+    runs ``svgd_step``'s vector-Jacobian product and one HVP per particle and step. Other devices
+    (no compiled kernel there) run the reference.
+    """
+    if not (_fused(*params) and params[0].device.type == "cpu"):
+        return reference.mlp_bmaml_chaser(
+            params, x_support, y_support, x_query, y_query, steps=steps, leader_steps=leader_steps, lr=lr,
+            activation=activation, loss=loss, first_order=first_order,
+        )
+    with torch.no_grad():
+        chase, query_loss, grads = torch.ops.maml_ext.mlp_bmaml_chaser(
+            list(params), x_support, y_support, x_query, y_query, steps, leader_steps, float(lr), activation, loss,
+            first_order,
+        )
+    return chase, query_loss, list(grads)

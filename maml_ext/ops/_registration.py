@@ -224,6 +224,13 @@ def _mlp_maml_eval_fake(params, lrs, lr, per_step, xs, ys, ws, xq, yq, wq, steps
             params[0].new_empty(steps + 1 if outputs else 0, xs.shape[0], xq.shape[1], widths[-1]))
 
 
+@torch.library.register_fake(_LIB + "mlp_bmaml_chaser")
+def _mlp_bmaml_chaser_fake(params, xs, ys, xq, yq, steps, leader_steps, lr, activation, loss, first_order):
+    _checks.check_bmaml_chaser(params, xs, ys, xq, yq, steps, leader_steps, lr, activation, loss)
+    return (params[0].new_empty(()), params[0].new_empty(xs.shape[0], params[0].shape[0]),
+            [torch.empty_like(p) for p in params])
+
+
 def _not_differentiable(ctx, *grads):
     raise RuntimeError(
         "maml_ext.ops.mlp_maml: its backward (the exact meta-gradient) is not itself "

@@ -28,6 +28,8 @@ __all__ = [
     "mlp_maml_grad",
     "mlp_maml_adam_",
     "mlp_maml_eval",
+    "mlp_bmaml_chaser",
+    "bmaml_svgd_steps",
     "svgd_step",
 ]
 
@@ -272,7 +274,6 @@ def mlp_maml_grad(
     return query_loss.detach(), list(grads[: len(p)]), list(grads[len(p):])
 
 
-
 def mlp_maml_adam_(
     params: Sequence[Tensor],
     x_support: Tensor,
@@ -335,6 +336,74 @@ def mlp_maml_adam_(
             denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
             p.addcdiv_(m, denom, value=-adam_lr / (1 - beta1**step))
     return value, True, list(grads) if return_grads else []
+
+
+def bmaml_svgd_steps(
+    sets: Sequence[Tensor], x: Tensor, y: Tensor, steps: int, lr: float, activation: str, loss: str,
+    first_order: bool,
+) -> list[Tensor]:
+    """``steps`` SVGD steps (log p = −L, step size ``lr``) of every task's particles ``[T, M, ...]``
+    (one tensor per MLP parameter) on the examples ``x``, ``y`` of their rows ``[T·M, K, ...]``;
+    ``first_order``: each step's Jacobian is taken as the identity (the path is followed)."""
+    sets = list(sets)
+    rows = sets[0].shape[0] * sets[0].shape[1]
+    for _ in range(steps):
+        flat = [s.reshape(rows, *s.shape[2:]) for s in sets]
+        losses = mlp_task_losses(flat, mlp_forward(flat, x, activation, loss), y, loss)
+        grads = torch.autograd.grad(losses.sum(), flat, create_graph=not first_order)
+        scores = [g.view(s.shape) for g, s in zip(grads, sets)]
+        if first_order:
+            fixed = [s.detach() for s in sets]
+            sets = [s + (t - f).detach() for s, t, f in zip(sets, svgd_step(fixed, scores, -1.0, lr), fixed)]
+        else:
+            sets = svgd_step(sets, scores, -1.0, lr)
+    return sets
+
+
+def mlp_bmaml_chaser(
+    params: Sequence[Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    steps: int,
+    leader_steps: int,
+    lr: float,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """BMAML's Chaser loss of an MLP from M initial particles (each parameter ``[M, ...]``) shared
+    by T tasks, and its gradient w.r.t. them, without returning a graph:
+
+        chase = Σ_t Σ_m ‖θ^n_{t,m} − stopgrad(θ^{n+s}_{t,m})‖² / T,
+
+    θ^n: ``steps`` SVGD steps (:func:`bmaml_svgd_steps`) of every task's copy of the particles on
+    its support set; θ^{n+s}: ``leader_steps`` more on support + query. Returns (chase, the
+    chasers' query losses ``[T, M]``, d chase / d params). ``first_order``: every SVGD step's
+    Jacobian is taken as the identity."""
+    widths = _checks.check_bmaml_chaser(params, x_support, y_support, x_query, y_query, steps, leader_steps, lr,
+                                        activation, loss)
+    if x_support.device.type != "meta":
+        _check_task_labels(widths, loss, y_support, y_query)
+    tasks, m = x_support.shape[0], params[0].shape[0]
+
+    def rows(x: Tensor) -> Tensor:  # task t's examples for each of its M particles: [T·M, K, ...]
+        return x.unsqueeze(1).expand(tasks, m, *x.shape[1:]).reshape(tasks * m, *x.shape[1:])
+
+    with torch.enable_grad():
+        init = [p.detach().requires_grad_() for p in params]
+        sets = [p.unsqueeze(0).expand(tasks, *p.shape) for p in init]
+        sets = bmaml_svgd_steps(sets, rows(x_support), rows(y_support), steps, lr, activation, loss, first_order)
+        flat = [s.reshape(tasks * m, *s.shape[2:]) for s in sets]
+        query = mlp_task_losses(flat, mlp_forward(flat, rows(x_query), activation, loss), rows(y_query), loss)
+        x_all, y_all = rows(torch.cat([x_support, x_query], 1)), rows(torch.cat([y_support, y_query], 1))
+        leader = bmaml_svgd_steps(sets, x_all, y_all, leader_steps, lr, activation, loss, True)
+        chase = sum((s - lead.detach()).pow(2).sum() for s, lead in zip(sets, leader)) / tasks
+        grads = torch.autograd.grad(chase, init)
+    return chase.detach(), query.detach().view(tasks, m), list(grads)
+
 
 def snapshot_interval(snapshots: bool | int, steps: int) -> int:
     """Inner steps between the stored parameter snapshots that mlp_maml's backward restarts from

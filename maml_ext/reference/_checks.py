@@ -442,6 +442,43 @@ def check_svgd(particles: Sequence[Tensor], others: Sequence[Tensor], name: str)
         check_same_device(f"{name}[{i}]", o, p)
 
 
+@compiled
+def check_bmaml_chaser(
+    params: Sequence[Tensor], x_support: Tensor, y_support: Tensor, x_query: Tensor, y_query: Tensor,
+    steps: int, leader_steps: int, lr: float, activation: str, loss: str,
+) -> list[int]:
+    """Every input of mlp_bmaml_chaser but the label values (check_labels): ``params`` are the M
+    initial particles, each MLP parameter with a leading particle dimension ``[M, ...]``;
+    returns the layer widths."""
+    check_choice("activation", activation, ACTIVATIONS)
+    check_choice("loss", loss, LOSSES)
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1, got {steps}")
+    if leader_steps < 1:
+        raise ValueError(f"leader_steps: expected >= 1, got {leader_steps}")
+    check_lr_value(lr)
+    if len(params) == 0:
+        raise ValueError("params: expected the particles' parameters [M, ...], got none")
+    if params[0].dim() < 1 or params[0].shape[0] < 1:
+        raise ValueError(
+            f"params[0]: expected a leading particle dimension [M, ...] with M >= 1, got shape {list(params[0].shape)}"
+        )
+    particles = params[0].shape[0]
+    for i in range(len(params)):
+        if params[i].dim() < 1 or params[i].shape[0] != particles:
+            raise ValueError(
+                f"params[{i}]: expected a leading particle dimension of size M={particles} like params[0], "
+                f"got shape {list(params[i].shape)}"
+            )
+    widths = mlp_widths(params, True, particles, loss)
+    if x_support.dim() != 3:
+        raise ValueError(f"x_support: expected [T, K, in], got shape {list(x_support.shape)}")
+    tasks = x_support.shape[0]
+    check_batch("support", widths, loss, x_support, y_support, None, tasks, params[0])
+    check_batch("query", widths, loss, x_query, y_query, None, tasks, params[0])
+    return widths
+
+
 def loss_weight(weight: Tensor | None, like: Tensor, tasks: int) -> Tensor:
     """The per-task weights of the query losses: the given [T] tensor, or 1/T (the mean)."""
     if weight is None:
