@@ -205,7 +205,9 @@ def _version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="maml-ext", description=__doc__.split("\n")[0])
+    # The module docstring, without its reST quoting, is the help page: what it does, then examples.
+    p = _Parser(prog="maml-ext", description=__doc__.replace("``", ""),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (TOML syntax)")
