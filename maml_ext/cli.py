@@ -260,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # does. Point stdout at devnull so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (training says what it kept), as a SIGINT'd tool exits
+        print(f"maml-ext: {exc}" if str(exc) else "maml-ext: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except OSError as exc:  # the file system refused (read-only or full output directory, ...)
         return _error(f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc))
     return 0
