@@ -1,10 +1,12 @@
-"""Models whose forward writes into the module: torch's weight/spectral normalisation.
+"""Models whose forward writes into the module: torch's weight/spectral normalisation, a layer
+that keeps its output.
 
 The deprecated ``torch.nn.utils.weight_norm`` / ``spectral_norm`` hooks store the computed weight
 as a plain module attribute on every call (under ``vmap`` a batched tensor that outlives the call),
 and spectral normalisation in training mode updates its power-iteration vectors (buffers) in
-place. maml_ext runs such a model exactly, every forward starting from the module as the user
-left it, and leaves the module, its buffers and its attributes unchanged (docs/models.md)."""
+place; research code keeps activations (``self.last_output = out``). maml_ext runs such a model
+exactly, every forward starting from the module as the user left it, and leaves the module, its
+buffers and its attributes unchanged (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -23,9 +25,18 @@ from maml_ext.tasks import TaskBatch
 
 LR, STEPS, TASKS, K = 0.3, 2, 3, 4
 
+class KeepsItsOutput(nn.Linear):
+    """A layer that keeps its last output for inspection, as research code does."""
+
+    def forward(self, x):
+        self.last_output = super().forward(x)
+        return self.last_output
+
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
     MODELS = {
+        "keeps_its_output": lambda: KeepsItsOutput(2, 5),
         "weight_norm_hook": lambda: torch.nn.utils.weight_norm(nn.Linear(2, 5)),
         "spectral_norm_hook": lambda: torch.nn.utils.spectral_norm(nn.Linear(2, 5)),
         "spectral_norm_parametrization": lambda: parametrizations.spectral_norm(nn.Linear(2, 5)),
@@ -48,15 +59,16 @@ def reference_meta_loss(model: nn.Module, batch: TaskBatch) -> torch.Tensor:
     """Per-task torch.autograd MAML; each forward gets copies of the module's buffers (it starts
     from the buffers as they are) and the module's tensor attributes are put back after it."""
     params = dict(model.named_parameters())
-    attrs = [(m.__dict__, k, v) for m in model.modules() for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+    saved = [(vars(m), dict(vars(m))) for m in model.modules()]
 
     def f(p, x):
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         try:
             return functional_call(model, {**buffers, **p}, (x,))
         finally:
-            for d, k, v in attrs:
-                d[k] = v
+            for d, before in saved:
+                d.clear()
+                d.update(before)
 
     losses = []
     for t in range(TASKS):

@@ -12,7 +12,8 @@
   for the call (spectral norm's power iteration updates its vectors in place in training mode),
   and tensors stored as plain attributes (the deprecated ``torch.nn.utils.weight_norm`` and
   ``spectral_norm`` hooks set the weight so; under ``vmap`` it would be left a dead batched
-  tensor) are put back. Every call starts from the module as the user left it.
+  tensor) are put back; tensor attributes a forward adds (``self.features = h``) are removed.
+  Every call starts from the module as the user left it.
 - Tasks run under ``vmap``, recorded once per input signature and replayed (:mod:`.trace`) for
   torch.nn's layers, maml_ext's models and models traced on request; a model vmap cannot batch
   (RNNs, dropout, data-dependent control flow) runs as an exact per-task loop instead, with a
@@ -106,6 +107,7 @@ class FunctionalModel:
                             for attr, value in owner._buffers.items() if value is not None]
         self.attr_slots = [(owner.__dict__, attr) for owner in model.modules()
                            for attr, value in vars(owner).items() if isinstance(value, Tensor)]
+        self.module_dicts = [vars(owner) for owner in model.modules()]  # tensors a forward adds: removed
         self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
 
     def named_parameters(self) -> dict[str, Tensor]:
@@ -118,6 +120,7 @@ class FunctionalModel:
 
     def __call__(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         saved = [(slots, attr, slots[attr]) for slots, attr in self.attr_slots]
+        sizes = [len(d) for d in self.module_dicts]  # a dict keeps insertion order: new keys come last
         try:
             passed = {**self.no_stats, **buffers}
             for slots, attr, name in self.own_buffers:
@@ -137,6 +140,10 @@ class FunctionalModel:
         finally:
             for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
                 slots[attr] = original
+            for d, size in zip(self.module_dicts, sizes):
+                for attr in list(d)[size:]:  # e.g. ``self.features = h``: under vmap a dead batched tensor
+                    if isinstance(d[attr], Tensor):
+                        del d[attr]
         return select_output(out, self.output)
 
     def over_tasks(
