@@ -205,7 +205,9 @@ def _version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="maml-ext", description=__doc__.split("\n")[0])
+    # The module docstring, without its reST quoting, is the help page: what it does, then examples.
+    p = _Parser(prog="maml-ext", description=__doc__.replace("``", ""),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE", help="override a config value (TOML syntax)")
@@ -258,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # does. Point stdout at devnull so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (training says what it kept), as a SIGINT'd tool exits
+        print(f"maml-ext: {exc}" if str(exc) else "maml-ext: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except OSError as exc:  # the file system refused (read-only or full output directory, ...)
         return _error(f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc))
     return 0

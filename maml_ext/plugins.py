@@ -37,13 +37,22 @@ class Registry:
         self._registered: dict[str, Callable[..., Any]] = {}
         self._loaded: dict[str, Callable[..., Any]] = {}
 
-    def _entry_points(self) -> dict[str, EntryPoint]:
-        found = {}
+    def _entry_points(self) -> dict[str, list[EntryPoint]]:
+        """Name -> its entry points: the built-in alone when there is one (a third-party package
+        never replaces a built-in, whatever order the installed packages are found in), else every
+        third-party one (more than one is an error when the name is used)."""
+        found: dict[str, list[EntryPoint]] = {}
         autoload = _autoload_enabled()
         for ep in entry_points(group=self.group):
-            dist = ep.dist.name if ep.dist is not None else None
-            if autoload or dist == _OWN_DISTRIBUTION:
-                found.setdefault(ep.name, ep)
+            own = ep.dist is not None and ep.dist.name == _OWN_DISTRIBUTION
+            if not (autoload or own):
+                continue
+            previous = found.setdefault(ep.name, [])
+            if own:
+                previous[:] = [ep]
+            elif not any(p.dist is not None and p.dist.name == _OWN_DISTRIBUTION for p in previous):
+                if all(p.value != ep.value for p in previous):  # one package seen twice on sys.path
+                    previous.append(ep)
         return found
 
     def register(self, name: str, factory: Callable[..., Any], *, replace: bool = False) -> None:
@@ -65,10 +74,16 @@ class Registry:
             return self._registered[name]
         if name in self._loaded:
             return self._loaded[name]
-        ep = self._entry_points().get(name)
-        if ep is None:
+        candidates = self._entry_points().get(name)
+        if not candidates:
             available = ", ".join(self.names()) or "none"
-            raise PluginError(f"unknown {self.kind} {name!r}; available: {available}")
+            off = "" if _autoload_enabled() else f" (third-party plugins are off: {AUTOLOAD_ENV}=0)"
+            raise PluginError(f"unknown {self.kind} {name!r}; available: {available}{off}")
+        if len(candidates) > 1:
+            found = ", ".join(f"{ep.value} (package {ep.dist.name if ep.dist else '?'})" for ep in candidates)
+            raise PluginError(f"{self.kind} {name!r} is declared by more than one installed package: "
+                              f"{found}; uninstall all but one")
+        ep = candidates[0]
         try:
             factory = ep.load()
         except Exception as exc:

@@ -99,3 +99,32 @@ def test_kill_switch_hides_third_party_but_keeps_builtins(third_party, registry,
     assert "mlp" in registry.names()
     with pytest.raises(plugins.PluginError, match="unknown model 'linear'"):
         registry.factory("linear")
+
+
+def _installed_first(monkeypatch, fake):
+    """Fake third-party entry points found before maml_ext's own (as pip's install order can make them)."""
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points",
+                        lambda group: [*(ep for ep in fake if ep.group == group), *real(group=group)])
+
+
+def test_a_third_party_plugin_never_replaces_a_builtin(monkeypatch, registry):
+    _installed_first(monkeypatch, [EntryPoint("mlp", "maml_ext_no_such_module:build", "maml_ext.models")])
+    assert registry.names().count("mlp") == 1
+    assert isinstance(registry.build("mlp", in_features=1, out_features=1), MLP)
+
+
+def test_one_name_from_two_third_party_packages_is_an_error_naming_both(monkeypatch, registry):
+    _installed_first(monkeypatch, [EntryPoint("net", "pkg_a:build", "maml_ext.models"),
+                                   EntryPoint("net", "pkg_b:build", "maml_ext.models")])
+    assert registry.names().count("net") == 1
+    with pytest.raises(plugins.PluginError, match=r"model 'net' is declared by more than one installed package: "
+                                                  r"pkg_a:build .*, pkg_b:build .*; uninstall all but one"):
+        registry.factory("net")
+
+
+def test_unknown_name_with_the_kill_switch_on_says_so(monkeypatch, registry):
+    monkeypatch.setenv(plugins.AUTOLOAD_ENV, "0")
+    with pytest.raises(plugins.PluginError, match=r"unknown model 'sine_net'; available: .*mlp.* \(third-party plugins "
+                                                  r"are off: MAML_EXT_PLUGIN_AUTOLOAD=0\)"):
+        registry.factory("sine_net")

@@ -8,6 +8,12 @@
   instead of on every call (its per-call bookkeeping was a tenth of a small model's iteration).
 - BatchNorm running statistics are passed as ``None`` (batch statistics in train and eval mode,
   as in the original MAML, and no in-place update of the module's buffers).
+- What a forward writes into the module is undone: the module's other buffers are given copies
+  for the call (spectral norm's power iteration updates its vectors in place in training mode),
+  and tensors stored as plain attributes (the deprecated ``torch.nn.utils.weight_norm`` and
+  ``spectral_norm`` hooks set the weight so; under ``vmap`` it would be left a dead batched
+  tensor) are put back; tensor attributes a forward adds (``self.features = h``) are removed.
+  Every call starts from the module as the user left it.
 - Tasks run under ``vmap``, recorded once per input signature and replayed (:mod:`.trace`) for
   torch.nn's layers, maml_ext's models and models traced on request; a model vmap cannot batch
   (RNNs, dropout, data-dependent control flow) runs as an exact per-task loop instead, with a
@@ -94,6 +100,14 @@ class FunctionalModel:
         self.param_slots = [(self._owner(alias)._parameters, alias.rpartition(".")[2], name)
                             for alias, name in self.aliases.items()]
         self.buffer_slots: dict[str, tuple[dict, str]] = {}  # filled on first use of each buffer name
+        # Buffers a forward may update in place (not BatchNorm statistics, passed as None), and
+        # tensor attributes a hook may replace: (slot dict, attribute, full name).
+        self.own_buffers = [(owner._buffers, attr, f"{prefix}.{attr}" if prefix else attr)
+                            for prefix, owner in model.named_modules()
+                            for attr, value in owner._buffers.items() if value is not None]
+        self.attr_slots = [(owner.__dict__, attr) for owner in model.modules()
+                           for attr, value in vars(owner).items() if isinstance(value, Tensor)]
+        self.module_dicts = [vars(owner) for owner in model.modules()]  # tensors a forward adds: removed
         self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
 
     def named_parameters(self) -> dict[str, Tensor]:
@@ -105,12 +119,18 @@ class FunctionalModel:
         return self.model.get_submodule(path.rpartition(".")[0])
 
     def __call__(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        saved = []
+        saved = [(slots, attr, slots[attr]) for slots, attr in self.attr_slots]
+        sizes = [len(d) for d in self.module_dicts]  # a dict keeps insertion order: new keys come last
         try:
+            passed = {**self.no_stats, **buffers}
+            for slots, attr, name in self.own_buffers:
+                if name not in passed:  # a copy: an in-place update in forward leaves the module's as is
+                    saved.append((slots, attr, slots[attr]))
+                    slots[attr] = slots[attr].clone()
             for slots, attr, name in self.param_slots:
                 saved.append((slots, attr, slots[attr]))
                 slots[attr] = params[name]
-            for key, value in {**self.no_stats, **buffers}.items():
+            for key, value in passed.items():
                 if key not in self.buffer_slots:
                     self.buffer_slots[key] = (self._owner(key)._buffers, key.rpartition(".")[2])
                 slots, attr = self.buffer_slots[key]
@@ -120,6 +140,10 @@ class FunctionalModel:
         finally:
             for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
                 slots[attr] = original
+            for d, size in zip(self.module_dicts, sizes):
+                for attr in list(d)[size:]:  # e.g. ``self.features = h``: under vmap a dead batched tensor
+                    if isinstance(d[attr], Tensor):
+                        del d[attr]
         return select_output(out, self.output)
 
     def over_tasks(

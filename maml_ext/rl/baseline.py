@@ -30,7 +30,10 @@ def fit_linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor, reg: float =
     """Fit one linear baseline per task on its own rollouts and return its values ``[T, R, H]``.
 
     Ridge least squares (FᵀF + reg·I) c = Fᵀ G in float64, with rllab's fallback of a 10× larger
-    regulariser (up to 5 tries) when the solve gives NaN.
+    regulariser (up to 5 tries) when the solve fails or gives NaN. Solved by Cholesky (the matrix
+    is symmetric positive definite): LAPACK's least-squares driver (``lstsq``) gave results that
+    differed in the last bit with the memory alignment of its buffers, so two identical runs (or a
+    run and its ``--resume``) drifted apart.
     """
     t = obs.shape[0]
     f = features(obs, mask).reshape(t, -1, 2 * obs.shape[-1] + 4).double()
@@ -38,8 +41,9 @@ def fit_linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor, reg: float =
     gram, rhs = f.transpose(1, 2) @ f, f.transpose(1, 2) @ g
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
     for _ in range(5):
-        coeffs = torch.linalg.lstsq(gram + reg * eye, rhs).solution
-        if not torch.isnan(coeffs).any():
+        factor, info = torch.linalg.cholesky_ex(gram + reg * eye)
+        coeffs = torch.cholesky_solve(rhs, factor)
+        if not info.any() and not torch.isnan(coeffs).any():
             break
         reg *= 10
     return (f @ coeffs).reshape(returns.shape).to(returns.dtype) * mask

@@ -202,6 +202,9 @@ def _rank_main(rank: int, nproc: int, init_method: str, timeout: float, threads:
     except (DistributedError, *expected) as exc:
         report.write_text(str(exc))  # the launcher's error carries it
         sys.exit(2)
+    except KeyboardInterrupt as exc:  # Ctrl-C reaches every rank: no traceback, say what was kept
+        report.write_text(str(exc))
+        sys.exit(128 + signal.SIGINT)
     except BaseException as exc:
         traceback.print_exc()
         report.write_text(f"{type(exc).__name__}: {exc} (traceback above)")
@@ -275,6 +278,13 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, timeout: float = DEFA
                     procs[r].join()
                     if procs[r].exitcode != 0 and not failed:
                         failed, deadline = True, time.monotonic() + GRACE
+        except KeyboardInterrupt:
+            # Ctrl-C in a terminal interrupts the ranks too (one process group): give them time to
+            # stop, then pass on rank 0's account of the checkpoint it kept.
+            for p in procs:
+                p.join(GRACE)
+            told = procs[0].exitcode == 128 + signal.SIGINT and reports[0].exists()
+            raise KeyboardInterrupt(reports[0].read_text() if told else "") from None
         finally:
             for r, p in enumerate(procs):
                 if p.is_alive():

@@ -32,6 +32,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss or meta-gradient); the last checkpoint is kept."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says which checkpoint was kept (``maml-ext`` prints it)."""
+
+
 class NonFinite(Exception):
     """Raised by a ``Step``: what was not finite, and ``hint``, the settings to try instead."""
 
@@ -184,34 +188,42 @@ def train(step: Step, cfg: Config, out_dir: Path, *, resume: bool = False, progr
     bar = Progress(total, start, metric=step.metric) if progress and main else None
     board = _tensorboard(out_dir) if main else None
     t0, last = time.perf_counter(), float("nan")
-    with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
-        for it in range(start, total):
-            try:
-                last = step(it)
-            except NonFinite as exc:
-                kept = f"{ckpt_path} keeps iteration {saved}" if saved else "no checkpoint had been written yet"
-                raise TrainingError(f"iteration {it + 1}: {exc}; training stopped, {kept} ({exc.hint})") from None
-            done = it + 1
-            if not main:
-                continue
-            if done % every == 0 or done == total:
-                record = {"iteration": done, **step.record(), "it_s": (done - start) / (time.perf_counter() - t0)}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                line = step.summary()
-                if bar is not None and line is not None:
-                    bar.note(line)
-                if board is not None:
-                    for key, value in record.items():
-                        if key not in ("iteration", "it_s") and isinstance(value, (int, float)):
-                            board.add_scalar("meta_loss" if key == "loss" else key, value, done)
-            if done % tcfg["checkpoint_every"] == 0 or done == total:
-                kind = {} if step.kind is None else {"kind": step.kind}
-                checkpoint.save({**kind, "iteration": done, "config": cfg, **step.state(),
-                                 "rng": _rng_state(step.generators)}, ckpt_path)
-                saved = done
-            if bar is not None:
-                bar.update(done, last)
+    it = start
+    try:
+        with (out_dir / METRICS).open("a") if main else contextlib.nullcontext() as metrics:
+            for it in range(start, total):
+                try:
+                    last = step(it)
+                except NonFinite as exc:
+                    kept = f"{ckpt_path} keeps iteration {saved}" if saved else "no checkpoint had been written yet"
+                    raise TrainingError(f"iteration {it + 1}: {exc}; training stopped, {kept} ({exc.hint})") from None
+                done = it + 1
+                if not main:
+                    continue
+                if done % every == 0 or done == total:
+                    record = {"iteration": done, **step.record(), "it_s": (done - start) / (time.perf_counter() - t0)}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    line = step.summary()
+                    if bar is not None and line is not None:
+                        bar.note(line)
+                    if board is not None:
+                        for key, value in record.items():
+                            if key not in ("iteration", "it_s") and isinstance(value, (int, float)):
+                                board.add_scalar("meta_loss" if key == "loss" else key, value, done)
+                if done % tcfg["checkpoint_every"] == 0 or done == total:
+                    kind = {} if step.kind is None else {"kind": step.kind}
+                    checkpoint.save({**kind, "iteration": done, "config": cfg, **step.state(),
+                                     "rng": _rng_state(step.generators)}, ckpt_path)
+                    saved = done
+                if bar is not None:
+                    bar.update(done, last)
+    except KeyboardInterrupt:  # Ctrl-C: say what was kept (the last checkpoint write is atomic)
+        if bar is not None:
+            bar.close(it, last)  # ends the bar's line before the message
+        kept = (f"{ckpt_path} keeps iteration {saved}; continue with --resume" if saved
+                else "no checkpoint had been written yet")
+        raise Interrupted(f"interrupted at iteration {it + 1}; {kept}") from None
     if bar is not None:
         bar.close(max(start, total), last)
     if board is not None:
