@@ -77,9 +77,12 @@ def glyph_config(task: dict[str, Any], algorithm: dict[str, Any], args: argparse
                  iterations: int = 1) -> config.Config:
     """5-way 1-shot glyph episodes (1 query example per class in training, ``--eval-k-query`` at
     evaluation), conv4 with ``--filters`` filters, Adam 1e-3."""
+    model = {"name": "conv4", "filters": args.filters, "image_size": 28}
+    if algorithm["name"] == "mr-maml-a":  # conv4 to the latent's means and scales, a linear head on it
+        model = {**model, "name": "bottleneck_conv4", "latent": args.latent}
     return config.validate({
         "seed": args.seed,
-        "model": {"name": "conv4", "filters": args.filters, "image_size": 28},
+        "model": model,
         "task": {"root": str(args.root), "n_way": 5, **task},
         "algorithm": algorithm,
         "train": {"iterations": iterations, "meta_batch": args.meta_batch, "k_support": 1, "k_query": 1,
@@ -143,26 +146,27 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
 
 
 def learners(args: argparse.Namespace, lr: float, adapt: list[str], **common: Any) -> dict[str, dict[str, Any]]:
-    """MAML and MR-MAML(W) (one per ``--beta``) as selected by ``--algorithms``."""
+    """MAML, MR-MAML(W) (one per ``--beta``) and MR-MAML(A) (one per ``--beta-a``) as selected
+    by ``--algorithms``."""
     algorithms = {"MAML": {"name": "maml", "lr": lr, "steps": 1, **common}} if "maml" in args.algorithms else {}
     for beta in args.beta if "mr-maml" in args.algorithms else ():
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": lr, "steps": 1, "beta": beta,
                                               "stochastic": args.stochastic, "adapt": adapt, "init_std": args.init_std,
+                                              "sample_eval": args.sample_eval, **common}
+    for beta in args.beta_a if "mr-maml-a" in args.algorithms else ():
+        algorithms[f"MR-MAML(A) β={beta:g}"] = {"name": "mr-maml-a", "lr": lr, "steps": 1, "beta": beta,
                                               "sample_eval": args.sample_eval, **common}
     return algorithms
 
 
 def memo(args: argparse.Namespace) -> None:
     algorithms = learners(args, 0.01, HEAD)
-    for beta in args.beta_a if "mr-maml-a" in args.algorithms else ():
-        algorithms[f"MR-MAML(A) β={beta:g}"] = {"name": "mr-maml-a", "lr": 0.01, "steps": 1, "beta": beta,
-                                              "sample_eval": args.sample_eval}
     compare(args, algorithms, lambda exclusive, algorithm: memo_config(exclusive, algorithm, args), "loss")
 
 
 def glyphs(args: argparse.Namespace) -> None:
     common = {"first_order": True} if args.first_order else {}
-    algorithms = learners(args, GLYPH_LR, GLYPH_HEAD, **common)
+    algorithms = learners(args, GLYPH_LR, args.adapt, **common)
     for algorithm in algorithms.values():
         algorithm["steps"] = GLYPH_TRAIN_STEPS
     compare(args, algorithms, lambda exclusive, algorithm: glyph_config(
@@ -315,9 +319,13 @@ def main() -> None:
     g.add_argument("--iterations", type=int, default=2000)
     g.add_argument("--beta", type=float, nargs="+", default=[1e-3], help="MR-MAML β values")
     g.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
-    g.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml"], default=["maml", "mr-maml"])
+    g.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml", "mr-maml-a"], default=["maml", "mr-maml"])
     g.add_argument("--stochastic", nargs="+", default=GLYPH_ENCODER, help="MR-MAML's stochastic parameters (default: the convolutions)")
-    g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights")
+    g.add_argument("--adapt", nargs="+", default=GLYPH_HEAD,
+                   help="MR-MAML(W)'s adapted parameters (default: the head; convs norms head: all, the stochastic ones from their draw)")
+    g.add_argument("--beta-a", type=float, nargs="+", default=[0.1], help="MR-MAML(A) β values")
+    g.add_argument("--latent", type=int, default=32, help="MR-MAML(A): latent dimensions (bottleneck_conv4)")
+    g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (MR-MAML(A): latents)")
     g.add_argument("--fresh-adam", action="store_true", help="the paper's sinusoid notebook's meta-update (see memo)")
     g.add_argument("--second-order", dest="first_order", action="store_false",
                    help="second-order meta-gradients (default: first order, as FOMAML)")
