@@ -66,8 +66,8 @@ def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Names
         "task": {"name": "memo_sinusoid", "exclusive": exclusive},
         "algorithm": algorithm,
         "train": {"iterations": args.iterations, "meta_batch": args.meta_batch, "k_support": 10, "k_query": 10,
-                  "meta_lr": 1e-3, "checkpoint_every": args.iterations, "log_every": max(1, args.iterations // 20),
-                  "threads": 1},
+                  "meta_lr": 1e-3, "optimizer": "fresh-adam" if args.fresh_adam else "adam",
+                  "checkpoint_every": args.iterations, "log_every": max(1, args.iterations // 20), "threads": 1},
         "eval": {"num_tasks": args.tasks, "shots": [5], "k_query": 100, "steps": args.eval_steps, "chunk": 200,
                  **({} if args.eval_seed is None else {"seed": args.eval_seed})},
     })
@@ -86,7 +86,8 @@ def glyph_config(task: dict[str, Any], algorithm: dict[str, Any], args: argparse
         "task": {"root": str(args.root), "n_way": 5, **task},
         "algorithm": algorithm,
         "train": {"iterations": iterations, "meta_batch": args.meta_batch, "k_support": 1, "k_query": 1,
-                  "meta_lr": 1e-3, "checkpoint_every": iterations, "log_every": max(1, iterations // 20), "threads": 1},
+                  "meta_lr": 1e-3, "optimizer": "fresh-adam" if getattr(args, "fresh_adam", False) else "adam",
+                  "checkpoint_every": iterations, "log_every": max(1, iterations // 20), "threads": 1},
         "eval": {"num_tasks": args.tasks, "shots": [1], "k_query": args.eval_k_query, "steps": args.eval_steps, "chunk": 100},
     })
 
@@ -187,12 +188,7 @@ def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
         for label, algorithm in algorithms.items():
             cfg = make_config(exclusive, algorithm)
             name = f"{'me' if exclusive else 'nme'}-{algorithm['name']}" + (f"-{algorithm['beta']:g}" if "beta" in algorithm else "")
-            if args.fresh_adam:  # no checkpoint: evaluated at once
-                t0 = time.perf_counter()
-                run, _ = train_for(cfg, iterations=args.iterations, fresh_adam=True)
-                seconds = time.perf_counter() - t0
-            else:
-                run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
+            run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
             found = metrics_row(run, cfg, steps, metric)
             summary[name] = {k: [v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())] for k, v in found.items()}
             rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[k], metric == "accuracy") for k in
@@ -203,22 +199,9 @@ def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
     print("\n".join(rows))
 
 
-def fresh_adam_step(params: list[torch.Tensor], lr: float) -> None:
-    """The first step of a new Adam optimizer, lr·g/(|g| + 1e-7): the paper's MR-MAML notebook
-    builds a new ``keras.optimizers.Adam`` in every iteration, so every update is this sign-like
-    step. A parameter with a zero loss gradient (a code row not in the batch) then moves by about
-    lr towards the prior mean under the KL term alone."""
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p.sub_(lr * p.grad / (p.grad.abs() + 1e-7))
-
-
-def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | None = None,
-              fresh_adam: bool = False) -> tuple[loop.Run, int]:
+def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | None = None) -> tuple[loop.Run, int]:
     """Meta-train for a wall-clock budget or a number of iterations (the same loop for every
-    learner); returns the run and the iterations done. ``fresh_adam``: the paper's notebook's
-    update (:func:`fresh_adam_step`) instead of one Adam optimizer."""
+    learner); returns the run and the iterations done."""
     torch.set_num_threads(1)
     run = loop.build(cfg)
     params = [p for p in run.learner.parameters() if p.requires_grad]
@@ -229,10 +212,7 @@ def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | N
         batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
         optimizer.zero_grad(set_to_none=True)
         run.learner.meta_loss(batch, done).backward()
-        if fresh_adam:
-            fresh_adam_step(params, tcfg["meta_lr"])
-        else:
-            optimizer.step()
+        optimizer.step()
         done += 1
     return run, done
 
@@ -303,7 +283,7 @@ def main() -> None:
     m.add_argument("--sample-eval", action="store_true",
                    help="MR-MAML: evaluate with drawn weights, MR-MAML(A) with drawn latents (the paper's code)")
     m.add_argument("--fresh-adam", action="store_true",
-                   help="the paper's notebook's meta-update for every learner (a new Adam every iteration: lr·g/(|g|+1e-7))")
+                   help="the paper's notebook's meta-update for every learner (train.optimizer = \"fresh-adam\": a new Adam every iteration)")
     m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
                    help="memo: non-mutually-exclusive tasks; control: the mutually-exclusive version")
     m.add_argument("--eval-steps", type=int, default=100, help="adaptation steps at test time (paper's code: 100)")
