@@ -11,8 +11,10 @@ adapt on new ones.
 
 ``glyphs``: the same comparison on 5-way 1-shot glyph episodes (``memo_glyphs``: every training
 class has a fixed label, so a classifier of the training classes solves every training task without
-its support set; ``exclusive=true``, random labels, is the control), a small conv4; query accuracy
-on training-distribution episodes and on held-out episodes of the test classes.
+its support set; ``exclusive=true``, random labels, is the control), a small conv4 (MR-MAML(A):
+``bottleneck_conv4``); query accuracy on training-distribution episodes and on held-out episodes of
+the test classes. ``--fresh-adam`` (both): ``train.optimizer = "fresh-adam"``, the paper's notebook's
+meta-update.
 
 ``imaml``: MAML and iMAML on the paper's sinusoid family (``--family glyphs``: 5-way 1-shot glyph
 episodes), each meta-trained for the same wall-clock budget, evaluated on the same held-out tasks.
@@ -24,6 +26,9 @@ episodes), each meta-trained for the same wall-clock budget, evaluated on the sa
         --algorithms mr-maml-a --beta-a 0 0.01 0.1 0.5 5 --tasks 200 --eval-steps 10 --sample-eval --out runs/memo-a
     nice python benchmarks/bench_memorization.py imaml --seconds 120
     nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --iterations 2000 --beta 0 1e-3 --out runs/memo-glyphs
+    nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --iterations 1000 \
+        --algorithms mr-maml --stochastic head --adapt convs norms head --beta 0.1 --init-std 0.5   # MR-MAML(W), all adapted
+    nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --algorithms mr-maml-a --beta-a 0.1
     nice python benchmarks/bench_memorization.py imaml --family glyphs --root data/glyphs --seconds 300
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
@@ -154,6 +159,8 @@ def learners(args: argparse.Namespace, lr: float, adapt: list[str], **common: An
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": lr, "steps": 1, "beta": beta,
                                               "stochastic": args.stochastic, "adapt": adapt, "init_std": args.init_std,
                                               "sample_eval": args.sample_eval, **common}
+        if args.prior_std != 1.0:  # only when given: earlier runs' configs (--reuse) have no prior_std
+            algorithms[f"MR-MAML(W) β={beta:g}"]["prior_std"] = args.prior_std
     for beta in args.beta_a if "mr-maml-a" in args.algorithms else ():
         algorithms[f"MR-MAML(A) β={beta:g}"] = {"name": "mr-maml-a", "lr": lr, "steps": 1, "beta": beta,
                                               "sample_eval": args.sample_eval, **common}
@@ -275,6 +282,7 @@ def main() -> None:
     m.add_argument("--iterations", type=int, default=4000)
     m.add_argument("--beta", type=float, nargs="+", default=[5e-5], help="MR-MAML β values (paper: 5e-5)")
     m.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
+    m.add_argument("--prior-std", type=float, default=1.0, help="MR-MAML(W): σ of the N(0, σ²) prior")
     m.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml", "mr-maml-a"], default=["maml", "mr-maml"])
     m.add_argument("--beta-a", type=float, nargs="+", default=[5.0],
                    help="MR-MAML(A) β values (the paper's sinusoid code: 5, on the KL averaged over latent dimensions and query points)")
@@ -303,6 +311,7 @@ def main() -> None:
     g.add_argument("--stochastic", nargs="+", default=GLYPH_ENCODER, help="MR-MAML's stochastic parameters (default: the convolutions)")
     g.add_argument("--adapt", nargs="+", default=GLYPH_HEAD,
                    help="MR-MAML(W)'s adapted parameters (default: the head; convs norms head: all, the stochastic ones from their draw)")
+    g.add_argument("--prior-std", type=float, default=1.0, help="MR-MAML(W): σ of the N(0, σ²) prior")
     g.add_argument("--beta-a", type=float, nargs="+", default=[0.1], help="MR-MAML(A) β values")
     g.add_argument("--latent", type=int, default=32, help="MR-MAML(A): latent dimensions (bottleneck_conv4)")
     g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (MR-MAML(A): latents)")

@@ -70,14 +70,15 @@ def test_imaml_glyphs_trains_both_for_the_budget(root, monkeypatch, capsys):
 
 
 def test_glyph_mr_maml_a_and_adapted_mr_maml_rows(root, tmp_path, monkeypatch):
-    """MR-MAML(A) on glyphs runs on bottleneck_conv4; MR-MAML(W) with --adapt adapts what it names."""
+    """MR-MAML(A) on glyphs runs on bottleneck_conv4; MR-MAML(W) adapts what --adapt names, with --prior-std."""
     out = tmp_path / "out"
     run_main(monkeypatch, "glyphs", "--root", str(root), "--iterations", "2", "--tasks", "10", "--filters", "4",
              "--algorithms", "mr-maml-a", "mr-maml", "--beta", "1e-3", "--beta-a", "0.1", "--latent", "3",
-             "--adapt", "convs", "norms", "head", "--families", "memo", "--meta-batch", "2", "--eval-steps", "1",
+             "--adapt", "convs", "norms", "head", "--prior-std", "0.5", "--families", "memo", "--meta-batch", "2", "--eval-steps", "1",
              "--eval-k-query", "1", "--out", str(out))
     assert sorted(json.loads((out / "glyphs.json").read_text())) == ["nme-mr-maml-0.001", "nme-mr-maml-a-0.1"]
     run_a, _ = loop.restore(out / "nme-mr-maml-a-0.1" / loop.CHECKPOINT)
     assert run_a.config["model"]["name"] == "bottleneck_conv4" and run_a.learner.encoder.head.out_features == 6
     run_w, _ = loop.restore(out / "nme-mr-maml-0.001" / loop.CHECKPOINT)
     assert "convs.0.weight" in run_w.learner.adapt_names and "convs.0.weight" in run_w.learner.stochastic_names
+    assert run_w.learner.prior_std == 0.5
