@@ -11,8 +11,10 @@ adapt on new ones.
 
 ``glyphs``: the same comparison on 5-way 1-shot glyph episodes (``memo_glyphs``: every training
 class has a fixed label, so a classifier of the training classes solves every training task without
-its support set; ``exclusive=true``, random labels, is the control), a small conv4; query accuracy
-on training-distribution episodes and on held-out episodes of the test classes.
+its support set; ``exclusive=true``, random labels, is the control), a small conv4 (MR-MAML(A):
+``bottleneck_conv4``); query accuracy on training-distribution episodes and on held-out episodes of
+the test classes. ``--fresh-adam`` (both): ``train.optimizer = "fresh-adam"``, the paper's notebook's
+meta-update.
 
 ``imaml``: MAML and iMAML on the paper's sinusoid family (``--family glyphs``: 5-way 1-shot glyph
 episodes), each meta-trained for the same wall-clock budget, evaluated on the same held-out tasks.
@@ -24,6 +26,9 @@ episodes), each meta-trained for the same wall-clock budget, evaluated on the sa
         --algorithms mr-maml-a --beta-a 0 0.01 0.1 0.5 5 --tasks 200 --eval-steps 10 --sample-eval --out runs/memo-a
     nice python benchmarks/bench_memorization.py imaml --seconds 120
     nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --iterations 2000 --beta 0 1e-3 --out runs/memo-glyphs
+    nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --iterations 1000 \
+        --algorithms mr-maml --stochastic head --adapt convs norms head --beta 0.1 --init-std 0.5   # MR-MAML(W), all adapted
+    nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --algorithms mr-maml-a --beta-a 0.1
     nice python benchmarks/bench_memorization.py imaml --family glyphs --root data/glyphs --seconds 300
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
@@ -66,8 +71,8 @@ def memo_config(exclusive: bool, algorithm: dict[str, Any], args: argparse.Names
         "task": {"name": "memo_sinusoid", "exclusive": exclusive},
         "algorithm": algorithm,
         "train": {"iterations": args.iterations, "meta_batch": args.meta_batch, "k_support": 10, "k_query": 10,
-                  "meta_lr": 1e-3, "checkpoint_every": args.iterations, "log_every": max(1, args.iterations // 20),
-                  "threads": 1},
+                  "meta_lr": 1e-3, "optimizer": "fresh-adam" if args.fresh_adam else "adam",
+                  "checkpoint_every": args.iterations, "log_every": max(1, args.iterations // 20), "threads": 1},
         "eval": {"num_tasks": args.tasks, "shots": [5], "k_query": 100, "steps": args.eval_steps, "chunk": 200,
                  **({} if args.eval_seed is None else {"seed": args.eval_seed})},
     })
@@ -77,13 +82,17 @@ def glyph_config(task: dict[str, Any], algorithm: dict[str, Any], args: argparse
                  iterations: int = 1) -> config.Config:
     """5-way 1-shot glyph episodes (1 query example per class in training, ``--eval-k-query`` at
     evaluation), conv4 with ``--filters`` filters, Adam 1e-3."""
+    model = {"name": "conv4", "filters": args.filters, "image_size": 28}
+    if algorithm["name"] == "mr-maml-a":  # conv4 to the latent's means and scales, a linear head on it
+        model = {**model, "name": "bottleneck_conv4", "latent": args.latent}
     return config.validate({
         "seed": args.seed,
-        "model": {"name": "conv4", "filters": args.filters, "image_size": 28},
+        "model": model,
         "task": {"root": str(args.root), "n_way": 5, **task},
         "algorithm": algorithm,
         "train": {"iterations": iterations, "meta_batch": args.meta_batch, "k_support": 1, "k_query": 1,
-                  "meta_lr": 1e-3, "checkpoint_every": iterations, "log_every": max(1, iterations // 20), "threads": 1},
+                  "meta_lr": 1e-3, "optimizer": "fresh-adam" if getattr(args, "fresh_adam", False) else "adam",
+                  "checkpoint_every": iterations, "log_every": max(1, iterations // 20), "threads": 1},
         "eval": {"num_tasks": args.tasks, "shots": [1], "k_query": args.eval_k_query, "steps": args.eval_steps, "chunk": 100},
     })
 
@@ -143,26 +152,29 @@ def train_and_restore(cfg: config.Config, out: Path, reuse: bool) -> tuple[loop.
 
 
 def learners(args: argparse.Namespace, lr: float, adapt: list[str], **common: Any) -> dict[str, dict[str, Any]]:
-    """MAML and MR-MAML(W) (one per ``--beta``) as selected by ``--algorithms``."""
+    """MAML, MR-MAML(W) (one per ``--beta``) and MR-MAML(A) (one per ``--beta-a``) as selected
+    by ``--algorithms``."""
     algorithms = {"MAML": {"name": "maml", "lr": lr, "steps": 1, **common}} if "maml" in args.algorithms else {}
     for beta in args.beta if "mr-maml" in args.algorithms else ():
         algorithms[f"MR-MAML(W) β={beta:g}"] = {"name": "mr-maml", "lr": lr, "steps": 1, "beta": beta,
                                               "stochastic": args.stochastic, "adapt": adapt, "init_std": args.init_std,
+                                              "sample_eval": args.sample_eval, **common}
+        if args.prior_std != 1.0:  # only when given: earlier runs' configs (--reuse) have no prior_std
+            algorithms[f"MR-MAML(W) β={beta:g}"]["prior_std"] = args.prior_std
+    for beta in args.beta_a if "mr-maml-a" in args.algorithms else ():
+        algorithms[f"MR-MAML(A) β={beta:g}"] = {"name": "mr-maml-a", "lr": lr, "steps": 1, "beta": beta,
                                               "sample_eval": args.sample_eval, **common}
     return algorithms
 
 
 def memo(args: argparse.Namespace) -> None:
     algorithms = learners(args, 0.01, HEAD)
-    for beta in args.beta_a if "mr-maml-a" in args.algorithms else ():
-        algorithms[f"MR-MAML(A) β={beta:g}"] = {"name": "mr-maml-a", "lr": 0.01, "steps": 1, "beta": beta,
-                                              "sample_eval": args.sample_eval}
     compare(args, algorithms, lambda exclusive, algorithm: memo_config(exclusive, algorithm, args), "loss")
 
 
 def glyphs(args: argparse.Namespace) -> None:
     common = {"first_order": True} if args.first_order else {}
-    algorithms = learners(args, GLYPH_LR, GLYPH_HEAD, **common)
+    algorithms = learners(args, GLYPH_LR, args.adapt, **common)
     for algorithm in algorithms.values():
         algorithm["steps"] = GLYPH_TRAIN_STEPS
     compare(args, algorithms, lambda exclusive, algorithm: glyph_config(
@@ -183,12 +195,7 @@ def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
         for label, algorithm in algorithms.items():
             cfg = make_config(exclusive, algorithm)
             name = f"{'me' if exclusive else 'nme'}-{algorithm['name']}" + (f"-{algorithm['beta']:g}" if "beta" in algorithm else "")
-            if args.fresh_adam:  # no checkpoint: evaluated at once
-                t0 = time.perf_counter()
-                run, _ = train_for(cfg, iterations=args.iterations, fresh_adam=True)
-                seconds = time.perf_counter() - t0
-            else:
-                run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
+            run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
             found = metrics_row(run, cfg, steps, metric)
             summary[name] = {k: [v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())] for k, v in found.items()}
             rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[k], metric == "accuracy") for k in
@@ -199,22 +206,9 @@ def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
     print("\n".join(rows))
 
 
-def fresh_adam_step(params: list[torch.Tensor], lr: float) -> None:
-    """The first step of a new Adam optimizer, lr·g/(|g| + 1e-7): the paper's MR-MAML notebook
-    builds a new ``keras.optimizers.Adam`` in every iteration, so every update is this sign-like
-    step. A parameter with a zero loss gradient (a code row not in the batch) then moves by about
-    lr towards the prior mean under the KL term alone."""
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p.sub_(lr * p.grad / (p.grad.abs() + 1e-7))
-
-
-def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | None = None,
-              fresh_adam: bool = False) -> tuple[loop.Run, int]:
+def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | None = None) -> tuple[loop.Run, int]:
     """Meta-train for a wall-clock budget or a number of iterations (the same loop for every
-    learner); returns the run and the iterations done. ``fresh_adam``: the paper's notebook's
-    update (:func:`fresh_adam_step`) instead of one Adam optimizer."""
+    learner); returns the run and the iterations done."""
     torch.set_num_threads(1)
     run = loop.build(cfg)
     params = [p for p in run.learner.parameters() if p.requires_grad]
@@ -225,10 +219,7 @@ def train_for(cfg: config.Config, seconds: float = math.inf, iterations: int | N
         batch = run.family.sample(tcfg["meta_batch"], tcfg["k_support"], tcfg["k_query"], tasks)
         optimizer.zero_grad(set_to_none=True)
         run.learner.meta_loss(batch, done).backward()
-        if fresh_adam:
-            fresh_adam_step(params, tcfg["meta_lr"])
-        else:
-            optimizer.step()
+        optimizer.step()
         done += 1
     return run, done
 
@@ -291,6 +282,7 @@ def main() -> None:
     m.add_argument("--iterations", type=int, default=4000)
     m.add_argument("--beta", type=float, nargs="+", default=[5e-5], help="MR-MAML β values (paper: 5e-5)")
     m.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
+    m.add_argument("--prior-std", type=float, default=1.0, help="MR-MAML(W): σ of the N(0, σ²) prior")
     m.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml", "mr-maml-a"], default=["maml", "mr-maml"])
     m.add_argument("--beta-a", type=float, nargs="+", default=[5.0],
                    help="MR-MAML(A) β values (the paper's sinusoid code: 5, on the KL averaged over latent dimensions and query points)")
@@ -299,7 +291,7 @@ def main() -> None:
     m.add_argument("--sample-eval", action="store_true",
                    help="MR-MAML: evaluate with drawn weights, MR-MAML(A) with drawn latents (the paper's code)")
     m.add_argument("--fresh-adam", action="store_true",
-                   help="the paper's notebook's meta-update for every learner (a new Adam every iteration: lr·g/(|g|+1e-7))")
+                   help="the paper's notebook's meta-update for every learner (train.optimizer = \"fresh-adam\": a new Adam every iteration)")
     m.add_argument("--families", nargs="+", choices=["memo", "control"], default=["memo", "control"],
                    help="memo: non-mutually-exclusive tasks; control: the mutually-exclusive version")
     m.add_argument("--eval-steps", type=int, default=100, help="adaptation steps at test time (paper's code: 100)")
@@ -315,9 +307,14 @@ def main() -> None:
     g.add_argument("--iterations", type=int, default=2000)
     g.add_argument("--beta", type=float, nargs="+", default=[1e-3], help="MR-MAML β values")
     g.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML initial σ of the stochastic weights")
-    g.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml"], default=["maml", "mr-maml"])
+    g.add_argument("--algorithms", nargs="+", choices=["maml", "mr-maml", "mr-maml-a"], default=["maml", "mr-maml"])
     g.add_argument("--stochastic", nargs="+", default=GLYPH_ENCODER, help="MR-MAML's stochastic parameters (default: the convolutions)")
-    g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights")
+    g.add_argument("--adapt", nargs="+", default=GLYPH_HEAD,
+                   help="MR-MAML(W)'s adapted parameters (default: the head; convs norms head: all, the stochastic ones from their draw)")
+    g.add_argument("--prior-std", type=float, default=1.0, help="MR-MAML(W): σ of the N(0, σ²) prior")
+    g.add_argument("--beta-a", type=float, nargs="+", default=[0.1], help="MR-MAML(A) β values")
+    g.add_argument("--latent", type=int, default=32, help="MR-MAML(A): latent dimensions (bottleneck_conv4)")
+    g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (MR-MAML(A): latents)")
     g.add_argument("--fresh-adam", action="store_true", help="the paper's sinusoid notebook's meta-update (see memo)")
     g.add_argument("--second-order", dest="first_order", action="store_false",
                    help="second-order meta-gradients (default: first order, as FOMAML)")

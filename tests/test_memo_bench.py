@@ -67,3 +67,18 @@ def test_imaml_glyphs_trains_both_for_the_budget(root, monkeypatch, capsys):
     assert len(rows) == 4  # each printed as it comes, then in the table
     assert "(3 steps)" in rows[0] and "iMAML (2 steps, λ=2, 1 CG)" in rows[1] and "(2 steps)" in rows[1]
     assert int(rows[0].split("|")[2]) > 0 and int(rows[1].split("|")[2]) > 0
+
+
+def test_glyph_mr_maml_a_and_adapted_mr_maml_rows(root, tmp_path, monkeypatch):
+    """MR-MAML(A) on glyphs runs on bottleneck_conv4; MR-MAML(W) adapts what --adapt names, with --prior-std."""
+    out = tmp_path / "out"
+    run_main(monkeypatch, "glyphs", "--root", str(root), "--iterations", "2", "--tasks", "10", "--filters", "4",
+             "--algorithms", "mr-maml-a", "mr-maml", "--beta", "1e-3", "--beta-a", "0.1", "--latent", "3",
+             "--adapt", "convs", "norms", "head", "--prior-std", "0.5", "--families", "memo", "--meta-batch", "2", "--eval-steps", "1",
+             "--eval-k-query", "1", "--out", str(out))
+    assert sorted(json.loads((out / "glyphs.json").read_text())) == ["nme-mr-maml-0.001", "nme-mr-maml-a-0.1"]
+    run_a, _ = loop.restore(out / "nme-mr-maml-a-0.1" / loop.CHECKPOINT)
+    assert run_a.config["model"]["name"] == "bottleneck_conv4" and run_a.learner.encoder.head.out_features == 6
+    run_w, _ = loop.restore(out / "nme-mr-maml-0.001" / loop.CHECKPOINT)
+    assert "convs.0.weight" in run_w.learner.adapt_names and "convs.0.weight" in run_w.learner.stochastic_names
+    assert run_w.learner.prior_std == 0.5

@@ -4,17 +4,12 @@ and adaptation no longer helps (the pre-/post-adaptation gap collapses), while o
 exclusive control it cannot, and adapts. MR-MAML(W) with the paper's settings and meta-update
 does not memorise (its KL term removes the code weights), and without its KL term it does."""
 
-import sys
-from pathlib import Path
-
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
-from bench_memorization import fresh_adam_step  # noqa: E402
 
 from maml_ext.algorithms import build_algorithm
 from maml_ext.models.mlp import MLP
 from maml_ext.tasks.memorization import CodedSinusoid
+from maml_ext.train.optim import FreshAdam
 
 
 def train_maml(exclusive: bool, iterations: int = 400) -> tuple[float, float]:
@@ -50,12 +45,12 @@ def train_mr_maml_paper_update(beta: float, iterations: int = 3000) -> tuple[flo
     family = CodedSinusoid(codes=8, train_codes=6)
     learner = build_algorithm("mr-maml", MLP(family.in_features, 1, (40, 5, 40)), lr=0.01, beta=beta,
                               stochastic=["0.weight", "2.weight"], adapt=["4", "6"], init_std=1.9e-22)
-    params = list(learner.parameters())
+    optimizer = FreshAdam(learner.parameters(), 1e-3)
     tasks = torch.Generator().manual_seed(0)
     for _ in range(iterations):
         learner.zero_grad()
         learner.meta_loss(family.sample(1, 10, 10, tasks)).backward()
-        fresh_adam_step(params, 1e-3)
+        optimizer.step()
     learner.eval()
     pre = learner.evaluate(family.sample(300, 10, 50, torch.Generator().manual_seed(1)), 0)[0].mean().item()
     return pre, learner.model[0].weight[:, 1:].abs().mean().item()

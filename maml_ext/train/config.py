@@ -66,6 +66,7 @@ SCHEMA: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] = {
     "train.k_support": (_int(1), 10),
     "train.k_query": (_int(1), 10),
     "train.meta_lr": (_positive_float(), 1e-3),
+    "train.optimizer": (_choice("adam", "fresh-adam"), "adam"),
     "train.checkpoint_every": (_int(1), 1000),
     "train.log_every": (_int(1), 100),
     "train.threads": (_int(0), 0),

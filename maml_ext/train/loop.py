@@ -77,7 +77,7 @@ class SupervisedStep:
         # The parameters the optimizer holds, listed once: walking the modules per iteration costs
         # several µs, a few % of a paper-config meta-iteration.
         self.params = list(run.learner.parameters())
-        self.optimizer = optim.adam(self.params, self.tcfg["meta_lr"])
+        self.optimizer = optim.meta_optimizer(self.tcfg["optimizer"], self.params, self.tcfg["meta_lr"])
         self.generators = {"tasks": torch.Generator().manual_seed(run.config["seed"])}
         self.window = [0.0, 0]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -12,6 +13,43 @@ from maml_ext.algorithms.fused_call import AdamState
 
 # Devices with torch's fused Adam kernel (a subset of what it supports; others use the default).
 _FUSED_DEVICES = ("cpu", "cuda")
+
+
+def meta_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The ``train.optimizer`` of a supervised run: ``"adam"`` (one Adam for the whole run) or
+    ``"fresh-adam"`` (:class:`FreshAdam`)."""
+    if name == "adam":
+        return adam(params, lr)
+    if name == "fresh-adam":
+        return FreshAdam(params, lr)
+    raise ValueError(f"optimizer must be 'adam' or 'fresh-adam', got {name!r}")
+
+
+class FreshAdam(torch.optim.Optimizer):
+    """The first step of a new Adam at every step, p ← p − lr·g/(|g| + ε'): Yin et al.'s MR-MAML
+    sinusoid notebook builds a new ``keras.optimizers.Adam`` in every meta-iteration. Keras adds
+    its ε = 1e-7 to the uncorrected √v, so on the bias-corrected scale ε' = ε/√(1 − β₂) ≈ 3.16e-6
+    (β₂ = 0.999). Stateless. Each entry moves by up to lr whatever the size of its gradient: an
+    entry whose loss gradient is absent in most steps then follows its regulariser's gradient at
+    that rate, which is what lets MR-MAML(W)'s small KL term remove memorised weights
+    (docs/memorization.md)."""
+
+    EPS = 1e-7 / math.sqrt(1.0 - 0.999)
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.addcdiv_(p.grad, p.grad.abs() + self.EPS, value=-group["lr"])
+        return loss
 
 
 def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:

@@ -1,0 +1,102 @@
+"""bottleneck_conv4 (conv4 encoder to a Gaussian latent, head on it) under MR-MAML(A), float64:
+ANIL on the head at β = 0 and zero variance, and the reparameterised draw with β · KL against a
+per-task autograd loop (per-task BatchNorm statistics, cross-entropy)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from maml_ext.algorithms import MRMAMLA, build_algorithm
+from maml_ext.models.bottleneck import BottleneckConv4, build_conv4
+from maml_ext.tasks import TaskBatch
+
+LATENT, WAY = 3, 4
+
+
+def model64(seed=0):
+    torch.manual_seed(seed)
+    return BottleneckConv4(1, WAY, hidden=(), latent=LATENT, filters=4, image_size=16).double()
+
+
+def batch64(tasks=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(WAY).repeat(tasks, 2)  # 2 examples per class
+    images = lambda: torch.rand(tasks, 2 * WAY, 1, 16, 16, generator=g, dtype=torch.float64)  # noqa: E731
+    return TaskBatch(images(), labels, images(), labels.clone())
+
+
+def grads_of(model):
+    return {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
+
+
+def per_task_reference(model, batch, lr, steps, beta, eps_support=None, eps_query=None):
+    """One task at a time: the encoder on that task's images (BatchNorm over them), z = μ + σ ε,
+    ``steps`` SGD steps of the head on the support cross-entropy, mean query loss + β · mean KL."""
+    head = dict(model.head.named_parameters())
+    tasks = batch.x_support.shape[0]
+    query, kl = 0.0, 0.0
+    for t in range(tasks):
+        def latents(x, eps):
+            mean, r = model.encoder(x).chunk(2, dim=-1)
+            std = F.softplus(r)
+            return mean, std, (mean if eps is None else mean + std * eps)
+
+        _, _, z_s = latents(batch.x_support[t], None if eps_support is None else eps_support[t])
+        mean_q, std_q, z_q = latents(batch.x_query[t], None if eps_query is None else eps_query[t])
+        params = dict(head)
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model.head, params, (z_s,)), batch.y_support[t])
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+        query = query + F.cross_entropy(functional_call(model.head, params, (z_q,)), batch.y_query[t])
+        kl = kl + (-std_q.log() + 0.5 * (std_q**2 + mean_q**2) - 0.5).mean()
+    (query / tasks + (beta * kl / tasks if beta else 0.0)).backward()
+    return (query / tasks).detach(), grads_of(model)
+
+
+def meta_grads(learner, model, batch):
+    learner.zero_grad()
+    loss = learner.meta_loss(batch)
+    loss.backward()
+    return loss.detach(), grads_of(model)
+
+
+def test_beta_zero_and_zero_variance_is_anil_on_the_head():
+    model = model64()
+    with torch.no_grad():  # σ = softplus(−1000) = 0 exactly: the scale rows of the encoder's linear layer
+        model.encoder.head.weight[LATENT:] = 0.0
+        model.encoder.head.bias[LATENT:] = -1000.0
+    batch = batch64()
+    mr = MRMAMLA(model, lr=0.3, steps=2, beta=0.0, loss="cross_entropy")
+    anil = build_algorithm("anil", copy.deepcopy(model), lr=0.3, steps=2, adapt=["head"], loss="cross_entropy")
+    loss, grads = meta_grads(mr, model, batch)
+    loss_anil, grads_anil = meta_grads(anil, anil.model, batch)  # the model's own forward: head(μ)
+    torch.testing.assert_close(loss, loss_anil, rtol=1e-12, atol=0)
+    for n in grads_anil:
+        torch.testing.assert_close(grads[n], grads_anil[n], rtol=1e-10, atol=1e-14)
+    assert grads["encoder.convs.0.weight"].abs().max() > 0
+
+
+def test_reparameterised_draw_and_query_kl_match_per_task_autograd():
+    model = model64()
+    batch = batch64()
+    mr = MRMAMLA(model, lr=0.3, steps=2, beta=0.7, loss="cross_entropy")
+    torch.manual_seed(5)
+    loss, grads = meta_grads(mr, model, batch)
+    torch.manual_seed(5)
+    eps_s = torch.randn(*batch.x_support.shape[:2], LATENT, dtype=torch.float64)
+    eps_q = torch.randn(*batch.x_query.shape[:2], LATENT, dtype=torch.float64)
+    ref = copy.deepcopy(model)
+    loss_ref, grads_ref = per_task_reference(ref, batch, 0.3, 2, 0.7, eps_s, eps_q)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=0)
+    for n in grads_ref:
+        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("latent", [0, 2.5, True])
+def test_names_a_bad_latent(latent):
+    with pytest.raises(ValueError, match="latent must be an integer >= 1"):
+        build_conv4(1, WAY, latent=latent)
