@@ -8,6 +8,9 @@ f_1..f_S after ``--eval-steps`` adaptation steps (no noise σ fitted to data):
 
 - spread far / near / all: the std over the S functions, averaged over grid points farther than 1
   from every support point / within 0.5 of one / over the whole grid (MAML: S = 1, spread 0);
+- spread other half: averaged over the half of [−5, 5] (x < 0 or x > 0) opposite the mean of the
+  support x, the same rule for both kinds of task: on an ambiguous task it is the range the
+  support does not constrain, on a non-ambiguous one it holds about half the support points;
 - envelope coverage: the fraction of grid targets inside [min_s f_s, max_s f_s]. For S exchangeable
   draws from a calibrated predictive a new value falls inside with probability (S − 1)/(S + 1);
 - NLL and 90% coverage of the moment-matched predictive N(mean_s f_s, var_s f_s + σ0²) with a
@@ -120,6 +123,7 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     mean, std = s.mean(1), s.std(1, unbiased=False)
     dist = support_distance(batch)
     far, near = (dist > 1.0).float(), (dist < 0.5).float()
+    other = (batch.x_query[..., 0] * batch.x_support.mean(1) < 0).float()  # [T, N]: the half opposite the support
     spread = std[..., 0]
     scale = (std.pow(2) + sigma0**2).sqrt()
     z = (y - mean) / scale
@@ -128,6 +132,7 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     return {
         "spread far": (spread * far).sum(1) / far.sum(1).clamp_min(1),
         "spread near": (spread * near).sum(1) / near.sum(1).clamp_min(1),
+        "spread other half": (spread * other).sum(1) / other.sum(1).clamp_min(1),
         "spread all": spread.mean(1),
         "envelope coverage": inside.flatten(1).mean(1),
         "NLL": nll.flatten(1).mean(1),
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     trained, bins = {}, []
-    keys = ("spread far", "spread near", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
+    keys = ("spread far", "spread near", "spread other half", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
     print("| learner | tasks | S | " + " | ".join(keys) + " |\n|---|---|---|" + "---|" * len(keys), flush=True)
     for name in args.learners:
         learner, seconds = train(name, args)

@@ -39,6 +39,19 @@ def test_metrics_on_known_samples():
     assert m["spread far"].item() == 0.0 and m["envelope coverage"].item() == 0.0 and m["coverage 90%"].item() == 0.0
 
 
+def test_spread_other_half_averages_the_half_opposite_the_support():
+    # Support at x = -1 and -2 (mean -1.5): the other half is x > 0, i.e. x = 1 and 3 (spread 2 and
+    # 4); x = -3 and 0 (spread 100) are not in it.
+    x = torch.tensor([-3.0, 0.0, 1.0, 3.0]).view(1, 4, 1)
+    xs = torch.tensor([-1.0, -2.0]).view(1, 2, 1)
+    batch = TaskBatch(xs, torch.zeros(1, 2, 1), x, torch.zeros(1, 4, 1))
+    half = torch.tensor([100.0, 100.0, 2.0, 4.0]).view(1, 1, 4, 1)
+    m = bu.metrics(torch.cat([half, -half], 1), batch, sigma0=0.1)
+    assert m["spread other half"].item() == 3.0
+    m = bu.metrics(torch.cat([half, -half], 1), TaskBatch(-xs, batch.y_support, x, batch.y_query), sigma0=0.1)
+    assert m["spread other half"].item() == 100.0  # support mean +1.5: the half x < 0 (x = -3)
+
+
 def test_ambiguous_support_lies_in_a_narrow_window():
     gen = torch.Generator().manual_seed(0)
     amb = bu.sample_tasks(Sinusoid(), 50, 5, 7, True, gen)
