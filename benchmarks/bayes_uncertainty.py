@@ -11,6 +11,7 @@ f_1..f_S after ``--eval-steps`` adaptation steps (no noise σ fitted to data):
 - spread other half: averaged over the half of [−5, 5] (x < 0 or x > 0) opposite the mean of the
   support x, the same rule for both kinds of task: on an ambiguous task it is the range the
   support does not constrain, on a non-ambiguous one it holds about half the support points;
+  RMSE other half: the sample mean's RMSE there (a calibrated spread follows it);
 - envelope coverage: the fraction of grid targets inside [min_s f_s, max_s f_s]. For S exchangeable
   draws from a calibrated predictive a new value falls inside with probability (S − 1)/(S + 1);
 - NLL and 90% coverage of the moment-matched predictive N(mean_s f_s, var_s f_s + σ0²) with a
@@ -133,6 +134,7 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
         "spread far": (spread * far).sum(1) / far.sum(1).clamp_min(1),
         "spread near": (spread * near).sum(1) / near.sum(1).clamp_min(1),
         "spread other half": (spread * other).sum(1) / other.sum(1).clamp_min(1),
+        "RMSE other half": ((mean - y)[..., 0].pow(2) * other).sum(1).div(other.sum(1).clamp_min(1)).sqrt(),
         "spread all": spread.mean(1),
         "envelope coverage": inside.flatten(1).mean(1),
         "NLL": nll.flatten(1).mean(1),
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     trained, bins = {}, []
-    keys = ("spread far", "spread near", "spread other half", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
+    keys = ("spread far", "spread near", "spread other half", "RMSE other half", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
     print("| learner | tasks | S | " + " | ".join(keys) + " |\n|---|---|---|" + "---|" * len(keys), flush=True)
     for name in args.learners:
         learner, seconds = train(name, args)

@@ -48,6 +48,10 @@ def test_spread_other_half_averages_the_half_opposite_the_support():
     half = torch.tensor([100.0, 100.0, 2.0, 4.0]).view(1, 1, 4, 1)
     m = bu.metrics(torch.cat([half, -half], 1), batch, sigma0=0.1)
     assert m["spread other half"].item() == 3.0
+    # The sample mean is 0: its error on the half is the truth's, set to 3 and 4 there.
+    truth = torch.tensor([50.0, -50.0, 3.0, 4.0]).view(1, 4, 1)
+    m = bu.metrics(torch.cat([half, -half], 1), TaskBatch(xs, batch.y_support, x, truth), sigma0=0.1)
+    assert m["RMSE other half"].item() == pytest.approx(math.sqrt(12.5), rel=1e-6)
     m = bu.metrics(torch.cat([half, -half], 1), TaskBatch(-xs, batch.y_support, x, batch.y_query), sigma0=0.1)
     assert m["spread other half"].item() == 100.0  # support mean +1.5: the half x < 0 (x = -3)
 
