@@ -78,20 +78,48 @@ def sample_tasks(family: Sinusoid, tasks: int, shots: int, queries: Tensor | int
     return TaskBatch(xs, family.curve(base.info, xs), xq, family.curve(base.info, xq), base.info)
 
 
+def scale_parameters(learner: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """PLATIPUS's log-variances and log-step-sizes (empty for other learners)."""
+    return [p for n, p in learner.named_parameters() if n.split(".")[0] in ("prior_logvar", "q_logvar", "log_gamma_p", "log_gamma_q")]
+
+
+def optimizer(learner: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Adam:
+    """Adam at --meta-lr; PLATIPUS's log-variances and log-step-sizes at --variance-lr if given."""
+    scales = scale_parameters(learner) if args.variance_lr is not None else []
+    rest = [p for p in learner.parameters() if all(p is not q for q in scales)]
+    return torch.optim.Adam([{"params": rest}] + ([{"params": scales, "lr": args.variance_lr}] if scales else []), lr=args.meta_lr)
+
+
+def platipus_state(learner: torch.nn.Module) -> str:
+    """Per parameter tensor: mean σ_θ, mean √v_q, γ_p, γ_q (the learned scales of PLATIPUS)."""
+    def row(values: list[float]) -> str:
+        return " ".join(f"{v:.4f}" for v in values)
+
+    return (f"sigma_theta [{row([(0.5 * t).exp().mean().item() for t in learner.prior_logvar])}] "
+            f"sqrt_v_q [{row([(0.5 * t).exp().mean().item() for t in learner.q_logvar])}] "
+            f"gamma_p [{row([t.exp().item() for t in learner.log_gamma_p])}] "
+            f"gamma_q [{row([t.exp().item() for t in learner.log_gamma_q])}]")
+
+
 def train(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
     algorithm, options = LEARNERS[name]
     torch.manual_seed(args.seed)
     learner = build_algorithm(algorithm, MLP(1, 1), **{"lr": args.inner_lr, "steps": args.steps, **options})
-    opt = torch.optim.Adam(learner.parameters(), lr=args.meta_lr)
+    opt = optimizer(learner, args)
+    trace = args.trace if algorithm == "platipus" else 0
     family, gen = Sinusoid(), torch.Generator().manual_seed(args.seed)
     half = args.meta_batch // 2
     start = time.process_time()
-    for _ in range(args.iterations):
+    for it in range(args.iterations):
+        if trace and it % trace == 0:
+            print(f"<!-- {name} iteration {it}: {platipus_state(learner)} -->", flush=True)
         parts = [sample_tasks(family, n, args.shots, args.k_query, amb, gen) for n, amb in ((half, True), (args.meta_batch - half, False))]
         batch = TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x_support", "y_support", "x_query", "y_query")))
         opt.zero_grad(set_to_none=True)
         learner.meta_loss(batch).backward()
         opt.step()
+    if trace:
+        print(f"<!-- {name} iteration {args.iterations}: {platipus_state(learner)} -->", flush=True)
     return learner, time.process_time() - start
 
 
@@ -191,6 +219,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1, help="inner steps in meta-training")
     p.add_argument("--inner-lr", type=float, default=0.01)
     p.add_argument("--meta-lr", type=float, default=1e-3)
+    p.add_argument("--variance-lr", type=float, default=None,
+                   help="Adam lr of PLATIPUS's log-variances and log-step-sizes (default: --meta-lr)")
+    p.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="print PLATIPUS's sigma_theta, sqrt(v_q), gamma_p, gamma_q every N iterations")
     p.add_argument("--eval-steps", type=int, default=40)
     p.add_argument("--eval-tasks", type=int, default=200)
     p.add_argument("--sigma0", type=float, default=0.1)

@@ -100,3 +100,21 @@ def test_bmaml_spread_tracks_its_error_at_every_distance():
     for kind, (_, bins) in _small_run("BMAML (uncertainty)").items():
         for (lo, hi), (_, spread, rmse) in zip(bu.BINS, bins):
             assert 0.5 * rmse < spread < 2.0 * rmse, (kind, lo, hi, spread, rmse)
+
+
+def test_variance_lr_moves_platipus_scales_at_their_own_rate(capsys):
+    # Adam's first step moves an entry by lr·|g|/(|g| + eps), i.e. by its lr where |g| >> eps: the
+    # log-variances and log-step-sizes by --variance-lr, the prior mean by --meta-lr (largest step
+    # per tensor; some KL gradients of the log-variances are near eps).
+    args = bu.parse_args(["--iterations", "1", "--variance-lr", "0.01", "--meta-lr", "0.001", "--trace", "1"])
+    algorithm, options = bu.LEARNERS["PLATIPUS (uncertainty)"]
+    torch.manual_seed(args.seed)  # as bu.train: the same initial parameters
+    before = bu.build_algorithm(algorithm, bu.MLP(1, 1), lr=args.inner_lr, **options).state_dict()
+    learner, _ = bu.train("PLATIPUS (uncertainty)", args)
+    scales = {id(p) for p in bu.scale_parameters(learner)}
+    assert len(scales) == 4 * 6  # four lists, one tensor per MLP parameter
+    for name, p in learner.named_parameters():
+        step = (p.detach() - before[name]).abs().max().item()
+        assert step == pytest.approx(0.01 if id(p) in scales else 0.001, rel=0.02), (name, step)
+    trace = [line for line in capsys.readouterr().out.splitlines() if "iteration" in line]
+    assert len(trace) == 2 and "sigma_theta [0.1000 0.1000" in trace[0] and "gamma_p [0.0100" in trace[0]
