@@ -54,10 +54,13 @@ LEARNERS: dict[str, tuple[str, dict]] = {
     "BMAML (defaults)": ("bmaml", {"particles": 5}),
     "BMAML (likelihood, 1 step)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3}),
     "BMAML (uncertainty)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
+    "BMAML (uncertainty, M = 10)": ("bmaml", {"particles": 10, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "BMAML (Chaser, init_noise 0.3)": ("bmaml", {"particles": 5, "init_noise": 0.3}),
     "PLATIPUS (defaults)": ("platipus", {"samples": 5, "test_samples": 10}),
     "PLATIPUS (init_std 0.05, KL 0.01, 1 step)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.01}),
-    "PLATIPUS (uncertainty)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.01, "steps": 3}),
+    "PLATIPUS (init_std 0.1, KL 0.01, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.01, "steps": 3}),
+    "PLATIPUS (uncertainty)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.1, "steps": 3}),
+    "PLATIPUS (init_std 0.05, KL 0.1, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.1, "steps": 3}),
     "PLATIPUS (init_std 0.25, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.25, "kl_weight": 0.01, "steps": 3}),
 }
 # Distance bins (to the nearest support point) of the calibration-by-distance table.
@@ -193,17 +196,26 @@ def plot(learners: dict[str, torch.nn.Module], args: argparse.Namespace, path: P
     x = GRID[0, :, 0]
     for row, (name, learner) in enumerate(learners.items()):
         samples = predictive_samples(learner, batch, args.eval_steps, None, torch.Generator().manual_seed(args.seed))[-1]
+        what = "particles" if hasattr(learner, "num_particles") else "samples" if samples.shape[1] > 1 else "adapted model"
         for t, ax in enumerate(axes[row]):
+            centre = batch.x_support[t, :, 0].mean().item()
+            ax.axvspan(0 if centre < 0 else -5, 5 if centre < 0 else 0, color="0.93", label="other half")
             for s in range(samples.shape[1]):
-                ax.plot(x, samples[t, s, :, 0], color="tab:blue", lw=0.8, alpha=0.7, label="sampled functions" if s == 0 else None)
-            ax.plot(x, batch.y_query[t, :, 0], "r--", lw=1.2, label="true function")
-            ax.plot(batch.x_support[t, :, 0], batch.y_support[t, :, 0], "^", color="purple", label=f"{args.shots} support points")
+                ax.plot(x, samples[t, s, :, 0], color="tab:blue", lw=0.8, alpha=0.7,
+                        label=f"{what} (S = {samples.shape[1]})" if s == 0 else None)
+            ax.plot(x, batch.y_query[t, :, 0], "r--", lw=1.2, label="ground truth")
+            ax.plot(batch.x_support[t, :, 0], batch.y_support[t, :, 0], "^", color="purple", label=f"data points (K = {args.shots})")
             ax.set_xlim(-5, 5)
             ax.set_ylim(-6, 6)
+            if row == 0:
+                ax.set_title(f"ambiguous task {t + 1}", fontsize=9)
+            if row == len(learners) - 1:
+                ax.set_xlabel("x")
             if t == 0:
-                ax.set_ylabel(name, fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"ambiguous sinusoid tasks: support in a window of width {WINDOW}, {args.eval_steps} adaptation steps")
+                ax.set_ylabel(f"{name}\ny", fontsize=9)
+        axes[row][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"ambiguous sinusoid tasks: {args.shots} data points in a window of width {WINDOW}, "
+                 f"{args.eval_steps} adaptation steps")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
