@@ -118,3 +118,25 @@ def test_variance_lr_moves_platipus_scales_at_their_own_rate(capsys):
         assert step == pytest.approx(0.01 if id(p) in scales else 0.001, rel=0.02), (name, step)
     trace = [line for line in capsys.readouterr().out.splitlines() if "iteration" in line]
     assert len(trace) == 2 and "sigma_theta [0.1000 0.1000" in trace[0] and "gamma_p [0.0100" in trace[0]
+
+
+def test_platipus_prior_log_variance_gradient_is_the_kl_closed_form():
+    # σ²_θ enters PLATIPUS's objective only through kl_weight · mean_t KL(q_t ‖ p_t), so its
+    # gradient is kl_weight · mean_t ½ [1 − (v_q + Δ_t²) / σ²_θ] with Δ_t = μ_q,t − μ_p,t: it is
+    # learned, and its fixed point is σ²_θ = v_q + mean_t Δ_t² (float64, 1e-10 relative).
+    from maml_ext.algorithms import PLATIPUS
+
+    torch.manual_seed(0)
+    learner = PLATIPUS(bu.MLP(1, 1, hidden=(8, 6)).double(), lr=0.05, samples=2, kl_weight=0.3, init_std=0.2, gamma=0.1)
+    with torch.no_grad():
+        for lq, lp in zip(learner.q_logvar, learner.prior_logvar):
+            lq.normal_(-3, 0.5), lp.normal_(-3, 0.5)
+    b = Sinusoid().sample(4, 5, 7, torch.Generator().manual_seed(1))
+    batch = TaskBatch(b.x_support.double(), b.y_support.double(), b.x_query.double(), b.y_query.double())
+    learner.meta_loss(batch).backward()
+    mu_p = learner._stepped_mean(batch.x_support, batch.y_support, learner.log_gamma_p, False)
+    mu_q = learner._stepped_mean(batch.x_query, batch.y_query, learner.log_gamma_q, False)
+    for n, lq, lp in zip(learner.adapt_names, learner.q_logvar, learner.prior_logvar):
+        delta2 = (mu_q[n] - mu_p[n]).detach().pow(2)
+        expected = 0.3 * (0.5 * (1 - (lq.detach().exp() + delta2) / lp.detach().exp())).mean(0)
+        torch.testing.assert_close(lp.grad, expected, rtol=1e-10, atol=1e-14)
