@@ -8,6 +8,10 @@ f_1..f_S after ``--eval-steps`` adaptation steps (no noise σ fitted to data):
 
 - spread far / near / all: the std over the S functions, averaged over grid points farther than 1
   from every support point / within 0.5 of one / over the whole grid (MAML: S = 1, spread 0);
+- spread other half: averaged over the half of [−5, 5] (x < 0 or x > 0) opposite the mean of the
+  support x, the same rule for both kinds of task: on an ambiguous task it is the range the
+  support does not constrain, on a non-ambiguous one it holds about half the support points;
+  RMSE other half: the sample mean's RMSE there (a calibrated spread follows it);
 - envelope coverage: the fraction of grid targets inside [min_s f_s, max_s f_s]. For S exchangeable
   draws from a calibrated predictive a new value falls inside with probability (S − 1)/(S + 1);
 - NLL and 90% coverage of the moment-matched predictive N(mean_s f_s, var_s f_s + σ0²) with a
@@ -50,10 +54,13 @@ LEARNERS: dict[str, tuple[str, dict]] = {
     "BMAML (defaults)": ("bmaml", {"particles": 5}),
     "BMAML (likelihood, 1 step)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3}),
     "BMAML (uncertainty)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
+    "BMAML (uncertainty, M = 10)": ("bmaml", {"particles": 10, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "BMAML (Chaser, init_noise 0.3)": ("bmaml", {"particles": 5, "init_noise": 0.3}),
     "PLATIPUS (defaults)": ("platipus", {"samples": 5, "test_samples": 10}),
     "PLATIPUS (init_std 0.05, KL 0.01, 1 step)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.01}),
-    "PLATIPUS (uncertainty)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.01, "steps": 3}),
+    "PLATIPUS (init_std 0.1, KL 0.01, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.01, "steps": 3}),
+    "PLATIPUS (uncertainty)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.1, "steps": 3}),
+    "PLATIPUS (init_std 0.05, KL 0.1, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.1, "steps": 3}),
     "PLATIPUS (init_std 0.25, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.25, "kl_weight": 0.01, "steps": 3}),
 }
 # Distance bins (to the nearest support point) of the calibration-by-distance table.
@@ -74,20 +81,48 @@ def sample_tasks(family: Sinusoid, tasks: int, shots: int, queries: Tensor | int
     return TaskBatch(xs, family.curve(base.info, xs), xq, family.curve(base.info, xq), base.info)
 
 
+def scale_parameters(learner: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """PLATIPUS's log-variances and log-step-sizes (empty for other learners)."""
+    return [p for n, p in learner.named_parameters() if n.split(".")[0] in ("prior_logvar", "q_logvar", "log_gamma_p", "log_gamma_q")]
+
+
+def optimizer(learner: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Adam:
+    """Adam at --meta-lr; PLATIPUS's log-variances and log-step-sizes at --variance-lr if given."""
+    scales = scale_parameters(learner) if args.variance_lr is not None else []
+    rest = [p for p in learner.parameters() if all(p is not q for q in scales)]
+    return torch.optim.Adam([{"params": rest}] + ([{"params": scales, "lr": args.variance_lr}] if scales else []), lr=args.meta_lr)
+
+
+def platipus_state(learner: torch.nn.Module) -> str:
+    """Per parameter tensor: mean σ_θ, mean √v_q, γ_p, γ_q (the learned scales of PLATIPUS)."""
+    def row(values: list[float]) -> str:
+        return " ".join(f"{v:.4f}" for v in values)
+
+    return (f"sigma_theta [{row([(0.5 * t).exp().mean().item() for t in learner.prior_logvar])}] "
+            f"sqrt_v_q [{row([(0.5 * t).exp().mean().item() for t in learner.q_logvar])}] "
+            f"gamma_p [{row([t.exp().item() for t in learner.log_gamma_p])}] "
+            f"gamma_q [{row([t.exp().item() for t in learner.log_gamma_q])}]")
+
+
 def train(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
     algorithm, options = LEARNERS[name]
     torch.manual_seed(args.seed)
     learner = build_algorithm(algorithm, MLP(1, 1), **{"lr": args.inner_lr, "steps": args.steps, **options})
-    opt = torch.optim.Adam(learner.parameters(), lr=args.meta_lr)
+    opt = optimizer(learner, args)
+    trace = args.trace if algorithm == "platipus" else 0
     family, gen = Sinusoid(), torch.Generator().manual_seed(args.seed)
     half = args.meta_batch // 2
     start = time.process_time()
-    for _ in range(args.iterations):
+    for it in range(args.iterations):
+        if trace and it % trace == 0:
+            print(f"<!-- {name} iteration {it}: {platipus_state(learner)} -->", flush=True)
         parts = [sample_tasks(family, n, args.shots, args.k_query, amb, gen) for n, amb in ((half, True), (args.meta_batch - half, False))]
         batch = TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x_support", "y_support", "x_query", "y_query")))
         opt.zero_grad(set_to_none=True)
         learner.meta_loss(batch).backward()
         opt.step()
+    if trace:
+        print(f"<!-- {name} iteration {args.iterations}: {platipus_state(learner)} -->", flush=True)
     return learner, time.process_time() - start
 
 
@@ -120,6 +155,7 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     mean, std = s.mean(1), s.std(1, unbiased=False)
     dist = support_distance(batch)
     far, near = (dist > 1.0).float(), (dist < 0.5).float()
+    other = (batch.x_query[..., 0] * batch.x_support.mean(1) < 0).float()  # [T, N]: the half opposite the support
     spread = std[..., 0]
     scale = (std.pow(2) + sigma0**2).sqrt()
     z = (y - mean) / scale
@@ -128,6 +164,8 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     return {
         "spread far": (spread * far).sum(1) / far.sum(1).clamp_min(1),
         "spread near": (spread * near).sum(1) / near.sum(1).clamp_min(1),
+        "spread other half": (spread * other).sum(1) / other.sum(1).clamp_min(1),
+        "RMSE other half": ((mean - y)[..., 0].pow(2) * other).sum(1).div(other.sum(1).clamp_min(1)).sqrt(),
         "spread all": spread.mean(1),
         "envelope coverage": inside.flatten(1).mean(1),
         "NLL": nll.flatten(1).mean(1),
@@ -158,17 +196,26 @@ def plot(learners: dict[str, torch.nn.Module], args: argparse.Namespace, path: P
     x = GRID[0, :, 0]
     for row, (name, learner) in enumerate(learners.items()):
         samples = predictive_samples(learner, batch, args.eval_steps, None, torch.Generator().manual_seed(args.seed))[-1]
+        what = "particles" if hasattr(learner, "num_particles") else "samples" if samples.shape[1] > 1 else "adapted model"
         for t, ax in enumerate(axes[row]):
+            centre = batch.x_support[t, :, 0].mean().item()
+            ax.axvspan(0 if centre < 0 else -5, 5 if centre < 0 else 0, color="0.93", label="other half")
             for s in range(samples.shape[1]):
-                ax.plot(x, samples[t, s, :, 0], color="tab:blue", lw=0.8, alpha=0.7, label="sampled functions" if s == 0 else None)
-            ax.plot(x, batch.y_query[t, :, 0], "r--", lw=1.2, label="true function")
-            ax.plot(batch.x_support[t, :, 0], batch.y_support[t, :, 0], "^", color="purple", label=f"{args.shots} support points")
+                ax.plot(x, samples[t, s, :, 0], color="tab:blue", lw=0.8, alpha=0.7,
+                        label=f"{what} (S = {samples.shape[1]})" if s == 0 else None)
+            ax.plot(x, batch.y_query[t, :, 0], "r--", lw=1.2, label="ground truth")
+            ax.plot(batch.x_support[t, :, 0], batch.y_support[t, :, 0], "^", color="purple", label=f"data points (K = {args.shots})")
             ax.set_xlim(-5, 5)
             ax.set_ylim(-6, 6)
+            if row == 0:
+                ax.set_title(f"ambiguous task {t + 1}", fontsize=9)
+            if row == len(learners) - 1:
+                ax.set_xlabel("x")
             if t == 0:
-                ax.set_ylabel(name, fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"ambiguous sinusoid tasks: support in a window of width {WINDOW}, {args.eval_steps} adaptation steps")
+                ax.set_ylabel(f"{name}\ny", fontsize=9)
+        axes[row][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"ambiguous sinusoid tasks: {args.shots} data points in a window of width {WINDOW}, "
+                 f"{args.eval_steps} adaptation steps")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -184,6 +231,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1, help="inner steps in meta-training")
     p.add_argument("--inner-lr", type=float, default=0.01)
     p.add_argument("--meta-lr", type=float, default=1e-3)
+    p.add_argument("--variance-lr", type=float, default=None,
+                   help="Adam lr of PLATIPUS's log-variances and log-step-sizes (default: --meta-lr)")
+    p.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="print PLATIPUS's sigma_theta, sqrt(v_q), gamma_p, gamma_q every N iterations")
     p.add_argument("--eval-steps", type=int, default=40)
     p.add_argument("--eval-tasks", type=int, default=200)
     p.add_argument("--sigma0", type=float, default=0.1)
@@ -196,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     trained, bins = {}, []
-    keys = ("spread far", "spread near", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
+    keys = ("spread far", "spread near", "spread other half", "RMSE other half", "spread all", "envelope coverage", "NLL", "coverage 90%", "MSE")
     print("| learner | tasks | S | " + " | ".join(keys) + " |\n|---|---|---|" + "---|" * len(keys), flush=True)
     for name in args.learners:
         learner, seconds = train(name, args)

@@ -39,6 +39,23 @@ def test_metrics_on_known_samples():
     assert m["spread far"].item() == 0.0 and m["envelope coverage"].item() == 0.0 and m["coverage 90%"].item() == 0.0
 
 
+def test_spread_other_half_averages_the_half_opposite_the_support():
+    # Support at x = -1 and -2 (mean -1.5): the other half is x > 0, i.e. x = 1 and 3 (spread 2 and
+    # 4); x = -3 and 0 (spread 100) are not in it.
+    x = torch.tensor([-3.0, 0.0, 1.0, 3.0]).view(1, 4, 1)
+    xs = torch.tensor([-1.0, -2.0]).view(1, 2, 1)
+    batch = TaskBatch(xs, torch.zeros(1, 2, 1), x, torch.zeros(1, 4, 1))
+    half = torch.tensor([100.0, 100.0, 2.0, 4.0]).view(1, 1, 4, 1)
+    m = bu.metrics(torch.cat([half, -half], 1), batch, sigma0=0.1)
+    assert m["spread other half"].item() == 3.0
+    # The sample mean is 0: its error on the half is the truth's, set to 3 and 4 there.
+    truth = torch.tensor([50.0, -50.0, 3.0, 4.0]).view(1, 4, 1)
+    m = bu.metrics(torch.cat([half, -half], 1), TaskBatch(xs, batch.y_support, x, truth), sigma0=0.1)
+    assert m["RMSE other half"].item() == pytest.approx(math.sqrt(12.5), rel=1e-6)
+    m = bu.metrics(torch.cat([half, -half], 1), TaskBatch(-xs, batch.y_support, x, batch.y_query), sigma0=0.1)
+    assert m["spread other half"].item() == 100.0  # support mean +1.5: the half x < 0 (x = -3)
+
+
 def test_ambiguous_support_lies_in_a_narrow_window():
     gen = torch.Generator().manual_seed(0)
     amb = bu.sample_tasks(Sinusoid(), 50, 5, 7, True, gen)
@@ -83,3 +100,43 @@ def test_bmaml_spread_tracks_its_error_at_every_distance():
     for kind, (_, bins) in _small_run("BMAML (uncertainty)").items():
         for (lo, hi), (_, spread, rmse) in zip(bu.BINS, bins):
             assert 0.5 * rmse < spread < 2.0 * rmse, (kind, lo, hi, spread, rmse)
+
+
+def test_variance_lr_moves_platipus_scales_at_their_own_rate(capsys):
+    # Adam's first step moves an entry by lr·|g|/(|g| + eps), i.e. by its lr where |g| >> eps: the
+    # log-variances and log-step-sizes by --variance-lr, the prior mean by --meta-lr (largest step
+    # per tensor; some KL gradients of the log-variances are near eps).
+    args = bu.parse_args(["--iterations", "1", "--variance-lr", "0.01", "--meta-lr", "0.001", "--trace", "1"])
+    algorithm, options = bu.LEARNERS["PLATIPUS (uncertainty)"]
+    torch.manual_seed(args.seed)  # as bu.train: the same initial parameters
+    before = bu.build_algorithm(algorithm, bu.MLP(1, 1), lr=args.inner_lr, **options).state_dict()
+    learner, _ = bu.train("PLATIPUS (uncertainty)", args)
+    scales = {id(p) for p in bu.scale_parameters(learner)}
+    assert len(scales) == 4 * 6  # four lists, one tensor per MLP parameter
+    for name, p in learner.named_parameters():
+        step = (p.detach() - before[name]).abs().max().item()
+        assert step == pytest.approx(0.01 if id(p) in scales else 0.001, rel=0.02), (name, step)
+    trace = [line for line in capsys.readouterr().out.splitlines() if "iteration" in line]
+    assert len(trace) == 2 and "sigma_theta [0.1000 0.1000" in trace[0] and "gamma_p [0.0100" in trace[0]
+
+
+def test_platipus_prior_log_variance_gradient_is_the_kl_closed_form():
+    # σ²_θ enters PLATIPUS's objective only through kl_weight · mean_t KL(q_t ‖ p_t), so its
+    # gradient is kl_weight · mean_t ½ [1 − (v_q + Δ_t²) / σ²_θ] with Δ_t = μ_q,t − μ_p,t: it is
+    # learned, and its fixed point is σ²_θ = v_q + mean_t Δ_t² (float64, 1e-10 relative).
+    from maml_ext.algorithms import PLATIPUS
+
+    torch.manual_seed(0)
+    learner = PLATIPUS(bu.MLP(1, 1, hidden=(8, 6)).double(), lr=0.05, samples=2, kl_weight=0.3, init_std=0.2, gamma=0.1)
+    with torch.no_grad():
+        for lq, lp in zip(learner.q_logvar, learner.prior_logvar):
+            lq.normal_(-3, 0.5), lp.normal_(-3, 0.5)
+    b = Sinusoid().sample(4, 5, 7, torch.Generator().manual_seed(1))
+    batch = TaskBatch(b.x_support.double(), b.y_support.double(), b.x_query.double(), b.y_query.double())
+    learner.meta_loss(batch).backward()
+    mu_p = learner._stepped_mean(batch.x_support, batch.y_support, learner.log_gamma_p, False)
+    mu_q = learner._stepped_mean(batch.x_query, batch.y_query, learner.log_gamma_q, False)
+    for n, lq, lp in zip(learner.adapt_names, learner.q_logvar, learner.prior_logvar):
+        delta2 = (mu_q[n] - mu_p[n]).detach().pow(2)
+        expected = 0.3 * (0.5 * (1 - (lq.detach().exp() + delta2) / lp.detach().exp())).mean(0)
+        torch.testing.assert_close(lp.grad, expected, rtol=1e-10, atol=1e-14)
