@@ -6,7 +6,9 @@ The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's
 ``vmap`` over tasks, recorded once per input signature and replayed (``trace``; the default for
 torch.nn and maml_ext modules, ``trace=True`` here so the custom ``ResBN`` is recorded too), per-task
 gradients from one batched backward. ``generic, vmap per call`` is the same learner with
-``trace=False`` (the path before recording). Workloads (second order, CPU):
+``trace=False`` (the path before recording); ``generic, forward recorded`` records only the
+batched forward, not the whole meta-gradient (the path before :mod:`maml_ext.algorithms.whole`).
+Workloads (second order, CPU):
 
 - ``sinusoid``: the paper's MLP 1-40-40-1 as a plain ``nn.Sequential``, T=25, K=10, S=1, α=0.01;
 - ``layernorm-mlp``: 1-40-40-1 with LayerNorm after each hidden Linear, same sizes;
@@ -45,7 +47,7 @@ from maml_ext.models import conv4
 from maml_ext.tasks import TaskBatch
 
 GATE = 1e-10
-IMPLS = ("maml_ext generic", "generic, vmap per call", "torch.func", "hand-batched")
+IMPLS = ("maml_ext generic", "generic, forward recorded", "generic, vmap per call", "torch.func", "hand-batched")
 Batched = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params [T, ...], x [T, N, ...]) -> [T, N, out]
 
 
@@ -161,6 +163,8 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     loss_fn = F.mse_loss if w.loss == "mse" else F.cross_entropy
     learner, untraced = (MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=trace)
                          for trace in (True, False))
+    forward_only = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=True)
+    forward_only.whole_recorder = None  # the learner before the whole meta-gradient was recorded (for before/after)
     forward_tasks = w.batched(model)
 
     def task_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -200,6 +204,7 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     return {
         "per-task loop": loop,
         "maml_ext generic": learner.meta_loss,
+        "generic, forward recorded": forward_only.meta_loss,
         "generic, vmap per call": untraced.meta_loss,
         "torch.func": lambda b: vmap(one_task)(b.x_support, b.y_support, b.x_query, b.y_query).mean(),
         "hand-batched": hand_batched,
