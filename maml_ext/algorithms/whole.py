@@ -41,8 +41,12 @@ def _functional_inplace(graph: fx.Graph) -> bool:
         schema = getattr(n.target, "_schema", None)
         if n.op != "call_function" or schema is None or not schema.is_mutable:
             continue
+        name = n.target.__name__.split(".")[0]
+        first = schema.arguments[0].alias_info if schema.arguments else None
+        if not (name.endswith("_") and first is not None and first.is_write):  # mutates something else
+            return False
         base = n.args[0] if n.args else None
-        packet = getattr(aten, n.target.__name__.split(".")[0].rstrip("_"), None)
+        packet = getattr(aten, name.rstrip("_"), None)
         overload = getattr(packet, n.target._overloadname, None) if packet is not None else None
         if (overload is None or not isinstance(base, fx.Node) or base.op != "call_function"
                 or set(base.users) != {n} or n.kwargs or _is_view(base)):
@@ -148,6 +152,75 @@ def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     return simplify(gm)
 
 
+def _public(target: object) -> tuple[str, object] | None:
+    """The public C binding of an aten overload: ``("call_function", torch.bmm)``-like or
+    ``("call_method", "view")``; None for those without one (the backward formulas)."""
+    if not isinstance(target, torch._ops.OpOverload):
+        return None
+    name = target.__name__.split(".")[0]
+    for space in (torch._C._VariableFunctions, torch._C._nn):
+        fn = getattr(space, name, None)
+        if fn is not None:
+            return "call_function", fn
+    if type(getattr(torch.Tensor, name, None)).__name__ == "method_descriptor":  # C methods only
+        return "call_method", name
+    return None
+
+
+def lower(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
+    """Calls ``torch.bmm(...)`` / ``x.view(...)`` instead of ``torch.ops.aten.bmm.default(...)``
+    where a public binding exists: an ``OpOverload`` call costs ~3 µs more in Python per operator,
+    the bulk of a small model's replay. A binding chooses the overload from its arguments and has
+    its own defaults (``torch._C._nn.mse_loss``'s reduction is not aten's), so every argument is
+    passed, and a node is lowered only where the binding gave bitwise the same tensor (values,
+    dtype, shape, strides) on ``inputs``, the recording's own."""
+    env: dict[fx.Node, object] = {}
+    args_iter = iter(inputs)
+    with torch.no_grad():
+        for n in gm.graph.nodes:
+            if n.op == "placeholder":
+                env[n] = next(args_iter)
+                continue
+            if n.op == "get_attr":  # a tensor the recording holds (a module's buffer, say)
+                env[n] = operator.attrgetter(n.target)(gm)
+                continue
+            if n.op != "call_function":
+                continue
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
+            env[n] = want = n.target(*args, **kwargs)
+            found = _public(n.target)
+            if found is None or not isinstance(want, Tensor):
+                continue
+            full_args, full_kwargs = _all_arguments(n.target, n.args, n.kwargs)
+            kind, fn = found
+            call = (lambda *a, **k: getattr(a[0], fn)(*a[1:], **k)) if kind == "call_method" else fn
+            try:
+                got = call(*fx.node.map_arg(full_args, lambda a: env[a]), **fx.node.map_arg(full_kwargs, lambda a: env[a]))
+            except Exception:  # noqa: BLE001 - the binding rejects these arguments: keep aten's
+                continue
+            if (isinstance(got, Tensor) and got.dtype == want.dtype and got.shape == want.shape
+                    and got.stride() == want.stride() and torch.equal(got, want)):
+                n.op, n.target, n.args, n.kwargs = kind, fn, full_args, full_kwargs
+    gm.recompile()
+    return gm
+
+
+def _all_arguments(op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Every schema argument: positional ones in order (defaults filled in), keyword-only ones by name."""
+    positional, named = [], {}
+    for i, a in enumerate(op._schema.arguments):
+        if a.kwarg_only:
+            if a.name in kwargs or a.has_default_value():
+                named[a.name] = kwargs.get(a.name, a.default_value)
+        elif i < len(args):
+            positional.append(args[i])
+        elif a.name in kwargs:
+            positional.append(kwargs[a.name])
+        else:
+            positional.append(a.default_value)
+    return tuple(positional), named
+
+
 class _Replay(torch.autograd.Function):
     """Runs a recorded meta-gradient graph: the loss forward, the recorded gradient backward."""
 
@@ -220,5 +293,7 @@ class WholeRecorder:
         except Exception:  # noqa: BLE001 - whatever tracing rejects runs step by step
             return None
         gm = simplify_whole(gm)
-        return gm.forward if gm is not None else None
+        if gm is None:
+            return None
+        return lower(gm, (*(t.detach() for t in data), *leaves)).forward
 
