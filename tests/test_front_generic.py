@@ -262,3 +262,23 @@ def test_whole_graph_simplification() -> None:
     assert not {aten.div_.Tensor, aten.zeros_like.default, aten.detach.default} & set(targets)
     torch.testing.assert_close(gm(x, w), f(x, w), rtol=1e-15, atol=0)
     assert simplify_whole(make_fx(lambda x: torch.nn.functional.dropout(x, 0.5))(x)) is None
+
+
+def test_lowering_to_public_bindings_keeps_every_value() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.whole import lower
+
+    def f(out, y, w):
+        # torch._C._nn.mse_loss's default reduction is not aten's: it must be passed explicitly
+        h = out @ w
+        return torch.nn.functional.mse_loss(h, y), h.transpose(0, 1).sum(0).view(1, -1)
+
+    g = torch.Generator().manual_seed(2)
+    out, y, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((5, 3), (5, 3), (3, 3)))
+    gm = make_fx(f)(out, y, w)
+    lowered = lower(gm, (out, y, w))
+    calls = [n for n in lowered.graph.nodes if n.op in ("call_function", "call_method")]
+    assert not any(isinstance(n.target, torch._ops.OpOverload) for n in calls if n.target is not None)
+    for a, b in zip(lowered(out, y, w), f(out, y, w)):
+        assert torch.equal(a, b)
