@@ -282,3 +282,29 @@ def test_lowering_to_public_bindings_keeps_every_value() -> None:
     assert not any(isinstance(n.target, torch._ops.OpOverload) for n in calls if n.target is not None)
     for a, b in zip(lowered(out, y, w), f(out, y, w)):
         assert torch.equal(a, b)
+
+
+class Branchy(nn.Module):
+    """A branch on a value: vmap rejects it, so it runs as the per-task loop, which is not replayed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.head = nn.Linear(1, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return self.head(h.tanh() if h.sum() > 0 else h.sin())
+
+
+def test_a_per_task_loop_is_not_frozen_into_a_recording() -> None:
+    torch.manual_seed(0)
+    model = Branchy().double()
+    learner, plain = MAML(model, lr=0.3, trace=True), MAML(model, lr=0.3, trace=False)
+    batch = _batch()
+    flipped = TaskBatch(-10 * batch.x_support, batch.y_support, -10 * batch.x_query, batch.y_query)
+    with pytest.warns(UserWarning, match="per-task loop"):
+        learner.meta_loss(batch)
+    with pytest.warns(UserWarning, match="per-task loop"):
+        plain.meta_loss(batch)
+    assert not learner.whole_recorder.graphs
+    torch.testing.assert_close(learner.meta_loss(flipped), plain.meta_loss(flipped), rtol=1e-14, atol=0)

@@ -176,33 +176,40 @@ def lower(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
     dtype, shape, strides) on ``inputs``, the recording's own."""
     env: dict[fx.Node, object] = {}
     args_iter = iter(inputs)
+    last_use = {a: n for n in gm.graph.nodes for a in n.all_input_nodes}  # later users overwrite
     with torch.no_grad():
         for n in gm.graph.nodes:
             if n.op == "placeholder":
                 env[n] = next(args_iter)
-                continue
-            if n.op == "get_attr":  # a tensor the recording holds (a module's buffer, say)
+            elif n.op == "get_attr":  # a tensor the recording holds (a module's buffer, say)
                 env[n] = operator.attrgetter(n.target)(gm)
-                continue
-            if n.op != "call_function":
-                continue
-            args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
-            env[n] = want = n.target(*args, **kwargs)
-            found = _public(n.target)
-            if found is None or not isinstance(want, Tensor):
-                continue
-            full_args, full_kwargs = _all_arguments(n.target, n.args, n.kwargs)
-            kind, fn = found
-            call = (lambda *a, **k: getattr(a[0], fn)(*a[1:], **k)) if kind == "call_method" else fn
-            try:
-                got = call(*fx.node.map_arg(full_args, lambda a: env[a]), **fx.node.map_arg(full_kwargs, lambda a: env[a]))
-            except Exception:  # noqa: BLE001 - the binding rejects these arguments: keep aten's
-                continue
-            if (isinstance(got, Tensor) and got.dtype == want.dtype and got.shape == want.shape
-                    and got.stride() == want.stride() and torch.equal(got, want)):
-                n.op, n.target, n.args, n.kwargs = kind, fn, full_args, full_kwargs
+            elif n.op == "call_function":
+                env[n] = _lower_node(n, env)
+            for a in n.all_input_nodes:  # values are freed after their last use, as in a replay
+                if last_use[a] is n:
+                    env[a] = None
     gm.recompile()
     return gm
+
+
+def _lower_node(n: fx.Node, env: dict[fx.Node, object]) -> object:
+    """Runs ``n`` on the values in ``env``; lowers it where its public binding gives the same tensor."""
+    args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
+    want = n.target(*args, **kwargs)
+    found = _public(n.target)
+    if found is None or not isinstance(want, Tensor):
+        return want
+    full_args, full_kwargs = _all_arguments(n.target, n.args, n.kwargs)
+    kind, fn = found
+    call = (lambda *a, **k: getattr(a[0], fn)(*a[1:], **k)) if kind == "call_method" else fn
+    try:
+        got = call(*fx.node.map_arg(full_args, lambda a: env[a]), **fx.node.map_arg(full_kwargs, lambda a: env[a]))
+    except Exception:  # noqa: BLE001 - the binding rejects these arguments: keep aten's
+        return want
+    if (isinstance(got, Tensor) and got.dtype == want.dtype and got.shape == want.shape
+            and got.stride() == want.stride() and torch.equal(got, want)):
+        n.op, n.target, n.args, n.kwargs = kind, fn, full_args, full_kwargs
+    return want
 
 
 def _all_arguments(op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -252,7 +259,8 @@ class WholeRecorder:
     def run(self, key: tuple, slots: list[Slot], meta_loss: Callable[..., Tensor], data: tuple[Tensor, ...],
             tensors: tuple[Tensor, ...]) -> Tensor | None:
         """``meta_loss(*data)`` with ``tensors`` in ``slots`` (the parameters it reads), from the
-        recording for ``key`` (made now if new); None when it cannot be recorded."""
+        recording for ``key`` (made now if new); None when it cannot be recorded (``make_fx``
+        refuses a branch on a tensor's value, as in a per-task loop's model)."""
         wrt = tuple(i for i, t in enumerate(tensors, len(data)) if t.requires_grad)
         key = (key, wrt)
         run = self.graphs.get(key)
