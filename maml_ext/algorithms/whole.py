@@ -126,12 +126,14 @@ def _eliminate_common(graph: fx.Graph) -> None:
 
 
 def _freeze(value: object) -> object:
+    """A hashable key for an argument; scalars keep their type (1, 1.0 and True are equal in
+    Python but not to an operator) and 0.0 and -0.0 stay apart."""
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, *(_freeze(v) for v in value))
     if isinstance(value, dict):
         return ("dict", *sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, float):
-        return ("float", value, str(value))  # 0.0 and -0.0 stay apart
+    if isinstance(value, (bool, int, float, complex)):
+        return (type(value).__name__, value, str(value))
     return value
 
 
