@@ -3,6 +3,8 @@ reference op, and the parameter slots of the user's module restored even when it
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -308,3 +310,19 @@ def test_a_per_task_loop_is_not_frozen_into_a_recording() -> None:
         plain.meta_loss(batch)
     assert not learner.whole_recorder.graphs
     torch.testing.assert_close(learner.meta_loss(flipped), plain.meta_loss(flipped), rtol=1e-14, atol=0)
+
+
+def test_lowering_skips_a_binding_that_warns() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.whole import lower
+
+    x = torch.randn(4, dtype=torch.float64)
+    # torch.add(x, 2.0, 3.0) matches the deprecated add(input, alpha, other): same value, a warning
+    gm = make_fx(lambda x: torch.ops.aten.add.Scalar(x, 2.0, 3.0))(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowered = lower(gm, (x,))
+    (node,) = [n for n in lowered.graph.nodes if n.op in ("call_function", "call_method")]
+    assert node.target is torch.ops.aten.add.Scalar
+    assert torch.equal(lowered(x), x + 6.0)
