@@ -312,17 +312,17 @@ def test_a_per_task_loop_is_not_frozen_into_a_recording() -> None:
     torch.testing.assert_close(learner.meta_loss(flipped), plain.meta_loss(flipped), rtol=1e-14, atol=0)
 
 
-def test_lowering_skips_a_binding_that_warns() -> None:
+def test_lowering_passes_defaulted_arguments_by_name() -> None:
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from maml_ext.algorithms.whole import lower
 
     x = torch.randn(4, dtype=torch.float64)
-    # torch.add(x, 2.0, 3.0) matches the deprecated add(input, alpha, other): same value, a warning
+    # torch.add(x, 2.0, 3.0) would match the deprecated add(input, alpha, other) (and warn)
     gm = make_fx(lambda x: torch.ops.aten.add.Scalar(x, 2.0, 3.0))(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lowered = lower(gm, (x,))
     (node,) = [n for n in lowered.graph.nodes if n.op in ("call_function", "call_method")]
-    assert node.target is torch.ops.aten.add.Scalar
+    assert node.target is torch.add and node.kwargs == {"alpha": 3.0}
     assert torch.equal(lowered(x), x + 6.0)

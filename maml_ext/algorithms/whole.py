@@ -219,18 +219,16 @@ def _lower_node(n: fx.Node, env: dict[fx.Node, object]) -> object:
 
 
 def _all_arguments(op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Every schema argument: positional ones in order (defaults filled in), keyword-only ones by name."""
+    """Every schema argument: required ones positionally, those with a default by name (filled
+    in): positionally, ``aten.add.Scalar(x, 2.0, 3.0)``'s alpha would match ``torch.add``'s
+    deprecated ``add(input, alpha, other)``."""
     positional, named = [], {}
     for i, a in enumerate(op._schema.arguments):
-        if a.kwarg_only:
-            if a.name in kwargs or a.has_default_value():
-                named[a.name] = kwargs.get(a.name, a.default_value)
-        elif i < len(args):
-            positional.append(args[i])
-        elif a.name in kwargs:
-            positional.append(kwargs[a.name])
+        value = args[i] if i < len(args) and not a.kwarg_only else kwargs.get(a.name, a.default_value)
+        if a.has_default_value():
+            named[a.name] = value
         else:
-            positional.append(a.default_value)
+            positional.append(value)
     return tuple(positional), named
 
 
