@@ -1,12 +1,14 @@
 """maml_ext's generic path against torch.func and a hand-batched autograd loop, same run (issue 14.3).
 
-    python benchmarks/bench_generic.py [--threads 1] [--min-time 2] [--rounds 3] [--workloads ...]
+    python benchmarks/bench_generic.py [--threads 1] [--min-time 2] [--rounds 3] [--workloads ...] [--memory]
 
 The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's module under
 ``vmap`` over tasks, recorded once per input signature and replayed (``trace``; the default for
 torch.nn and maml_ext modules, ``trace=True`` here so the custom ``ResBN`` is recorded too), per-task
 gradients from one batched backward. ``generic, vmap per call`` is the same learner with
-``trace=False`` (the path before recording). Workloads (second order, CPU):
+``trace=False`` (the path before recording); ``generic, forward recorded`` records only the
+batched forward, not the whole meta-gradient (the path before :mod:`maml_ext.algorithms.whole`).
+Workloads (second order, CPU):
 
 - ``sinusoid``: the paper's MLP 1-40-40-1 as a plain ``nn.Sequential``, T=25, K=10, S=1, α=0.01;
 - ``layernorm-mlp``: 1-40-40-1 with LayerNorm after each hidden Linear, same sizes;
@@ -28,6 +30,7 @@ Time: per-call process CPU time, median, rounds interleaved across implementatio
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -45,7 +48,7 @@ from maml_ext.models import conv4
 from maml_ext.tasks import TaskBatch
 
 GATE = 1e-10
-IMPLS = ("maml_ext generic", "generic, vmap per call", "torch.func", "hand-batched")
+IMPLS = ("maml_ext generic", "generic, forward recorded", "generic, vmap per call", "torch.func", "hand-batched")
 Batched = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params [T, ...], x [T, N, ...]) -> [T, N, out]
 
 
@@ -161,6 +164,8 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     loss_fn = F.mse_loss if w.loss == "mse" else F.cross_entropy
     learner, untraced = (MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=trace)
                          for trace in (True, False))
+    forward_only = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=True)
+    forward_only.whole_recorder = None  # the learner before the whole meta-gradient was recorded (for before/after)
     forward_tasks = w.batched(model)
 
     def task_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -200,6 +205,7 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     return {
         "per-task loop": loop,
         "maml_ext generic": learner.meta_loss,
+        "generic, forward recorded": forward_only.meta_loss,
         "generic, vmap per call": untraced.meta_loss,
         "torch.func": lambda b: vmap(one_task)(b.x_support, b.y_support, b.x_query, b.y_query).mean(),
         "hand-batched": hand_batched,
@@ -240,17 +246,51 @@ def cpu_ms(w: Workload, names: list[str], min_time: float, rounds: int) -> dict[
     return {n: statistics.median(s) * 1e3 for n, s in samples.items()}
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_memory_mb(w: Workload, names: list[str]) -> dict[str, tuple[float, float]]:
+    """Peak resident memory above the resident memory before the call (MB), float32: the first
+    call (which records) and a later one. Linux only: the peak is reset through
+    /proc/self/clear_refs before each call."""
+    model, batch = make(w, torch.float32)
+    impls = implementations(model, w)
+    found = {}
+    for n in names:
+        calls = []
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+            base = _status_kb("VmRSS")
+            impls[n](batch).backward()
+            calls.append((_status_kb("VmHWM") - base) / 1024)
+        found[n] = (calls[0], calls[1])
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-time", type=float, default=2.0, help="CPU seconds per implementation and workload")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--memory", action="store_true", help="peak resident memory per meta-iteration instead of time (Linux)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
           f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; float32 CPU ms per meta-iteration (median), "
           f"gate: float64 meta-gradient vs per-task loop <= {GATE:g}")
+    if args.memory:
+        names = ["maml_ext generic", "generic, forward recorded", "hand-batched"]
+        print("peak resident MB above the resident size before the call: first call (records) / a later call")
+        for key in args.workloads:
+            found = peak_memory_mb(WORKLOADS[key], names)
+            print(f"{key}: " + "; ".join(f"{n} {a:.1f} / {b:.1f}" for n, (a, b) in found.items()))
+        return
     for key in args.workloads:
         w = WORKLOADS[key]
         errors = float64_errors(w)

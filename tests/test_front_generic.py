@@ -3,6 +3,8 @@ reference op, and the parameter slots of the user's module restored even when it
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -87,12 +89,19 @@ def test_recording_is_used_for_torch_nn_models_and_on_request() -> None:
     assert MAML(Shifted().double()).functional.recorder is None  # a user's forward: only on request
     learner = MAML(Shifted().double(), lr=0.3, steps=2, trace=True)
     got = _meta_grads(learner, _batch())
-    # step 0's expanded parameters (stride 0), step 1's per-task ones, the query after 2 steps
-    assert len(learner.functional.recorder.graphs) == 3
+    # The whole meta-gradient is one recording (maml_ext/algorithms/whole.py)...
+    assert len(learner.whole_recorder.graphs) == 1 and not learner.functional.recorder.graphs
+    # ... and where it cannot be (a custom loss), the forwards are: step 0's expanded parameters
+    # (stride 0), step 1's per-task ones, the query after 2 steps.
+    mse = MAML(learner.model, lr=0.3, steps=2, trace=True, loss=lambda out, y: (out - y).pow(2).flatten(1).mean(1))
+    got_forward = _meta_grads(mse, _batch())
+    assert len(mse.functional.recorder.graphs) == 3 and not mse.whole_recorder.graphs
     plain = MAML(learner.model, lr=0.3, steps=2, trace=False)
+    assert plain.whole_recorder is None
     want = _meta_grads(plain, _batch())
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for a, b, c in zip(got, got_forward, want):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(b, c, rtol=1e-12, atol=1e-14)
     # Evaluation records without gradients (its own keys), then training replays its own again.
     torch.testing.assert_close(learner.evaluate(_batch(), steps=3), plain.evaluate(_batch(), steps=3), rtol=1e-12, atol=0)
     for a, b in zip(_meta_grads(learner, _batch()), want):
@@ -111,7 +120,7 @@ def test_a_replaced_buffer_or_new_shapes_are_recorded_again() -> None:
     float32 = _batch(torch.float32)
     learner.float(), plain.float()  # new dtype, so a new key
     torch.testing.assert_close(learner.meta_loss(float32), plain.meta_loss(float32))
-    assert len(learner.functional.recorder.graphs) == 6  # support and query (one step), 3 times each
+    assert len(learner.whole_recorder.graphs) == 3  # the whole meta-gradient, once per key
 
 
 def test_recorded_graph_drops_no_op_views_and_folds_the_bias() -> None:
@@ -149,3 +158,171 @@ def test_recorded_graph_folds_a_per_task_batchnorm_affine(shape) -> None:
     assert len(norms) == 1 and norms[0].args[1] is not None and norms[0].args[1].target is not aten.ones.default
     assert not {n.target for n in gm.graph.nodes} & {aten.mul.Tensor, aten.ones.default, aten.zeros.default}
     torch.testing.assert_close(gm(x, w, b), want, rtol=1e-13, atol=1e-13)
+
+
+# ----- the recorded whole meta-gradient (maml_ext/algorithms/whole.py) ----------------------
+from maml_ext.algorithms.inner import Adam, Momentum  # noqa: E402
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    # ReLU would leave exactly-zero gradient entries, where the Adam inner step is not differentiable
+    return nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 1)).double()
+
+
+WHOLE_OPTIONS = {
+    "second_order": {},
+    "first_order": {"first_order": True},
+    "three_steps": {"steps": 3},
+    "order_annealing": {"steps": 2, "second_order_after": 1},  # iteration 0 first order, 1 second
+    "multi_step_loss": {"steps": 3, "multi_step_loss": 2},  # weights change with the iteration
+    "meta_sgd": {"learn_lr": "elementwise"},
+    "lslr_softplus": {"steps": 2, "learn_lr": "per_step", "lr_parameterisation": "softplus"},
+    "momentum": {"steps": 2, "inner_optimizer": Momentum(0.9, nesterov=True)},
+    "adam": {"steps": 2, "inner_optimizer": Adam()},
+    "anil_groups": {"adapt": ["4"], "lr_groups": {"4.bias": 0.05}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_OPTIONS))
+def test_recorded_meta_gradient_equals_the_stepwise_one(name) -> None:
+    options = {"lr": 0.3, "fused": False, **WHOLE_OPTIONS[name]}
+    model = _mlp()
+    recorded, stepwise = MAML(model, **options), MAML(model, trace=False, **options)
+    stepwise.load_state_dict(recorded.state_dict())  # the same learned rates
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for iteration in range(3):  # the first call records, the next replay; the parameters move
+        wanted = list(recorded.parameters())
+        got = torch.autograd.grad(recorded.meta_loss(_batch(), iteration), wanted)
+        want = torch.autograd.grad(stepwise.meta_loss(_batch(), iteration), list(stepwise.parameters()))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        for p, g in zip(wanted, got):
+            p.grad = g
+        opt.step()
+    assert recorded.whole_recorder.graphs and not recorded.functional.recorder.graphs
+
+
+def test_recorded_meta_gradient_accumulates_scaled() -> None:
+    model = _mlp()
+    learner, plain = MAML(model, lr=0.3, fused=False), MAML(model, lr=0.3, fused=False, trace=False)
+    learner.meta_grad(_batch(), scale=0.5)
+    learner.meta_grad(_batch(), scale=0.5)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain.meta_loss(_batch()).backward()
+    for a, p in zip(got, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_what_cannot_be_recorded_runs_step_by_step() -> None:
+    model = _mlp()
+    # Hooks: the forward must run each time.
+    learner = MAML(model, lr=0.3, fused=False)
+    calls = []
+    handle = model[0].register_forward_hook(lambda m, i, o: calls.append(1))
+    learner.meta_loss(_batch())
+    assert calls and not learner.whole_recorder.graphs
+    handle.remove()
+    # Dropout: random operators are not replayed, and the draws made while finding out are given back.
+    dropout = nn.Sequential(nn.Linear(1, 8), nn.Dropout(0.3), nn.Tanh(), nn.Linear(8, 1)).double()
+    recorded, plain = MAML(dropout, lr=0.3, fused=False), MAML(dropout, lr=0.3, fused=False, trace=False)
+    with pytest.warns(UserWarning, match="per-task loop"):
+        torch.manual_seed(3)
+        got = recorded.meta_loss(_batch())
+    torch.manual_seed(3)
+    with pytest.warns(UserWarning, match="per-task loop"):
+        want = plain.meta_loss(_batch())
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    assert not recorded.whole_recorder.graphs and not recorded.whole_recorder.enabled
+    # No gradients wanted (evaluation), per-step BatchNorm statistics: step by step.
+    with torch.no_grad():
+        learner.meta_loss(_batch())
+    assert not learner.whole_recorder.graphs
+    bn = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double()
+    per_step = MAML(bn, lr=0.3, fused=False, per_step_bn=True)
+    per_step.meta_loss(_batch())
+    assert not per_step.whole_recorder.graphs
+
+
+def test_whole_graph_simplification() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.whole import simplify_whole
+
+    def f(x, w):
+        a = (x * w).sum()
+        b = (x * w).sum()  # a repeated operator: computed once
+        g = (x * 2).div_(3)  # in-place on an intermediate: made out-of-place
+        return a + b + (torch.zeros_like(g) + g) + x.detach()
+
+    x, w = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    gm = simplify_whole(make_fx(f)(x, w))
+    aten = torch.ops.aten
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.sum.default) == 1 and aten.div.Tensor in targets
+    assert not {aten.div_.Tensor, aten.zeros_like.default, aten.detach.default} & set(targets)
+    torch.testing.assert_close(gm(x, w), f(x, w), rtol=1e-15, atol=0)
+    assert simplify_whole(make_fx(lambda x: torch.nn.functional.dropout(x, 0.5))(x)) is None
+
+
+def test_lowering_to_public_bindings_keeps_every_value() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.whole import lower
+
+    def f(out, y, w):
+        # torch._C._nn.mse_loss's default reduction is not aten's: it must be passed explicitly
+        h = out @ w
+        return torch.nn.functional.mse_loss(h, y), h.transpose(0, 1).sum(0).view(1, -1)
+
+    g = torch.Generator().manual_seed(2)
+    out, y, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((5, 3), (5, 3), (3, 3)))
+    gm = make_fx(f)(out, y, w)
+    lowered = lower(gm, (out, y, w))
+    calls = [n for n in lowered.graph.nodes if n.op in ("call_function", "call_method")]
+    assert not any(isinstance(n.target, torch._ops.OpOverload) for n in calls if n.target is not None)
+    for a, b in zip(lowered(out, y, w), f(out, y, w)):
+        assert torch.equal(a, b)
+
+
+class Branchy(nn.Module):
+    """A branch on a value: vmap rejects it, so it runs as the per-task loop, which is not replayed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.head = nn.Linear(1, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return self.head(h.tanh() if h.sum() > 0 else h.sin())
+
+
+def test_a_per_task_loop_is_not_frozen_into_a_recording() -> None:
+    torch.manual_seed(0)
+    model = Branchy().double()
+    learner, plain = MAML(model, lr=0.3, trace=True), MAML(model, lr=0.3, trace=False)
+    batch = _batch()
+    flipped = TaskBatch(-10 * batch.x_support, batch.y_support, -10 * batch.x_query, batch.y_query)
+    with pytest.warns(UserWarning, match="per-task loop"):
+        learner.meta_loss(batch)
+    with pytest.warns(UserWarning, match="per-task loop"):
+        plain.meta_loss(batch)
+    assert not learner.whole_recorder.graphs
+    torch.testing.assert_close(learner.meta_loss(flipped), plain.meta_loss(flipped), rtol=1e-14, atol=0)
+
+
+def test_lowering_passes_defaulted_arguments_by_name() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.whole import lower
+
+    x = torch.randn(4, dtype=torch.float64)
+    # torch.add(x, 2.0, 3.0) would match the deprecated add(input, alpha, other) (and warn)
+    gm = make_fx(lambda x: torch.ops.aten.add.Scalar(x, 2.0, 3.0))(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowered = lower(gm, (x,))
+    (node,) = [n for n in lowered.graph.nodes if n.op in ("call_function", "call_method")]
+    assert node.target is torch.add and node.kwargs == {"alpha": 3.0}
+    assert torch.equal(lowered(x), x + 6.0)

@@ -116,7 +116,8 @@ class MetaLearner(nn.Module, ABC):
         lr_groups: per-parameter-group step sizes ``{name or prefix: α}`` (the longest matching
             prefix wins; other parameters use ``lr``).
         trace: record the ``vmap``-batched forward once per input signature and replay it
-            (:mod:`.trace`; faster, same results). None: when every module is torch.nn's or
+            (:mod:`.trace`; faster, same results), and for ``MAML`` the whole meta-gradient
+            (:mod:`.whole`). None: when every module is torch.nn's or
             maml_ext's; True also for your own modules, whose ``forward`` must then depend only on
             tensors, training mode and shapes (not on Python state that changes between calls).
     """

@@ -17,6 +17,7 @@ from .functional import Output
 from .fusable import choose_spec
 from .fused_call import FusedMLPCall
 from .inner import InnerSGD
+from .whole import WholeRecorder
 
 LEARN_LR = ("none", "elementwise", "per_step")
 # How a learned step size α is stored: as is (any sign, as in the Meta-SGD paper), or as a raw
@@ -26,6 +27,11 @@ LR_PARAMETERISATIONS = {
     "softplus": (F.softplus, lambda a: a + torch.log(-torch.expm1(-a))),
     "exp": (torch.exp, torch.log),
 }
+
+
+# What the recorded meta-gradient runs: a subclass overriding one of these keeps the stepwise path.
+RECORDED_METHODS = ("_stepwise_meta_loss", "inner_loop", "init_params", "_grads", "step_lr", "learned_lrs",
+                    "predict", "mean_loss", "_over_tasks", "_step_buffers", "_commit_buffers")
 
 
 def msl_weights(steps: int, iteration: int, anneal: int) -> Tensor:
@@ -121,6 +127,11 @@ class MAML(MetaLearner):
         if self.fused_spec is not None:
             lr_names = self.adapt_names if learn_lr != "none" else ()
             self._fused_call = FusedMLPCall(model, self.fused_spec.param_names, lr_names)
+        # The whole meta-gradient recorded (.whole) where the forward is (trace) and nothing a
+        # subclass overrides could read state a recording would freeze (MR-MAML's noise, say).
+        own = all(getattr(type(self), m) is getattr(MAML, m) for m in RECORDED_METHODS)
+        whole = self.fused_spec is None and self.functional.recorder is not None and own
+        self.whole_recorder = WholeRecorder() if whole else None
 
     def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -153,15 +164,51 @@ class MAML(MetaLearner):
         if self.fused_spec is not None:
             return self._fused_meta_loss(batch, first_order)
         weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
+        data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+        if self.whole_recorder is not None and self.whole_recorder.enabled:
+            recorded = self._recorded_meta_loss(data, first_order, weights)
+            if recorded is not None:
+                return recorded
+        return self._stepwise_meta_loss(*data, first_order, weights)
+
+    def _stepwise_meta_loss(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, first_order: bool,
+                            weights: Tensor | None) -> Tensor:
         total = None  # no zero to start from: one add and its backward node fewer
-        loop = self.inner_loop(batch.x_support, batch.y_support, self.steps, first_order=first_order)
-        for s, params in enumerate(loop):
+        for s, params in enumerate(self.inner_loop(xs, ys, self.steps, first_order=first_order)):
             if weights is None and s < self.steps - 1:
                 continue
-            query = self.mean_loss(params, batch.x_query, batch.y_query)
+            query = self.mean_loss(params, xq, yq)
             query = query if weights is None else weights[s] * query
             total = query if total is None else total + query
         return total
+
+    def _recorded_meta_loss(self, data: tuple[Tensor, ...], first_order: bool, weights: Tensor | None) -> Tensor | None:
+        """The meta-loss from the recorded whole meta-gradient (:mod:`.whole`); None where the
+        step-by-step path must run (see there)."""
+        functional = self.functional
+        recorder = functional.recorder
+        if (not torch.is_grad_enabled() or not recorder.enabled or self.bn_names or self.forward_tasks is not None
+                or callable(self.loss) or type(self.inner_optimizer).__module__ != InnerSGD.__module__):
+            return None
+        slots = [(d, a) for d, a, _ in functional.param_slots]
+        if self.learn_lr != "none":
+            slots += [(self.lrs._parameters, k) for k in self.lrs._parameters]
+        tensors = tuple(d[a] for d, a in slots)
+        data = data if weights is None else (*data, weights)
+        settings = (first_order, self.steps, self.lr, tuple(self.adapt_lrs.values()), self.loss,
+                    repr(self.inner_optimizer), self.learn_lr, self.lr_parameterisation)
+        key = recorder.key(tuple(a for _, a in slots), settings, (*data, *tensors))
+        if key is None:  # hooks
+            return None
+
+        def meta_loss(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *w: Tensor) -> Tensor:
+            functional.recorder = None  # the forward is recorded as part of the whole (no nested tracing)
+            try:
+                return self._stepwise_meta_loss(xs, ys, xq, yq, first_order, w[0] if w else None)
+            finally:
+                functional.recorder = recorder
+
+        return self.whole_recorder.run(key, slots, meta_loss, data, tensors)
 
     def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
         """As :meth:`MetaLearner.meta_grad`, with the same result. On the fused path the gradients
