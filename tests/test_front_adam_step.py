@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from _ops_helpers import assert_rel, gen, mlp_batch, mlp_params, randn, requires_extension
 from maml_ext import ops, reference
