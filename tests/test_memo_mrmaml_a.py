@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
-from torch.func import functional_call
 
+from _mr_maml_a_reference import meta_grads, per_task_reference
 from maml_ext.algorithms import MAML, MRMAMLA, build_algorithm
 from maml_ext.models.bottleneck import BottleneckMLP
 from maml_ext.models.mlp import MLP
@@ -27,41 +27,6 @@ def batch64(tasks=3, seed=1):
     b = Sinusoid().sample(tasks, 5, 7, torch.Generator().manual_seed(seed))
     b.x_support, b.y_support, b.x_query, b.y_query = (t.double() for t in (b.x_support, b.y_support, b.x_query, b.y_query))
     return b
-
-
-def meta_grads(learner, model, batch):
-    learner.zero_grad()
-    loss = learner.meta_loss(batch)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                           for n, p in model.named_parameters()}
-
-
-def per_task_reference(model, batch, lr, steps, beta, eps_support=None, eps_query=None, scale="softplus"):
-    """Plain autograd, one task at a time: z = μ + σ ε of the encoder, ``steps`` SGD steps of the
-    head on the support latents, the mean query loss, + β · mean KL of the query encodings."""
-    head = dict(model.head.named_parameters())
-    total_query, total_kl = 0.0, 0.0
-    tasks = batch.x_support.shape[0]
-    for t in range(tasks):
-        def latents(x, eps):
-            mean, r = model.encoder(x).chunk(2, dim=-1)
-            std = F.softplus(r) if scale == "softplus" else (0.5 * r).exp()
-            return mean, std, (mean if eps is None else mean + std * eps)
-
-        _, _, z_s = latents(batch.x_support[t], None if eps_support is None else eps_support[t])
-        mean_q, std_q, z_q = latents(batch.x_query[t], None if eps_query is None else eps_query[t])
-        params = dict(head)
-        for _ in range(steps):
-            loss = F.mse_loss(functional_call(model.head, params, (z_s,)), batch.y_support[t])
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
-        total_query = total_query + F.mse_loss(functional_call(model.head, params, (z_q,)), batch.y_query[t])
-        total_kl = total_kl + (-std_q.log() + 0.5 * (std_q**2 + mean_q**2) - 0.5).mean()
-    query = total_query / tasks
-    (query + beta * total_kl / tasks if beta else query).backward()  # β = 0: no KL (σ = 0 makes it infinite)
-    return query.detach(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                            for n, p in model.named_parameters()}
 
 
 def zero_variance(model):
