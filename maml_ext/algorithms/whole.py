@@ -33,7 +33,6 @@ from .trace import MAX_SIGNATURES, simplify
 aten = torch.ops.aten
 ALIASES = (aten.detach.default, aten.alias.default)  # no-ops when the replay runs without autograd
 Slot = tuple[dict, str]  # (a module's _parameters dict, attribute)
-SPLIT_CONV_BACKWARD = True  # read when a graph is recorded; benchmarks/bench_generic.py's "before" sets it False
 
 
 def _functional_inplace(graph: fx.Graph) -> bool:
@@ -191,8 +190,7 @@ def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     _drop_identities(graph)
     _drop_double_transposes(graph)
     graph.eliminate_dead_code()
-    if SPLIT_CONV_BACKWARD:
-        _split_conv_backward(graph)
+    _split_conv_backward(graph)
     _eliminate_common(graph)
     return simplify(gm)
 
