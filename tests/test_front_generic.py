@@ -266,34 +266,6 @@ def test_whole_graph_simplification() -> None:
     assert simplify_whole(make_fx(lambda x: torch.nn.functional.dropout(x, 0.5))(x)) is None
 
 
-@pytest.mark.parametrize(("size", "stride", "padding", "dilation", "groups"),
-                         [(14, 2, 1, 1, 3), (7, 2, 1, 1, 1), (9, 1, 0, 2, 3), (8, (2, 3), (0, 1), (1, 2), 1)])
-@pytest.mark.parametrize("wrt", ["input", "input, weight", "input, weight, bias"])
-def test_convolution_input_gradient_becomes_a_transposed_convolution(size: int, stride: object, padding: object,
-                                                                     dilation: object, groups: int, wrt: str) -> None:
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from maml_ext.algorithms.whole import simplify_whole
-
-    g = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 6, size, size + 1), (9, 6 // groups, 3, 3), (9,)))
-    count = len(wrt.split(", "))
-
-    def f(x, w, b, seed):
-        leaves = [t.requires_grad_() for t in (x, w, b)[:count]]
-        y = torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups)
-        return torch.autograd.grad((y * seed).sum(), leaves)
-
-    seed = torch.randn(torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups).shape, generator=g, dtype=torch.float64)
-    gm = simplify_whole(make_fx(f)(x, w, b, seed))
-    aten = torch.ops.aten
-    backward = [n for n in gm.graph.nodes if n.target is aten.convolution_backward.default]
-    assert not any(n.args[-1][0] for n in backward) and len(backward) == (count > 1)
-    assert any(n.target is aten.convolution.default and n.args[6] for n in gm.graph.nodes)  # transposed
-    for got, want in zip(gm(x, w, b, seed), f(*(t.detach() for t in (x, w, b)), seed), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
-
-
 def test_lowering_to_public_bindings_keeps_every_value() -> None:
     from torch.fx.experimental.proxy_tensor import make_fx
 

@@ -102,45 +102,6 @@ def _drop_double_transposes(graph: fx.Graph) -> None:
                 n.replace_all_uses_with(inner.args[0])
 
 
-def _split_conv_backward(graph: fx.Graph) -> None:
-    """A CPU 2-d ``convolution_backward`` that computes the input gradient -> that gradient as a
-    transposed convolution (the same arithmetic) plus, where asked for, a ``convolution_backward``
-    for the weight and bias only. oneDNN's backward-data of conv4's grouped stride-2 convolutions
-    (one group per task) took 2.2x the time of the equal transposed convolution (26.6 vs 12.0 ms,
-    T=32, 5 images, 64 channels, 14x14 -> 7x7, one thread), and the autograd engine's hand-batched
-    loop pays it, so the replay computes it the faster way."""
-    for n in list(graph.nodes):
-        if n.op != "call_function" or n.target is not aten.convolution_backward.default or n.kwargs:
-            continue
-        go, x, w, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, mask = n.args
-        users = {u.args[1]: u for u in n.users}  # getitem(n, i)
-        gv, xv, wv = (a.meta.get("val") if isinstance(a, fx.Node) else None for a in (go, x, w))
-        if (transposed or not mask[0] or 0 not in users or not all(isinstance(v, Tensor) for v in (gv, xv, wv))
-                or xv.dim() != 4 or xv.device.type != "cpu"
-                or any(u.target is not operator.getitem or not mask[u.args[1]] for u in n.users)):
-            continue
-        # The transposed convolution's output size is (out - 1) * stride - 2 * padding
-        # + dilation * (kernel - 1) + output_padding + 1; output_padding makes it the input's.
-        extra = [xv.shape[2 + i] - ((gv.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
-                                    + dilation[i] * (wv.shape[2 + i] - 1) + 1) for i in range(2)]
-        with graph.inserting_before(n):
-            grad_input = graph.call_function(aten.convolution.default,
-                                             (go, w, None, stride, padding, dilation, True, extra, groups))
-            grad_input.meta = dict(users[0].meta)
-            rest = None
-            if mask[1] or mask[2]:
-                rest = graph.call_function(aten.convolution_backward.default,
-                                           (go, x, w, bias_sizes, stride, padding, dilation, False, output_padding,
-                                            groups, [False, mask[1], mask[2]]))
-                rest.meta = dict(n.meta)
-        first = users.pop(0)
-        first.replace_all_uses_with(grad_input)
-        graph.erase_node(first)
-        for u in users.values():
-            u.args = (rest, u.args[1])
-        graph.erase_node(n)
-
-
 def _same_type(a: fx.Node, b: fx.Node) -> bool:
     va, vb = a.meta.get("val"), b.meta.get("val")
     return isinstance(va, Tensor) and isinstance(vb, Tensor) and va.shape == vb.shape and va.dtype == vb.dtype
@@ -190,7 +151,6 @@ def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     _drop_identities(graph)
     _drop_double_transposes(graph)
     graph.eliminate_dead_code()
-    _split_conv_backward(graph)
     _eliminate_common(graph)
     return simplify(gm)
 
