@@ -1,6 +1,6 @@
 """maml_ext's generic path against torch.func and a hand-batched autograd loop, same run (issue 14.3).
 
-    python benchmarks/bench_generic.py [--threads 1] [--min-time 2] [--rounds 3] [--workloads ...] [--memory]
+    python benchmarks/bench_generic.py [--threads 1] [--min-time 2] [--rounds 3] [--workloads ...] [--memory | --profile]
 
 The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's module under
 ``vmap`` over tasks, recorded once per input signature and replayed (``trace``; the default for
@@ -272,6 +272,32 @@ def peak_memory_mb(w: Workload, names: list[str]) -> dict[str, tuple[float, floa
     return found
 
 
+def op_table(w: Workload, names: list[str], calls: int = 3, rows: int = 16) -> str:
+    """A markdown table of ``torch.profiler``'s self CPU ms per operator per meta-iteration (mean
+    of ``calls`` profiled calls, interleaved; float32), the operators taking most time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, batch = make(w, torch.float32)
+    impls = implementations(model, w)
+    ms = {n: dict[str, float]() for n in names}
+    count = {n: dict[str, int]() for n in names}
+    for n in names:  # warm-up (records)
+        impls[n](batch).backward()
+    for _ in range(calls):
+        for n in names:
+            model.zero_grad(set_to_none=True)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                impls[n](batch).backward()
+            for e in prof.key_averages():
+                ms[n][e.key] = ms[n].get(e.key, 0.0) + e.self_cpu_time_total / 1e3 / calls
+                count[n][e.key] = e.count
+    ops = sorted({k for m in ms.values() for k in m}, key=lambda k: -sum(m.get(k, 0.0) for m in ms.values()))
+    lines = ["| operator | " + " | ".join(f"{n}: ms (calls)" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {k} | " + " | ".join(f"{ms[n].get(k, 0.0):.1f} ({count[n].get(k, 0)})" for n in names) + " |" for k in ops[:rows]]
+    lines.append("| all (profiled) | " + " | ".join(f"{sum(ms[n].values()):.1f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -279,11 +305,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--memory", action="store_true", help="peak resident memory per meta-iteration instead of time (Linux)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler's per-operator table, generic vs hand-batched")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
           f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; float32 CPU ms per meta-iteration (median), "
           f"gate: float64 meta-gradient vs per-task loop <= {GATE:g}")
+    if args.profile:
+        for key in args.workloads:
+            print(f"\n{key}: {WORKLOADS[key].label}; self CPU ms per meta-iteration under torch.profiler\n")
+            print(op_table(WORKLOADS[key], ["maml_ext generic", "hand-batched"]))
+        return
     if args.memory:
         names = ["maml_ext generic", "generic, forward recorded", "hand-batched"]
         print("peak resident MB above the resident size before the call: first call (records) / a later call")
