@@ -266,6 +266,35 @@ def test_whole_graph_simplification() -> None:
     assert simplify_whole(make_fx(lambda x: torch.nn.functional.dropout(x, 0.5))(x)) is None
 
 
+def test_sums_whose_operand_dies_run_in_place() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.whole import in_place_candidates, lower, run_in_place
+
+    def f(x, y):
+        a = x * 2  # dies at its sum: may take it in place
+        s = a + y
+        b = x * 3
+        keep = b.t()  # a view of b is read later: b must not be overwritten
+        t = b + y
+        c = x.exp()
+        u = c + y  # c is read again below
+        wide = x.sum(0) + y  # broadcast: the result is not the first operand's shape
+        return s, t + keep, u * c, wide, x + y  # x is an input: never overwritten
+
+    x, y = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    x0, y0 = x.clone(), y.clone()
+    want = f(x0, y0)
+    gm = make_fx(f)(x, y)
+    found = in_place_candidates(gm.graph)
+    # a + y, t + keep and u * c (whose first operands are mul, add, add)
+    assert sorted(n.args[0].target.__name__ for n in found) == ["add.Tensor", "add.Tensor", "mul.Tensor"]
+    gm = run_in_place(lower(gm, (x, y)), found)
+    for got, expected in zip(gm(x, y), want, strict=True):
+        assert torch.equal(got, expected)
+    assert torch.equal(x, x0) and torch.equal(y, y0)  # inputs untouched
+
+
 def test_lowering_to_public_bindings_keeps_every_value() -> None:
     from torch.fx.experimental.proxy_tensor import make_fx
 
