@@ -64,6 +64,18 @@ class Switch(nn.Module):
         return self.b(torch.tanh(h) if self.smooth else torch.sin(h))
 
 
+class Tempered(nn.Module):
+    """A temperature held as a plain tensor attribute, replaced by the user."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 5), nn.Linear(5, 1)
+        self.temperature = torch.tensor(1.0, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x) / self.temperature))
+
+
 def torch_nn_model() -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, 6), nn.LeakyReLU(0.01), nn.LayerNorm(6), nn.Linear(6, 1))
 
@@ -80,8 +92,12 @@ def flag(model: nn.Module) -> None:
     model.smooth = False
 
 
+def temperature(model: nn.Module) -> None:
+    model.temperature = torch.tensor(3.0, dtype=torch.float64)
+
+
 CHANGES = {"slope": (torch_nn_model, slope, {}), "eps": (torch_nn_model, eps, {}),
-           "own_flag": (Switch, flag, {"trace": True})}
+           "own_flag": (Switch, flag, {"trace": True}), "tensor_attribute": (Tempered, temperature, {"trace": True})}
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "forward_only"])
