@@ -127,3 +127,27 @@ def test_a_dropout_rate_raised_from_zero_is_not_replayed_without_dropout() -> No
     assert len(learner.whole_recorder.graphs) == 1
     model[2].p = 0.5
     assert learner.meta_loss(b) != without
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "forward_only"])
+def test_autocast_runs_unrecorded_as_trace_false(whole: bool) -> None:
+    """Under autocast a call is not recorded (a replay would cast the recorded casts' operands
+    again; the autocast dtype is not in the key): the same values as ``trace=False``'s."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 1))
+    g = torch.Generator().manual_seed(3)
+    b = TaskBatch(*(torch.randn(3, 4, n, generator=g) for n in (8, 1, 8, 1)))
+    loss = "mse" if whole else (lambda out, y: per_task_mse(out.float(), y))
+    learner = MAML(model, lr=LR, steps=1, loss=loss)
+    plain = MAML(model, lr=LR, steps=1, loss=loss, trace=False)
+    params = list(model.parameters())
+    for dtype in (torch.bfloat16, torch.float16):  # a recording of the first would be replayed for the second
+        with torch.autocast("cpu", dtype=dtype):
+            got, want = learner.meta_loss(b), plain.meta_loss(b)
+        assert torch.equal(got, want)
+        for a, c in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+            assert torch.equal(a, c)
+    recorder = learner.whole_recorder if whole else learner.functional.recorder
+    assert not recorder.graphs
+    learner.meta_loss(b)  # autocast off: recorded
+    assert recorder.graphs

@@ -10,13 +10,13 @@ nothing (views and expands to the same shape, multiplications by 1) and folds ``
 ops, so autograd through the replay (per-task gradients, second order) is exact.
 
 A recording is valid while the forward is a function of its tensor inputs, the modules' own
-Python attributes (``training``, a dropout's ``p``, an ``eps``: :class:`ModuleState`), grad mode
-and autocast, the input shapes, dtypes, devices and strides and the module's buffer tensors (the
+Python attributes (``training``, a dropout's ``p``, an ``eps``: :class:`ModuleState`), grad mode,
+the input shapes, dtypes, devices and strides and the module's buffer tensors (the
 cache key). That holds for ``torch.nn``'s layers and maml_ext's models; a user's own ``forward``
 could also read Python state outside its modules (a global, another object's attribute), so it is
 traced only on request
-(``trace=True``, see :class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks switch
-recording off for the call.
+(``trace=True``, see :class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks and autocast
+switch recording off for the call.
 """
 
 from __future__ import annotations
@@ -184,14 +184,15 @@ class Recorder:
         self.enabled = True  # False once recording failed (the model runs unrecorded from then on)
 
     def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
-        """The cache key of a call, or None when this call must not use a recording (hooks)."""
-        if _has_hooks(self.modules):
+        """The cache key of a call, or None when this call must not use a recording (hooks,
+        autocast: a replay under autocast would cast the recorded casts' operands again, and the
+        autocast dtype is not in the key)."""
+        if _has_hooks(self.modules) or torch.is_autocast_enabled(tensors[0].device.type):
             return None
-        # Grad mode and autocast: layers may take another route without gradients (e.g.
-        # MultiheadAttention's fused inference path) or cast under autocast.
-        modes = (torch.is_grad_enabled(), torch.is_autocast_enabled(tensors[0].device.type))
+        # Grad mode: layers may take another route without gradients (e.g. MultiheadAttention's
+        # fused inference path).
         # Lists, not generator expressions: this runs twice per inner step.
-        return (names, dims, modes, self.state(),
+        return (names, dims, torch.is_grad_enabled(), self.state(),
                 tuple([id(d[n]) for d, n in self.buffer_slots]),
                 tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors]))
 
