@@ -151,3 +151,20 @@ def test_autocast_runs_unrecorded_as_trace_false(whole: bool) -> None:
     assert not recorder.graphs
     learner.meta_loss(b)  # autocast off: recorded
     assert recorder.graphs
+
+
+def test_a_second_derivative_of_the_recorded_meta_loss_is_refused_by_name() -> None:
+    """The recorded node hands over a value: ``create_graph=True`` (a penalty on the
+    meta-gradient) raises naming the way out, instead of gradients without a graph."""
+    torch.manual_seed(0)
+    model = torch_nn_model().double()
+    b = batch()
+    params = list(model.parameters())
+    learner = MAML(model, lr=LR, steps=STEPS)
+    with pytest.raises(RuntimeError, match=r"differentiable once.*pass trace=False"):
+        torch.autograd.grad(learner.meta_loss(b), params, create_graph=True)
+    assert learner.whole_recorder.graphs  # it was the recorded node
+    stepwise = MAML(model, lr=LR, steps=STEPS, trace=False)
+    grads = torch.autograd.grad(stepwise.meta_loss(b), params, create_graph=True)
+    penalty = sum((g ** 2).sum() for g in grads)
+    assert all(h is not None for h in torch.autograd.grad(penalty, params))
