@@ -119,7 +119,8 @@ class MetaLearner(nn.Module, ABC):
             (:mod:`.trace`; faster, same results), and for ``MAML`` the whole meta-gradient
             (:mod:`.whole`). None: when every module is torch.nn's or
             maml_ext's; True also for your own modules, whose ``forward`` must then depend only on
-            tensors, training mode and shapes (not on Python state that changes between calls).
+            tensors, shapes and the modules' own attributes (not on other Python state that
+            changes between calls: a global, another object's attribute).
     """
 
     def __init__(

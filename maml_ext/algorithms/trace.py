@@ -9,12 +9,14 @@ nothing (views and expands to the same shape, multiplications by 1) and folds ``
 ``baddbmm``, and later calls replay the recorded operators. They are plain differentiable aten
 ops, so autograd through the replay (per-task gradients, second order) is exact.
 
-A recording is valid while the forward is a function of its tensor inputs, the modules' training
-flags, grad mode and autocast, the input shapes, dtypes, devices and strides and the module's buffer tensors (the cache
-key). That holds for ``torch.nn``'s layers and maml_ext's models; a user's own ``forward`` could
-also read Python state that changes between calls, so it is traced only on request
-(``trace=True``, see :class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks switch
-recording off for the call.
+A recording is valid while the forward is a function of its tensor inputs, the modules' own
+Python attributes (``training``, a dropout's ``p``, an ``eps``: :class:`ModuleState`), grad mode,
+the input shapes, dtypes, devices and strides and the module's buffer tensors (the
+cache key). That holds for ``torch.nn``'s layers and maml_ext's models; a user's own ``forward``
+could also read Python state outside its modules (a global, another object's attribute), so it is
+traced only on request
+(``trace=True``, see :class:`~maml_ext.algorithms.base.MetaLearner`). Forward hooks and autocast
+switch recording off for the call.
 """
 
 from __future__ import annotations
@@ -122,6 +124,47 @@ def _fold_norm_affine(graph: fx.Graph, add: fx.Node) -> None:
     add.replace_all_uses_with(out)  # the old chain is dead code now
 
 
+def _hashable(value: object) -> object:
+    """A key for attribute values: containers by content (a list of sizes changed in place is
+    seen), other unhashable objects by identity."""
+    if isinstance(value, (list, tuple)):
+        return tuple([_hashable(v) for v in value])
+    if isinstance(value, dict):
+        return tuple([(k, _hashable(v)) for k, v in value.items()])
+    try:
+        hash(value)
+    except TypeError:
+        return id(value)
+    return value
+
+
+class ModuleState:
+    """The modules' own Python attributes, read for a cache key: ``training``, a dropout's ``p``,
+    a slope, an ``eps``, a flag of the user's, a tensor held as a plain attribute (by identity). A
+    forward may branch on any of them, so a recording holds only while they are as they were.
+    The attribute names are looked up once (again when a module gains or loses one): one
+    ``itemgetter`` per module per call."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.dicts = [vars(m) for m in modules]
+        self._index()
+
+    def _index(self) -> None:
+        self.sizes = [len(d) for d in self.dicts]
+        self.getters = [(d, operator.itemgetter(*names)) for d in self.dicts
+                        if (names := [k for k in d if k[0] != "_"])]
+
+    def __call__(self) -> tuple:
+        if [len(d) for d in self.dicts] != self.sizes:
+            self._index()
+        values = tuple([get(d) for d, get in self.getters])
+        try:
+            hash(values)
+        except TypeError:  # a list or dict attribute
+            return _hashable(values)
+        return values
+
+
 def _has_hooks(modules: list[nn.Module]) -> bool:
     if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
         return True
@@ -133,6 +176,7 @@ class Recorder:
 
     def __init__(self, model: nn.Module) -> None:
         self.modules = list(model.modules())
+        self.state = ModuleState(self.modules)
         # A recording holds the module's buffers (a normalisation constant, say) as they were:
         # in-place changes are seen, a buffer replaced by another tensor needs a new recording.
         self.buffer_slots = [(m._buffers, name) for m in self.modules for name in m._buffers]
@@ -140,14 +184,15 @@ class Recorder:
         self.enabled = True  # False once recording failed (the model runs unrecorded from then on)
 
     def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
-        """The cache key of a call, or None when this call must not use a recording (hooks)."""
-        if _has_hooks(self.modules):
+        """The cache key of a call, or None when this call must not use a recording (hooks,
+        autocast: a replay under autocast would cast the recorded casts' operands again, and the
+        autocast dtype is not in the key)."""
+        if _has_hooks(self.modules) or torch.is_autocast_enabled(tensors[0].device.type):
             return None
-        # Grad mode and autocast: layers may take another route without gradients (e.g.
-        # MultiheadAttention's fused inference path) or cast under autocast.
-        modes = (torch.is_grad_enabled(), torch.is_autocast_enabled(tensors[0].device.type))
+        # Grad mode: layers may take another route without gradients (e.g. MultiheadAttention's
+        # fused inference path).
         # Lists, not generator expressions: this runs twice per inner step.
-        return (names, dims, modes, tuple([m.training for m in self.modules]),
+        return (names, dims, torch.is_grad_enabled(), self.state(),
                 tuple([id(d[n]) for d, n in self.buffer_slots]),
                 tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors]))
 

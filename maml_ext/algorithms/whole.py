@@ -25,7 +25,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, fx
-from torch.autograd.function import once_differentiable
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .trace import MAX_SIGNATURES, simplify
@@ -276,8 +275,12 @@ class _Replay(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable  # the recorded gradient is a value, not a graph: no double backward
     def backward(ctx, seed: Tensor) -> tuple:  # noqa: ANN001
+        if torch.is_grad_enabled():  # create_graph: the recorded gradient is a value, not a graph
+            raise RuntimeError(
+                "maml_ext: MAML's recorded meta-gradient is differentiable once; for a second derivative "
+                "(create_graph=True, a penalty on the meta-gradient) pass trace=False to the learner"
+            )
         grads = [None, None] + [None] * ctx.count
         found = [(i, g) for i, g in ctx.grads.items() if g is not None]
         # One foreach op for the whole seed product (its dispatch was a tenth of a small model's backward).
