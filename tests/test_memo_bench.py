@@ -82,3 +82,17 @@ def test_glyph_mr_maml_a_and_adapted_mr_maml_rows(root, tmp_path, monkeypatch):
     run_w, _ = loop.restore(out / "nme-mr-maml-0.001" / loop.CHECKPOINT)
     assert "convs.0.weight" in run_w.learner.adapt_names and "convs.0.weight" in run_w.learner.stochastic_names
     assert run_w.learner.prior_std == 0.5
+
+
+def test_glyph_fresh_adam_one_task_last_block_stochastic(root, tmp_path, monkeypatch):
+    """The third pass's command: --fresh-adam and --meta-batch reach the run's config, and the
+    last block's names select its convolution, BatchNorm and head as the stochastic weights."""
+    out = tmp_path / "out"
+    run_main(monkeypatch, "glyphs", "--root", str(root), "--iterations", "2", "--tasks", "5", "--filters", "4",
+             "--fresh-adam", "--meta-batch", "1", "--families", "memo", "--algorithms", "mr-maml",
+             "--stochastic", "convs.3", "norms.3", "head", "--adapt", "convs", "norms", "head",
+             "--beta", "1e-2", "--init-std", "1.9e-22", "--eval-steps", "1", "--eval-k-query", "1", "--out", str(out))
+    run, _ = loop.restore(out / "nme-mr-maml-0.01" / loop.CHECKPOINT)
+    assert run.config["train"]["optimizer"] == "fresh-adam" and run.config["train"]["meta_batch"] == 1
+    assert sorted(run.learner.stochastic_names) == ["convs.3.bias", "convs.3.weight", "head.bias", "head.weight",
+                                                    "norms.3.bias", "norms.3.weight"]
