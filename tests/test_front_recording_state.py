@@ -168,3 +168,33 @@ def test_a_second_derivative_of_the_recorded_meta_loss_is_refused_by_name() -> N
     grads = torch.autograd.grad(stepwise.meta_loss(b), params, create_graph=True)
     penalty = sum((g ** 2).sum() for g in grads)
     assert all(h is not None for h in torch.autograd.grad(penalty, params))
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "forward_only"])
+def test_a_failed_recording_is_tried_again_only_under_another_key(whole: bool, monkeypatch) -> None:
+    """Dropout in training mode cannot be recorded (random operators): its key runs step by step
+    and is not traced again on every call; after ``model.eval()`` the same learner records,
+    batches the tasks with vmap again and matches a per-task autograd loop."""
+    from maml_ext.algorithms import trace, whole as whole_module
+
+    module = whole_module if whole else trace
+    tries = []
+    real = module.make_fx  # counts the recordings tried
+    monkeypatch.setattr(module, "make_fx", lambda *a, **k: tries.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Dropout(0.3), nn.Tanh(), nn.Linear(16, 1)).double()
+    learner = MAML(model, lr=LR, steps=STEPS, fused=False, loss="mse" if whole else per_task_mse)
+    recorder = learner.whole_recorder if whole else learner.functional.recorder
+    b = batch()
+    with pytest.warns(UserWarning, match="per-task loop"):
+        learner.meta_loss(b)
+    tried = len(tries)
+    assert tried and not recorder.graphs
+    learner.meta_loss(b)
+    assert len(tries) == tried  # the failed keys are remembered, not traced again
+    model.eval()
+    assert_exact(model, learner.meta_loss(b), b)
+    assert recorder.graphs and learner.functional.vmap_ok
+    model.train()
+    learner.meta_loss(b)
+    assert len(tries) == tried + len(recorder.graphs)

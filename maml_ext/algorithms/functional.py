@@ -108,7 +108,10 @@ class FunctionalModel:
         self.attr_slots = [(owner.__dict__, attr) for owner in model.modules()
                            for attr, value in vars(owner).items() if isinstance(value, Tensor)]
         self.module_dicts = [vars(owner) for owner in model.modules()]  # tensors a forward adds: removed
-        self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
+        self.vmap_ok: bool | None = None  # the last call's: None: not tried yet; False: per-task loop
+        # The modules' train/eval modes in which vmap failed (dropout in training): per-task loop
+        # there, vmap tried again in another (after ``model.eval()``).
+        self.vmap_failed: set[tuple[bool, ...]] = set()
 
     def named_parameters(self) -> dict[str, Tensor]:
         """``dict(model.named_parameters())`` read from the slots found once: the tensors now in
@@ -156,7 +159,8 @@ class FunctionalModel:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Outputs ``[T, N, ...]`` and the buffers used; ``adapted`` has a task dimension when
         ``batched``; ``make_buffers`` gives fresh buffers and their task dimension (None: shared)."""
-        if self.vmap_ok is not False:
+        failure = None
+        if not self.vmap_failed or self._modes() not in self.vmap_failed:
             buffers, buffer_dim = make_buffers()
             # vmap gets one flat tuple of tensors: flattening nested dicts (pytree) on every call
             # was a sixth of a small model's meta-iteration.
@@ -193,16 +197,23 @@ class FunctionalModel:
             a = {n: p[t] for n, p in adapted.items()} if batched else adapted
             b = buffers if buffer_dim is None else {n: v[t] for n, v in buffers.items()}
             outs.append(self._call(a, frozen, b, x[t]))
-        if self.vmap_ok is not False:
-            # Only now: had the loop failed too, its (the model's own) error would be the one raised.
-            self.vmap_ok = False
-            first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
-            warnings.warn(
-                f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({first_line}); "
-                "running it as an exact per-task loop from now on (same results, slower)",
-                stacklevel=4,
-            )
+        self.vmap_ok = False
+        # Only now: had the loop failed too, its (the model's own) error would be the one raised.
+        if failure is not None:
+            first = not self.vmap_failed
+            self.vmap_failed.add(self._modes())  # before warning: a warning raised as an error
+            if first:
+                first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+                warnings.warn(
+                    f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({first_line}); "
+                    "running it as an exact per-task loop in its modules' present train/eval modes "
+                    "(same results, slower)",
+                    stacklevel=4,
+                )
         return torch.stack(outs), buffers
+
+    def _modes(self) -> tuple[bool, ...]:
+        return tuple([m.training for m in self.model.modules()])
 
     def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         return self({**frozen, **adapted}, buffers, x)

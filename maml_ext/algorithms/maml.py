@@ -165,7 +165,7 @@ class MAML(MetaLearner):
             return self._fused_meta_loss(batch, first_order)
         weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
         data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
-        if self.whole_recorder is not None and self.whole_recorder.enabled:
+        if self.whole_recorder is not None:
             recorded = self._recorded_meta_loss(data, first_order, weights)
             if recorded is not None:
                 return recorded

@@ -181,7 +181,10 @@ class Recorder:
         # in-place changes are seen, a buffer replaced by another tensor needs a new recording.
         self.buffer_slots = [(m._buffers, name) for m in self.modules for name in m._buffers]
         self.graphs: dict[tuple, Callable[..., Tensor]] = {}  # key -> a recorded GraphModule's forward
-        self.enabled = True  # False once recording failed (the model runs unrecorded from then on)
+        # Keys whose recording failed (dropout in training mode, say): unrecorded, not tried again;
+        # another key (the model in eval mode, other shapes) is tried.
+        self.failed: set[tuple] = set()
+        self.enabled = True
 
     def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
         """The cache key of a call, or None when this call must not use a recording (hooks,
@@ -199,12 +202,13 @@ class Recorder:
     def record(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> bool:
         """Record ``fn(*tensors)`` (the vmapped forward) as ``graphs[key]``; False when recording is
         off or fails (the caller runs ``fn`` itself, which raises the model's own error)."""
-        if len(self.graphs) >= MAX_SIGNATURES:  # the recordings made so far are still used
+        # Beyond MAX_SIGNATURES the recordings made so far are still used.
+        if key in self.failed or max(len(self.graphs), len(self.failed)) >= MAX_SIGNATURES:
             return False
         try:
             gm = make_fx(fn)(*(t.detach() for t in tensors))  # the batched operators, no autograd graph
         except Exception:  # noqa: BLE001 - anything vmap or tracing rejects runs untraced
-            self.enabled = False
+            self.failed.add(key)
             return False
         self.graphs[key] = simplify(gm).forward  # forward: without nn.Module.__call__'s overhead
         return True

@@ -294,7 +294,9 @@ class WholeRecorder:
 
     def __init__(self) -> None:
         self.graphs: dict[tuple, Callable[..., tuple]] = {}
-        self.enabled = True  # False once recording failed: the step-by-step path from then on
+        # Keys whose recording failed (dropout in training mode, say): step by step, not tried again;
+        # another key (the model in eval mode, other shapes) is tried.
+        self.failed: set[tuple] = set()
 
     def run(self, key: tuple, slots: list[Slot], meta_loss: Callable[..., Tensor], data: tuple[Tensor, ...],
             tensors: tuple[Tensor, ...]) -> Tensor | None:
@@ -305,11 +307,11 @@ class WholeRecorder:
         key = (key, wrt)
         run = self.graphs.get(key)
         if run is None:
-            if len(self.graphs) >= MAX_SIGNATURES:
+            if key in self.failed or max(len(self.graphs), len(self.failed)) >= MAX_SIGNATURES:
                 return None
             run = self._record(slots, meta_loss, data, tensors, wrt)
             if run is None:
-                self.enabled = False
+                self.failed.add(key)
                 return None
             self.graphs[key] = run
         return _Replay.apply(run, wrt, *data, *tensors)
