@@ -173,6 +173,7 @@ class FunctionalModel:
             key = recorder.key(names, dims, tensors) if recorder is not None else None
             replay = recorder.graphs.get(key) if key is not None else None
             if replay is not None:
+                recorder.replayed()
                 return replay(*tensors), buffers
 
             n_params = len(frozen) + len(adapted)

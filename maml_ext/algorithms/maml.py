@@ -131,7 +131,7 @@ class MAML(MetaLearner):
         # subclass overrides could read state a recording would freeze (MR-MAML's noise, say).
         own = all(getattr(type(self), m) is getattr(MAML, m) for m in RECORDED_METHODS)
         whole = self.fused_spec is None and self.functional.recorder is not None and own
-        self.whole_recorder = WholeRecorder() if whole else None
+        self.whole_recorder = WholeRecorder(self.functional.recorder) if whole else None
 
     def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
