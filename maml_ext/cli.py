@@ -186,7 +186,10 @@ def _plot_command(args: argparse.Namespace) -> None:
 def _list(args: argparse.Namespace) -> None:
     print("models:     " + ", ".join(plugins.models.names()))
     print("tasks:      " + ", ".join(plugins.tasks.names()))
-    print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
+    # One name per algorithm: an underscore spelling of a hyphenated name (mr_maml) is only accepted.
+    aliases = [n for n in sorted(ALGORITHMS) if "_" in n and n.replace("_", "-") in ALGORITHMS]
+    shown = ", ".join(n for n in sorted(ALGORITHMS) if n not in aliases)
+    print(f"algorithms: {shown}" + (f" ({', '.join(aliases)} also accepted)" if aliases else ""))
     print("configs:    " + ", ".join(config.builtin_configs()))
 
 
