@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
+import io
 import json
 import os
 import signal
@@ -186,7 +188,10 @@ def _plot_command(args: argparse.Namespace) -> None:
 def _list(args: argparse.Namespace) -> None:
     print("models:     " + ", ".join(plugins.models.names()))
     print("tasks:      " + ", ".join(plugins.tasks.names()))
-    print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
+    # One name per algorithm: an underscore spelling of a hyphenated name (mr_maml) is only accepted.
+    aliases = [n for n in sorted(ALGORITHMS) if "_" in n and n.replace("_", "-") in ALGORITHMS]
+    shown = ", ".join(n for n in sorted(ALGORITHMS) if n not in aliases)
+    print(f"algorithms: {shown}" + (f" ({', '.join(aliases)} also accepted)" if aliases else ""))
     print("configs:    " + ", ".join(config.builtin_configs()))
 
 
@@ -243,6 +248,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# What the tables print beyond ASCII, for a stream that cannot encode it (PYTHONIOENCODING=ascii,
+# a latin-1 terminal): ASCII stand-ins instead of a UnicodeEncodeError after the work is done.
+ASCII_FALLBACKS = {"±": "+/-", "–": "-"}
+
+
+def _ascii_fallback(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    return "".join(ASCII_FALLBACKS.get(c, "?") for c in exc.object[exc.start:exc.end]), exc.end
+
+
+codecs.register_error("maml_ext_ascii", _ascii_fallback)
+
+
+def _fall_back_to_ascii() -> None:
+    """Streams that cannot encode the tables' glyphs write ASCII stand-ins instead."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "".join(ASCII_FALLBACKS).encode(stream.encoding or "ascii")
+        except UnicodeEncodeError:
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(errors="maml_ext_ascii")
+        except (AttributeError, LookupError):  # a stream without a (known) encoding: left as it is
+            continue
+
+
 def _error(message: str) -> int:
     print("maml-ext: error: " + " ".join(message.split()), file=sys.stderr)  # always one line
     return 2
@@ -250,6 +281,7 @@ def _error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _fall_back_to_ascii()
     try:
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit

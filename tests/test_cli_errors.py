@@ -145,3 +145,16 @@ def test_closed_pipe_ends_quietly(tmp_path):
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=300) == 128 + signal.SIGPIPE
     assert err == "", err
+
+
+def test_a_stream_that_cannot_encode_plus_minus_gets_ascii(tmp_path):
+    """``maml-ext eval`` under PYTHONIOENCODING=ascii prints ``+/-`` (was: UnicodeEncodeError
+    after the evaluation, exit 1)."""
+    assert cli.main(train("sinusoid", "train.iterations=2")(tmp_path) + ["--no-eval"]) == 0
+    code = "import sys; from maml_ext.cli import main; sys.exit(main())"
+    done = subprocess.run([sys.executable, "-c", code, "eval", str(tmp_path / "run"), "--set", "eval.num_tasks=4"],
+                          capture_output=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode("ascii")
+    assert "| MSE | " in out and " +/- " in out

@@ -120,3 +120,35 @@ def test_other_learners_follow_the_same_fusion_rule(name):
     assert build_algorithm(name, _reused()).fused_spec is None
     with pytest.raises(ValueError, match="fused=True is not possible: .*shared or reused"):
         build_algorithm(name, _reused(), fused=True)
+
+
+def _per_task_meta_loss(model, batch, lr, steps):
+    """MAML task by task with torch.autograd on the module itself (mse loss)."""
+    params = dict(model.named_parameters())
+    losses = []
+    for t in range(batch.x_support.shape[0]):
+        fast = dict(params)
+        for _ in range(steps):
+            out = torch.func.functional_call(model, fast, (batch.x_support[t],))
+            grads = torch.autograd.grad(nn.functional.mse_loss(out, batch.y_support[t]), list(fast.values()),
+                                        create_graph=True)
+            fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads)}
+        losses.append(nn.functional.mse_loss(torch.func.functional_call(model, fast, (batch.x_query[t],)), batch.y_query[t]))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("options", [{}, {"learn_lr": "per_step"}], ids=["maml", "lslr"])
+def test_a_compiled_sequential_mlp_is_fused(options):
+    """``torch.compile(model)`` (an ``OptimizedModule`` wrapping the MLP as ``_orig_mod``) takes
+    the fused op, with a per-task autograd loop's meta-gradient (float64)."""
+    model = _sequential()
+    compiled = torch.compile(model)
+    learner = MAML(compiled, lr=0.05, steps=2, **options)
+    assert learner.fused_spec is not None
+    assert learner.fused_spec.param_names[:2] == ("_orig_mod.0.weight", "_orig_mod.0.bias")
+    batch = _batch()
+    learner.meta_grad(batch)
+    want = _per_task_meta_loss(model, batch, 0.05, 2)
+    torch.testing.assert_close(learner.meta_loss(batch), want, rtol=1e-10, atol=0)
+    for p, g in zip(model.parameters(), torch.autograd.grad(want, list(model.parameters()))):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-13)

@@ -33,10 +33,26 @@ class KeepsItsOutput(nn.Linear):
         return self.last_output
 
 
+class KeepsItsOutputs(nn.Linear):
+    """Activations kept in containers: a list appended to, a list replaced, a dict filled."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.acts, self.cache, self.named = [], None, {}
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.acts.append(out)
+        self.cache = [out]
+        self.named["out"] = (out,)
+        return out
+
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
     MODELS = {
         "keeps_its_output": lambda: KeepsItsOutput(2, 5),
+        "keeps_its_outputs_in_containers": lambda: KeepsItsOutputs(2, 5),
         "weight_norm_hook": lambda: torch.nn.utils.weight_norm(nn.Linear(2, 5)),
         "spectral_norm_hook": lambda: torch.nn.utils.spectral_norm(nn.Linear(2, 5)),
         "spectral_norm_parametrization": lambda: parametrizations.spectral_norm(nn.Linear(2, 5)),
@@ -87,16 +103,25 @@ def module_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
             for k, v in {**m._parameters, **m._buffers, **vars(m)}.items() if isinstance(v, torch.Tensor)]
 
 
+def public_attributes(model: nn.Module) -> list[tuple[str, int, object]]:
+    """Each module's public attributes: name, object id and (lists and dicts) contents' ids."""
+    return [(k, id(v), [id(e) for e in (v.values() if isinstance(v, dict) else v)]
+             if isinstance(v, (list, dict)) else None)
+            for m in model.modules() for k, v in vars(m).items() if k[0] != "_"]
+
+
 @pytest.mark.parametrize("trace", [None, True, False])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_normalised_layers_are_exact_and_leave_the_module_as_it_was(name, trace):
     model = build(name)
     batch = regression()
     before = [(n, v, v.detach().clone()) for n, v in module_state(model)]
+    attributes = public_attributes(model)
     learner = MAML(model, lr=LR, steps=STEPS, trace=trace)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the per-task-loop notice (spectral norm's out= under vmap)
         first, second = learner.meta_loss(batch), learner.meta_loss(batch)
+    assert public_attributes(model) == attributes  # containers left as they were
     want = reference_meta_loss(model, batch)
     for got in (first, second):  # the second call starts from the same module as the first
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -109,5 +134,5 @@ def test_normalised_layers_are_exact_and_leave_the_module_as_it_was(name, trace)
     for n, obj, value in before:
         assert after[n] is obj, n  # the same tensor object (no batched tensor left in a slot)
         assert torch.equal(obj.detach(), value), n  # with the same values (buffers not updated)
-    if name.endswith("_hook"):  # torch pickles no parametrized module, only its state_dict()
+    if not name.endswith("_parametrization"):  # torch pickles no parametrized module, only its state_dict()
         torch.save(model, io.BytesIO())  # a batched tensor left in the module could not be saved

@@ -6,6 +6,7 @@ meta-gradient of the model as it is now, equal to a per-task autograd loop's in 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -168,3 +169,78 @@ def test_a_second_derivative_of_the_recorded_meta_loss_is_refused_by_name() -> N
     grads = torch.autograd.grad(stepwise.meta_loss(b), params, create_graph=True)
     penalty = sum((g ** 2).sum() for g in grads)
     assert all(h is not None for h in torch.autograd.grad(penalty, params))
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "forward_only"])
+def test_a_failed_recording_is_tried_again_only_under_another_key(whole: bool, monkeypatch) -> None:
+    """Dropout in training mode cannot be recorded (random operators): its key runs step by step
+    and is not traced again on every call; after ``model.eval()`` the same learner records,
+    batches the tasks with vmap again and matches a per-task autograd loop."""
+    from maml_ext.algorithms import trace, whole as whole_module
+
+    module = whole_module if whole else trace
+    tries = []
+    real = module.make_fx  # counts the recordings tried
+    monkeypatch.setattr(module, "make_fx", lambda *a, **k: tries.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Dropout(0.3), nn.Tanh(), nn.Linear(16, 1)).double()
+    learner = MAML(model, lr=LR, steps=STEPS, fused=False, loss="mse" if whole else per_task_mse)
+    recorder = learner.whole_recorder if whole else learner.functional.recorder
+    b = batch()
+    with pytest.warns(UserWarning, match="per-task loop"):
+        learner.meta_loss(b)
+    tried = len(tries)
+    assert tried and not recorder.graphs
+    learner.meta_loss(b)
+    assert len(tries) == tried  # the failed keys are remembered, not traced again
+    model.eval()
+    assert_exact(model, learner.meta_loss(b), b)
+    assert recorder.graphs and learner.functional.vmap_ok
+    model.train()
+    learner.meta_loss(b)
+    assert len(tries) == tried + len(recorder.graphs)
+
+
+class Counting(nn.Module):
+    """A model of the user's that counts its forward calls: its state changes on every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 5), nn.Linear(5, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "forward_only"])
+def test_an_attribute_changing_on_every_call_switches_recording_off_once(whole: bool) -> None:
+    """A counter in ``forward`` would make every call record anew (seconds each on a conv net,
+    up to 64 times): after 3 recordings of one signature in a row the learner stops recording,
+    with one warning naming the attribute, and stays exact."""
+    torch.manual_seed(0)
+    model = Counting().double()
+    learner = MAML(model, lr=LR, steps=STEPS, fused=False, trace=True, loss="mse" if whole else per_task_mse)
+    recorder = learner.whole_recorder if whole else learner.functional.recorder
+    b = batch()
+    with pytest.warns(UserWarning, match=r"attribute\(s\) calls changed on each") as seen:
+        for _ in range(6):
+            assert_exact(model, learner.meta_loss(b), b)
+    assert len([w for w in seen if "changed on each" in str(w.message)]) == 1
+    assert not learner.functional.recorder.enabled
+    assert len(recorder.graphs) < 3 * (1 if whole else 4)  # a forward has <= 4 signatures per call
+
+
+def test_a_mode_switched_on_every_call_is_replayed_not_churned() -> None:
+    """train/eval alternating: two recordings, replayed in turn (not taken for churn)."""
+    torch.manual_seed(0)
+    model = torch_nn_model().double()
+    learner = MAML(model, lr=LR, steps=STEPS)
+    b = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(6):
+            model.train(i % 2 == 0)
+            assert_exact(model, learner.meta_loss(b), b)
+    assert len(learner.whole_recorder.graphs) == 2 and learner.functional.recorder.enabled

@@ -124,7 +124,11 @@ def test_listed_by_the_cli(capsys):
 
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "mr-maml-a" in out and "mr_maml_a" in out and "bottleneck_mlp" in out
+    algorithms = out.split("algorithms: ")[1].split("\n")[0]
+    assert "mr-maml-a" in algorithms and "bottleneck_mlp" in out
+    # One name per algorithm; the underscore spelling is accepted (named as such) and builds the same.
+    assert algorithms.split(" (")[0].split(", ").count("mr-maml-a") == 1
+    assert "mr_maml_a" not in algorithms.split(" (")[0] and "mr_maml_a also accepted" in algorithms
 
 
 class Shared(nn.Module):

@@ -124,3 +124,44 @@ def test_unset_and_set_order():
     assert cfg == {"model": {"name": "mlp", "init": "torch"}}  # the input is not modified
     with pytest.raises(config.ConfigError, match="--unset model.hidden: the config has no key 'model.hidden'"):
         config.apply_overrides(cfg, [], ["model.hidden"])
+
+
+class _Jittered:
+    """A task plugin drawing from Python's ``random``: the sinusoid with a random target scale."""
+
+    def __init__(self) -> None:
+        from maml_ext.tasks.sinusoid import Sinusoid
+
+        self.family = Sinusoid()
+        self.loss, self.in_features, self.out_features = "mse", 1, 1
+
+    def sample(self, num_tasks, k_support, k_query, generator):
+        import random
+
+        b = self.family.sample(num_tasks, k_support, k_query, generator)
+        scale = random.uniform(0.5, 2.0)
+        return type(b)(b.x_support, b.y_support * scale, b.x_query, b.y_query * scale, b.info)
+
+
+@pytest.fixture
+def jittered():
+    plugins.register_task("test_jittered", _Jittered)
+    yield "task.name=test_jittered"
+    plugins.tasks.unregister("test_jittered")
+
+
+def test_pythons_random_is_seeded_by_the_run_and_resumed(tmp_path, jittered):
+    """Two runs with one seed train the same weights, and a resumed run continues Python's
+    ``random`` where it stopped (its state is in the checkpoint)."""
+    import random
+
+    first, second, split = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert train(first, *TINY, jittered, "train.iterations=4") == 0
+    random.random()  # the process's generator moved on between the runs
+    assert train(second, *TINY, jittered, "train.iterations=4") == 0
+    assert train(split, *TINY, jittered, "train.iterations=2") == 0
+    random.random()
+    assert train(split, "train.iterations=4", resume=True, config_name=None) == 0
+    a, b, c = weights(first), weights(second), weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], c[k]) for k in a)

@@ -110,10 +110,10 @@ def test_cli_train_eval_plot(tmp_path, capsys):
                  "trajectories.png"):
         assert (out / name).is_file(), name
     results = json.loads((out / "eval.json").read_text())
-    assert set(results["returns"]) == {"maml", "random_init"}
-    assert len(results["returns"]["maml"]["mean"]) == 3 and len(results["returns"]["maml"]["per_task"]) == 6
+    assert set(results["returns"]) == {"fomaml", "random_init"}  # the run's algorithm, not "maml"
+    assert len(results["returns"]["fomaml"]["mean"]) == 3 and len(results["returns"]["fomaml"]["per_task"]) == 6
     assert cli.main(["eval", str(out), "--set", "eval.steps=1", "--set", "eval.random_init=false"]) == 0
-    assert list(json.loads((out / "eval-random_init=false-steps=1.json").read_text())["returns"]) == ["maml"]
+    assert list(json.loads((out / "eval-random_init=false-steps=1.json").read_text())["returns"]) == ["fomaml"]
     assert json.loads((out / "eval.json").read_text()) == results  # the first evaluation is kept
     assert "average return over 6 test tasks" in capsys.readouterr().out
     assert cli.main(["plot", str(out)]) == 0

@@ -12,7 +12,9 @@
   for the call (spectral norm's power iteration updates its vectors in place in training mode),
   and tensors stored as plain attributes (the deprecated ``torch.nn.utils.weight_norm`` and
   ``spectral_norm`` hooks set the weight so; under ``vmap`` it would be left a dead batched
-  tensor) are put back; tensor attributes a forward adds (``self.features = h``) are removed.
+  tensor) are put back; attributes a forward adds or replaces with tensors (``self.features = h``,
+  ``self.cache = [h]``) are removed or put back, and lists and dicts it fills in place
+  (``self.acts.append(h)``) get their contents back.
   Every call starts from the module as the user left it.
 - Tasks run under ``vmap``, recorded once per input signature and replayed (:mod:`.trace`) for
   torch.nn's layers, maml_ext's models and models traced on request; a model vmap cannot batch
@@ -58,6 +60,41 @@ def select_output(out: object, output: Output) -> Tensor:
     if not isinstance(chosen, Tensor):
         raise ValueError(f"output: expected the selected model output to be a tensor, got {type(chosen).__name__}")
     return chosen
+
+
+def _attributes(d: dict) -> dict[str, tuple[object, object]]:
+    """A module's public attributes: name -> (value, a copy of its contents for a list or dict)."""
+    return {k: (v, v.copy() if type(v) in (list, dict) else None) for k, v in d.items() if k[0] != "_"}
+
+
+def _holds_tensor(value: object) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
+def _undo_stored_tensors(d: dict, old: dict[str, tuple[object, object]]) -> None:
+    """Tensors a forward stored in a module's attributes (``self.features = h``, ``self.cache =
+    [h]``, ``self.acts.append(h)``): under vmap dead batched tensors, which ``torch.save`` and
+    ``deepcopy`` of the model then refuse. New attributes holding tensors are removed, replaced
+    ones put back, lists and dicts filled in place given their contents back (same object)."""
+    for k in [k for k in d if k[0] != "_"]:
+        value = d[k]
+        if not _holds_tensor(value):
+            continue
+        if k not in old:
+            del d[k]
+            continue
+        original, contents = old[k]
+        if value is not original:
+            d[k] = original
+        elif contents is not None:
+            value.clear()
+            (value.update if type(value) is dict else value.extend)(contents)
 
 
 def parameter_aliases(model: nn.Module) -> dict[str, str]:
@@ -107,8 +144,11 @@ class FunctionalModel:
                             for attr, value in owner._buffers.items() if value is not None]
         self.attr_slots = [(owner.__dict__, attr) for owner in model.modules()
                            for attr, value in vars(owner).items() if isinstance(value, Tensor)]
-        self.module_dicts = [vars(owner) for owner in model.modules()]  # tensors a forward adds: removed
-        self.vmap_ok: bool | None = None  # None: not tried yet; False: per-task loop from now on
+        self.module_dicts = [vars(owner) for owner in model.modules()]  # tensors a forward stores: undone
+        self.vmap_ok: bool | None = None  # the last call's: None: not tried yet; False: per-task loop
+        # The modules' train/eval modes in which vmap failed (dropout in training): per-task loop
+        # there, vmap tried again in another (after ``model.eval()``).
+        self.vmap_failed: set[tuple[bool, ...]] = set()
 
     def named_parameters(self) -> dict[str, Tensor]:
         """``dict(model.named_parameters())`` read from the slots found once: the tensors now in
@@ -120,7 +160,7 @@ class FunctionalModel:
 
     def __call__(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         saved = [(slots, attr, slots[attr]) for slots, attr in self.attr_slots]
-        sizes = [len(d) for d in self.module_dicts]  # a dict keeps insertion order: new keys come last
+        before = [_attributes(d) for d in self.module_dicts]
         try:
             passed = {**self.no_stats, **buffers}
             for slots, attr, name in self.own_buffers:
@@ -140,10 +180,8 @@ class FunctionalModel:
         finally:
             for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
                 slots[attr] = original
-            for d, size in zip(self.module_dicts, sizes):
-                for attr in list(d)[size:]:  # e.g. ``self.features = h``: under vmap a dead batched tensor
-                    if isinstance(d[attr], Tensor):
-                        del d[attr]
+            for d, old in zip(self.module_dicts, before):
+                _undo_stored_tensors(d, old)
         return select_output(out, self.output)
 
     def over_tasks(
@@ -156,7 +194,8 @@ class FunctionalModel:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Outputs ``[T, N, ...]`` and the buffers used; ``adapted`` has a task dimension when
         ``batched``; ``make_buffers`` gives fresh buffers and their task dimension (None: shared)."""
-        if self.vmap_ok is not False:
+        failure = None
+        if not self.vmap_failed or self._modes() not in self.vmap_failed:
             buffers, buffer_dim = make_buffers()
             # vmap gets one flat tuple of tensors: flattening nested dicts (pytree) on every call
             # was a sixth of a small model's meta-iteration.
@@ -169,6 +208,7 @@ class FunctionalModel:
             key = recorder.key(names, dims, tensors) if recorder is not None else None
             replay = recorder.graphs.get(key) if key is not None else None
             if replay is not None:
+                recorder.replayed()
                 return replay(*tensors), buffers
 
             n_params = len(frozen) + len(adapted)
@@ -193,16 +233,23 @@ class FunctionalModel:
             a = {n: p[t] for n, p in adapted.items()} if batched else adapted
             b = buffers if buffer_dim is None else {n: v[t] for n, v in buffers.items()}
             outs.append(self._call(a, frozen, b, x[t]))
-        if self.vmap_ok is not False:
-            # Only now: had the loop failed too, its (the model's own) error would be the one raised.
-            self.vmap_ok = False
-            first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
-            warnings.warn(
-                f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({first_line}); "
-                "running it as an exact per-task loop from now on (same results, slower)",
-                stacklevel=4,
-            )
+        self.vmap_ok = False
+        # Only now: had the loop failed too, its (the model's own) error would be the one raised.
+        if failure is not None:
+            first = not self.vmap_failed
+            self.vmap_failed.add(self._modes())  # before warning: a warning raised as an error
+            if first:
+                first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+                warnings.warn(
+                    f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({first_line}); "
+                    "running it as an exact per-task loop in its modules' present train/eval modes "
+                    "(same results, slower)",
+                    stacklevel=4,
+                )
         return torch.stack(outs), buffers
+
+    def _modes(self) -> tuple[bool, ...]:
+        return tuple([m.training for m in self.model.modules()])
 
     def _call(self, adapted: dict[str, Tensor], frozen: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         return self({**frozen, **adapted}, buffers, x)

@@ -4,6 +4,7 @@ detected automatically; never a model the op would compute differently."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from torch import nn
 from torch.nn.modules import module as module_globals
@@ -44,8 +45,20 @@ def layers_spec(model: nn.Sequential) -> FusedMLPSpec | None:
 
 
 def model_spec(model: nn.Module) -> FusedMLPSpec | None:
-    """A declared spec (``fused_mlp_spec()``), else an automatically detected plain MLP's."""
+    """A declared spec (``fused_mlp_spec()``), else an automatically detected plain MLP's; for
+    ``torch.compile(model)`` the compiled module's, its parameter names under ``_orig_mod.``
+    (the compiled forward computes the module's function, which the op computes in one call)."""
+    inner = _compiled_module(model)
+    if inner is not None:
+        spec = model_spec(inner)
+        return None if spec is None else replace(spec, param_names=tuple(f"_orig_mod.{n}" for n in spec.param_names))
     return fused_spec(model) or plain_mlp_spec(model)
+
+
+def _compiled_module(model: nn.Module) -> nn.Module | None:
+    """The module ``torch.compile`` wrapped in ``model`` (an ``OptimizedModule``), else None."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else None
 
 
 def unfusable_reasons(model: nn.Module, spec: FusedMLPSpec | None) -> list[str]:

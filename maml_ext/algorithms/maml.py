@@ -131,7 +131,7 @@ class MAML(MetaLearner):
         # subclass overrides could read state a recording would freeze (MR-MAML's noise, say).
         own = all(getattr(type(self), m) is getattr(MAML, m) for m in RECORDED_METHODS)
         whole = self.fused_spec is None and self.functional.recorder is not None and own
-        self.whole_recorder = WholeRecorder() if whole else None
+        self.whole_recorder = WholeRecorder(self.functional.recorder) if whole else None
 
     def _fused_spec(self, fused: bool | None) -> FusedMLPSpec | None:
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -165,7 +165,7 @@ class MAML(MetaLearner):
             return self._fused_meta_loss(batch, first_order)
         weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
         data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
-        if self.whole_recorder is not None and self.whole_recorder.enabled:
+        if self.whole_recorder is not None:
             recorded = self._recorded_meta_loss(data, first_order, weights)
             if recorded is not None:
                 return recorded

@@ -22,6 +22,7 @@ switch recording off for the call.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -33,6 +34,9 @@ aten = torch.ops.aten
 SAME_SHAPE_NOOPS = (aten.view.default, aten.expand.default, aten._unsafe_view.default, aten.reshape.default)
 TRUSTED = ("torch.nn.modules.", "maml_ext.models.")  # forwards that read no mutable Python state
 MAX_SIGNATURES = 64  # beyond this many input signatures (shapes keep changing) new ones run unrecorded
+# This many recordings of one signature in a row, none replayed between: an attribute changes on
+# every call (a counter, a fresh tensor), and recording is switched off.
+CHURN = 3
 
 
 def trusted(model: nn.Module) -> bool:
@@ -138,6 +142,17 @@ def _hashable(value: object) -> object:
     return value
 
 
+def _differs(x: object, y: object) -> bool:
+    if x is y:
+        return False
+    if isinstance(x, Tensor) or isinstance(y, Tensor):  # tensors enter the key by identity
+        return True
+    try:
+        return bool(x != y)
+    except Exception:  # noqa: BLE001 - an object without a plain comparison: by identity
+        return True
+
+
 class ModuleState:
     """The modules' own Python attributes, read for a cache key: ``training``, a dropout's ``p``,
     a slope, an ``eps``, a flag of the user's, a tensor held as a plain attribute (by identity). A
@@ -151,8 +166,20 @@ class ModuleState:
 
     def _index(self) -> None:
         self.sizes = [len(d) for d in self.dicts]
-        self.getters = [(d, operator.itemgetter(*names)) for d in self.dicts
-                        if (names := [k for k in d if k[0] != "_"])]
+        found = [(d, names) for d in self.dicts if (names := [k for k in d if k[0] != "_"])]
+        self.getters = [(d, operator.itemgetter(*names)) for d, names in found]
+        self.names = [names for _, names in found]
+
+    def changed(self, old: tuple, new: tuple) -> list[str]:
+        """The attributes whose values differ between two of this object's results (the names
+        of the present layout; all of them where a module gained or lost one since)."""
+        if len(old) != len(new):
+            return [n for names in self.names for n in names]
+        found = []
+        for names, a, b in zip(self.names, old, new):
+            pairs = zip(names, a, b) if len(names) > 1 else [(names[0], a, b)]
+            found += [n for n, x, y in pairs if _differs(x, y)]
+        return found
 
     def __call__(self) -> tuple:
         if [len(d) for d in self.dicts] != self.sizes:
@@ -181,7 +208,13 @@ class Recorder:
         # in-place changes are seen, a buffer replaced by another tensor needs a new recording.
         self.buffer_slots = [(m._buffers, name) for m in self.modules for name in m._buffers]
         self.graphs: dict[tuple, Callable[..., Tensor]] = {}  # key -> a recorded GraphModule's forward
-        self.enabled = True  # False once recording failed (the model runs unrecorded from then on)
+        # Keys whose recording failed (dropout in training mode, say): unrecorded, not tried again;
+        # another key (the model in eval mode, other shapes) is tried.
+        self.failed: set[tuple] = set()
+        self.enabled = True  # False once an attribute changes on every call (see churned)
+        # Signature (the key without module state and buffers) -> recordings of it in a row, the
+        # last one's key; emptied by a replay.
+        self.streaks: dict[tuple, tuple[int, tuple]] = {}
 
     def key(self, names: tuple[str, ...], dims: tuple, tensors: tuple[Tensor, ...]) -> tuple | None:
         """The cache key of a call, or None when this call must not use a recording (hooks,
@@ -199,12 +232,39 @@ class Recorder:
     def record(self, key: tuple, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> bool:
         """Record ``fn(*tensors)`` (the vmapped forward) as ``graphs[key]``; False when recording is
         off or fails (the caller runs ``fn`` itself, which raises the model's own error)."""
-        if len(self.graphs) >= MAX_SIGNATURES:  # the recordings made so far are still used
+        # Beyond MAX_SIGNATURES the recordings made so far are still used.
+        if (key in self.failed or max(len(self.graphs), len(self.failed)) >= MAX_SIGNATURES
+                or self.churned(key)):
             return False
         try:
             gm = make_fx(fn)(*(t.detach() for t in tensors))  # the batched operators, no autograd graph
         except Exception:  # noqa: BLE001 - anything vmap or tracing rejects runs untraced
-            self.enabled = False
+            self.failed.add(key)
             return False
         self.graphs[key] = simplify(gm).forward  # forward: without nn.Module.__call__'s overhead
+        return True
+
+    def replayed(self) -> None:
+        """A recording was replayed: the attributes do not change on every call."""
+        if self.streaks:
+            self.streaks.clear()
+
+    def churned(self, key: tuple) -> bool:
+        """Counts a new recording of ``key``'s signature; True (recording off for this learner,
+        with a warning naming the attribute) at the CHURN-th in a row: every call re-recorded
+        (seconds each on a conv net) and replayed nothing."""
+        signature = key[:3] + key[5:]
+        count, last = self.streaks.get(signature, (0, None))
+        self.streaks[signature] = (count + 1, key)
+        if count + 1 < CHURN:
+            return False
+        names = self.state.changed(last[3], key[3]) + [
+            f"buffer {a}" for (_, a), x, y in zip(self.buffer_slots, last[4], key[4]) if x != y]
+        self.enabled = False
+        warnings.warn(
+            f"maml_ext: the model's attribute(s) {', '.join(names) or '?'} changed on each of the last {CHURN} "
+            "calls, so each call recorded the model anew; not recording it from now on (the step-by-step "
+            "path, same results). Keep per-call state out of the modules, or pass trace=False",
+            stacklevel=5,
+        )
         return True

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .trace import MAX_SIGNATURES, simplify
+from .trace import MAX_SIGNATURES, Recorder, simplify
 
 aten = torch.ops.aten
 ALIASES = (aten.detach.default, aten.alias.default)  # no-ops when the replay runs without autograd
@@ -290,11 +290,16 @@ class _Replay(torch.autograd.Function):
 
 
 class WholeRecorder:
-    """Recorded meta-gradient graphs of one learner, one per signature (:meth:`run`)."""
+    """Recorded meta-gradient graphs of one learner, one per signature (:meth:`run`); ``recorder``
+    (the learner's forward recorder, whose key each call passes) also counts the recordings made
+    here, to switch both off when an attribute changes on every call (:meth:`.trace.Recorder.churned`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
         self.graphs: dict[tuple, Callable[..., tuple]] = {}
-        self.enabled = True  # False once recording failed: the step-by-step path from then on
+        # Keys whose recording failed (dropout in training mode, say): step by step, not tried again;
+        # another key (the model in eval mode, other shapes) is tried.
+        self.failed: set[tuple] = set()
 
     def run(self, key: tuple, slots: list[Slot], meta_loss: Callable[..., Tensor], data: tuple[Tensor, ...],
             tensors: tuple[Tensor, ...]) -> Tensor | None:
@@ -305,13 +310,16 @@ class WholeRecorder:
         key = (key, wrt)
         run = self.graphs.get(key)
         if run is None:
-            if len(self.graphs) >= MAX_SIGNATURES:
+            if (key in self.failed or max(len(self.graphs), len(self.failed)) >= MAX_SIGNATURES
+                    or self.recorder.churned(key[0])):
                 return None
             run = self._record(slots, meta_loss, data, tensors, wrt)
             if run is None:
-                self.enabled = False
+                self.failed.add(key)
                 return None
             self.graphs[key] = run
+        else:
+            self.recorder.replayed()
         return _Replay.apply(run, wrt, *data, *tensors)
 
     @staticmethod

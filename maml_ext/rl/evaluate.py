@@ -67,7 +67,8 @@ def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaR
     tasks, noise_seed = test_tasks(env, ecfg)
     protocol = dict(rollouts=ecfg["rollouts"], steps=ecfg["steps"], lr=ecfg["lr"], later_lr=ecfg["later_lr"])
     results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], **protocol, "seed": ecfg["seed"], "returns": {}}
-    runs = {"maml": learner} if initial is None else {"maml": learner, "random_init": initial}
+    trained = "fomaml" if learner.first_order else "maml"  # the run's algorithm names its row
+    runs = {trained: learner} if initial is None else {trained: learner, "random_init": initial}
     units = len(runs) * (ecfg["steps"] + 1)
     bar = Progress(units, unit="step") if progress else None
     done = 0

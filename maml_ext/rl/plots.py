@@ -34,7 +34,8 @@ def learning_curve(metrics: Path, out: Path) -> Path:
     return out
 
 
-ROW_LABELS = {"maml": "meta-trained policy", "random_init": "random initialisation, adapted"}
+ROW_LABELS = {"maml": "meta-trained policy", "fomaml": "meta-trained policy (first order)",
+              "random_init": "random initialisation, adapted"}
 
 
 def returns_vs_steps(results: dict[str, Any], out: Path, title: str = "") -> Path:

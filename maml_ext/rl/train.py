@@ -75,7 +75,7 @@ def load_config(raw: Config) -> Config:
 def build(cfg: Config, env: Any = None) -> RLRun:
     """Environment, policy (initialised from ``seed``) and learner of a validated config
     (``env``: the config's environment when the caller built it already, see ``task_family``)."""
-    torch.manual_seed(cfg["seed"])
+    driver.seed(cfg["seed"])
     env = supervised.build_plugin("task", cfg, plugins.tasks) if env is None else env
     if not isinstance(env, TaskEnv):
         raise ConfigError(f"task {cfg['task']['name']!r} is not a meta-RL environment (TaskEnv)")

@@ -79,6 +79,13 @@ def log_every(tcfg: dict[str, Any]) -> int:
     return max(1, min(tcfg["log_every"], tcfg["iterations"] // MIN_LOG_POINTS))
 
 
+def seed(value: int) -> None:
+    """Seeds the global generators a run's plugins may draw from: torch's and Python's ``random``
+    (both checkpointed, so ``--resume`` continues their sequences)."""
+    torch.manual_seed(value)
+    random.seed(value)
+
+
 def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             **{name: g.get_state() for name, g in generators.items()}}

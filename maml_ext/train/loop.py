@@ -49,7 +49,7 @@ def build(cfg: Config, family: Any = None) -> Run:
     """Task family, model and learner of a validated config (model init seeded by ``seed``).
     ``family``: the config's task family when the caller built it already (the families draw
     from their own generators, never the global one, so the model's init is the same)."""
-    torch.manual_seed(cfg["seed"])
+    driver.seed(cfg["seed"])
     family = build_plugin("task", cfg, plugins.tasks) if family is None else family
     model = build_plugin("model", cfg, plugins.models, in_features=family.in_features, out_features=family.out_features)
     name, options = cfg["algorithm"]["name"], _options(cfg["algorithm"])
