@@ -343,6 +343,16 @@ def mlp_maml_loss(
         query_loss, _ = mlp_maml(params, x_support, y_support, x_query, y_query, **kwargs)
         weight = reference._checks.loss_weight(loss_weight, query_loss, tasks)
         return (query_loss * weight).sum()
+    if _fused(*params) and not torch.compiler.is_compiling():
+        # One op whose autograd node is C++ (csrc/mlp/mlp_loss_autograd.cpp): the engine then
+        # runs no Python and AccumulateGrad takes the precomputed gradients without a copy.
+        lrs, lr_value = split_lr(lr)
+        if loss_weight is None:
+            loss_weight = params[0].new_full((tasks,), 1.0 / max(tasks, 1))
+        return torch.ops.maml_ext.mlp_maml_loss(
+            list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
+            w_query, steps, activation, loss, first_order, loss_weight,
+        )
     query_loss, grads, lr_grads = mlp_maml_grad(params, x_support, y_support, x_query, y_query,
                                                 **kwargs, loss_weight=loss_weight)
     weight = reference._checks.loss_weight(loss_weight, query_loss, tasks)
@@ -355,7 +365,8 @@ class _PrecomputedGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, value, grads, *inputs):
-        ctx.grads = grads
+        # Saved as tensors: freed with the graph, so a second backward raises as for any graph.
+        ctx.save_for_backward(*grads)
         return value.clone()
 
     @staticmethod
@@ -365,7 +376,7 @@ class _PrecomputedGradient(torch.autograd.Function):
                 "maml_ext.ops.mlp_maml_loss is differentiable once; for higher-order derivatives "
                 "use maml_ext.ops.mlp_maml (second derivatives of the loss) or maml_ext.reference"
             )
-        return (None, None, *(grad_output * g for g in ctx.grads))
+        return (None, None, *(grad_output * g for g in ctx.saved_tensors))
 
 
 class _MlpMaml(torch.autograd.Function):
