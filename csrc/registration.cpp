@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "mlp/adam_lists.h"
 #include "mlp/mlp_engine.h"
 
 TORCH_LIBRARY(maml_ext, m) {
@@ -98,4 +99,5 @@ PYBIND11_MODULE(_C, m) {
         "The CPU kernel variant in use: 'default', 'avx2' or 'avx512'.");
   m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
         "Force a CPU kernel variant (for testing each variant).");
+  maml_ext::bind_adam_lists(m);
 }

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from _ops_helpers import requires_extension
+from maml_ext import ops
 from maml_ext.algorithms import MAML
 from maml_ext.models import mlp
 from maml_ext.tasks import TaskBatch
@@ -143,3 +144,24 @@ def test_double_backward_is_refused():
     loss = learner.meta_loss(batch)
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(loss, list(learner.parameters()), create_graph=True)
+
+
+def test_literal_iterations_with_the_lean_adam_equal_torch_adam_bitwise():
+    """zero_grad + meta_loss(batch).backward() + step: maml_ext.train.optim.adam (compiled step
+    with the extension) against torch.optim.Adam(fused=True) on a twin, bit for bit."""
+    from maml_ext.train import optim
+
+    learner, batch = _setup()
+    twin, _ = _setup()
+    opt, ref = optim.adam(learner.parameters(), 1e-2), torch.optim.Adam(twin.parameters(), lr=1e-2, fused=True)
+    for it in range(4):
+        for lr, o in ((learner, opt), (twin, ref)):
+            o.zero_grad()
+            lr.meta_loss(batch).backward()
+            o.step()
+        if it == 1:
+            assert opt._lists is not None and (opt._lists.compiled is not None) == ops.extension_available()
+        for a, b in zip(learner.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b), it
+    assert str(opt.state_dict()) == str(ref.state_dict())
+    assert all(p.grad is not None for p in learner.parameters())  # step leaves .grad to the user
