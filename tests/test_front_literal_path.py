@@ -181,3 +181,24 @@ def test_loss_op_schema_autograd_registration_and_value_kernel():
     assert value.grad_fn is None and torch.equal(value, expected)
     with torch.inference_mode():  # below autograd: the value kernel, the same bits
         assert torch.equal(torch.ops.maml_ext.mlp_maml_loss.default(*args), expected)
+
+
+def test_a_copied_lean_adam_steps_like_the_original():
+    """copy.deepcopy (and pickling) of the optimizer keep only torch's state: the copy gathers its
+    own lists (here over the copied parameters) and steps bitwise like the original."""
+    import copy
+
+    from maml_ext.train import optim
+
+    learner, batch = _setup()
+    opt = optim.adam(learner.parameters(), 1e-2)
+    learner.meta_loss(batch).backward()
+    opt.step()
+    twin_learner, twin_opt = copy.deepcopy((learner, opt))
+    for lr, o in ((learner, opt), (twin_learner, twin_opt)):
+        o.zero_grad()
+        lr.meta_loss(batch).backward()
+        o.step()
+    for a, b in zip(learner.parameters(), twin_learner.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert str(opt.state_dict()) == str(twin_opt.state_dict())

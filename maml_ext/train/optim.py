@@ -91,6 +91,12 @@ class LeanFusedAdam(torch.optim.Adam):
         self._lists: _Lists | None = None
         super().__init__(params, lr=lr, fused=True)
 
+    def __setstate__(self, state: dict) -> None:
+        # A copy or an unpickled optimizer holds torch's state only (Optimizer.__getstate__):
+        # its lists are gathered anew, over its own tensors.
+        super().__setstate__(state)
+        self._lists = self._gather()
+
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         self._lists = None
