@@ -74,6 +74,17 @@ def test_a_retained_graph_keeps_its_gradients_whatever_is_done_to_grad():
         loss.backward()
 
 
+def test_gradients_returned_from_a_retained_graph_are_the_callers():
+    learner, batch = _setup()
+    params = list(learner.parameters())
+    loss = learner.meta_loss(batch)
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    expected = [g.clone() for g in first]
+    for g in first:
+        g.mul_(-7.0)
+    assert all(torch.equal(g, e) for g, e in zip(torch.autograd.grad(loss, params), expected))
+
+
 def test_gradients_accumulate_and_scale_as_autograd_does():
     learner, batch = _setup()
     learner.meta_loss(batch).backward()

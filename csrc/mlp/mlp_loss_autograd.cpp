@@ -8,6 +8,7 @@
 #include <ATen/ops/sum.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
@@ -52,7 +53,10 @@ struct MlpMamlLossBackward : torch::autograd::Node {
                 "maml_ext.ops.mlp_maml_loss is differentiable once; for higher-order derivatives "
                 "use maml_ext.ops.mlp_maml (second derivatives of the loss) or maml_ext.reference");
     const at::Tensor& grad = grad_outputs[0];
-    if (is_unit(grad)) return grads;  // copies of the handles: freed below when the graph is
+    // The tensors themselves only when the graph is freed right after this (release_variables):
+    // a retained graph must not hand out what it keeps (torch.autograd.grad would return it, and
+    // an in-place change would reach the next backward); 1 * g below is g bit for bit.
+    if (is_unit(grad) && !torch::autograd::get_current_graph_task_keep_graph()) return grads;
     variable_list out;
     out.reserve(grads.size());
     for (const at::Tensor& g : grads) out.push_back(grad.defined() ? at::mul(grad, g) : at::Tensor());
