@@ -179,13 +179,14 @@ def test_literal_iterations_with_the_lean_adam_equal_torch_adam_bitwise():
 
 
 @requires_extension
-def test_loss_op_schema_autograd_registration_and_value_kernel():
+def test_loss_op_passes_opcheck_and_its_value_kernel_agrees():
     learner, batch = _setup()
     params = learner._fused_call.params()
     args = (params, [], 0.01, False, batch.x_support, batch.y_support, None, batch.x_query, batch.y_query, None, 2,
             "relu", "mse", False, learner._fused_call.mean_weight(5, params[0]))
     torch.library.opcheck(torch.ops.maml_ext.mlp_maml_loss.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
+                                      "test_aot_dispatch_dynamic"))
     expected = learner.meta_loss(batch).detach()
     with torch.no_grad():  # the autograd kernel without a node
         value = torch.ops.maml_ext.mlp_maml_loss.default(*args)

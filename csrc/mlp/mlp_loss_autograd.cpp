@@ -33,7 +33,10 @@ using GradSignature = GradResult(at::TensorList, at::TensorList, double, bool, c
 // Whether a 0-dim CPU gradient is exactly 1 (then 1 * g == g bit for bit: no multiply, and the
 // precomputed tensor itself can be handed over).
 bool is_unit(const at::Tensor& g) {
-  if (!g.defined() || !g.is_cpu() || g.dim() != 0) return false;
+  // Tensors with a Python key (FakeTensor under torch.compile/opcheck tracing) have no data.
+  if (!g.defined() || !g.is_cpu() || g.dim() != 0 || g.key_set().has(c10::DispatchKey::Python)) {
+    return false;
+  }
   switch (g.scalar_type()) {
     case at::kFloat: return *g.const_data_ptr<float>() == 1.0f;
     case at::kDouble: return *g.const_data_ptr<double>() == 1.0;
