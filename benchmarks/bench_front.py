@@ -5,10 +5,13 @@ the lean fused Adam) and after (one ``mlp_maml_adam_`` call, ``MAML.meta_step_ad
 
     python benchmarks/bench_front.py [--threads 1] [--reps 30]
     python benchmarks/bench_front.py --loop [--rounds 7] [--seconds 0.5]
+    python benchmarks/bench_front.py --floor [--rounds 7] [--seconds 0.5]
 
 Default: one line per configuration, median wall time of one meta-iteration (meta_loss +
 backward). ``--loop``: median CPU µs per call over alternating rounds, paper sinusoid config
-(1-40-40-1, 25 tasks, K=10, 1 step, second order, float32).
+(1-40-40-1, 25 tasks, K=10, 1 step, second order, float32), with the literal path
+``zero_grad(); meta_loss(batch).backward(); step()`` and its parts. ``--floor``: the literal path
+around an op that does almost nothing (what torch's engine and the front end cost alone).
 """
 
 from __future__ import annotations
@@ -150,11 +153,15 @@ def loop(rounds: int, seconds: float) -> None:
     torch_learner = MAML(mlp_plugin.build(1, 1, hidden=(40, 40)), lr=0.01, steps=1)
     torch_adam = torch.optim.Adam(torch_learner.parameters(), lr=1e-3, fused=True)
 
-    def backward_and_adam(learner, opt):  # the issue's definition: meta_loss(batch).backward() + Adam
+    def backward_and_adam(learner, opt, backward=True, step=True):
+        """The issue's definition: zero_grad, meta_loss(batch).backward(), Adam; or its first parts."""
         def run():
             opt.zero_grad(set_to_none=True)
-            learner.meta_loss(batch).backward()
-            opt.step()
+            loss = learner.meta_loss(batch)
+            if backward:
+                loss.backward()
+            if step:
+                opt.step()
         return run
 
     def flushed(fn):  # the same with denormals flushed to zero for the whole thread
@@ -182,6 +189,10 @@ def loop(rounds: int, seconds: float) -> None:
             backward_and_adam(*backward_state[:2]),
         "`zero_grad` + `meta_loss(batch).backward()` + `torch.optim.Adam(fused=True)` (own state)":
             backward_and_adam(torch_learner, torch_adam),
+        "literal path, part: `zero_grad` + `meta_loss(batch)` (no backward, no step)":
+            backward_and_adam(*backward_state[:2], backward=False, step=False),
+        "literal path, part: `zero_grad` + `meta_loss(batch).backward()` (no step)":
+            backward_and_adam(*backward_state[:2], step=False),
     }
     assert fused[0].meta_step_adam_(batch, fused[1]) is not None, "the fused step was declined"
     for fn in fns.values():  # warm-up
@@ -203,17 +214,92 @@ def loop(rounds: int, seconds: float) -> None:
         print(f"| {k} | {m:.1f} | {m / bare_us:.2f}x |")
 
 
+def floor(rounds: int, seconds: float) -> None:
+    """The literal path around an op that does almost nothing (a 1-1-1 MLP, one task, one example
+    each): what torch's autograd engine, the optimizer step and the Python front end cost alone."""
+    from maml_ext import ops
+    from maml_ext.models import mlp as mlp_plugin
+    from maml_ext.train import optim
+
+    batch = Sinusoid().sample(1, 1, 1, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    learner = MAML(mlp_plugin.build(1, 1, hidden=(1, 1)), lr=0.01, steps=1)
+    opt = optim.adam(learner.parameters(), 1e-3)
+    learner.meta_loss(batch).backward()
+    opt.step()
+    params = [p.detach() for p in learner._fused_call.params()]
+    weight = learner._fused_call.mean_weight(1, params[0])
+    data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+
+    def raw_grad():
+        torch.ops.maml_ext.mlp_maml_grad(params, [], 0.01, False, data[0], data[1], None, data[2], data[3], None, 1,
+                                         "relu", "mse", False, weight)
+
+    def parts(backward=True, step=True):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            loss = learner.meta_loss(batch)
+            if backward:
+                loss.backward()
+            if step:
+                opt.step()
+        return run
+
+    def engine_only():  # the engine called directly: without torch.autograd.backward's Python
+        opt.zero_grad(set_to_none=True)
+        loss = learner.meta_loss(batch)
+        torch.autograd.Variable._execution_engine.run_backward((loss,), (torch.ones_like(loss),), False, False, (),
+                                                               True, True)
+
+    leaves = list(learner._fused_call.params())
+    value, grads = torch.zeros(()), [torch.ones_like(p) for p in leaves]
+
+    def python_node(backward=True):  # the node meta_loss used before: a Python autograd.Function
+        def run():
+            opt.zero_grad(set_to_none=True)
+            loss = ops._PrecomputedGradient.apply(value, grads, *leaves)
+            if backward:
+                loss.backward()
+        return run
+
+    fns = {
+        "bare `ops.mlp_maml_grad`": lambda: ops.mlp_maml_grad(params, *data, lr=0.01),
+        "`torch.ops.maml_ext.mlp_maml_grad` alone (no Python wrapper)": raw_grad,
+        "`zero_grad` + `meta_loss(batch)`": parts(False, False),
+        "`zero_grad` + `meta_loss(batch)` + the engine called directly": engine_only,
+        "`zero_grad` + `meta_loss(batch).backward()`": parts(step=False),
+        "`zero_grad` + `meta_loss(batch).backward()` + `opt.step()` (the literal path)": parts(),
+        "`opt.step()` alone (`maml_ext.train.optim.adam`)": opt.step,
+        "Python node, no op: `zero_grad` + `_PrecomputedGradient.apply` over the 6 leaves": python_node(False),
+        "Python node, no op: the same + `.backward()`": python_node(),
+    }
+    samples = {k: [] for k in fns}
+    for fn in fns.values():
+        fn(), fn()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            samples[k].append(_cpu_us(fn, seconds))
+    print(f"floor: MLP 1-1-1, 1 task, K=1, float32, {torch.get_num_threads()} thread(s); median of {rounds} "
+          f"alternating rounds of {seconds} s\n")
+    print("| what | CPU µs |\n|---|---|")
+    for k, v in samples.items():
+        print(f"| {k} | {statistics.median(v):.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--loop", action="store_true", help="the training loop's meta-iteration vs the bare op")
-    parser.add_argument("--rounds", type=int, default=7, help="--loop: alternating rounds")
+    parser.add_argument("--floor", action="store_true", help="the literal path around an op doing almost nothing")
+    parser.add_argument("--rounds", type=int, default=7, help="--loop/--floor: alternating rounds")
     parser.add_argument("--seconds", type=float, default=0.5, help="--loop: timing per row and round")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.loop:
         return loop(args.rounds, args.seconds)
+    if args.floor:
+        return floor(args.rounds, args.seconds)
     for hidden, tasks, steps, lr in CONFIGS:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "mlp/adam_lists.h"
 #include "mlp/mlp_engine.h"
 
 TORCH_LIBRARY(maml_ext, m) {
@@ -44,6 +45,10 @@ TORCH_LIBRARY(maml_ext, m) {
   m.def(("mlp_maml" + maml).c_str());
   m.def(("mlp_maml_backward" + maml_backward).c_str());
   m.def(("mlp_maml_grad" + maml_grad).c_str());
+  // The meta-objective sum_t loss_weight[t] * query_loss[t] (mlp_maml_grad's arguments) as a
+  // scalar whose autograd node hands over the meta-gradient computed in the same call
+  // (csrc/mlp/mlp_loss_autograd.cpp): loss.backward() without Python in the engine.
+  m.def(("mlp_maml_loss" + maml_grad.substr(0, maml_grad.rfind("->")) + "-> Tensor").c_str());
   // A whole training step: mlp_maml_grad with a float lr, then (when the loss and gradient are
   // finite) the gradient clipped to [-clip_value, clip_value] and torch.optim.Adam's update of
   // params, exp_avgs, exp_avg_sqs and step_counts in place. Returns (the meta-loss
@@ -94,4 +99,5 @@ PYBIND11_MODULE(_C, m) {
         "The CPU kernel variant in use: 'default', 'avx2' or 'avx512'.");
   m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
         "Force a CPU kernel variant (for testing each variant).");
+  maml_ext::bind_adam_lists(m);
 }

@@ -159,10 +159,10 @@ class MAML(MetaLearner):
         return self.first_order or iteration < self.second_order_after
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
-        self.check_batch(batch)
         first_order = self.uses_first_order(iteration)
         if self.fused_spec is not None:
             return self._fused_meta_loss(batch, first_order)
+        self.check_batch(batch)
         weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
         data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
         if self.whole_recorder is not None:
@@ -212,9 +212,10 @@ class MAML(MetaLearner):
 
     def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
         """As :meth:`MetaLearner.meta_grad`, with the same result. On the fused path the gradients
-        come from one ``ops.mlp_maml_grad`` call and are accumulated into ``.grad`` directly: the
-        autograd engine and the loss's graph node cost half as much again as the kernel on the
-        paper's sinusoid config (benchmarks/RESULTS.md, front end)."""
+        come from one ``ops.mlp_maml_grad`` call and are accumulated into ``.grad`` directly:
+        ``meta_loss(batch).backward()`` costs ~0.2x the kernel more on the paper's sinusoid config,
+        nearly all of it torch's ``backward()`` and engine (benchmarks/RESULTS.md, front end, fourth
+        pass)."""
         call = self._fused_call if self.fused_spec is not None else None
         # A subclass's own meta_loss (a penalty, say) defines its gradient: backward it.
         if call is None or not torch.is_grad_enabled() or type(self).meta_loss is not MAML.meta_loss:
@@ -290,6 +291,7 @@ class MAML(MetaLearner):
 
     def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
         params = self._fused_call.params()
+        self.check_batch(batch, params[0])  # given a parameter: looking one up costs as much again
         _, kwargs = self._fused_args(batch, first_order, params)
         # The mean query loss, with the meta-gradient computed in the same kernel call.
         return ops.mlp_maml_loss(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, **kwargs)

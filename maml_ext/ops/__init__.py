@@ -335,11 +335,21 @@ def mlp_maml_loss(
     ``mlp_maml(...)[0].mean()`` in training loops, computed by :func:`mlp_maml_grad` in the same
     call (so the backward costs nothing). Differentiable once.
     """
-    lrs, _ = split_lr(lr)
+    lrs, lr_value = split_lr(lr)
+    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))
+    if differentiable and _fused(*params) and not torch.compiler.is_compiling():
+        # One op whose autograd node is C++ (csrc/mlp/mlp_loss_autograd.cpp): the engine then
+        # runs no Python and AccumulateGrad takes the precomputed gradients without a copy.
+        if loss_weight is None:
+            loss_weight = params[0].new_full((tasks,), 1.0 / max(tasks, 1))
+        return torch.ops.maml_ext.mlp_maml_loss.default(
+            list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
+            w_query, steps, activation, loss, first_order, loss_weight,
+        )
     kwargs = dict(lr=lr, steps=steps, per_step_lr=per_step_lr, activation=activation, loss=loss,
                   first_order=first_order, w_support=w_support, w_query=w_query)
-    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))):
+    if not differentiable:
         query_loss, _ = mlp_maml(params, x_support, y_support, x_query, y_query, **kwargs)
         weight = reference._checks.loss_weight(loss_weight, query_loss, tasks)
         return (query_loss * weight).sum()
@@ -355,7 +365,8 @@ class _PrecomputedGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, value, grads, *inputs):
-        ctx.grads = grads
+        # Saved as tensors: freed with the graph, so a second backward raises as for any graph.
+        ctx.save_for_backward(*grads)
         return value.clone()
 
     @staticmethod
@@ -365,7 +376,7 @@ class _PrecomputedGradient(torch.autograd.Function):
                 "maml_ext.ops.mlp_maml_loss is differentiable once; for higher-order derivatives "
                 "use maml_ext.ops.mlp_maml (second derivatives of the loss) or maml_ext.reference"
             )
-        return (None, None, *(grad_output * g for g in ctx.grads))
+        return (None, None, *(grad_output * g for g in ctx.saved_tensors))
 
 
 class _MlpMaml(torch.autograd.Function):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from maml_ext import _extension
 from maml_ext.algorithms.fused_call import AdamState
 
 # Devices with torch's fused Adam kernel (a subset of what it supports; others use the default).
@@ -61,6 +63,17 @@ def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
     return LeanFusedAdam(params, lr=lr) if fused else torch.optim.Adam(params, lr=lr)
 
 
+class _Lists(NamedTuple):
+    """A plain step's tensors as torch's fused kernel takes them (see ``LeanFusedAdam._gather``)."""
+
+    params: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]  # views of step_counts
+    step_counts: Tensor
+    compiled: object | None  # _C.FusedAdamLists over the same tensors; None without the extension
+
+
 class LeanFusedAdam(torch.optim.Adam):
     """``torch.optim.Adam(fused=True)`` (same update, state and ``state_dict``) whose ``step`` calls
     torch's fused kernel directly on lists of tensors gathered once. ``Adam.step()``'s Python
@@ -68,13 +81,21 @@ class LeanFusedAdam(torch.optim.Adam):
     paper-config meta-gradient per call; here it runs only on the first step, after
     ``load_state_dict``, and whenever the plain lists do not apply (several devices or dtypes,
     amsgrad, a tensor lr, a missing gradient, a closure). Step hooks run as for any optimizer.
+    With the compiled extension the plain step is one call (``_C.FusedAdamLists``: the same kernel
+    on the same lists, dispatched from C++).
 
     ``fused_state`` hands the same state to an update applied inside the meta-gradient op
     (``MAML.meta_step_adam_``), which the training loop takes whenever it applies."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
-        self._lists: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None = None
+        self._lists: _Lists | None = None
         super().__init__(params, lr=lr, fused=True)
+
+    def __setstate__(self, state: dict) -> None:
+        # A copy or an unpickled optimizer holds torch's state only (Optimizer.__getstate__):
+        # its lists are gathered anew, over its own tensors.
+        super().__setstate__(state)
+        self._lists = self._gather()
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -89,7 +110,7 @@ class LeanFusedAdam(torch.optim.Adam):
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none or self._lists is None:
             return super().zero_grad(set_to_none)
-        for p in self._lists[0]:
+        for p in self._lists.params:
             p.grad = None
 
     def fused_state(self, params: Sequence[Tensor]) -> AdamState | None:
@@ -100,13 +121,13 @@ class LeanFusedAdam(torch.optim.Adam):
         lists = self._lists
         if lists is None or self._hooked() or isinstance(self.param_groups[0]["lr"], Tensor):
             return None
-        if len(params) != len(lists[0]) or not all(p is q for p, q in zip(params, lists[0])):
-            if {id(p) for p in params} != {id(p) for p in lists[0]} or len(params) != len(lists[0]):
+        if len(params) != len(lists.params) or not all(p is q for p, q in zip(params, lists.params)):
+            if {id(p) for p in params} != {id(p) for p in lists.params} or len(params) != len(lists.params):
                 return None
             lists = self._lists = self._gather(params)
         group = self.param_groups[0]
-        return AdamState(lists[1], lists[2], lists[4], group["lr"], group["betas"], group["weight_decay"],
-                         group["eps"], group["maximize"])
+        return AdamState(lists.exp_avgs, lists.exp_avg_sqs, lists.step_counts, group["lr"], group["betas"],
+                         group["weight_decay"], group["eps"], group["maximize"])
 
     def _hooked(self) -> bool:
         return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
@@ -122,29 +143,23 @@ class LeanFusedAdam(torch.optim.Adam):
     step.hooked = True
 
     def _step(self, closure: Callable[[], float] | None) -> float | None:
-        lists = self._lists
-        grads = None if lists is None else [p.grad for p in lists[0]]
-        if (closure is not None or grads is None or any(g is None for g in grads)
-                or isinstance(self.param_groups[0]["lr"], Tensor)):
-            loss = _adam_step(self, closure)
-            self._lists = self._gather()
-            return loss
-        params, exp_avgs, exp_avg_sqs, steps, step_counts = lists
-        group = self.param_groups[0]
-        beta1, beta2 = group["betas"]
-        with torch.no_grad():
-            # As torch.optim.adam._fused_adam does for one device and dtype; the per-parameter
-            # step counts are views of one tensor, so one add increments them all.
-            step_counts.add_(1)
-            torch._fused_adam_(
-                params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                maximize=group["maximize"], grad_scale=None, found_inf=None,
-            )
-        return None
+        lists, group = self._lists, self.param_groups[0]
+        if closure is None and lists is not None and not isinstance(group["lr"], Tensor):
+            beta1, beta2 = group["betas"]
+            settings = (group["lr"], beta1, beta2, group["weight_decay"], group["eps"], group["maximize"])
+            if lists.compiled is not None:
+                if lists.compiled.step(*settings):
+                    return None
+            else:
+                grads = [p.grad for p in lists.params]
+                if all(g is not None for g in grads):
+                    _fused_step(lists, grads, *settings)
+                    return None
+        loss = _adam_step(self, closure)
+        self._lists = self._gather()
+        return loss
 
-    def _gather(self, order: Sequence[Tensor] | None = None
-                ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor] | None:
+    def _gather(self, order: Sequence[Tensor] | None = None) -> _Lists | None:
         """The parameters (the group's, in ``order`` if given) and their state as the fused
         kernel takes them, or None where ``Adam.step()`` must run (see the class docstring)."""
         if len(self.param_groups) != 1:
@@ -162,8 +177,23 @@ class LeanFusedAdam(torch.optim.Adam):
         step_counts = torch.stack([s["step"] for s in states])
         for i, s in enumerate(states):
             s["step"] = step_counts[i]  # the same value, now a view (see _step)
-        return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states], step_counts)
+        exp_avgs, exp_avg_sqs, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [
+            s["step"] for s in states]
+        compiled = _extension.C.FusedAdamLists(params, exp_avgs, exp_avg_sqs, steps, step_counts) \
+            if _extension.available() else None
+        return _Lists(params, exp_avgs, exp_avg_sqs, steps, step_counts, compiled)
+
+
+@torch.no_grad()
+def _fused_step(lists: _Lists, grads: list[Tensor], lr: float, beta1: float, beta2: float, weight_decay: float,
+                eps: float, maximize: bool) -> None:
+    """What ``_C.FusedAdamLists.step`` does, from Python (no extension): as
+    torch.optim.adam._fused_adam does for one device and dtype; the per-parameter step counts are
+    views of one tensor, so one add increments them all."""
+    lists.step_counts.add_(1)
+    torch._fused_adam_(lists.params, grads, lists.exp_avgs, lists.exp_avg_sqs, [], lists.steps, amsgrad=False,
+                       lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=maximize,
+                       grad_scale=None, found_inf=None)
 
 
 def _adam_step(optimizer: torch.optim.Adam, closure: Callable[[], float] | None) -> float | None:

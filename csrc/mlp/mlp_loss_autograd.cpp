@@ -1,0 +1,137 @@
+// mlp_maml_loss: the meta-objective sum_t loss_weight[t] * query_loss[t] as a scalar whose
+// autograd node hands over the meta-gradient that mlp_maml_grad computed in the same call. The
+// node is C++ so that `meta_loss(batch).backward()` never re-enters Python in the engine, and it
+// gives its gradients away when the graph is freed, so that AccumulateGrad stores them as .grad
+// without a copy (benchmarks/RESULTS.md, issue 14.2, the literal path).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sum.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace maml_ext::mlp {
+namespace {
+
+using torch::autograd::variable_list;
+
+// What mlp_maml_grad returns: (query_loss [T], grads w.r.t. params, grads w.r.t. lrs).
+using GradResult = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+using GradSignature = GradResult(at::TensorList, at::TensorList, double, bool, const at::Tensor&,
+                                 const at::Tensor&, const std::optional<at::Tensor>&,
+                                 const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&, int64_t, c10::string_view,
+                                 c10::string_view, bool, const at::Tensor&);
+
+// Whether a 0-dim CPU gradient is exactly 1 (then 1 * g == g bit for bit: no multiply, and the
+// precomputed tensor itself can be handed over).
+bool is_unit(const at::Tensor& g) {
+  // Tensors with a Python key (FakeTensor under torch.compile/opcheck tracing) have no data.
+  if (!g.defined() || !g.is_cpu() || g.dim() != 0 || g.key_set().has(c10::DispatchKey::Python)) {
+    return false;
+  }
+  switch (g.scalar_type()) {
+    case at::kFloat: return *g.const_data_ptr<float>() == 1.0f;
+    case at::kDouble: return *g.const_data_ptr<double>() == 1.0;
+    default: return false;
+  }
+}
+
+struct MlpMamlLossBackward : torch::autograd::Node {
+  std::vector<at::Tensor> grads;  // d value / d input, per input (params, then lrs)
+  bool released = false;
+
+  std::string name() const override { return "MlpMamlLossBackward"; }
+
+  variable_list apply(variable_list&& grad_outputs) override {
+    TORCH_CHECK(!released, torch::autograd::ERR_BACKWARD_TWICE);
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "maml_ext.ops.mlp_maml_loss is differentiable once; for higher-order derivatives "
+                "use maml_ext.ops.mlp_maml (second derivatives of the loss) or maml_ext.reference");
+    const at::Tensor& grad = grad_outputs[0];
+    // The tensors themselves only when the graph is freed right after this (release_variables):
+    // a retained graph must not hand out what it keeps (torch.autograd.grad would return it, and
+    // an in-place change would reach the next backward); 1 * g below is g bit for bit.
+    if (is_unit(grad) && !torch::autograd::get_current_graph_task_keep_graph()) return grads;
+    variable_list out;
+    out.reserve(grads.size());
+    for (const at::Tensor& g : grads) out.push_back(grad.defined() ? at::mul(grad, g) : at::Tensor());
+    return out;
+  }
+
+  // Called by the engine right after apply when the graph is not retained: dropping the
+  // precomputed tensors here leaves the engine the only owner, and AccumulateGrad then takes a
+  // gradient as .grad instead of cloning it.
+  void release_variables() override {
+    grads.clear();
+    released = true;
+  }
+};
+
+const c10::TypedOperatorHandle<GradSignature>& grad_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("maml_ext::mlp_maml_grad", "")
+                             .typed<GradSignature>();
+  return op;
+}
+
+// Below autograd: the value alone (the gradients are computed and dropped; callers that need no
+// gradient use mlp_maml, which skips the reverse pass).
+at::Tensor mlp_maml_loss_value(at::TensorList params, at::TensorList lrs, double lr, bool per_step,
+                               const at::Tensor& x_support, const at::Tensor& y_support,
+                               const std::optional<at::Tensor>& w_support, const at::Tensor& x_query,
+                               const at::Tensor& y_query, const std::optional<at::Tensor>& w_query,
+                               int64_t steps, c10::string_view activation, c10::string_view loss,
+                               bool first_order, const at::Tensor& loss_weight) {
+  auto query_loss = std::get<0>(grad_op().call(params, lrs, lr, per_step, x_support, y_support,
+                                               w_support, x_query, y_query, w_query, steps,
+                                               activation, loss, first_order, loss_weight));
+  // The same two ops as the Python front end always used: the same value, bit for bit.
+  return at::mul(query_loss, loss_weight).sum();
+}
+
+at::Tensor mlp_maml_loss_autograd(at::TensorList params, at::TensorList lrs, double lr,
+                                  bool per_step, const at::Tensor& x_support,
+                                  const at::Tensor& y_support,
+                                  const std::optional<at::Tensor>& w_support,
+                                  const at::Tensor& x_query, const at::Tensor& y_query,
+                                  const std::optional<at::Tensor>& w_query, int64_t steps,
+                                  c10::string_view activation, c10::string_view loss,
+                                  bool first_order, const at::Tensor& loss_weight) {
+  const bool needs_grad = torch::autograd::compute_requires_grad(params, lrs);
+  at::Tensor value;
+  c10::intrusive_ptr<MlpMamlLossBackward> node;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [query_loss, grads, lr_grads] =
+        grad_op().call(params, lrs, lr, per_step, x_support, y_support, w_support, x_query,
+                       y_query, w_query, steps, activation, loss, first_order, loss_weight);
+    value = at::mul(query_loss, loss_weight).sum();
+    if (needs_grad) {
+      node = c10::make_intrusive<MlpMamlLossBackward>();
+      node->grads = std::move(grads);
+      for (at::Tensor& g : lr_grads) node->grads.push_back(std::move(g));
+    }
+  }
+  if (node) {
+    node->set_next_edges(torch::autograd::collect_next_edges(params, lrs));
+    torch::autograd::set_history(value, node);
+  }
+  return value;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(maml_ext, CompositeExplicitAutograd, m) {
+  m.impl("mlp_maml_loss", &mlp_maml_loss_value);
+}
+TORCH_LIBRARY_IMPL(maml_ext, Autograd, m) { m.impl("mlp_maml_loss", &mlp_maml_loss_autograd); }
+
+}  // namespace maml_ext::mlp

@@ -1,0 +1,216 @@
+"""The literal user path on the fused MLP: ``opt.zero_grad(); learner.meta_loss(batch).backward();
+opt.step()``. With the extension the loss's autograd node is C++ (``torch.ops.maml_ext.mlp_maml_loss``)
+and hands its precomputed gradients to AccumulateGrad; without it, a Python node does the same.
+Both must behave as any autograd graph: retained graphs, a second backward, gradient scaling,
+hooks, anomaly mode and the profiler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _ops_helpers import requires_extension
+from maml_ext import ops
+from maml_ext.algorithms import MAML
+from maml_ext.models import mlp
+from maml_ext.tasks import TaskBatch
+from maml_ext.tasks.sinusoid import Sinusoid
+
+
+def _setup(learn_lr: str = "none", first_order: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    model = mlp.build(1, 1, hidden=(8, 8)).double()
+    batch = Sinusoid().sample(5, 4, 4, torch.Generator().manual_seed(seed))
+    batch = TaskBatch(*(t.double() for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query)))
+    learner = MAML(model, lr=0.01, steps=2, learn_lr=learn_lr, first_order=first_order,
+                   lr_parameterisation="softplus" if learn_lr == "per_step" else "identity")
+    assert learner.fused_spec is not None
+    return learner, batch
+
+
+def _grads(learner: MAML) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in learner.parameters()]
+
+
+def _zero(learner: MAML) -> None:
+    for p in learner.parameters():
+        p.grad = None
+
+
+@pytest.mark.parametrize("learn_lr,first_order", [("none", False), ("none", True), ("elementwise", False),
+                                                  ("per_step", False)])
+def test_backward_gives_the_generic_paths_meta_gradient(learn_lr, first_order):
+    learner, batch = _setup(learn_lr, first_order)
+    generic, _ = _setup(learn_lr, first_order)
+    generic.fused_spec = None  # the step-by-step autograd path on the same weights
+    loss, expected_loss = learner.meta_loss(batch), generic.meta_loss(batch)
+    loss.backward()
+    expected_loss.backward()
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+    for (name, p), q in zip(learner.named_parameters(), generic.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=name)
+
+
+def test_repeated_iterations_are_bitwise_equal():
+    learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    first = _grads(learner)
+    _zero(learner)
+    learner.meta_loss(batch).backward()
+    assert all(torch.equal(a, b) for a, b in zip(first, _grads(learner)))
+
+
+def test_a_retained_graph_keeps_its_gradients_whatever_is_done_to_grad():
+    learner, batch = _setup()
+    loss = learner.meta_loss(batch)
+    loss.backward(retain_graph=True)
+    first = _grads(learner)
+    for p in learner.parameters():  # .grad is the user's: it must not alias what the graph keeps
+        p.grad.mul_(-7.0).add_(3.0)
+    _zero(learner)
+    loss.backward()
+    assert all(torch.equal(a, b) for a, b in zip(first, _grads(learner)))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+
+
+def test_gradients_returned_from_a_retained_graph_are_the_callers():
+    learner, batch = _setup()
+    params = list(learner.parameters())
+    loss = learner.meta_loss(batch)
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    expected = [g.clone() for g in first]
+    for g in first:
+        g.mul_(-7.0)
+    assert all(torch.equal(g, e) for g, e in zip(torch.autograd.grad(loss, params), expected))
+
+
+def test_gradients_accumulate_and_scale_as_autograd_does():
+    learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    g = _grads(learner)
+    (learner.meta_loss(batch) * 3.0).backward()  # accumulated into the existing .grad
+    assert all(torch.equal(p.grad, a + 3.0 * a) for p, a in zip(learner.parameters(), g))
+
+
+def test_hooks_see_and_replace_the_gradient():
+    learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    expected = _grads(learner)
+    _zero(learner)
+    seen = []
+    params = list(learner.parameters())
+    handles = [params[0].register_hook(lambda g: g * 2.0)]
+    handles += [p.register_post_accumulate_grad_hook(lambda p: seen.append(p)) for p in params]
+    try:
+        learner.meta_loss(batch).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(params[0].grad, expected[0] * 2.0)
+    assert all(torch.equal(p.grad, e) for p, e in zip(params[1:], expected[1:]))
+    assert len(seen) == len(params)
+
+
+def test_anomaly_mode_checks_the_node():
+    learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    expected = _grads(learner)
+    _zero(learner)
+    with torch.autograd.set_detect_anomaly(True, check_nan=True):
+        learner.meta_loss(batch).backward()
+    assert all(torch.equal(p.grad, e) for p, e in zip(learner.parameters(), expected))
+    bad = TaskBatch(batch.x_support, batch.y_support.clone().fill_(float("nan")), batch.x_query, batch.y_query)
+    # The forward's traceback is reported with the node that returned NaN (the compiled node; the
+    # reference already meets the NaN in its own graph inside meta_loss).
+    with torch.autograd.set_detect_anomaly(True, check_nan=True), pytest.warns(UserWarning, match="Error detected in"):
+        with pytest.raises(RuntimeError, match="returned nan values"):
+            learner.meta_loss(bad).backward()
+
+
+def test_the_profiler_sees_the_node():
+    learner, batch = _setup()
+    loss = learner.meta_loss(batch)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss.backward()
+    names = {e.name for e in prof.events()}
+    assert f"autograd::engine::evaluate_function: {loss.grad_fn.name()}" in names
+
+
+@requires_extension
+def test_the_node_is_compiled_and_its_gradients_are_not_copied():
+    learner, batch = _setup()
+    loss = learner.meta_loss(batch)
+    assert loss.grad_fn.name() == "MlpMamlLossBackward"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss.backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad") == 6
+    # AccumulateGrad takes each gradient as .grad: no clone, no copy, no multiply by 1.
+    assert not {"aten::clone", "aten::copy_", "aten::mul"} & set(names), names
+
+
+def test_double_backward_is_refused():
+    learner, batch = _setup()
+    loss = learner.meta_loss(batch)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, list(learner.parameters()), create_graph=True)
+
+
+def test_literal_iterations_with_the_lean_adam_equal_torch_adam_bitwise():
+    """zero_grad + meta_loss(batch).backward() + step: maml_ext.train.optim.adam (compiled step
+    with the extension) against torch.optim.Adam(fused=True) on a twin, bit for bit."""
+    from maml_ext.train import optim
+
+    learner, batch = _setup()
+    twin, _ = _setup()
+    opt, ref = optim.adam(learner.parameters(), 1e-2), torch.optim.Adam(twin.parameters(), lr=1e-2, fused=True)
+    for it in range(4):
+        for lr, o in ((learner, opt), (twin, ref)):
+            o.zero_grad()
+            lr.meta_loss(batch).backward()
+            o.step()
+        if it == 1:
+            assert opt._lists is not None and (opt._lists.compiled is not None) == ops.extension_available()
+        for a, b in zip(learner.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b), it
+    assert str(opt.state_dict()) == str(ref.state_dict())
+    assert all(p.grad is not None for p in learner.parameters())  # step leaves .grad to the user
+
+
+@requires_extension
+def test_loss_op_passes_opcheck_and_its_value_kernel_agrees():
+    learner, batch = _setup()
+    params = learner._fused_call.params()
+    args = (params, [], 0.01, False, batch.x_support, batch.y_support, None, batch.x_query, batch.y_query, None, 2,
+            "relu", "mse", False, learner._fused_call.mean_weight(5, params[0]))
+    torch.library.opcheck(torch.ops.maml_ext.mlp_maml_loss.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
+                                      "test_aot_dispatch_dynamic"))
+    expected = learner.meta_loss(batch).detach()
+    with torch.no_grad():  # the autograd kernel without a node
+        value = torch.ops.maml_ext.mlp_maml_loss.default(*args)
+    assert value.grad_fn is None and torch.equal(value, expected)
+    with torch.inference_mode():  # below autograd: the value kernel, the same bits
+        assert torch.equal(torch.ops.maml_ext.mlp_maml_loss.default(*args), expected)
+
+
+def test_a_copied_lean_adam_steps_like_the_original():
+    """copy.deepcopy (and pickling) of the optimizer keep only torch's state: the copy gathers its
+    own lists (here over the copied parameters) and steps bitwise like the original."""
+    import copy
+
+    from maml_ext.train import optim
+
+    learner, batch = _setup()
+    opt = optim.adam(learner.parameters(), 1e-2)
+    learner.meta_loss(batch).backward()
+    opt.step()
+    twin_learner, twin_opt = copy.deepcopy((learner, opt))
+    for lr, o in ((learner, opt), (twin_learner, twin_opt)):
+        o.zero_grad()
+        lr.meta_loss(batch).backward()
+        o.step()
+    for a, b in zip(learner.parameters(), twin_learner.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert str(opt.state_dict()) == str(twin_opt.state_dict())
