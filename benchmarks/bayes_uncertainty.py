@@ -55,6 +55,7 @@ LEARNERS: dict[str, tuple[str, dict]] = {
     "BMAML (defaults)": ("bmaml", {"particles": 5}),
     "BMAML (likelihood, 1 step)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3}),
     "BMAML (uncertainty)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
+    "BMAML (uncertainty, temperature 0.5)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3, "temperature": 0.5}),
     "BMAML (uncertainty, M = 10)": ("bmaml", {"particles": 10, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "BMAML (Chaser, init_noise 0.3)": ("bmaml", {"particles": 5, "init_noise": 0.3}),
     "PLATIPUS (defaults)": ("platipus", {"samples": 5, "test_samples": 10}),
