@@ -83,6 +83,7 @@ def test_set_options_and_several_test_step_counts(capsys):
     assert [r.split(" | ")[:2] for r in rows] == [
         [f"| PLATIPUS (uncertainty), min_std=0.05, samples=2, {k} test steps", kind]
         for k in (0, 3) for kind in ("ambiguous", "non-ambiguous")]
+    assert rows[0].split(" | ")[3:] != rows[2].split(" | ")[3:]  # 0 and 3 steps: different samples
     assert bu.parse_args(["--set", "a=0.1", "b=x", "c=True"]).set == [("a", 0.1), ("b", "x"), ("c", True)]
     with pytest.raises(ValueError, match="min_std must be a number >= 0"):
         bu.main(argv[:-4] + ["min_std=-1"])
