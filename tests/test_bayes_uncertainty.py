@@ -100,7 +100,7 @@ def _small_run(name: str) -> dict:
     return bu.evaluate(learner, args)[10]
 
 
-@pytest.mark.parametrize("name", ["BMAML (uncertainty)", "PLATIPUS (uncertainty)"])
+@pytest.mark.parametrize("name", ["BMAML (uncertainty)", "BMAML (uncertainty, temperature 0.5)", "PLATIPUS (uncertainty)"])
 def test_sampled_functions_spread_more_on_ambiguous_tasks(name):
     # The documented settings: over the grid, the sampled functions disagree more on tasks whose
     # support lies in a narrow window than on tasks whose support covers [-5, 5] (the difference's
