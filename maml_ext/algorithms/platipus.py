@@ -46,6 +46,8 @@ class PLATIPUS(RowLearner):
         min_std: a floor s_0 under both standard deviations: the variances used (sampling and
             KL) are e^{log σ²} + s_0², so the learned ones can fall (the query loss pushes them
             down, and the KL is flat along q = p) without the samples collapsing. 0: no floor.
+            On the ambiguous sinusoids a floor of 0.1 costs more fit than it adds spread
+            (docs/bayesian-uncertainty.md, fourth pass).
         gamma: initial γ_p and γ_q (None: lr).
         first_order: no second-order terms through the inner steps and the γ steps.
         fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
