@@ -28,6 +28,7 @@ a few ambiguous tasks (the qualitative figures of the PLATIPUS and BMAML papers)
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import os
 import time
@@ -54,6 +55,7 @@ LEARNERS: dict[str, tuple[str, dict]] = {
     "BMAML (defaults)": ("bmaml", {"particles": 5}),
     "BMAML (likelihood, 1 step)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3}),
     "BMAML (uncertainty)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
+    "BMAML (uncertainty, temperature 0.5)": ("bmaml", {"particles": 5, "objective": "likelihood", "init_noise": 0.3, "steps": 3, "temperature": 0.5}),
     "BMAML (uncertainty, M = 10)": ("bmaml", {"particles": 10, "objective": "likelihood", "init_noise": 0.3, "steps": 3}),
     "BMAML (Chaser, init_noise 0.3)": ("bmaml", {"particles": 5, "init_noise": 0.3}),
     "PLATIPUS (defaults)": ("platipus", {"samples": 5, "test_samples": 10}),
@@ -107,7 +109,8 @@ def platipus_state(learner: torch.nn.Module) -> str:
 def train(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
     algorithm, options = LEARNERS[name]
     torch.manual_seed(args.seed)
-    learner = build_algorithm(algorithm, MLP(1, 1), **{"lr": args.inner_lr, "steps": args.steps, **options})
+    options = {"lr": args.inner_lr, "steps": args.steps, **options, **dict(args.set)}
+    learner = build_algorithm(algorithm, MLP(1, 1), **options)
     opt = optimizer(learner, args)
     trace = args.trace if algorithm == "platipus" else 0
     family, gen = Sinusoid(), torch.Generator().manual_seed(args.seed)
@@ -174,14 +177,21 @@ def metrics(samples: Tensor, batch: TaskBatch, sigma0: float) -> dict[str, Tenso
     }
 
 
-def evaluate(learner: torch.nn.Module, args: argparse.Namespace) -> dict[str, tuple[dict[str, Tensor], list]]:
-    """Per task kind: the per-task metrics and the by-distance bins after ``--eval-steps`` steps."""
-    gen = torch.Generator().manual_seed(args.seed + 1000)
-    out = {}
+def eval_seed(args: argparse.Namespace) -> int:
+    """Seed of the evaluation tasks: ``--eval-seed``, else ``--seed`` + 1000."""
+    return args.seed + 1000 if args.eval_seed is None else args.eval_seed
+
+
+def evaluate(learner: torch.nn.Module, args: argparse.Namespace) -> dict[int, dict[str, tuple[dict[str, Tensor], list]]]:
+    """Per number of test steps in ``--eval-steps``, per task kind: the per-task metrics and the
+    by-distance bins (one adaptation run; the counts are read off its trajectory)."""
+    gen = torch.Generator().manual_seed(eval_seed(args))
+    out: dict[int, dict] = {k: {} for k in args.eval_steps}
     for kind, amb in (("ambiguous", True), ("non-ambiguous", False)):
         batch = sample_tasks(Sinusoid(), args.eval_tasks, args.shots, GRID, amb, gen)
-        samples = predictive_samples(learner, batch, args.eval_steps, None, torch.Generator().manual_seed(args.seed))[-1]
-        out[kind] = (metrics(samples, batch, args.sigma0), by_distance(samples, batch))
+        path = predictive_samples(learner, batch, max(args.eval_steps), None, torch.Generator().manual_seed(args.seed))
+        for k in args.eval_steps:
+            out[k][kind] = (metrics(path[k], batch, args.sigma0), by_distance(path[k], batch))
     return out
 
 
@@ -195,7 +205,7 @@ def plot(learners: dict[str, torch.nn.Module], args: argparse.Namespace, path: P
     fig, axes = plt.subplots(len(learners), 3, figsize=(12, 2.6 * len(learners)), squeeze=False)
     x = GRID[0, :, 0]
     for row, (name, learner) in enumerate(learners.items()):
-        samples = predictive_samples(learner, batch, args.eval_steps, None, torch.Generator().manual_seed(args.seed))[-1]
+        samples = predictive_samples(learner, batch, args.eval_steps[-1], None, torch.Generator().manual_seed(args.seed))[-1]
         what = "particles" if hasattr(learner, "num_particles") else "samples" if samples.shape[1] > 1 else "adapted model"
         for t, ax in enumerate(axes[row]):
             centre = batch.x_support[t, :, 0].mean().item()
@@ -215,10 +225,21 @@ def plot(learners: dict[str, torch.nn.Module], args: argparse.Namespace, path: P
                 ax.set_ylabel(f"{name}\ny", fontsize=9)
         axes[row][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"ambiguous sinusoid tasks: {args.shots} data points in a window of width {WINDOW}, "
-                 f"{args.eval_steps} adaptation steps")
+                 f"{args.eval_steps[-1]} adaptation steps")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``: VALUE as a Python literal (number, bool, None), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with an identifier KEY, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -235,7 +256,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Adam lr of PLATIPUS's log-variances and log-step-sizes (default: --meta-lr)")
     p.add_argument("--trace", type=int, default=0, metavar="N",
                    help="print PLATIPUS's sigma_theta, sqrt(v_q), gamma_p, gamma_q every N iterations")
-    p.add_argument("--eval-steps", type=int, default=40)
+    p.add_argument("--eval-steps", type=int, nargs="+", default=[40],
+                   help="test-time adaptation steps; several: one row per count, read off one adaptation run "
+                        "(the figure uses the last)")
+    p.add_argument("--eval-seed", type=int, default=None,
+                   help="seed of the evaluation tasks (default: --seed + 1000); choose settings on another one")
+    p.add_argument("--set", type=option, nargs="+", default=[], metavar="KEY=VALUE",
+                   help="algorithm options that override the LEARNERS table's for every learner run "
+                        "(e.g. temperature=0.1)")
     p.add_argument("--eval-tasks", type=int, default=200)
     p.add_argument("--sigma0", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -253,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         learner, seconds = train(name, args)
         trained[name] = learner
         sets = getattr(learner, "num_particles", None) or getattr(learner, "test_samples", None) or 1
-        for kind, (found, binned) in evaluate(learner, args).items():
-            cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_ci(found[k])) for k in keys)
-            print(f"| {name} | {kind} | {sets} | {cells} |", flush=True)
-            bins.append(f"| {name} | {kind} | " + " | ".join(f"{sp:.2f} / {e:.2f} ({share:.0%})" for share, sp, e in binned) + " |")
+        for steps, kinds in evaluate(learner, args).items():
+            label = name + "".join(f", {k}={v}" for k, v in args.set) + (f", {steps} test steps" if len(args.eval_steps) > 1 else "")
+            for kind, (found, binned) in kinds.items():
+                cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_ci(found[k])) for k in keys)
+                print(f"| {label} | {kind} | {sets} | {cells} |", flush=True)
+                bins.append(f"| {label} | {kind} | " + " | ".join(f"{sp:.2f} / {e:.2f} ({share:.0%})" for share, sp, e in binned) + " |")
         print(f"<!-- {name}: {args.iterations} iterations in {seconds:.0f} s CPU -->", flush=True)
     print("\nspread / RMSE of the mean (share of grid points) by distance to the nearest support point:\n"
           "| learner | tasks | " + " | ".join(f"d in [{lo:g}, {hi:g})" for lo, hi in BINS) + " |\n|---|---|" + "---|" * len(BINS))

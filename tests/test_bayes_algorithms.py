@@ -93,6 +93,29 @@ def test_one_particle_bmaml_equals_maml(fused, first_order):
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-10, atol=1e-12)
 
 
+# ----- BMAML's tempered likelihood -----------------------------------------------------------
+@pytest.mark.parametrize("fused", [False, True], ids=["generic", "fused"])
+@pytest.mark.parametrize("tau", [0.2, 1.0, 5.0])
+def test_bmaml_likelihood_temperature_is_the_tempered_mixture(fused, tau):
+    # The gradient is that of −τ log 1/M Σ_m exp(−L_m/τ) over the adapted particles' query losses
+    # L_m, written out by hand (float64); the value stays the particles' mean query loss.
+    batch, m = batch64(), 3
+    learner = BMAML(mlp64(), lr=0.05, steps=2, particles=m, objective="likelihood", init_noise=0.3,
+                    temperature=tau, fused=fused)
+    loss = learner.meta_loss(batch)
+    loss.backward()
+    got = grads_of(learner)
+    learner.zero_grad()
+    rows = learner._adapt(batch.x_support, batch.y_support, 2, 0.05, False)
+    query = learner.row_losses(rows, expand_rows(batch.x_query, m), expand_rows(batch.y_query, m)).view(-1, m)
+    torch.testing.assert_close(loss, query.mean(), rtol=1e-12, atol=1e-12)
+    (-tau * torch.log(torch.exp(-query / tau).mean(1))).mean().backward()
+    expected = grads_of(learner)
+    assert got.keys() == expected.keys() and len(got) == len(dict(learner.named_parameters()))
+    for n in got:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-10, atol=1e-13)
+
+
 # ----- fused == generic ---------------------------------------------------------------------
 def twin(cls, **options):
     a = cls(mlp64(), lr=0.05, steps=2, fused=True, **options)
@@ -193,11 +216,14 @@ def test_sampling_is_seeded_and_reproducible(name):
         ("bmaml", {"objective": "elbo"}, "objective must be one of"),
         ("bmaml", {"leader_steps": 0}, "leader_steps must be an integer >= 1"),
         ("bmaml", {"init_noise": -1.0}, "init_noise must be a number >= 0"),
+        ("bmaml", {"objective": "likelihood", "temperature": 0.0}, "temperature must be a number > 0"),
+        ("bmaml", {"temperature": 0.5}, "temperature applies to objective='likelihood' only"),
         ("bmaml", {"adapt": ["0"]}, "rejected its options"),
         ("platipus", {"samples": 0}, "samples must be an integer >= 1"),
         ("platipus", {"test_samples": -2}, "test_samples must be an integer >= 1"),
         ("platipus", {"kl_weight": -0.1}, "kl_weight must be a number >= 0"),
         ("platipus", {"init_std": 0.0}, "init_std must be a number > 0"),
+        ("platipus", {"min_std": -0.1}, "min_std must be a number >= 0"),
         ("platipus", {"gamma": -1.0}, "gamma must be a number > 0"),
         ("platipus", {"lr": 0.0}, "lr must be > 0"),
     ],

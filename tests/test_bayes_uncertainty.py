@@ -73,15 +73,34 @@ def test_every_learner_trains_and_evaluates(capsys):
     assert len(metric_rows) == 2 * len(bu.LEARNERS) and len(rows) == 4 * len(bu.LEARNERS)
 
 
+def test_set_options_and_several_test_step_counts(capsys):
+    # --set reaches the algorithm (its options are validated there); several --eval-steps give one
+    # row per count and kind, read off one adaptation path (0 steps: before any SGD step).
+    argv = ["--iterations", "2", "--eval-tasks", "4", "--meta-batch", "4", "--eval-steps", "0", "3",
+            "--learners", "PLATIPUS (uncertainty)", "--set", "min_std=0.05", "samples=2", "--eval-seed", "7"]
+    assert bu.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " ± " in line]
+    assert [r.split(" | ")[:2] for r in rows] == [
+        [f"| PLATIPUS (uncertainty), min_std=0.05, samples=2, {k} test steps", kind]
+        for k in (0, 3) for kind in ("ambiguous", "non-ambiguous")]
+    assert rows[0].split(" | ")[3:] != rows[2].split(" | ")[3:]  # 0 and 3 steps: different samples
+    assert bu.parse_args(["--set", "a=0.1", "b=x", "c=True"]).set == [("a", 0.1), ("b", "x"), ("c", True)]
+    with pytest.raises(ValueError, match="min_std must be a number >= 0"):
+        bu.main(argv[:-4] + ["min_std=-1"])
+    with pytest.raises(SystemExit):
+        bu.parse_args(["--set", "0.1"])
+    assert bu.eval_seed(bu.parse_args([])) == 1000 and bu.eval_seed(bu.parse_args(["--eval-seed", "3"])) == 3
+
+
 @functools.lru_cache(maxsize=None)
 def _small_run(name: str) -> dict:
     """A short meta-training (300 iterations) and evaluation (60 tasks of each kind, 10 steps)."""
     args = bu.parse_args(["--iterations", "300", "--eval-tasks", "60", "--eval-steps", "10"])
     learner, _ = bu.train(name, args)
-    return bu.evaluate(learner, args)
+    return bu.evaluate(learner, args)[10]
 
 
-@pytest.mark.parametrize("name", ["BMAML (uncertainty)", "PLATIPUS (uncertainty)"])
+@pytest.mark.parametrize("name", ["BMAML (uncertainty)", "BMAML (uncertainty, temperature 0.5)", "PLATIPUS (uncertainty)"])
 def test_sampled_functions_spread_more_on_ambiguous_tasks(name):
     # The documented settings: over the grid, the sampled functions disagree more on tasks whose
     # support lies in a narrow window than on tasks whose support covers [-5, 5] (the difference's
@@ -120,14 +139,17 @@ def test_variance_lr_moves_platipus_scales_at_their_own_rate(capsys):
     assert len(trace) == 2 and "sigma_theta [0.1000 0.1000" in trace[0] and "gamma_p [0.0100" in trace[0]
 
 
-def test_platipus_prior_log_variance_gradient_is_the_kl_closed_form():
+@pytest.mark.parametrize("min_std", [0.0, 0.15])
+def test_platipus_prior_log_variance_gradient_is_the_kl_closed_form(min_std):
     # σ²_θ enters PLATIPUS's objective only through kl_weight · mean_t KL(q_t ‖ p_t), so its
-    # gradient is kl_weight · mean_t ½ [1 − (v_q + Δ_t²) / σ²_θ] with Δ_t = μ_q,t − μ_p,t: it is
-    # learned, and its fixed point is σ²_θ = v_q + mean_t Δ_t² (float64, 1e-10 relative).
+    # gradient is kl_weight · mean_t ½ [1 − (v_q + Δ_t²) / σ²_θ] · e^{log σ²_θ} / σ²_θ with
+    # Δ_t = μ_q,t − μ_p,t and the floored variances σ²_θ = e^{log σ²_θ} + min_std², v_q likewise:
+    # it is learned, and its fixed point is σ²_θ = v_q + mean_t Δ_t² (float64, 1e-10 relative).
     from maml_ext.algorithms import PLATIPUS
 
     torch.manual_seed(0)
-    learner = PLATIPUS(bu.MLP(1, 1, hidden=(8, 6)).double(), lr=0.05, samples=2, kl_weight=0.3, init_std=0.2, gamma=0.1)
+    learner = PLATIPUS(bu.MLP(1, 1, hidden=(8, 6)).double(), lr=0.05, samples=2, kl_weight=0.3, init_std=0.2, gamma=0.1,
+                       min_std=min_std)
     with torch.no_grad():
         for lq, lp in zip(learner.q_logvar, learner.prior_logvar):
             lq.normal_(-3, 0.5), lp.normal_(-3, 0.5)
@@ -138,5 +160,20 @@ def test_platipus_prior_log_variance_gradient_is_the_kl_closed_form():
     mu_q = learner._stepped_mean(batch.x_query, batch.y_query, learner.log_gamma_q, False)
     for n, lq, lp in zip(learner.adapt_names, learner.q_logvar, learner.prior_logvar):
         delta2 = (mu_q[n] - mu_p[n]).detach().pow(2)
-        expected = 0.3 * (0.5 * (1 - (lq.detach().exp() + delta2) / lp.detach().exp())).mean(0)
+        vq, vp = lq.detach().exp() + min_std**2, lp.detach().exp() + min_std**2
+        expected = 0.3 * (0.5 * (1 - (vq + delta2) / vp) * lp.detach().exp() / vp).mean(0)
         torch.testing.assert_close(lp.grad, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_platipus_min_std_floors_the_test_samples():
+    # With the learned variances near zero, the test-time draws θ ~ p(θ | support) still spread by
+    # min_std around their mean (20000 draws per entry: the std within 3%).
+    from maml_ext.algorithms import PLATIPUS
+
+    torch.manual_seed(0)
+    learner = PLATIPUS(bu.MLP(1, 1, hidden=(4,)).double(), test_samples=20000, init_std=1e-6, min_std=0.2)
+    b = Sinusoid().sample(2, 5, 7, torch.Generator().manual_seed(1))
+    rows, s = next(learner.adapted_sets(b.x_support.double(), b.y_support.double(), 0, None, torch.Generator().manual_seed(2)))
+    for n, r in rows.items():
+        std = r.view(2, s, -1).std(1)
+        torch.testing.assert_close(std, torch.full_like(std, 0.2), rtol=0.03, atol=0.0)

@@ -43,6 +43,11 @@ class PLATIPUS(RowLearner):
         test_samples: draws per task at test time.
         kl_weight: weight of the KL term (summed over all parameters, mean over tasks).
         init_std: initial σ_θ and √v_q.
+        min_std: a floor s_0 under both standard deviations: the variances used (sampling and
+            KL) are e^{log σ²} + s_0², so the learned ones can fall (the query loss pushes them
+            down, and the KL is flat along q = p) without the samples collapsing. 0: no floor.
+            On the ambiguous sinusoids a floor of 0.1 costs more fit than it adds spread
+            (docs/bayesian-uncertainty.md, fourth pass).
         gamma: initial γ_p and γ_q (None: lr).
         first_order: no second-order terms through the inner steps and the γ steps.
         fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
@@ -61,6 +66,7 @@ class PLATIPUS(RowLearner):
         test_samples: int = 5,
         kl_weight: float = 1e-3,
         init_std: float = 0.01,
+        min_std: float = 0.0,
         gamma: float | None = None,
         first_order: bool = False,
         loss: str = "mse",
@@ -75,11 +81,14 @@ class PLATIPUS(RowLearner):
         for key, value in (("init_std", init_std), ("gamma", 1.0 if gamma is None else gamma)):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{key} must be a number > 0, got {value!r}")
+        if not (isinstance(min_std, (int, float)) and not isinstance(min_std, bool) and min_std >= 0):
+            raise ValueError(f"min_std must be a number >= 0, got {min_std!r}")
         super().__init__(model, lr=lr, steps=steps, loss=loss, fused=fused, task_batched=task_batched)
         self.samples = samples
         self.test_samples = test_samples
         self.kl_weight = float(kl_weight)
         self.first_order = bool(first_order)
+        self.min_std = float(min_std)
         named = dict(model.named_parameters())
         logvar = 2.0 * math.log(init_std)
 
@@ -107,10 +116,14 @@ class PLATIPUS(RowLearner):
         names = list(mu)
         return dict(zip(names, ops.inner_update([mu[n] for n in names], [grads[n] for n in names], [g.exp() for g in log_gammas])))
 
+    def floored(self, logvar: Tensor) -> Tensor:
+        """The log-variance used: log(e^{logvar} + min_std²) (``logvar`` itself without a floor)."""
+        return torch.logaddexp(logvar, logvar.new_tensor(2.0 * math.log(self.min_std))) if self.min_std > 0 else logvar
+
     def _sample(self, mean: Rows, logvars: nn.ParameterList, sets: int, generator: torch.Generator | None) -> Rows:
-        """``sets`` reparameterised draws per task from N(mean [T, ...], e^{logvar}), as rows."""
+        """``sets`` reparameterised draws per task from N(mean [T, ...], e^{logvar} + min_std²), as rows."""
         rows = {}
-        for (n, mu), logvar in zip(mean.items(), logvars):
+        for (n, mu), logvar in zip(mean.items(), map(self.floored, logvars)):
             noise = torch.randn((mu.shape[0], sets, *mu.shape[1:]), generator=generator, dtype=mu.dtype, device=mu.device)
             rows[n] = (mu.unsqueeze(1) + (0.5 * logvar).exp() * noise).flatten(0, 1)
         return rows
@@ -119,7 +132,7 @@ class PLATIPUS(RowLearner):
         """KL(q ‖ p) per task ``[T]``, summed over every parameter entry."""
         total = 0.0
         for (n, mq), lq, lp in zip(mu_q.items(), self.q_logvar, self.prior_logvar):
-            total = total + gaussian_kl(mq, lq, mu_p[n], lp).flatten(1).sum(1)
+            total = total + gaussian_kl(mq, self.floored(lq), mu_p[n], self.floored(lp)).flatten(1).sum(1)
         return total
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
