@@ -87,6 +87,8 @@ def glyph_config(task: dict[str, Any], algorithm: dict[str, Any], args: argparse
     """5-way 1-shot glyph episodes (1 query example per class in training, ``--eval-k-query`` at
     evaluation), conv4 with ``--filters`` filters, Adam 1e-3."""
     model = {"name": "conv4", "filters": args.filters, "image_size": 28}
+    if getattr(args, "plain_norms", None):  # only when given: earlier runs' configs (--reuse) have none
+        model["plain_norms"] = args.plain_norms
     if algorithm["name"] == "mr-maml-a":  # conv4 to the latent's means and scales, a linear head on it
         model = {**model, "name": "bottleneck_conv4", "latent": args.latent}
     return config.validate({
@@ -324,6 +326,8 @@ def main() -> None:
     g.add_argument("--adapt", nargs="+", default=GLYPH_HEAD,
                    help="MR-MAML(W)'s adapted parameters (default: the head; convs norms head: all, the stochastic ones from their draw)")
     g.add_argument("--prior-std", type=float, default=1.0, help="MR-MAML(W): σ of the N(0, σ²) prior")
+    g.add_argument("--plain-norms", type=int, nargs="+", default=[],
+                   help="conv4 BatchNorm layers without scale and shift (e.g. 3: the head's features cannot be rescaled)")
     g.add_argument("--beta-a", type=float, nargs="+", default=[0.1], help="MR-MAML(A) β values")
     g.add_argument("--latent", type=int, default=32, help="MR-MAML(A): latent dimensions (bottleneck_conv4)")
     g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (MR-MAML(A): latents)")

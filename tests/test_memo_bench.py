@@ -104,3 +104,9 @@ def test_glyph_fresh_adam_one_task_last_block_stochastic(root, tmp_path, monkeyp
     assert run.config["train"]["optimizer"] == "fresh-adam" and run.config["train"]["meta_batch"] == 1
     assert sorted(run.learner.stochastic_names) == ["convs.3.bias", "convs.3.weight", "head.bias", "head.weight",
                                                     "norms.3.bias", "norms.3.weight"]
+    run_main(monkeypatch, "glyphs", "--root", str(root), "--iterations", "2", "--tasks", "5", "--filters", "4",
+             "--fresh-adam", "--meta-batch", "1", "--families", "memo", "--algorithms", "mr-maml", "--plain-norms", "3",
+             "--stochastic", "head", "--adapt", "convs", "norms", "head",
+             "--beta", "1", "--init-std", "1.9e-22", "--eval-steps", "1", "--eval-k-query", "1", "--out", str(out / "plain"))
+    run, _ = loop.restore(out / "plain" / "nme-mr-maml-1" / loop.CHECKPOINT)
+    assert run.config["model"]["plain_norms"] == [3] and not run.learner.model.norms[3].affine
