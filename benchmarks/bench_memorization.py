@@ -32,6 +32,9 @@ episodes), each meta-trained for the same wall-clock budget, evaluated on the sa
     nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --fresh-adam --meta-batch 1 \
         --iterations 4000 --algorithms mr-maml --stochastic convs.3 norms.3 head --adapt convs norms head \
         --beta 1e-2 --init-std 1.9e-22   # the paper's meta-update, one task per iteration, the last block stochastic
+    nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --fresh-adam --meta-batch 1 \
+        --iterations 4000 --algorithms mr-maml --stochastic convs.3 norms.3 head --adapt convs norms head \
+        --beta 0.2 --init-std 1.9e-22 --splits val test   # held-out episodes of the validation and test classes
     nice python benchmarks/bench_memorization.py imaml --family glyphs --root data/glyphs --seconds 300
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
