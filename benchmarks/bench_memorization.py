@@ -32,6 +32,9 @@ episodes), each meta-trained for the same wall-clock budget, evaluated on the sa
     nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --fresh-adam --meta-batch 1 \
         --iterations 4000 --algorithms mr-maml --stochastic convs.3 norms.3 head --adapt convs norms head \
         --beta 1e-2 --init-std 1.9e-22   # the paper's meta-update, one task per iteration, the last block stochastic
+    nice python benchmarks/bench_memorization.py glyphs --root data/glyphs --train-classes 50 --fresh-adam --meta-batch 1 \
+        --iterations 4000 --algorithms mr-maml --stochastic convs.3 norms.3 head --adapt convs norms head \
+        --beta 0.2 --init-std 1.9e-22 --splits val test   # held-out episodes of the validation and test classes
     nice python benchmarks/bench_memorization.py imaml --family glyphs --root data/glyphs --seconds 300
 
 Prints Markdown tables (mean ± 95% CI over tasks, median in parentheses); every run directory holds its config.json,
@@ -49,6 +52,7 @@ from typing import Any
 
 import torch
 
+from maml_ext import plugins
 from maml_ext.train import config, evaluate, loop
 
 # The paper's code (sinusoid/MR_MAML.ipynb): a 21-100-5 encoder (stochastic in MR-MAML(W)) and a
@@ -86,6 +90,8 @@ def glyph_config(task: dict[str, Any], algorithm: dict[str, Any], args: argparse
     """5-way 1-shot glyph episodes (1 query example per class in training, ``--eval-k-query`` at
     evaluation), conv4 with ``--filters`` filters, Adam 1e-3."""
     model = {"name": "conv4", "filters": args.filters, "image_size": 28}
+    if getattr(args, "plain_norms", None):  # only when given: earlier runs' configs (--reuse) have none
+        model["plain_norms"] = args.plain_norms
     if algorithm["name"] == "mr-maml-a":  # conv4 to the latent's means and scales, a linear head on it
         model = {**model, "name": "bottleneck_conv4", "latent": args.latent}
     return config.validate({
@@ -120,11 +126,13 @@ def held_out_metric(run: loop.Run, family: Any, cfg: config.Config, steps: int, 
                       for i in range(0, batch.num_tasks, EVAL_CHUNK)], 1).double()
 
 
-def metrics_row(run: loop.Run, cfg: config.Config, steps: int, metric: str = "loss") -> dict[str, torch.Tensor]:
+def metrics_row(run: loop.Run, cfg: config.Config, steps: int, metric: str = "loss",
+                held_out: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """Query ``metric`` per task before and after ``steps`` adaptation steps, on
-    training-distribution and held-out tasks."""
+    training-distribution tasks and on each ``held_out`` family (default: the run's own
+    ``held-out``)."""
     found = {}
-    for label, family in (("train", run.family), ("held-out", run.family.held_out)):
+    for label, family in (("train", run.family), *(held_out or {"held-out": run.family.held_out}).items()):
         values = held_out_metric(run, family, cfg, steps, metric)
         found[f"{label} pre"], found[f"{label} post"] = values[0], values[steps]
     return found
@@ -180,18 +188,24 @@ def glyphs(args: argparse.Namespace) -> None:
     algorithms = learners(args, GLYPH_LR, args.adapt, **common)
     for algorithm in algorithms.values():
         algorithm["steps"] = GLYPH_TRAIN_STEPS
+    task = {"name": "memo_glyphs", "train_classes": args.train_classes}
+    # Held-out episodes of each --splits class split; training does not depend on it, so the
+    # runs (and --reuse) are the same whichever splits are evaluated.
+    held_out = {split: plugins.build_task(root=str(args.root), n_way=5, eval_split=split, **task).held_out
+                for split in args.splits}
     compare(args, algorithms, lambda exclusive, algorithm: glyph_config(
-        {"name": "memo_glyphs", "exclusive": exclusive, "train_classes": args.train_classes}, algorithm, args,
-        args.iterations), "accuracy")
+        {**task, "exclusive": exclusive}, algorithm, args, args.iterations), "accuracy", held_out)
 
 
 def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
-            make_config: Any, metric: str) -> None:
+            make_config: Any, metric: str, held_out: dict[str, Any] | None = None) -> None:
     """Train every algorithm on the non-mutually-exclusive family and/or its control; print the
-    table of ``metric`` before and after ``--eval-steps`` steps, on training and held-out tasks."""
+    table of ``metric`` before and after ``--eval-steps`` steps, on training tasks and on the
+    ``held_out`` families (default: each run's own held-out tasks)."""
     steps = args.eval_steps
-    rows = [f"| tasks | algorithm | train tasks, 0 steps | train tasks, {steps} steps | held-out, 0 steps | "
-            f"held-out, {steps} steps | train time |", "|---" * 7 + "|"]
+    labels = ["train", *(held_out or ["held-out"])]
+    rows = ["| tasks | algorithm | " + " | ".join(f"{label} tasks, {n} steps" for label in labels for n in (0, steps))
+            + " | train time |", "|---" * (3 + 2 * len(labels)) + "|"]
     summary = {}
     for exclusive in [kind == "control" for kind in args.families]:
         kind = "mutually exclusive (control)" if exclusive else "non-mutually-exclusive"
@@ -199,10 +213,10 @@ def compare(args: argparse.Namespace, algorithms: dict[str, dict[str, Any]],
             cfg = make_config(exclusive, algorithm)
             name = f"{'me' if exclusive else 'nme'}-{algorithm['name']}" + (f"-{algorithm['beta']:g}" if "beta" in algorithm else "")
             run, seconds = train_and_restore(cfg, args.out / name, args.reuse)
-            found = metrics_row(run, cfg, steps, metric)
+            found = metrics_row(run, cfg, steps, metric, held_out)
             summary[name] = {k: [v.mean().item(), 1.96 * v.std().item() / math.sqrt(v.numel())] for k, v in found.items()}
-            rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[k], metric == "accuracy") for k in
-                        ("train pre", "train post", "held-out pre", "held-out post")) + f" | {f'{seconds:.0f} s' if seconds == seconds else 'reused'} |")
+            rows.append(f"| {kind} | {label} | " + " | ".join(cell(found[f"{split} {when}"], metric == "accuracy") for split in labels
+                        for when in ("pre", "post")) + f" | {f'{seconds:.0f} s' if seconds == seconds else 'reused'} |")
             print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.bench}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -315,6 +329,8 @@ def main() -> None:
     g.add_argument("--adapt", nargs="+", default=GLYPH_HEAD,
                    help="MR-MAML(W)'s adapted parameters (default: the head; convs norms head: all, the stochastic ones from their draw)")
     g.add_argument("--prior-std", type=float, default=1.0, help="MR-MAML(W): σ of the N(0, σ²) prior")
+    g.add_argument("--plain-norms", type=int, nargs="+", default=[],
+                   help="conv4 BatchNorm layers without scale and shift (e.g. 3: the head's features cannot be rescaled)")
     g.add_argument("--beta-a", type=float, nargs="+", default=[0.1], help="MR-MAML(A) β values")
     g.add_argument("--latent", type=int, default=32, help="MR-MAML(A): latent dimensions (bottleneck_conv4)")
     g.add_argument("--sample-eval", action="store_true", help="MR-MAML: evaluate with drawn weights (MR-MAML(A): latents)")
@@ -325,6 +341,8 @@ def main() -> None:
     g.add_argument("--train-classes", type=int, default=0,
                    help="meta-train on this many training classes (a seeded subset; 0: all): memorised sooner")
     g.add_argument("--tasks", type=int, default=600, help="evaluation tasks")
+    g.add_argument("--splits", nargs="+", choices=["val", "test"], default=["test"],
+                   help="class splits of the held-out episodes: choose settings on val, report test")
     g.add_argument("--meta-batch", type=int, default=16)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, default=Path("runs/memo-glyphs"))

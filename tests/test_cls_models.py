@@ -16,6 +16,7 @@ from maml_ext.tasks import TaskBatch
 MODELS = {
     "conv4-stride": ("conv4", dict(filters=4, pool="stride", image_size=16), (1, 16, 16)),
     "conv4-max": ("conv4", dict(filters=4, pool="max", image_size=16, layers=2), (3, 16, 16)),
+    "conv4-plain-norm": ("conv4", dict(filters=4, pool="stride", image_size=16, layers=3, plain_norms=[1]), (1, 16, 16)),
     "mlp_bn": ("mlp_bn", dict(image_size=8, hidden=[8, 6, 5]), (1, 8, 8)),
 }
 
@@ -46,6 +47,17 @@ def test_paper_shapes():
     assert not any(n.track_running_stats for n in omni.norms)  # batch statistics at train and test
     with pytest.raises(ValueError, match="pool"):
         plugins.build_model("conv4", in_features=1, out_features=5, pool="avg")
+
+
+def test_plain_norms_have_no_scale_and_shift():
+    """``plain_norms``: those BatchNorm layers normalise without a learned scale and shift, so
+    nothing after them can rescale their features (MR-MAML(W)'s KL cannot be evaded through them)."""
+    model = plugins.build_model("conv4", in_features=1, out_features=5, filters=4, plain_norms=[3])
+    names = [n for n, _ in model.named_parameters()]
+    assert "norms.3.weight" not in names and "norms.2.weight" in names and not model.norms[3].affine
+    for bad in ([4], [-1], [True], 3):
+        with pytest.raises(ValueError, match="plain_norms"):
+            plugins.build_model("conv4", in_features=1, out_features=5, plain_norms=bad)
 
 
 @pytest.mark.parametrize("key", MODELS)

@@ -39,7 +39,7 @@ def test_glyph_memo_table_reports_accuracy_of_both_families(root, tmp_path, monk
     summary = json.loads((out / "glyphs.json").read_text())
     assert sorted(summary) == ["me-maml", "me-mr-maml-0", "nme-maml", "nme-mr-maml-0"]
     for cells in summary.values():
-        assert sorted(cells) == ["held-out post", "held-out pre", "train post", "train pre"]
+        assert sorted(cells) == ["test post", "test pre", "train post", "train pre"]
         assert all(0.0 <= mean <= 1.0 for mean, _ in cells.values())  # accuracies, not losses
     table = capsys.readouterr().out
     assert table.count("| non-mutually-exclusive |") == 4 and "%" in table  # rows printed as they come, then the table
@@ -48,6 +48,14 @@ def test_glyph_memo_table_reports_accuracy_of_both_families(root, tmp_path, monk
              "--beta", "0", "--meta-batch", "2", "--eval-steps", "2", "--eval-k-query", "1", "--out", str(out), "--reuse",
              "--families", "memo", "--algorithms", "maml")
     assert json.loads((out / "glyphs.json").read_text())["nme-maml"] == summary["nme-maml"]
+    # the same runs on the validation classes too: test cells unchanged, val cells from other episodes
+    run_main(monkeypatch, "glyphs", "--root", str(root), "--iterations", "3", "--tasks", "10", "--filters", "4",
+             "--beta", "0", "--meta-batch", "2", "--eval-steps", "2", "--eval-k-query", "1", "--out", str(out), "--reuse",
+             "--families", "memo", "--algorithms", "maml", "--splits", "val", "test")
+    both = json.loads((out / "glyphs.json").read_text())["nme-maml"]
+    assert sorted(both) == ["test post", "test pre", "train post", "train pre", "val post", "val pre"]
+    assert {k: both[k] for k in summary["nme-maml"]} == summary["nme-maml"] and both["val post"] != both["test post"]
+    assert "| val tasks, 0 steps | val tasks, 2 steps | test tasks, 0 steps |" in capsys.readouterr().out
 
 
 def test_glyph_config_selects_the_fixed_label_family_unless_control(root, tmp_path):
@@ -96,3 +104,9 @@ def test_glyph_fresh_adam_one_task_last_block_stochastic(root, tmp_path, monkeyp
     assert run.config["train"]["optimizer"] == "fresh-adam" and run.config["train"]["meta_batch"] == 1
     assert sorted(run.learner.stochastic_names) == ["convs.3.bias", "convs.3.weight", "head.bias", "head.weight",
                                                     "norms.3.bias", "norms.3.weight"]
+    run_main(monkeypatch, "glyphs", "--root", str(root), "--iterations", "2", "--tasks", "5", "--filters", "4",
+             "--fresh-adam", "--meta-batch", "1", "--families", "memo", "--algorithms", "mr-maml", "--plain-norms", "3",
+             "--stochastic", "head", "--adapt", "convs", "norms", "head",
+             "--beta", "1", "--init-std", "1.9e-22", "--eval-steps", "1", "--eval-k-query", "1", "--out", str(out / "plain"))
+    run, _ = loop.restore(out / "plain" / "nme-mr-maml-1" / loop.CHECKPOINT)
+    assert run.config["model"]["plain_norms"] == [3] and not run.learner.model.norms[3].affine

@@ -117,3 +117,20 @@ def test_memo_glyphs_train_classes_subset_shared_by_the_control(tmp_path, monkey
     for bad in (2, 10**6, -1, 2.5):
         with pytest.raises(ValueError, match="task.train_classes must be"):
             plugins.build_task("memo_glyphs", root=root, n_way=3, train_classes=bad)
+
+
+def test_memo_glyphs_eval_split_selects_validation_classes(tmp_path, monkeypatch):
+    """``eval_split="val"``: held-out episodes from the validation classes, disjoint from the test
+    classes and the training classes, so settings can be chosen without the test episodes."""
+    monkeypatch.setenv("MAML_EXT_CACHE", str(tmp_path / "cache"))
+    write_omniglot(tmp_path / "glyphs", alphabets=(("Alpha", 8), ("Beta", 8)), evaluation=(("Gamma", 6),))
+    (tmp_path / "glyphs" / "manifest.json").write_text("{}")
+    root = str(tmp_path / "glyphs")
+    test = plugins.build_task("memo_glyphs", root=root, n_way=3)
+    val = plugins.build_task("memo_glyphs", root=root, n_way=3, eval_split="val", train_classes=6)
+    names = {split: set(family.held_out.split.classes) for split, family in (("test", test), ("val", val))}
+    assert names["val"] and names["test"] and not names["val"] & names["test"]
+    assert not names["val"] & set(test.split.classes)
+    assert torch.equal(val.episodes._classes, plugins.build_task("memo_glyphs", root=root, n_way=3, train_classes=6).episodes._classes)
+    with pytest.raises(ValueError, match="task.eval_split must be one of"):
+        plugins.build_task("memo_glyphs", root=root, n_way=3, eval_split="train")

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 BN_EPS = 1e-5
 
 
-def _bn(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Per-channel batch-statistics BatchNorm; ``h`` is ``[B, C, ...]``, weight/bias ``[C]``."""
+def _bn(h: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Per-channel batch-statistics BatchNorm; ``h`` is ``[B, C, ...]``, weight/bias ``[C]`` (None:
+    no scale and shift)."""
     return F.batch_norm(h, None, None, weight, bias, training=True, eps=BN_EPS)
 
 
@@ -44,19 +45,24 @@ class Conv4(nn.Module):
         pool: str = "stride",
         image_size: int = 28,
         layers: int = 4,
+        plain_norms: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if pool not in ("stride", "max"):
             raise ValueError(f"pool must be 'stride' or 'max', got {pool!r}")
         if filters < 1 or layers < 1 or image_size < 2**layers:
             raise ValueError(f"need filters >= 1, layers >= 1 and image_size >= 2**layers, got {filters}, {layers}, {image_size}")
+        if isinstance(plain_norms, (str, int)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < layers for i in plain_norms):
+            raise ValueError(f"plain_norms must be a list of layer indices in [0, {layers}), got {plain_norms!r}")
         self.pool = pool
         self.stride = 2 if pool == "stride" else 1
         self.convs = nn.ModuleList(
             nn.Conv2d(in_channels if i == 0 else filters, filters, 3, stride=self.stride, padding=1)
             for i in range(layers)
         )
-        self.norms = nn.ModuleList(nn.BatchNorm2d(filters, track_running_stats=False) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(filters, track_running_stats=False, affine=i not in plain_norms)
+                                   for i in range(layers))
         side = image_size
         for _ in range(layers):
             side = (side + 1) // 2 if pool == "stride" else side // 2
@@ -85,7 +91,8 @@ class Conv4(nn.Module):
         for i in range(len(self.convs)):
             w = params[f"convs.{i}.weight"]
             h = F.conv2d(h, w.flatten(0, 1), params[f"convs.{i}.bias"].flatten(), self.stride, 1, groups=T)
-            h = F.relu(_bn(h, params[f"norms.{i}.weight"].flatten(), params[f"norms.{i}.bias"].flatten()))
+            scale, shift = (params[f"norms.{i}.{n}"].flatten() if self.norms[i].affine else None for n in ("weight", "bias"))
+            h = F.relu(_bn(h, scale, shift))
             if self.pool == "max":
                 h = F.max_pool2d(h, 2)
         feat = self._features(h.view(B * T, -1, *h.shape[2:])).view(B, T, -1).transpose(0, 1)
@@ -125,9 +132,11 @@ def build(
     pool: str = "stride",
     image_size: int = 28,
     layers: int = 4,
+    plain_norms: Sequence[int] = (),
 ) -> Conv4:
-    """Entry point ``maml_ext.models: conv4``; ``in_features`` is the number of input channels."""
-    return Conv4(in_features, out_features, int(filters), pool, int(image_size), int(layers))
+    """Entry point ``maml_ext.models: conv4``; ``in_features`` is the number of input channels.
+    ``plain_norms``: indices of the BatchNorm layers without a learned scale and shift."""
+    return Conv4(in_features, out_features, int(filters), pool, int(image_size), int(layers), plain_norms)
 
 
 def build_mlp_bn(

@@ -136,18 +136,21 @@ class FixedLabelEpisodes(Episodes):
 
 def build_glyphs(
     root: str = "data/glyphs", n_way: int = 5, image_size: int = 28, exclusive: bool = False, seed: int = 1,
-    train_classes: int = 0,
+    train_classes: int = 0, eval_split: str = "test",
 ) -> FewShot:
     """Entry point ``maml_ext.tasks: memo_glyphs``: the ``glyphs`` family (Omniglot's split and
     rotations) with a fixed class-to-label assignment in meta-training unless ``exclusive``.
     ``train_classes``: meta-train on that many training classes only (a subset drawn with
     ``seed``, the same for the control; 0: all): fewer classes are memorised sooner. Held-out
-    episodes use every test class."""
+    episodes use every class of ``eval_split``: "test", or "val" (the validation classes, disjoint
+    from the test classes) to choose settings without the test episodes."""
     from maml_ext.datasets import fewshot  # the image stack is only needed for this family
 
     if isinstance(train_classes, bool) or not isinstance(train_classes, int) or train_classes < 0:
         raise ValueError(f"task.train_classes must be an integer >= 0 (0: all), got {train_classes!r}")
-    family = fewshot.build_glyphs(root, int(n_way), int(image_size), seed=int(seed))
+    if eval_split not in fewshot.EVAL_SPLITS:  # before the images are loaded
+        raise ValueError(f"task.eval_split must be one of {fewshot.EVAL_SPLITS}, got {eval_split!r}")
+    family = fewshot.build_glyphs(root, int(n_way), int(image_size), eval_split=eval_split, seed=int(seed))
     inputs, labels = family.episodes.inputs, torch.from_numpy(np.asarray(family.split.labels))
     if train_classes:
         classes = torch.unique(labels)
