@@ -295,6 +295,34 @@ def test_sums_whose_operand_dies_run_in_place() -> None:
     assert torch.equal(x, x0) and torch.equal(y, y0)  # inputs untouched
 
 
+def test_sums_read_in_fewer_passes() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.sums import distribute_sums, merge_sums
+
+    def f(x, y, z):
+        w = x.t()[:, :3]  # a strided operand, as conv4's transposed weight gradient
+        s = (w + y).reshape(2, 2, 3).sum([0], keepdim=True)  # -> sum(w) + sum(y)
+        a = x.t()[:, 1:4] + y
+        kept = a.reshape(2, 2, 3).sum([0]).sum() + a  # the add is read again: kept
+        wide = (y + z).sum([0])  # z broadcasts: kept
+        same = (y[:1] + y[1:2]).sum([0])  # as large as the add: no gain, kept
+        chain = x.sum([0], keepdim=True).sum([-1], keepdim=True).sum([1], keepdim=True)  # -> one sum over [0, 1]
+        loose = x.sum([0]).sum([0])  # the inner sum drops its axis: kept
+        drops = x.exp().sum([0], keepdim=True).sum([1])  # the outer drops only its own axis: kept
+        return s, kept, wide, same, chain, loose, drops
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 4, dtype=torch.float64, generator=g), torch.randn(4, 3, dtype=torch.float64, generator=g)
+    z = torch.randn(3, dtype=torch.float64, generator=g)
+    gm = make_fx(f)(x, y, z)
+    assert distribute_sums(gm.graph) == 1 and merge_sums(gm.graph) == 2
+    gm.graph.lint()
+    gm.recompile()
+    for got, expected in zip(gm(x, y, z), f(x, y, z), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
 def test_lowering_to_public_bindings_keeps_every_value() -> None:
     from torch.fx.experimental.proxy_tensor import make_fx
 

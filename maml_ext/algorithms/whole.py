@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from . import sums
 from .trace import MAX_SIGNATURES, simplify
 
 aten = torch.ops.aten
@@ -137,9 +138,12 @@ def _freeze(value: object) -> object:
     return value
 
 
+REASSOCIATE_SUMS = True  # read when a graph is recorded; benchmarks/bench_generic.py's "before" sets it False
+
+
 def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     """The recorded meta-gradient graph without aliases, in-place scaling, additions of zero and
-    repeated operators, then :func:`.trace.simplify`'s folds; None when it must not be replayed
+    repeated operators, its sums read in fewer passes (:mod:`.sums`), then :func:`.trace.simplify`'s folds; None when it must not be replayed
     (random operators, whose replay would draw other numbers, or in-place updates left)."""
     graph = gm.graph
     for n in graph.nodes:
@@ -151,6 +155,9 @@ def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     _drop_double_transposes(graph)
     graph.eliminate_dead_code()
     _eliminate_common(graph)
+    if REASSOCIATE_SUMS:
+        sums.distribute_sums(graph)
+        sums.merge_sums(graph)
     return simplify(gm)
 
 
