@@ -6,7 +6,9 @@ The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's
 ``vmap`` over tasks, recorded once per input signature and replayed (``trace``; the default for
 torch.nn and maml_ext modules, ``trace=True`` here so the custom ``ResBN`` is recorded too), per-task
 gradients from one batched backward. ``generic, vmap per call`` is the same learner with
-``trace=False`` (the path before recording); ``generic, sums not reassociated`` records the whole meta-gradient without :mod:`maml_ext.algorithms.sums`'s
+``trace=False`` (the path before recording); ``generic, memory not reused`` replays
+without reusing freed buffers (before :func:`maml_ext.algorithms.whole.reused_memory`);
+``generic, sums not reassociated`` records the whole meta-gradient without :mod:`maml_ext.algorithms.sums`'s
 rewrites (the path before them); ``generic, sums not in place`` records the whole
 meta-gradient without running sums whose operand dies there in place (before
 :func:`maml_ext.algorithms.whole.in_place_candidates`); ``generic, forward recorded`` records only the
@@ -51,7 +53,7 @@ from maml_ext.models import conv4
 from maml_ext.tasks import TaskBatch
 
 GATE = 1e-10
-IMPLS = ("maml_ext generic", "generic, sums not reassociated", "generic, sums not in place", "generic, forward recorded", "generic, vmap per call", "torch.func", "hand-batched")
+IMPLS = ("maml_ext generic", "generic, memory not reused", "generic, sums not reassociated", "generic, sums not in place", "generic, forward recorded", "generic, vmap per call", "torch.func", "hand-batched")
 Batched = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params [T, ...], x [T, N, ...]) -> [T, N, out]
 
 
@@ -172,11 +174,11 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     forward_tasks = w.batched(model)
 
     def without(flag: str) -> MetaLoss:
-        """The recorded meta-gradient with one of whole.py's passes off (``flag`` False while recording)."""
+        """The recorded meta-gradient with one of whole.py's passes off (``flag`` False while it records and replays)."""
         other = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=True)
 
         def meta_loss(b: TaskBatch) -> Tensor:
-            setattr(whole, flag, False)  # read only while its first call records
+            setattr(whole, flag, False)
             try:
                 return other.meta_loss(b)
             finally:
@@ -222,6 +224,7 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
         "maml_ext generic": learner.meta_loss,
         "generic, sums not in place": without("REUSE_BUFFERS"),
         "generic, sums not reassociated": without("REASSOCIATE_SUMS"),
+        "generic, memory not reused": without("REUSE_MEMORY"),
         "generic, forward recorded": forward_only.meta_loss,
         "generic, vmap per call": untraced.meta_loss,
         "torch.func": lambda b: vmap(one_task)(b.x_support, b.y_support, b.x_query, b.y_query).mean(),
@@ -334,7 +337,7 @@ def main() -> None:
             print(op_table(WORKLOADS[key], ["maml_ext generic", "hand-batched"]))
         return
     if args.memory:
-        names = ["maml_ext generic", "generic, sums not reassociated", "generic, sums not in place", "generic, forward recorded", "hand-batched"]
+        names = ["maml_ext generic", "generic, memory not reused", "generic, sums not reassociated", "generic, sums not in place", "generic, forward recorded", "hand-batched"]
         print("peak resident MB above the resident size before the call: first call (records) / a later call")
         for key in args.workloads:
             found = peak_memory_mb(WORKLOADS[key], names)

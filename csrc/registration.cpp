@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mlp/mlp_engine.h"
+#include "replay/replay_memory.h"
 
 TORCH_LIBRARY(maml_ext, m) {
   /* From csrc/inner_update */
@@ -94,4 +95,11 @@ PYBIND11_MODULE(_C, m) {
         "The CPU kernel variant in use: 'default', 'avx2' or 'avx512'.");
   m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
         "Force a CPU kernel variant (for testing each variant).");
+  m.def("replay_memory_enter", &maml_ext::replay::enter,
+        "Open a scope in which freed CPU blocks of >= 1 MiB are reused by size (nests); False when "
+        "the allocator could not be installed.");
+  m.def("replay_memory_leave", &maml_ext::replay::leave,
+        "Close a scope; the outermost frees the kept blocks.");
+  m.def("replay_memory_stats", &maml_ext::replay::stats,
+        "(blocks reused, blocks allocated fresh) inside scopes since the process started.");
 }

@@ -19,13 +19,16 @@ function, a model's ``forward_tasks``, random operators, or any tracing failure.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
+
+from maml_ext import _extension
 
 from . import sums
 from .trace import MAX_SIGNATURES, simplify
@@ -271,12 +274,33 @@ def run_in_place(gm: fx.GraphModule, found: dict[fx.Node, str]) -> fx.GraphModul
     return gm
 
 
+REUSE_MEMORY = True  # read on every replay; benchmarks/bench_generic.py's "before" sets it False
+
+
+@contextlib.contextmanager
+def reused_memory() -> Iterator[None]:
+    """Inside: CPU blocks of >= 1 MiB freed are handed to the next request of their size
+    (``csrc/replay/replay_memory.cpp``) instead of going back to glibc, which returns them to
+    the kernel, so that each new 8 MB intermediate of a conv4 replay page-faulted in anew. The
+    blocks kept are freed on leaving: nothing is held between replays. Without the compiled
+    extension, a no-op."""
+    if _extension.C is None or not REUSE_MEMORY:
+        yield
+        return
+    _extension.C.replay_memory_enter()
+    try:
+        yield
+    finally:
+        _extension.C.replay_memory_leave()
+
+
 class _Replay(torch.autograd.Function):
     """Runs a recorded meta-gradient graph: the loss forward, the recorded gradient backward."""
 
     @staticmethod
     def forward(ctx, run: Callable[..., tuple], wrt: tuple[int, ...], *tensors: Tensor) -> Tensor:  # noqa: ANN001
-        loss, *grads = run(*tensors)
+        with reused_memory():
+            loss, *grads = run(*tensors)
         ctx.grads = dict(zip(wrt, grads))
         ctx.count = len(tensors)
         return loss
