@@ -96,7 +96,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
         "Force a CPU kernel variant (for testing each variant).");
   m.def("replay_memory_enter", &maml_ext::replay::enter,
-        "Open a scope in which freed CPU blocks of >= 1 MiB are reused by size (nests); False when "
+        "Open a scope in which freed CPU blocks of >= 64 KiB are reused by size (nests); False when "
         "the allocator could not be installed.");
   m.def("replay_memory_leave", &maml_ext::replay::leave,
         "Close a scope; the outermost frees the kept blocks.");

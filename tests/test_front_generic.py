@@ -404,7 +404,7 @@ def test_replay_memory_scope_hands_freed_blocks_out_again() -> None:
         del a
         b = torch.empty(1 << 19)
         assert b.data_ptr() == first and keep.data_ptr() != first
-        small = torch.empty(16)  # below 1 MiB: the ordinary allocator
+        small = torch.empty(16)  # below 64 KiB: the ordinary allocator
         del small
     finally:
         C.replay_memory_leave()

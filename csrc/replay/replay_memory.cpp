@@ -17,7 +17,7 @@
 namespace maml_ext::replay {
 namespace {
 
-constexpr size_t kMinBytes = size_t{1} << 20;  // below this glibc's own free lists serve well
+constexpr size_t kMinBytes = size_t{1} << 16;  // below this glibc's own free lists serve well (its mmap threshold starts at 128 KiB)
 constexpr uint8_t kPriority = 100;              // above the default CPU allocator's 0
 
 class ReplayAllocator final : public c10::Allocator {

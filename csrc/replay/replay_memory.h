@@ -6,7 +6,7 @@
 
 namespace maml_ext::replay {
 
-// Starts (or nests) a replay scope: from now on, CPU blocks of at least kMinBytes freed while a
+// Starts (or nests) a replay scope: from now on, CPU blocks of at least 64 KiB freed while a
 // scope is open are kept and handed to the next request of the same size. False when the
 // allocator could not be installed (another one with a higher priority is in place): nothing
 // is reused then, and leave() must still be called.

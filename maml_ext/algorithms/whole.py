@@ -279,7 +279,7 @@ REUSE_MEMORY = True  # read on every replay; benchmarks/bench_generic.py's "befo
 
 @contextlib.contextmanager
 def reused_memory() -> Iterator[None]:
-    """Inside: CPU blocks of >= 1 MiB freed are handed to the next request of their size
+    """Inside: CPU blocks of >= 64 KiB freed are handed to the next request of their size
     (``csrc/replay/replay_memory.cpp``) instead of going back to glibc, which returns them to
     the kernel, so that each new 8 MB intermediate of a conv4 replay page-faulted in anew. The
     blocks kept are freed on leaving: nothing is held between replays. Without the compiled
