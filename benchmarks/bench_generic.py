@@ -6,7 +6,10 @@ The generic path is ``MAML(model, fused=False, task_batched=False)``: the user's
 ``vmap`` over tasks, recorded once per input signature and replayed (``trace``; the default for
 torch.nn and maml_ext modules, ``trace=True`` here so the custom ``ResBN`` is recorded too), per-task
 gradients from one batched backward. ``generic, vmap per call`` is the same learner with
-``trace=False`` (the path before recording); ``generic, sums not in place`` records the whole
+``trace=False`` (the path before recording); ``generic, memory not reused`` replays
+without reusing freed buffers (before :func:`maml_ext.algorithms.whole.reused_memory`);
+``generic, sums not reassociated`` records the whole meta-gradient without :mod:`maml_ext.algorithms.sums`'s
+rewrites (the path before them); ``generic, sums not in place`` records the whole
 meta-gradient without running sums whose operand dies there in place (before
 :func:`maml_ext.algorithms.whole.in_place_candidates`); ``generic, forward recorded`` records only the
 batched forward, not the whole meta-gradient (the path before :mod:`maml_ext.algorithms.whole`).
@@ -50,7 +53,7 @@ from maml_ext.models import conv4
 from maml_ext.tasks import TaskBatch
 
 GATE = 1e-10
-IMPLS = ("maml_ext generic", "generic, sums not in place", "generic, forward recorded", "generic, vmap per call", "torch.func", "hand-batched")
+IMPLS = ("maml_ext generic", "generic, memory not reused", "generic, sums not reassociated", "generic, sums not in place", "generic, forward recorded", "generic, vmap per call", "torch.func", "hand-batched")
 Batched = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params [T, ...], x [T, N, ...]) -> [T, N, out]
 
 
@@ -169,15 +172,18 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     forward_only = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=True)
     forward_only.whole_recorder = None  # the learner before the whole meta-gradient was recorded (for before/after)
     forward_tasks = w.batched(model)
-    out_of_place = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=True)
 
-    def sums_out_of_place(b: TaskBatch) -> Tensor:
-        """The recorded meta-gradient before sums whose operand dies there ran in place."""
-        whole.REUSE_BUFFERS = False  # read only while its first call records
-        try:
-            return out_of_place.meta_loss(b)
-        finally:
-            whole.REUSE_BUFFERS = True
+    def without(flag: str) -> MetaLoss:
+        """The recorded meta-gradient with one of whole.py's passes off (``flag`` False while it records and replays)."""
+        other = MAML(model, lr=w.lr, steps=w.steps, loss=w.loss, fused=False, task_batched=False, trace=True)
+
+        def meta_loss(b: TaskBatch) -> Tensor:
+            setattr(whole, flag, False)
+            try:
+                return other.meta_loss(b)
+            finally:
+                setattr(whole, flag, True)
+        return meta_loss
 
     def task_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(functional_call(model, p, (x,)), y)
@@ -216,7 +222,9 @@ def implementations(model: nn.Module, w: Workload) -> dict[str, MetaLoss]:
     return {
         "per-task loop": loop,
         "maml_ext generic": learner.meta_loss,
-        "generic, sums not in place": sums_out_of_place,
+        "generic, sums not in place": without("REUSE_BUFFERS"),
+        "generic, sums not reassociated": without("REASSOCIATE_SUMS"),
+        "generic, memory not reused": without("REUSE_MEMORY"),
         "generic, forward recorded": forward_only.meta_loss,
         "generic, vmap per call": untraced.meta_loss,
         "torch.func": lambda b: vmap(one_task)(b.x_support, b.y_support, b.x_query, b.y_query).mean(),
@@ -329,7 +337,7 @@ def main() -> None:
             print(op_table(WORKLOADS[key], ["maml_ext generic", "hand-batched"]))
         return
     if args.memory:
-        names = ["maml_ext generic", "generic, sums not in place", "generic, forward recorded", "hand-batched"]
+        names = ["maml_ext generic", "generic, memory not reused", "generic, sums not reassociated", "generic, sums not in place", "generic, forward recorded", "hand-batched"]
         print("peak resident MB above the resident size before the call: first call (records) / a later call")
         for key in args.workloads:
             found = peak_memory_mb(WORKLOADS[key], names)

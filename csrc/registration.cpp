@@ -8,6 +8,7 @@
 
 #include "mlp/adam_lists.h"
 #include "mlp/mlp_engine.h"
+#include "replay/replay_memory.h"
 
 TORCH_LIBRARY(maml_ext, m) {
   /* From csrc/inner_update */
@@ -100,4 +101,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
         "Force a CPU kernel variant (for testing each variant).");
   maml_ext::bind_adam_lists(m);
+  m.def("replay_memory_enter", &maml_ext::replay::enter,
+        "Open a scope in which freed CPU blocks of >= 64 KiB are reused by size (nests); False when "
+        "the allocator could not be installed.");
+  m.def("replay_memory_leave", &maml_ext::replay::leave,
+        "Close a scope; the outermost frees the kept blocks.");
+  m.def("replay_memory_stats", &maml_ext::replay::stats,
+        "(blocks reused, blocks allocated fresh) inside scopes since the process started.");
 }

@@ -295,6 +295,34 @@ def test_sums_whose_operand_dies_run_in_place() -> None:
     assert torch.equal(x, x0) and torch.equal(y, y0)  # inputs untouched
 
 
+def test_sums_read_in_fewer_passes() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from maml_ext.algorithms.sums import distribute_sums, merge_sums
+
+    def f(x, y, z):
+        w = x.t()[:, :3]  # a strided operand, as conv4's transposed weight gradient
+        s = (w + y).reshape(2, 2, 3).sum([0], keepdim=True)  # -> sum(w) + sum(y)
+        a = x.t()[:, 1:4] + y
+        kept = a.reshape(2, 2, 3).sum([0]).sum() + a  # the add is read again: kept
+        wide = (y + z).sum([0])  # z broadcasts: kept
+        same = (y[:1] + y[1:2]).sum([0])  # as large as the add: no gain, kept
+        chain = x.sum([0], keepdim=True).sum([-1], keepdim=True).sum([1], keepdim=True)  # -> one sum over [0, 1]
+        loose = x.sum([0]).sum([0])  # the inner sum drops its axis: kept
+        drops = x.exp().sum([0], keepdim=True).sum([1])  # the outer drops only its own axis: kept
+        return s, kept, wide, same, chain, loose, drops
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 4, dtype=torch.float64, generator=g), torch.randn(4, 3, dtype=torch.float64, generator=g)
+    z = torch.randn(3, dtype=torch.float64, generator=g)
+    gm = make_fx(f)(x, y, z)
+    assert distribute_sums(gm.graph) == 1 and merge_sums(gm.graph) == 2
+    gm.graph.lint()
+    gm.recompile()
+    for got, expected in zip(gm(x, y, z), f(x, y, z), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
 def test_lowering_to_public_bindings_keeps_every_value() -> None:
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -355,3 +383,61 @@ def test_lowering_passes_defaulted_arguments_by_name() -> None:
     (node,) = [n for n in lowered.graph.nodes if n.op in ("call_function", "call_method")]
     assert node.target is torch.add and node.kwargs == {"alpha": 3.0}
     assert torch.equal(lowered(x), x + 6.0)
+
+
+# ----- buffer reuse inside a replay (csrc/replay/replay_memory.cpp) ----------------------------
+
+needs_extension = pytest.mark.skipif(
+    not __import__("maml_ext")._extension.available(), reason="the replay's allocator is in the compiled extension")
+
+
+@needs_extension
+def test_replay_memory_scope_hands_freed_blocks_out_again() -> None:
+    from maml_ext._extension import C
+
+    reused, fresh = C.replay_memory_stats()
+    C.replay_memory_enter()
+    try:
+        a = torch.empty(1 << 19)  # 2 MiB
+        first = a.data_ptr()
+        keep = torch.empty(1 << 19)  # alive: never handed out twice
+        del a
+        b = torch.empty(1 << 19)
+        assert b.data_ptr() == first and keep.data_ptr() != first
+        small = torch.empty(16)  # below 64 KiB: the ordinary allocator
+        del small
+    finally:
+        C.replay_memory_leave()
+    assert C.replay_memory_stats() == (reused + 1, fresh + 2)
+    del b, keep  # allocated inside, freed outside: freed, not kept
+    with pytest.raises(RuntimeError, match="left more often"):
+        C.replay_memory_leave()
+
+
+@needs_extension
+def test_replay_with_reused_memory_gives_the_same_meta_gradient() -> None:
+    from maml_ext._extension import C
+    from maml_ext.algorithms import whole
+    from maml_ext.models import conv4
+
+    torch.manual_seed(0)
+    model = conv4.build(1, 5).double()  # 4 tasks: 2 MiB intermediates in float64
+    g = torch.Generator().manual_seed(0)
+    x = lambda: torch.rand(4, 5, 1, 28, 28, generator=g, dtype=torch.float64)  # noqa: E731
+    y = torch.arange(5).expand(4, -1).contiguous()
+    batch = TaskBatch(x(), y, x(), y)
+    learner = MAML(model, lr=0.4, steps=1, loss="cross_entropy", fused=False, task_batched=False)
+    grads = {}
+    for reuse in (False, True, False):  # the first call records
+        whole.REUSE_MEMORY = reuse
+        try:
+            before = C.replay_memory_stats()[0]
+            model.zero_grad(set_to_none=True)
+            learner.meta_loss(batch).backward()
+            assert (C.replay_memory_stats()[0] > before) == reuse
+            grads[reuse] = [p.grad.clone() for p in model.parameters()]
+        finally:
+            whole.REUSE_MEMORY = True
+    assert learner.whole_recorder.graphs
+    for a, b in zip(grads[True], grads[False], strict=True):
+        assert torch.equal(a, b)

@@ -19,14 +19,18 @@ function, a model's ``forward_tasks``, random operators, or any tracing failure.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from maml_ext import _extension
+
+from . import sums
 from .trace import MAX_SIGNATURES, Recorder, simplify
 
 aten = torch.ops.aten
@@ -137,9 +141,12 @@ def _freeze(value: object) -> object:
     return value
 
 
+REASSOCIATE_SUMS = True  # read when a graph is recorded; benchmarks/bench_generic.py's "before" sets it False
+
+
 def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     """The recorded meta-gradient graph without aliases, in-place scaling, additions of zero and
-    repeated operators, then :func:`.trace.simplify`'s folds; None when it must not be replayed
+    repeated operators, its sums read in fewer passes (:mod:`.sums`), then :func:`.trace.simplify`'s folds; None when it must not be replayed
     (random operators, whose replay would draw other numbers, or in-place updates left)."""
     graph = gm.graph
     for n in graph.nodes:
@@ -151,6 +158,9 @@ def simplify_whole(gm: fx.GraphModule) -> fx.GraphModule | None:
     _drop_double_transposes(graph)
     graph.eliminate_dead_code()
     _eliminate_common(graph)
+    if REASSOCIATE_SUMS:
+        sums.distribute_sums(graph)
+        sums.merge_sums(graph)
     return simplify(gm)
 
 
@@ -264,12 +274,33 @@ def run_in_place(gm: fx.GraphModule, found: dict[fx.Node, str]) -> fx.GraphModul
     return gm
 
 
+REUSE_MEMORY = True  # read on every replay; benchmarks/bench_generic.py's "before" sets it False
+
+
+@contextlib.contextmanager
+def reused_memory() -> Iterator[None]:
+    """Inside: CPU blocks of >= 64 KiB freed are handed to the next request of their size
+    (``csrc/replay/replay_memory.cpp``) instead of going back to glibc, which returns them to
+    the kernel, so that each new 8 MB intermediate of a conv4 replay page-faulted in anew. The
+    blocks kept are freed on leaving: nothing is held between replays. Without the compiled
+    extension, a no-op."""
+    if _extension.C is None or not REUSE_MEMORY:
+        yield
+        return
+    _extension.C.replay_memory_enter()
+    try:
+        yield
+    finally:
+        _extension.C.replay_memory_leave()
+
+
 class _Replay(torch.autograd.Function):
     """Runs a recorded meta-gradient graph: the loss forward, the recorded gradient backward."""
 
     @staticmethod
     def forward(ctx, run: Callable[..., tuple], wrt: tuple[int, ...], *tensors: Tensor) -> Tensor:  # noqa: ANN001
-        loss, *grads = run(*tensors)
+        with reused_memory():
+            loss, *grads = run(*tensors)
         ctx.grads = dict(zip(wrt, grads))
         ctx.count = len(tensors)
         return loss
