@@ -59,6 +59,18 @@ def _denormals(opt) -> str:
     return f"{count} of {sum(m.numel() for m in moments)}"
 
 
+def literal_path(learner: MAML, opt, batch, backward: bool = True, step: bool = True):
+    """The issue's definition: zero_grad, meta_loss(batch).backward(), Adam; or its first parts."""
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = learner.meta_loss(batch)
+        if backward:
+            loss.backward()
+        if step:
+            opt.step()
+    return run
+
+
 def loop(rounds: int, seconds: float) -> None:
     """The training loop's meta-iteration against the bare op, same run: before (SupervisedStep's
     separate steps: zero_grad, meta_grad, the finiteness check, the lean fused Adam) and after
@@ -153,17 +165,6 @@ def loop(rounds: int, seconds: float) -> None:
     torch_learner = MAML(mlp_plugin.build(1, 1, hidden=(40, 40)), lr=0.01, steps=1)
     torch_adam = torch.optim.Adam(torch_learner.parameters(), lr=1e-3, fused=True)
 
-    def backward_and_adam(learner, opt, backward=True, step=True):
-        """The issue's definition: zero_grad, meta_loss(batch).backward(), Adam; or its first parts."""
-        def run():
-            opt.zero_grad(set_to_none=True)
-            loss = learner.meta_loss(batch)
-            if backward:
-                loss.backward()
-            if step:
-                opt.step()
-        return run
-
     def flushed(fn):  # the same with denormals flushed to zero for the whole thread
         def run():
             torch.set_flush_denormal(True)
@@ -186,13 +187,13 @@ def loop(rounds: int, seconds: float) -> None:
         "part: `ops.mlp_maml_adam_` (the Python wrapper, own state)": wrapped_adam,
         "training loop's step, before: + `loop.check_finite` (AMP check)": iteration(train_loop.check_finite),
         "`zero_grad` + `meta_loss(batch).backward()` + lean Adam (own state)":
-            backward_and_adam(*backward_state[:2]),
+            literal_path(*backward_state[:2], batch),
         "`zero_grad` + `meta_loss(batch).backward()` + `torch.optim.Adam(fused=True)` (own state)":
-            backward_and_adam(torch_learner, torch_adam),
+            literal_path(torch_learner, torch_adam, batch),
         "literal path, part: `zero_grad` + `meta_loss(batch)` (no backward, no step)":
-            backward_and_adam(*backward_state[:2], backward=False, step=False),
+            literal_path(*backward_state[:2], batch, backward=False, step=False),
         "literal path, part: `zero_grad` + `meta_loss(batch).backward()` (no step)":
-            backward_and_adam(*backward_state[:2], step=False),
+            literal_path(*backward_state[:2], batch, step=False),
     }
     assert fused[0].meta_step_adam_(batch, fused[1]) is not None, "the fused step was declined"
     for fn in fns.values():  # warm-up
@@ -235,16 +236,6 @@ def floor(rounds: int, seconds: float) -> None:
         torch.ops.maml_ext.mlp_maml_grad(params, [], 0.01, False, data[0], data[1], None, data[2], data[3], None, 1,
                                          "relu", "mse", False, weight)
 
-    def parts(backward=True, step=True):
-        def run():
-            opt.zero_grad(set_to_none=True)
-            loss = learner.meta_loss(batch)
-            if backward:
-                loss.backward()
-            if step:
-                opt.step()
-        return run
-
     def engine_only():  # the engine called directly: without torch.autograd.backward's Python
         opt.zero_grad(set_to_none=True)
         loss = learner.meta_loss(batch)
@@ -265,10 +256,10 @@ def floor(rounds: int, seconds: float) -> None:
     fns = {
         "bare `ops.mlp_maml_grad`": lambda: ops.mlp_maml_grad(params, *data, lr=0.01),
         "`torch.ops.maml_ext.mlp_maml_grad` alone (no Python wrapper)": raw_grad,
-        "`zero_grad` + `meta_loss(batch)`": parts(False, False),
+        "`zero_grad` + `meta_loss(batch)`": literal_path(learner, opt, batch, False, False),
         "`zero_grad` + `meta_loss(batch)` + the engine called directly": engine_only,
-        "`zero_grad` + `meta_loss(batch).backward()`": parts(step=False),
-        "`zero_grad` + `meta_loss(batch).backward()` + `opt.step()` (the literal path)": parts(),
+        "`zero_grad` + `meta_loss(batch).backward()`": literal_path(learner, opt, batch, step=False),
+        "`zero_grad` + `meta_loss(batch).backward()` + `opt.step()` (the literal path)": literal_path(learner, opt, batch),
         "`opt.step()` alone (`maml_ext.train.optim.adam`)": opt.step,
         "Python node, no op: `zero_grad` + `_PrecomputedGradient.apply` over the 6 leaves": python_node(False),
         "Python node, no op: the same + `.backward()`": python_node(),
