@@ -39,3 +39,27 @@ def test_ctrl_c_names_the_kept_checkpoint_and_resume_continues(tmp_path, nproc):
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(run / "checkpoint.pt", weights_only=True)["iteration"] == kept + 20
+
+
+def test_ctrl_c_right_after_a_checkpoint_is_renamed_into_place_names_that_checkpoint(tmp_path, monkeypatch, capsys):
+    """The race the test above can hit: Ctrl-C after the new checkpoint replaced the old one but
+    before the driver noted it named the previous iteration."""
+    from maml_ext import cli
+    from maml_ext.train import checkpoint
+
+    real_save = checkpoint.save
+
+    def save_then_ctrl_c(state, path):
+        real_save(state, path)
+        if state["iteration"] == 4:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(checkpoint, "save", save_then_ctrl_c)
+    run = tmp_path / "run"
+    sets = ["model.hidden=[8]", "train.meta_batch=2", "train.log_every=1", "train.checkpoint_every=2",
+            "train.iterations=8"]
+    assert cli.main(["train", "sinusoid", "--out", str(run), "--quiet", "--no-eval",
+                     *(a for s in sets for a in ("--set", s))]) == 128 + signal.SIGINT
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert last.endswith("checkpoint.pt keeps iteration 4; continue with --resume"), last

@@ -9,8 +9,11 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -173,6 +176,23 @@ def open_out_dir(cfg: Config, out_dir: Path, resume: bool) -> dict[str, Any] | N
     return state
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends: a checkpoint written (renamed into place)
+    just before the interrupt is the one the message names, not the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # to the handler restored: KeyboardInterrupt as usual
+
+
 def train(step: Step, cfg: Config, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Run ``step`` for iterations [start, train.iterations) into ``out_dir`` (checkpoint.pt,
     metrics.jsonl, config.json; ``start`` is the checkpoint's iteration on ``resume``); returns
@@ -220,9 +240,10 @@ def train(step: Step, cfg: Config, out_dir: Path, *, resume: bool = False, progr
                                 board.add_scalar("meta_loss" if key == "loss" else key, value, done)
                 if done % tcfg["checkpoint_every"] == 0 or done == total:
                     kind = {} if step.kind is None else {"kind": step.kind}
-                    checkpoint.save({**kind, "iteration": done, "config": cfg, **step.state(),
-                                     "rng": _rng_state(step.generators)}, ckpt_path)
-                    saved = done
+                    with _ctrl_c_deferred():  # the file and ``saved`` change together
+                        checkpoint.save({**kind, "iteration": done, "config": cfg, **step.state(),
+                                         "rng": _rng_state(step.generators)}, ckpt_path)
+                        saved = done
                 if bar is not None:
                     bar.update(done, last)
     except KeyboardInterrupt:  # Ctrl-C: say what was kept (the last checkpoint write is atomic)
