@@ -240,6 +240,9 @@ def mlp_maml_eval(
     return torch.stack(losses), torch.stack(outs) if outputs else None
 
 
+# Run eagerly under torch.compile: AOT autograd tracing drops the create_graph terms of the
+# nested autograd.grad below, silently giving the first-order meta-gradient.
+@torch.compiler.disable
 def mlp_maml_grad(
     params: Sequence[Tensor],
     x_support: Tensor,
