@@ -262,7 +262,8 @@ def mlp_maml_grad(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Query losses [T] and the meta-gradient of sum_t loss_weight[t] * query_loss[t] (default:
     the mean over tasks) w.r.t. ``params`` and the lr tensors, without returning a graph."""
-    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+    _checks.check_task_batched(x_support)  # before loss_weight, whose expected size it gives
+    tasks = x_support.shape[0]
     weight = _checks.loss_weight(loss_weight, params[0], tasks)
     lrs, _ = split_lr(lr)
     with torch.enable_grad():
