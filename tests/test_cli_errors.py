@@ -80,6 +80,10 @@ CASES = {
     "string hidden": (train(string_hidden_config), None, r"model.hidden must be a list, each an integer, got '40'$"),
     "unknown option": (train("sinusoid", "model.widths=[3]"), None,
                        r"model 'mlp' has no option\(s\) \['widths'\]; its options: \['activation', 'hidden', 'init'\]"),
+    "unknown algorithm option": (train("sinusoid", "algorithm.temperature=0.5"), None,
+                                 r"algorithm 'maml' has no option\(s\) \['temperature'\]; its options: \['adapt', "
+                                 r"'first_order', .*'second_order_after', 'steps', 'task_batched', 'trace'\] "),
+    "self as an option": (train("sinusoid", "algorithm.self=1"), None, r"algorithm 'maml' has no option\(s\) \['self'\]"),
     "binary config": (train(binary_config), None, r"cannot read config .*bin.toml: not a UTF-8 TOML text file"),
     "missing dataset": (train("omniglot-5way", "task.root='/nonexistent/omniglot'"), None,
                         r"task 'omniglot': Omniglot root /nonexistent/omniglot does not exist; expected the Omniglot"),

@@ -441,3 +441,27 @@ def test_replay_with_reused_memory_gives_the_same_meta_gradient() -> None:
     assert learner.whole_recorder.graphs
     for a, b in zip(grads[True], grads[False], strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_replayed_loss_backwards_once_like_any_graph() -> None:
+    """A second ``backward()`` without ``retain_graph`` raises, as on the stepwise and fused paths
+    (it used to add the meta-gradient to ``.grad`` again); a retained graph gives it again."""
+    from maml_ext.models import conv4
+
+    torch.manual_seed(0)
+    model = conv4.build(1, 5, filters=4).double()
+    g = torch.Generator().manual_seed(0)
+    x = lambda: torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64)  # noqa: E731
+    y = torch.arange(5).expand(2, -1).contiguous()
+    batch = TaskBatch(x(), y, x(), y)
+    learner = MAML(model, lr=0.4, steps=1, loss="cross_entropy", fused=False, task_batched=False)
+    learner.meta_loss(batch)  # records
+    loss = learner.meta_loss(batch)
+    assert type(loss.grad_fn).__name__ == "_ReplayBackward"
+    loss.backward(retain_graph=True)
+    first = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(first, model.parameters(), strict=True))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()

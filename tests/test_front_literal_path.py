@@ -214,3 +214,17 @@ def test_a_copied_lean_adam_steps_like_the_original():
     for a, b in zip(learner.parameters(), twin_learner.parameters(), strict=True):
         assert torch.equal(a, b)
     assert str(opt.state_dict()) == str(twin_opt.state_dict())
+
+
+@pytest.mark.parametrize("learn_lr", ["none", "per_step"])
+def test_a_compiled_function_calling_meta_loss_gives_the_second_order_gradient(learn_lr):
+    """``torch.compile`` (AOT autograd) of a function calling ``meta_loss``: the meta-gradient of
+    the generic path, not silently the first-order one (AOT tracing drops the inner loop's
+    create_graph terms of the reference's nested autograd.grad, the no-extension route)."""
+    learner, batch = _setup(learn_lr)
+    generic, _ = _setup(learn_lr)
+    generic.fused_spec = None
+    torch.compile(learner.meta_loss, backend="aot_eager")(batch).backward()
+    generic.meta_loss(batch).backward()
+    for (name, p), q in zip(learner.named_parameters(), generic.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=name)

@@ -418,3 +418,14 @@ def test_in_place_update_of_non_contiguous_parameters(mod):
     for p, e in zip(params, expected):
         torch.testing.assert_close(p, e, rtol=0, atol=1e-15)
     torch.testing.assert_close(base.t(), expected[0], rtol=0, atol=1e-15)  # written through the view
+
+
+@modules
+def test_mlp_maml_grad_names_an_unbatched_x_support_before_its_loss_weight(mod):
+    """A task without its task dimension: the error names x_support (MAML.meta_loss passes a
+    loss_weight of the batch's first size, which is then no task count)."""
+    args = maml_inputs()
+    weight = torch.full((T,), 1.0 / T, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x_support: expected \[T, K, in\], got shape \[4, 2\]"):
+        mod.mlp_maml_grad(args["params"], args["x_support"][0], args["y_support"][0], args["x_query"][0],
+                          args["y_query"][0], lr=0.1, steps=2, activation="tanh", loss_weight=weight)

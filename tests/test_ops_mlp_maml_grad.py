@@ -95,3 +95,14 @@ def test_loss_refuses_a_second_derivative():
     value = ops.mlp_maml_loss(p, lr=lr, **data, **grad_kwargs(CASES[1]))
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(value, p, create_graph=True)
+
+
+def test_reference_under_torch_compile_is_second_order():
+    """AOT autograd tracing of the nested autograd.grad drops its create_graph terms (the result
+    was the first-order meta-gradient): the reference runs eagerly under torch.compile."""
+    case = next(c for c in CASES if not c.kwargs()["first_order"] and c.kwargs()["steps"] > 1)
+    params, lr, data = case.inputs(seed=6)
+    expected = reference.mlp_maml_grad(params, lr=lr, **data, **grad_kwargs(case))
+    compiled = torch.compile(reference.mlp_maml_grad, backend="aot_eager")(params, lr=lr, **data, **grad_kwargs(case))
+    for got, want in zip(compiled[1], expected[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import pytest
@@ -175,6 +176,30 @@ def test_lean_adam_resumes_exactly_from_a_saved_state():
             with torch.no_grad():
                 for p, w in zip(new.parameters(), weights):
                     p.copy_(w)
+    for a, b in zip(new.parameters(), old.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert str(opt.state_dict()) == str(ref.state_dict())
+
+
+@pytest.mark.parametrize("reset", ["clear", "new dict"])
+def test_lean_adam_starts_afresh_after_its_state_is_reset(reset):
+    """``opt.state.clear()`` (or a new dict) restarts Adam as torch's does: the gathered lists
+    hold the old moments and step counts and must not be stepped (nor handed to the fused update)."""
+    new, old, batch = _twins("none")
+    opt = optim.adam(new.parameters(), 1e-2)
+    ref = torch.optim.Adam(old.parameters(), lr=1e-2, fused=True)
+    for it in range(4):
+        for learner, o in ((new, opt), (old, ref)):
+            if it == 2:
+                if reset == "clear":
+                    o.state.clear()
+                else:
+                    o.state = collections.defaultdict(dict)
+            o.zero_grad()
+            learner.meta_grad(batch)
+            if it == 2 and o is opt:
+                assert opt.fused_state(list(new.parameters())) is None
+            o.step()
     for a, b in zip(new.parameters(), old.parameters(), strict=True):
         assert torch.equal(a, b)
     assert str(opt.state_dict()) == str(ref.state_dict())

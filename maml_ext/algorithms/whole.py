@@ -301,7 +301,9 @@ class _Replay(torch.autograd.Function):
     def forward(ctx, run: Callable[..., tuple], wrt: tuple[int, ...], *tensors: Tensor) -> Tensor:  # noqa: ANN001
         with reused_memory():
             loss, *grads = run(*tensors)
-        ctx.grads = dict(zip(wrt, grads))
+        # Saved as tensors: freed with the graph, so a second backward raises as for any graph.
+        ctx.wrt = wrt
+        ctx.save_for_backward(*grads)
         ctx.count = len(tensors)
         return loss
 
@@ -313,7 +315,7 @@ class _Replay(torch.autograd.Function):
                 "(create_graph=True, a penalty on the meta-gradient) pass trace=False to the learner"
             )
         grads = [None, None] + [None] * ctx.count
-        found = [(i, g) for i, g in ctx.grads.items() if g is not None]
+        found = [(i, g) for i, g in zip(ctx.wrt, ctx.saved_tensors) if g is not None]
         # One foreach op for the whole seed product (its dispatch was a tenth of a small model's backward).
         for (i, _), g in zip(found, torch._foreach_mul([g for _, g in found], seed)):
             grads[2 + i] = g

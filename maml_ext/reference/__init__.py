@@ -7,9 +7,11 @@ the reference is differentiable to any order.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,8 @@ from torch import Tensor
 
 from maml_ext.reference import _checks
 from maml_ext.reference.svgd import svgd_step
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 __all__ = [
     "inner_update",
@@ -240,6 +244,21 @@ def mlp_maml_eval(
     return torch.stack(losses), torch.stack(outs) if outputs else None
 
 
+def _eager(fn: Fn) -> Fn:
+    """``fn`` run eagerly under torch.compile, also when it is the function compiled (torch.compile
+    of a ``torch.compiler.disable``-d function traces it anyway; here it meets the disabled call)."""
+    disabled = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return disabled(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+# Eager under torch.compile: AOT autograd tracing drops the create_graph terms of the nested
+# autograd.grad below, silently giving the first-order meta-gradient.
+@_eager
 def mlp_maml_grad(
     params: Sequence[Tensor],
     x_support: Tensor,
@@ -259,7 +278,8 @@ def mlp_maml_grad(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Query losses [T] and the meta-gradient of sum_t loss_weight[t] * query_loss[t] (default:
     the mean over tasks) w.r.t. ``params`` and the lr tensors, without returning a graph."""
-    tasks = x_support.shape[0] if x_support.dim() == 3 else 0
+    _checks.check_task_batched(x_support)  # before loss_weight, whose expected size it gives
+    tasks = x_support.shape[0]
     weight = _checks.loss_weight(loss_weight, params[0], tasks)
     lrs, _ = split_lr(lr)
     with torch.enable_grad():

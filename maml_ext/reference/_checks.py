@@ -278,6 +278,12 @@ def check_lrs_for_params(lrs: Sequence[Tensor], params: Sequence[Tensor], per_st
 
 
 @compiled
+def check_task_batched(x_support: Tensor) -> None:
+    if x_support.dim() != 3:
+        raise ValueError(f"x_support: expected [T, K, in], got shape {list(x_support.shape)}")
+
+
+@compiled
 def check_maml(
     params: Sequence[Tensor], lrs: Sequence[Tensor], lr: float, per_step: bool, x_support: Tensor,
     y_support: Tensor, w_support: Tensor | None, x_query: Tensor | None, y_query: Tensor | None,
@@ -291,8 +297,7 @@ def check_maml(
         raise ValueError(f"steps: expected >= 1, got {steps}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every: expected >= 1, got {checkpoint_every}")
-    if x_support.dim() != 3:
-        raise ValueError(f"x_support: expected [T, K, in], got shape {list(x_support.shape)}")
+    check_task_batched(x_support)
     tasks = x_support.shape[0]
     widths = mlp_widths(params, False, tasks, loss)
     check_batch("support", widths, loss, x_support, y_support, w_support, tasks, params[0])

@@ -281,7 +281,8 @@ def check_options(section: str, name: str, factory: Callable[..., Any], options:
         hints = typing.get_type_hints(factory)
     except (TypeError, ValueError, NameError):  # builtins, unresolvable annotations: the factory checks
         return
-    params = signature.parameters
+    # An algorithm's factory is its ``__init__``: ``self`` is no option.
+    params = {k: p for k, p in signature.parameters.items() if k != "self"}
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))
         if unknown:

@@ -72,6 +72,10 @@ class _Lists(NamedTuple):
     steps: list[Tensor]  # views of step_counts
     step_counts: Tensor
     compiled: object | None  # _C.FusedAdamLists over the same tensors; None without the extension
+    # The optimizer's state dict when gathered, and its size: after a reset (``opt.state.clear()``,
+    # a new dict) Adam starts afresh, as torch's does, instead of stepping the moments held here.
+    state: dict
+    entries: int
 
 
 class LeanFusedAdam(torch.optim.Adam):
@@ -118,7 +122,7 @@ class LeanFusedAdam(torch.optim.Adam):
         gathered lists are reordered once to follow it), for an update applied elsewhere; None
         where ``step()`` would run torch's Adam (see the class docstring) or step hooks or the
         profiler must see a step."""
-        lists = self._lists
+        lists = self._current()
         if lists is None or self._hooked() or isinstance(self.param_groups[0]["lr"], Tensor):
             return None
         if len(params) != len(lists.params) or not all(p is q for p, q in zip(params, lists.params)):
@@ -143,7 +147,7 @@ class LeanFusedAdam(torch.optim.Adam):
     step.hooked = True
 
     def _step(self, closure: Callable[[], float] | None) -> float | None:
-        lists, group = self._lists, self.param_groups[0]
+        lists, group = self._current(), self.param_groups[0]
         if closure is None and lists is not None and not isinstance(group["lr"], Tensor):
             beta1, beta2 = group["betas"]
             settings = (group["lr"], beta1, beta2, group["weight_decay"], group["eps"], group["maximize"])
@@ -158,6 +162,11 @@ class LeanFusedAdam(torch.optim.Adam):
         loss = _adam_step(self, closure)
         self._lists = self._gather()
         return loss
+
+    def _current(self) -> _Lists | None:
+        """The gathered lists, or None when the state was reset since (they hold the old state)."""
+        lists = self._lists
+        return lists if lists is not None and lists.state is self.state and lists.entries == len(self.state) else None
 
     def _gather(self, order: Sequence[Tensor] | None = None) -> _Lists | None:
         """The parameters (the group's, in ``order`` if given) and their state as the fused
@@ -181,7 +190,7 @@ class LeanFusedAdam(torch.optim.Adam):
             s["step"] for s in states]
         compiled = _extension.C.FusedAdamLists(params, exp_avgs, exp_avg_sqs, steps, step_counts) \
             if _extension.available() else None
-        return _Lists(params, exp_avgs, exp_avg_sqs, steps, step_counts, compiled)
+        return _Lists(params, exp_avgs, exp_avg_sqs, steps, step_counts, compiled, self.state, len(self.state))
 
 
 @torch.no_grad()
