@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
-from .bayes import RowLearner, Rows, expand_rows
+from .bayes import RowLearner, Rows, expand_rows, soft_min_loss
 
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ class PLATIPUS(RowLearner):
         μ_p = μ_θ − γ_p ∇L(μ_θ, support)      p(θ | support) = N(μ_p, σ²_θ)
         μ_q = μ_θ − γ_q ∇L(μ_θ, query)        q(θ | support, query) = N(μ_q, v_q)
         θ ~ q (``samples`` draws, reparameterised), φ = ``steps`` SGD steps (α = lr) from θ on
-        the support set, loss = mean query loss of φ + kl_weight · KL(q ‖ p)
+        the support set, loss = mean query loss of φ over tasks and draws + kl_weight · KL(q ‖ p)
 
     (q is the paper's gradient step on the mean with the query-set likelihood; the support set
     enters through φ's adaptation.) At test time θ ~ p(θ | support), ``test_samples`` draws from a
@@ -40,6 +40,11 @@ class PLATIPUS(RowLearner):
 
     Args (beyond lr, steps, loss):
         samples: θ draws per task in meta-training (rows of the task dimension).
+        temperature: None (the paper's Monte Carlo estimate: the query loss averaged over the
+            draws) or τ > 0: the multi-sample objective −τ log 1/S Σ_s exp(−L_query(φ_s)/τ) per
+            task, a likelihood mixture over the S draws (as BMAML's ``temperature``): only the
+            draws that fit a task's query set need to, so the sampling variance is not pushed
+            down by every draw's error. Equal to the paper's loss for ``samples=1``.
         test_samples: draws per task at test time.
         kl_weight: weight of the KL term (summed over all parameters, mean over tasks).
         init_std: initial σ_θ and √v_q.
@@ -67,6 +72,7 @@ class PLATIPUS(RowLearner):
         kl_weight: float = 1e-3,
         init_std: float = 0.01,
         min_std: float = 0.0,
+        temperature: float | None = None,
         gamma: float | None = None,
         first_order: bool = False,
         loss: str = "mse",
@@ -83,12 +89,17 @@ class PLATIPUS(RowLearner):
                 raise ValueError(f"{key} must be a number > 0, got {value!r}")
         if not (isinstance(min_std, (int, float)) and not isinstance(min_std, bool) and min_std >= 0):
             raise ValueError(f"min_std must be a number >= 0, got {min_std!r}")
+        if temperature is not None and not (
+            isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+        ):
+            raise ValueError(f"temperature must be None or a number > 0, got {temperature!r}")
         super().__init__(model, lr=lr, steps=steps, loss=loss, fused=fused, task_batched=task_batched)
         self.samples = samples
         self.test_samples = test_samples
         self.kl_weight = float(kl_weight)
         self.first_order = bool(first_order)
         self.min_std = float(min_std)
+        self.temperature = None if temperature is None else float(temperature)
         named = dict(model.named_parameters())
         logvar = 2.0 * math.log(init_std)
 
@@ -144,9 +155,10 @@ class PLATIPUS(RowLearner):
         for theta in self.sgd_rows(theta, expand_rows(batch.x_support, s), expand_rows(batch.y_support, s),
                                    self.steps, self.lr, self.first_order):
             pass
-        query = self.row_losses(theta, expand_rows(batch.x_query, s), expand_rows(batch.y_query, s)).mean()
-        penalty = self.kl_weight * self.kl(mu_q, mu_p).mean()
-        return query + penalty - penalty.detach()
+        query = self.row_losses(theta, expand_rows(batch.x_query, s), expand_rows(batch.y_query, s)).view(-1, s)
+        fit = query.mean() if self.temperature is None else soft_min_loss(query, self.temperature)
+        objective = fit + self.kl_weight * self.kl(mu_q, mu_p).mean()
+        return objective + (query.mean() - objective).detach()
 
     def adapted_sets(
         self, x_support: Tensor, y_support: Tensor, steps: int, lr: float | None, generator: torch.Generator | None
