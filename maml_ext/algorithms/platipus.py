@@ -14,6 +14,8 @@ from maml_ext.tasks import TaskBatch
 
 from .bayes import RowLearner, Rows, expand_rows, soft_min_loss
 
+Q_DATA = ("query", "both")
+
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
     """Elementwise KL(N(μ_q, e^{logvar_q}) ‖ N(μ_p, e^{logvar_p})) of diagonal Gaussians:
@@ -30,6 +32,7 @@ class PLATIPUS(RowLearner):
 
         μ_p = μ_θ − γ_p ∇L(μ_θ, support)      p(θ | support) = N(μ_p, σ²_θ)
         μ_q = μ_θ − γ_q ∇L(μ_θ, query)        q(θ | support, query) = N(μ_q, v_q)
+              (``q_data="both"``: ∇L(μ_θ, support ∪ query))
         θ ~ q (``samples`` draws, reparameterised), φ = ``steps`` SGD steps (α = lr) from θ on
         the support set, loss = mean query loss of φ over tasks and draws + kl_weight · KL(q ‖ p)
 
@@ -53,6 +56,9 @@ class PLATIPUS(RowLearner):
             down, and the KL is flat along q = p) without the samples collapsing. 0: no floor.
             On the ambiguous sinusoids a floor of 0.1 costs more fit than it adds spread
             (docs/bayesian-uncertainty.md, fourth pass).
+        q_data: the data of q's gradient step: "query" (Algorithm 1 of the paper, and
+            cnguyen10/few_shot_meta_learning) or "both" (support ∪ query, one mean loss over all
+            K + N points: the paper's text, where q conditions on the training and test data).
         gamma: initial γ_p and γ_q (None: lr).
         first_order: no second-order terms through the inner steps and the γ steps.
         fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
@@ -73,6 +79,7 @@ class PLATIPUS(RowLearner):
         init_std: float = 0.01,
         min_std: float = 0.0,
         temperature: float | None = None,
+        q_data: str = "query",
         gamma: float | None = None,
         first_order: bool = False,
         loss: str = "mse",
@@ -93,12 +100,15 @@ class PLATIPUS(RowLearner):
             isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
         ):
             raise ValueError(f"temperature must be None or a number > 0, got {temperature!r}")
+        if q_data not in Q_DATA:
+            raise ValueError(f"q_data must be one of {Q_DATA}, got {q_data!r}")
         super().__init__(model, lr=lr, steps=steps, loss=loss, fused=fused, task_batched=task_batched)
         self.samples = samples
         self.test_samples = test_samples
         self.kl_weight = float(kl_weight)
         self.first_order = bool(first_order)
         self.min_std = float(min_std)
+        self.q_data = q_data
         self.temperature = None if temperature is None else float(temperature)
         named = dict(model.named_parameters())
         logvar = 2.0 * math.log(init_std)
@@ -146,10 +156,17 @@ class PLATIPUS(RowLearner):
             total = total + gaussian_kl(mq, self.floored(lq), mu_p[n], self.floored(lp)).flatten(1).sum(1)
         return total
 
+    def q_mean(self, batch: TaskBatch, create_graph: bool) -> Rows:
+        """μ_q per task: μ_θ − γ_q ∇L(μ_θ, ·) on the query set, or on support ∪ query (``q_data``)."""
+        x, y = batch.x_query, batch.y_query
+        if self.q_data == "both":
+            x, y = torch.cat([batch.x_support, x], 1), torch.cat([batch.y_support, y], 1)
+        return self._stepped_mean(x, y, self.log_gamma_q, create_graph)
+
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         second = not self.first_order
         mu_p = self._stepped_mean(batch.x_support, batch.y_support, self.log_gamma_p, second)
-        mu_q = self._stepped_mean(batch.x_query, batch.y_query, self.log_gamma_q, second)
+        mu_q = self.q_mean(batch, second)
         theta = self._sample(mu_q, self.q_logvar, self.samples, None)  # global RNG: checkpointed by the loop
         s = self.samples
         for theta in self.sgd_rows(theta, expand_rows(batch.x_support, s), expand_rows(batch.y_support, s),
