@@ -64,7 +64,11 @@ class PLATIPUS(RowLearner):
         fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
 
     ``meta_loss`` returns a scalar whose value is the mean query loss and whose gradient is the
-    objective's (query loss + kl_weight · KL).
+    objective's (query loss or its mixture + kl_weight · KL).
+
+    Uncertainty: with the paper's mean the learned σ_θ drifts down and the samples are
+    under-dispersed; ``temperature=0.1`` with ``samples=10`` holds σ_θ at ``init_std`` and
+    widens the sampled functions (docs/bayesian-uncertainty.md, fifth pass).
     """
 
     def __init__(
