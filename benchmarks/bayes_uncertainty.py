@@ -62,6 +62,9 @@ LEARNERS: dict[str, tuple[str, dict]] = {
     "PLATIPUS (init_std 0.05, KL 0.01, 1 step)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.01}),
     "PLATIPUS (init_std 0.1, KL 0.01, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.01, "steps": 3}),
     "PLATIPUS (uncertainty)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.1, "steps": 3}),
+    "PLATIPUS (uncertainty, temperature 0.3)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.1, "steps": 3, "temperature": 0.3}),
+    "PLATIPUS (uncertainty, temperature 0.1)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.1, "steps": 3, "temperature": 0.1}),
+    "PLATIPUS (uncertainty, temperature 0.1, S = 10)": ("platipus", {"samples": 10, "test_samples": 10, "init_std": 0.1, "kl_weight": 0.1, "steps": 3, "temperature": 0.1}),
     "PLATIPUS (init_std 0.05, KL 0.1, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.05, "kl_weight": 0.1, "steps": 3}),
     "PLATIPUS (init_std 0.25, 3 steps)": ("platipus", {"samples": 5, "test_samples": 10, "init_std": 0.25, "kl_weight": 0.01, "steps": 3}),
 }

@@ -187,6 +187,90 @@ def test_platipus_meta_gradient_reaches_every_meta_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+# ----- PLATIPUS's multi-sample objective -------------------------------------------------------
+def platipus_objective_by_hand(learner, batch, tau, seed):
+    """The meta-objective rebuilt from the learner's pieces with the draws of ``seed``: per task t
+    and draw s (row t·S + s) the query loss L_ts, then −τ log 1/S Σ_s exp(−L_ts/τ) written out
+    task by task (τ None: the mean), + kl_weight · mean KL. Returns (objective, mean query loss)."""
+    s = learner.samples
+    mu_p = learner._stepped_mean(batch.x_support, batch.y_support, learner.log_gamma_p, True)
+    mu_q = learner.q_mean(batch, True)
+    torch.manual_seed(seed)
+    theta = learner._sample(mu_q, learner.q_logvar, s, None)
+    for theta in learner.sgd_rows(theta, expand_rows(batch.x_support, s), expand_rows(batch.y_support, s),
+                                  learner.steps, learner.lr, False):
+        pass
+    rows = learner.row_losses(theta, expand_rows(batch.x_query, s), expand_rows(batch.y_query, s))
+    tasks = batch.x_support.shape[0]
+    per_task = []
+    for t in range(tasks):
+        draws = [rows[t * s + k] for k in range(s)]
+        per_task.append(sum(draws) / s if tau is None else -tau * torch.log(sum(torch.exp(-d / tau) for d in draws) / s))
+    return sum(per_task) / tasks + learner.kl_weight * learner.kl(mu_q, mu_p).mean(), rows.mean()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["generic", "fused"])
+@pytest.mark.parametrize(("samples", "tau", "q_data"), [(1, 0.3, "query"), (3, None, "both"), (3, 0.05, "query"), (3, 2.0, "both")])
+def test_platipus_temperature_is_the_tempered_mixture_over_draws(fused, samples, tau, q_data):
+    # float64: the gradient of meta_loss is that of the objective written out task by task
+    # (a wrong grouping of rows into tasks, or the mean for τ, changes it); the value stays the
+    # mean query loss.
+    batch = batch64(tasks=3)
+    learner = PLATIPUS(mlp64(), lr=0.05, steps=2, samples=samples, kl_weight=0.1, init_std=0.3,
+                       temperature=tau, q_data=q_data, fused=fused)
+    torch.manual_seed(11)
+    loss = learner.meta_loss(batch)
+    loss.backward()
+    got = grads_of(learner)
+    learner.zero_grad()
+    objective, query = platipus_objective_by_hand(learner, batch, tau, 11)
+    torch.testing.assert_close(loss, query, rtol=1e-12, atol=1e-12)
+    objective.backward()
+    expected = grads_of(learner)
+    assert got.keys() == expected.keys() and len(got) == len(dict(learner.named_parameters()))
+    for n in got:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("tau", [0.01, 1.0, 100.0])
+def test_platipus_one_sample_temperature_equals_the_paper_loss(tau):
+    # S = 1: −τ log exp(−L/τ) = L, so every τ gives the paper's loss and meta-gradient (float64).
+    batch, results = batch64(), []
+    for temperature in (None, tau):
+        learner = PLATIPUS(mlp64(), lr=0.05, steps=2, samples=1, kl_weight=0.1, init_std=0.3, temperature=temperature)
+        torch.manual_seed(3)
+        loss = learner.meta_loss(batch)
+        loss.backward()
+        results.append((loss, grads_of(learner)))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-12)
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["generic", "fused"])
+@pytest.mark.parametrize("q_data", ["query", "both"])
+def test_platipus_q_mean_is_a_gradient_step_on_its_data(fused, q_data):
+    # Per task, by autograd on the model itself (float64): μ_θ − γ_q ∇ mean-MSE(μ_θ; D), D the
+    # query set or support ∪ query (meta_loss uses q_mean: the tempered-mixture test, q_data "both").
+    batch = batch64(tasks=2, k=4)
+    learner = PLATIPUS(mlp64(), lr=0.05, q_data=q_data, gamma=0.3, fused=fused)
+    with torch.no_grad():
+        for i, g in enumerate(learner.log_gamma_q):
+            g.fill_(math.log(0.1 + 0.05 * i))
+    got = learner.q_mean(batch, False)
+    names = learner.adapt_names
+    params = [dict(learner.model.named_parameters())[n] for n in names]
+    for t in range(2):
+        x, y = batch.x_query[t], batch.y_query[t]
+        if q_data == "both":
+            x, y = torch.cat([batch.x_support[t], x]), torch.cat([batch.y_support[t], y])
+        grads = torch.autograd.grad((learner.model(x) - y).pow(2).mean(), params)
+        for n, p, g, lg in zip(names, params, grads, learner.log_gamma_q):
+            torch.testing.assert_close(got[n][t], p - lg.exp() * g, rtol=1e-10, atol=1e-13)
+
+
 # ----- seeded sampling ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["bmaml", "platipus"])
 def test_sampling_is_seeded_and_reproducible(name):
@@ -225,6 +309,9 @@ def test_sampling_is_seeded_and_reproducible(name):
         ("platipus", {"init_std": 0.0}, "init_std must be a number > 0"),
         ("platipus", {"min_std": -0.1}, "min_std must be a number >= 0"),
         ("platipus", {"gamma": -1.0}, "gamma must be a number > 0"),
+        ("platipus", {"temperature": 0.0}, "temperature must be None or a number > 0"),
+        ("platipus", {"temperature": "hot"}, "temperature must be None or a number > 0"),
+        ("platipus", {"q_data": "support"}, "q_data must be one of"),
         ("platipus", {"lr": 0.0}, "lr must be > 0"),
     ],
 )

@@ -10,6 +10,7 @@ otherwise; steps are applied by ``ops.inner_update`` (BMAML's SVGD steps by ``op
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Iterator
 
@@ -30,6 +31,13 @@ Rows = dict[str, Tensor]
 def expand_rows(x: Tensor, sets: int) -> Tensor:
     """``[T, ...]`` -> ``[T·sets, ...]`` with row t·sets + s a copy of task t."""
     return x.unsqueeze(1).expand(x.shape[0], sets, *x.shape[1:]).reshape(x.shape[0] * sets, *x.shape[1:])
+
+
+def soft_min_loss(losses: Tensor, temperature: float) -> Tensor:
+    """−τ log 1/S Σ_s exp(−L_{t,s}/τ) of ``losses [T, S]``, mean over tasks: the negative log of a
+    likelihood mixture over a task's S parameter sets (τ → 0: the best set per task; τ → ∞: the
+    mean; S = 1: the loss itself)."""
+    return -temperature * (torch.logsumexp(-losses / temperature, dim=1) - math.log(losses.shape[1])).mean()
 
 
 def compiled_on_cpu(t: Tensor) -> bool:

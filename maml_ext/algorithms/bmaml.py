@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
@@ -12,7 +11,7 @@ from torch.autograd.function import once_differentiable
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
-from .bayes import RowLearner, Rows, compiled_on_cpu, expand_rows
+from .bayes import RowLearner, Rows, compiled_on_cpu, expand_rows, soft_min_loss
 
 OBJECTIVES = ("chaser", "likelihood")
 
@@ -267,8 +266,7 @@ class BMAML(RowLearner):
         chaser = self._adapt(batch.x_support, batch.y_support, self.steps, self.lr, self.first_order)
         if self.objective == "likelihood":
             query = self.row_losses(chaser, xq, yq).view(tasks, m)
-            tau = self.temperature
-            objective = -tau * (torch.logsumexp(-query / tau, dim=1) - math.log(m)).mean()
+            objective = soft_min_loss(query, self.temperature)
             return objective + (query.mean() - objective).detach()
         with torch.no_grad():
             query = self.row_losses(chaser, xq, yq).mean()

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from maml_ext import ops
 from maml_ext.tasks import TaskBatch
 
-from .bayes import RowLearner, Rows, expand_rows
+from .bayes import RowLearner, Rows, expand_rows, soft_min_loss
+
+Q_DATA = ("query", "both")
 
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
@@ -30,8 +32,9 @@ class PLATIPUS(RowLearner):
 
         μ_p = μ_θ − γ_p ∇L(μ_θ, support)      p(θ | support) = N(μ_p, σ²_θ)
         μ_q = μ_θ − γ_q ∇L(μ_θ, query)        q(θ | support, query) = N(μ_q, v_q)
+              (``q_data="both"``: ∇L(μ_θ, support ∪ query))
         θ ~ q (``samples`` draws, reparameterised), φ = ``steps`` SGD steps (α = lr) from θ on
-        the support set, loss = mean query loss of φ + kl_weight · KL(q ‖ p)
+        the support set, loss = mean query loss of φ over tasks and draws + kl_weight · KL(q ‖ p)
 
     (q is the paper's gradient step on the mean with the query-set likelihood; the support set
     enters through φ's adaptation.) At test time θ ~ p(θ | support), ``test_samples`` draws from a
@@ -40,6 +43,11 @@ class PLATIPUS(RowLearner):
 
     Args (beyond lr, steps, loss):
         samples: θ draws per task in meta-training (rows of the task dimension).
+        temperature: None (the paper's Monte Carlo estimate: the query loss averaged over the
+            draws) or τ > 0: the multi-sample objective −τ log 1/S Σ_s exp(−L_query(φ_s)/τ) per
+            task, a likelihood mixture over the S draws (as BMAML's ``temperature``): only the
+            draws that fit a task's query set need to, so the sampling variance is not pushed
+            down by every draw's error. Equal to the paper's loss for ``samples=1``.
         test_samples: draws per task at test time.
         kl_weight: weight of the KL term (summed over all parameters, mean over tasks).
         init_std: initial σ_θ and √v_q.
@@ -48,12 +56,19 @@ class PLATIPUS(RowLearner):
             down, and the KL is flat along q = p) without the samples collapsing. 0: no floor.
             On the ambiguous sinusoids a floor of 0.1 costs more fit than it adds spread
             (docs/bayesian-uncertainty.md, fourth pass).
+        q_data: the data of q's gradient step: "query" (Algorithm 1 of the paper, and
+            cnguyen10/few_shot_meta_learning) or "both" (support ∪ query, one mean loss over all
+            K + N points: the paper's text, where q conditions on the training and test data).
         gamma: initial γ_p and γ_q (None: lr).
         first_order: no second-order terms through the inner steps and the γ steps.
         fused, task_batched: see :class:`~maml_ext.algorithms.bayes.RowLearner`.
 
     ``meta_loss`` returns a scalar whose value is the mean query loss and whose gradient is the
-    objective's (query loss + kl_weight · KL).
+    objective's (query loss or its mixture + kl_weight · KL).
+
+    Uncertainty: with the paper's mean the learned σ_θ drifts down and the samples are
+    under-dispersed; ``temperature=0.1`` with ``samples=10`` holds σ_θ at ``init_std`` and
+    widens the sampled functions (docs/bayesian-uncertainty.md, fifth pass).
     """
 
     def __init__(
@@ -67,6 +82,8 @@ class PLATIPUS(RowLearner):
         kl_weight: float = 1e-3,
         init_std: float = 0.01,
         min_std: float = 0.0,
+        temperature: float | None = None,
+        q_data: str = "query",
         gamma: float | None = None,
         first_order: bool = False,
         loss: str = "mse",
@@ -83,12 +100,20 @@ class PLATIPUS(RowLearner):
                 raise ValueError(f"{key} must be a number > 0, got {value!r}")
         if not (isinstance(min_std, (int, float)) and not isinstance(min_std, bool) and min_std >= 0):
             raise ValueError(f"min_std must be a number >= 0, got {min_std!r}")
+        if temperature is not None and not (
+            isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+        ):
+            raise ValueError(f"temperature must be None or a number > 0, got {temperature!r}")
+        if q_data not in Q_DATA:
+            raise ValueError(f"q_data must be one of {Q_DATA}, got {q_data!r}")
         super().__init__(model, lr=lr, steps=steps, loss=loss, fused=fused, task_batched=task_batched)
         self.samples = samples
         self.test_samples = test_samples
         self.kl_weight = float(kl_weight)
         self.first_order = bool(first_order)
         self.min_std = float(min_std)
+        self.q_data = q_data
+        self.temperature = None if temperature is None else float(temperature)
         named = dict(model.named_parameters())
         logvar = 2.0 * math.log(init_std)
 
@@ -135,18 +160,26 @@ class PLATIPUS(RowLearner):
             total = total + gaussian_kl(mq, self.floored(lq), mu_p[n], self.floored(lp)).flatten(1).sum(1)
         return total
 
+    def q_mean(self, batch: TaskBatch, create_graph: bool) -> Rows:
+        """μ_q per task: μ_θ − γ_q ∇L(μ_θ, ·) on the query set, or on support ∪ query (``q_data``)."""
+        x, y = batch.x_query, batch.y_query
+        if self.q_data == "both":
+            x, y = torch.cat([batch.x_support, x], 1), torch.cat([batch.y_support, y], 1)
+        return self._stepped_mean(x, y, self.log_gamma_q, create_graph)
+
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         second = not self.first_order
         mu_p = self._stepped_mean(batch.x_support, batch.y_support, self.log_gamma_p, second)
-        mu_q = self._stepped_mean(batch.x_query, batch.y_query, self.log_gamma_q, second)
+        mu_q = self.q_mean(batch, second)
         theta = self._sample(mu_q, self.q_logvar, self.samples, None)  # global RNG: checkpointed by the loop
         s = self.samples
         for theta in self.sgd_rows(theta, expand_rows(batch.x_support, s), expand_rows(batch.y_support, s),
                                    self.steps, self.lr, self.first_order):
             pass
-        query = self.row_losses(theta, expand_rows(batch.x_query, s), expand_rows(batch.y_query, s)).mean()
-        penalty = self.kl_weight * self.kl(mu_q, mu_p).mean()
-        return query + penalty - penalty.detach()
+        query = self.row_losses(theta, expand_rows(batch.x_query, s), expand_rows(batch.y_query, s)).view(-1, s)
+        fit = query.mean() if self.temperature is None else soft_min_loss(query, self.temperature)
+        objective = fit + self.kl_weight * self.kl(mu_q, mu_p).mean()
+        return objective + (query.mean() - objective).detach()
 
     def adapted_sets(
         self, x_support: Tensor, y_support: Tensor, steps: int, lr: float | None, generator: torch.Generator | None
