@@ -117,6 +117,24 @@ def _leaves(tensors: Sequence[Tensor]) -> tuple[list[Tensor], bool]:
     return [t if t.requires_grad else t.detach().requires_grad_() for t in tensors], tracked
 
 
+def _eager(fn: Fn) -> Fn:
+    """``fn`` run eagerly under torch.compile, also when it is the function compiled (torch.compile
+    of a ``torch.compiler.disable``-d function traces it anyway; here it meets the disabled call)."""
+    disabled = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return disabled(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+# Every op below that calls torch.autograd.grad inside is run eagerly under torch.compile (one
+# graph break each): traced, the nested autograd.grad either fails (mlp_hvp: "the differentiated
+# Tensor ... appears to not have been used in the graph") or, worse, AOT autograd drops its
+# create_graph terms and the second-order derivatives silently vanish (mlp_maml's, mlp_maml_grad's
+# and the SVGD steps' meta-gradients, the BMAML chase). tests/test_qa5_reference_compile.py.
+@_eager
 def mlp_hvp(
     params: Sequence[Tensor],
     x: Tensor,
@@ -144,6 +162,7 @@ def mlp_hvp(
     return losses, list(grads), list(hvps)
 
 
+@_eager
 def mlp_maml(
     params: Sequence[Tensor],
     x_support: Tensor,
@@ -208,6 +227,7 @@ def _adapted(
         yield theta
 
 
+@_eager
 def mlp_maml_eval(
     params: Sequence[Tensor],
     x_support: Tensor,
@@ -244,20 +264,6 @@ def mlp_maml_eval(
     return torch.stack(losses), torch.stack(outs) if outputs else None
 
 
-def _eager(fn: Fn) -> Fn:
-    """``fn`` run eagerly under torch.compile, also when it is the function compiled (torch.compile
-    of a ``torch.compiler.disable``-d function traces it anyway; here it meets the disabled call)."""
-    disabled = torch.compiler.disable(fn)
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return disabled(*args, **kwargs)
-
-    return call  # type: ignore[return-value]
-
-
-# Eager under torch.compile: AOT autograd tracing drops the create_graph terms of the nested
-# autograd.grad below, silently giving the first-order meta-gradient.
 @_eager
 def mlp_maml_grad(
     params: Sequence[Tensor],
@@ -358,6 +364,7 @@ def mlp_maml_adam_(
     return value, True, list(grads) if return_grads else []
 
 
+@_eager
 def bmaml_svgd_steps(
     sets: Sequence[Tensor], x: Tensor, y: Tensor, steps: int, lr: float, activation: str, loss: str,
     first_order: bool,
@@ -380,6 +387,7 @@ def bmaml_svgd_steps(
     return sets
 
 
+@_eager
 def mlp_bmaml_chaser(
     params: Sequence[Tensor],
     x_support: Tensor,
