@@ -44,9 +44,28 @@ def split_lr(lr: LearningRate) -> tuple[list[Tensor], float]:
     """A float learning rate or a list of per-parameter tensors, as (tensors, float)."""
     if isinstance(lr, Tensor):
         raise TypeError("lr: expected a float or a list with one tensor per parameter, got a single tensor")
-    if isinstance(lr, (int, float)):
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
         return [], float(lr)
-    return list(lr), 0.0
+    if isinstance(lr, (str, bytes, bool)) or not isinstance(lr, (Sequence, Iterator)):
+        raise TypeError(f"lr: expected a float or a list with one tensor per parameter, got {type(lr).__name__}")
+    lrs = list(lr)
+    check_types(lrs=lrs)
+    return lrs, 0.0
+
+
+def check_types(ints: dict[str, object] | None = None, **lists: Sequence[object]) -> None:
+    """The Python types of an op's arguments, before any work: every entry of each named list a
+    Tensor, and each of ``ints`` an int (None allowed). The public ops check them first, so both
+    paths say the same (the dispatcher's own message and the reference's Python errors differ)."""
+    for name, values in lists.items():
+        if isinstance(values, Tensor) or not isinstance(values, (Sequence, Iterator)):
+            raise TypeError(f"{name}: expected a list of tensors, got {type(values).__name__}")
+        for i, t in enumerate(values):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}[{i}]: expected a Tensor, got {type(t).__name__}")
+    for name, value in (ints or {}).items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
 
 
 def _lr_for(lrs: Sequence[Tensor], lr: float, i: int, step: int | None) -> float | Tensor:
@@ -286,6 +305,7 @@ def mlp_maml_grad(
     the mean over tasks) w.r.t. ``params`` and the lr tensors, without returning a graph."""
     _checks.check_task_batched(x_support)  # before loss_weight, whose expected size it gives
     tasks = x_support.shape[0]
+    _checks.mlp_widths(params, False, tasks, loss)  # named before requires_grad_ (which fails on ints)
     weight = _checks.loss_weight(loss_weight, params[0], tasks)
     lrs, _ = split_lr(lr)
     with torch.enable_grad():
