@@ -58,14 +58,19 @@ def check_types(ints: dict[str, object] | None = None, **lists: Sequence[object]
     Tensor, and each of ``ints`` an int (None allowed). The public ops check them first, so both
     paths say the same (the dispatcher's own message and the reference's Python errors differ)."""
     for name, values in lists.items():
-        if isinstance(values, Tensor) or not isinstance(values, (Sequence, Iterator)):
+        # Lists and tuples first: the abstract-class checks cost more than the rest (every op call).
+        if type(values) not in _LISTS and (isinstance(values, Tensor) or not isinstance(values, (Sequence, Iterator))):
             raise TypeError(f"{name}: expected a list of tensors, got {type(values).__name__}")
-        for i, t in enumerate(values):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name}[{i}]: expected a Tensor, got {type(t).__name__}")
-    for name, value in (ints or {}).items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+        if not all(isinstance(t, Tensor) for t in values):
+            i = next(i for i, t in enumerate(values) if not isinstance(t, Tensor))
+            raise TypeError(f"{name}[{i}]: expected a Tensor, got {type(values[i]).__name__}")
+    if ints:
+        for name, value in ints.items():
+            if value is not None and type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+
+
+_LISTS = (list, tuple)
 
 
 def _lr_for(lrs: Sequence[Tensor], lr: float, i: int, step: int | None) -> float | Tensor:
