@@ -154,3 +154,13 @@ def test_the_rank_rule_follows_the_first_layer():
 
     b = TaskBatch(torch.randn(2, 3), torch.randn(2, 3, 1), torch.randn(2, 3), torch.randn(2, 3, 1))
     assert torch.isfinite(MAML(Own()).meta_loss(b))
+
+
+@pytest.mark.parametrize("name,fused", [("maml", None), ("maml", False), ("bmaml", None)])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_meta_grad_without_gradients_says_so(name, fused, mode):
+    lrn = learner(name, fused)
+    with mode(), pytest.raises(RuntimeError, match=r"meta_grad accumulates .* not under torch.no_grad\(\) or "
+                                                   r"torch.inference_mode\(\) \(for the meta-loss value alone"):
+        lrn.meta_grad(batch())
+    assert all(p.grad is None for p in lrn.parameters())

@@ -380,6 +380,10 @@ class MetaLearner(nn.Module, ABC):
         """Accumulate the gradient of ``scale · meta_loss(batch, iteration)`` into the parameters'
         ``.grad`` (as ``.backward()`` does) and return that scaled loss, detached. The training
         loops call this; learners with a faster route to the same gradient override it."""
+        if not torch.is_grad_enabled():  # also inference mode; MAML's fused route comes here then
+            raise RuntimeError("meta_grad accumulates the meta-gradient into .grad: call it with gradients enabled, "
+                               "not under torch.no_grad() or torch.inference_mode() (for the meta-loss value alone: "
+                               "meta_loss under either)")
         loss = self.meta_loss(batch, iteration) * scale
         loss.backward()
         return loss.detach()
