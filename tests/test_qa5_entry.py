@@ -164,3 +164,19 @@ def test_meta_grad_without_gradients_says_so(name, fused, mode):
                                                    r"torch.inference_mode\(\) \(for the meta-loss value alone"):
         lrn.meta_grad(batch())
     assert all(p.grad is None for p in lrn.parameters())
+
+
+@pytest.mark.parametrize("name", ["maml", "platipus", "imaml"])  # (BMAML: svgd_step takes float32/64)
+def test_a_float16_model_runs_the_generic_path(name):
+    """The fused op takes float32 and float64: a float16 MLP is not handed to it (it raised
+    "params[0]: expected float32 or float64" whatever the user did); fused=True says why."""
+    torch.manual_seed(0)
+    model = build_mlp(1, 1, hidden=(8,)).half()
+    lrn = build_algorithm(name, model, lr=0.05)
+    assert getattr(lrn, "fused_spec", None) is None
+    b = batch()
+    half = TaskBatch(*(t.half() for t in (b.x_support, b.y_support, b.x_query, b.y_query)))
+    loss = lrn.meta_loss(half)
+    assert loss.dtype == torch.float16 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="fused=True is not possible: parameters neither float32 nor float64"):
+        MAML(build_mlp(1, 1, hidden=(8,)).half(), fused=True)
