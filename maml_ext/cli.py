@@ -118,24 +118,49 @@ def _restored_rl(args: argparse.Namespace) -> tuple[rl.RLRun, config.Config, int
         return None
     run, iteration = rl.restore(path)
     cfg = rl.load_config(config.apply_overrides(run.config, args.set))
-    if {k: v for k, v in cfg.items() if k != "eval"} != {k: v for k, v in run.config.items() if k != "eval"}:
-        raise config.ConfigError("eval/plot accept only eval.* overrides")
+    _check_eval_overrides(cfg, run.config, task_options=())
     return run, cfg, iteration
 
 
+# [task] options that choose only the held-out tasks, not what the model was trained on (the
+# few-shot families' eval_split: "test", or "val" for model selection).
+EVAL_TASK_OPTIONS = ("eval_split",)
+
+
+def _check_eval_overrides(cfg: config.Config, trained: config.Config, task_options: Sequence[str]) -> None:
+    """Overrides at eval/plot may only touch evaluation settings: the model is the one trained."""
+    allowed = {f"task.{k}" for k in task_options}
+    ours, theirs = config.flatten(cfg), config.flatten(trained)
+    changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    refused = [k for k in changed if not (k.startswith("eval.") or k in allowed)]
+    if refused:
+        which = " and ".join(["eval.*", *sorted(allowed)])
+        raise config.ConfigError(f"eval/plot accept only {which} overrides (they leave the trained model as it is); "
+                                 f"refused: {', '.join(refused)}")
+
+
+def _eval_settings(cfg: config.Config) -> dict[str, object]:
+    """What names an evaluation's file (``results``): the [eval] values, and the task options
+    that choose the held-out tasks where set (so a validation-split evaluation never overwrites
+    the test split's)."""
+    chosen = {f"task.{k}": cfg["task"][k] for k in EVAL_TASK_OPTIONS if k in cfg.get("task", {})}
+    return {**cfg["eval"], **chosen}
+
+
 def _restored(args: argparse.Namespace) -> tuple[loop.Run, config.Config, int]:
-    run, iteration = loop.restore(Path(args.run) / loop.CHECKPOINT)
-    # Overrides may only touch evaluation settings: the model is the one that was trained.
+    path = Path(args.run) / loop.CHECKPOINT
+    run, iteration = loop.restore(path)
     cfg = config.validate(config.apply_overrides(run.config, args.set))
-    if {k: v for k, v in cfg.items() if k != "eval"} != {k: v for k, v in run.config.items() if k != "eval"}:
-        raise config.ConfigError("eval/plot accept only eval.* overrides")
+    _check_eval_overrides(cfg, run.config, EVAL_TASK_OPTIONS)
+    if cfg["task"] != run.config["task"]:  # the held-out tasks chosen anew; model and learner as trained
+        run, iteration = loop.restore(path, loop.build_plugin("task", cfg, plugins.tasks))
     return run, cfg, iteration
 
 
 def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path, progress: bool = True) -> None:
     results = evaluate.evaluate(run, cfg, progress)
     results["iteration"] = iteration
-    path = eval_files.write(results, cfg["eval"], out, run.config["eval"])
+    path = eval_files.write(results, _eval_settings(cfg), out, _eval_settings(run.config))
     print(evaluate.table(results))
     print(f"results: {path}")
 
@@ -148,13 +173,13 @@ def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] =
 def _draw(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str]) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
-    path = eval_files.path_for(out, cfg["eval"], run.config["eval"])  # the evaluation with these settings
+    path = eval_files.path_for(out, _eval_settings(cfg), _eval_settings(run.config))  # the evaluation with these settings
     if path.exists():
         runs[cfg["algorithm"]["name"]] = json.loads(path.read_text())
     elif compare:
         raise config.ConfigError(f"--compare needs this run evaluated with these settings first: no {path}")
     for directory in map(Path, compare):  # only evaluations with the same settings are drawn together
-        runs[directory.name] = eval_files.matching(directory, cfg["eval"])
+        runs[directory.name] = eval_files.matching(directory, _eval_settings(cfg))
     if runs:
         if len(runs) == 1:
             runs = {"": next(iter(runs.values()))}

@@ -292,7 +292,8 @@ def test_vmap_fallback_is_announced_once_and_only_when_needed():
 
 
 def test_a_model_error_is_the_models_own_not_a_functorch_one():
-    learner = MAML(nn.Sequential(nn.Linear(3, 1)).double(), lr=LR)
+    # A first layer the entry check cannot see (Identity first): the error comes from the forward.
+    learner = MAML(nn.Sequential(nn.Identity(), nn.Linear(3, 1)).double(), lr=LR)
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied") as info:
         learner.meta_loss(regression((2,)))
     assert "vmap" not in str(info.value)

@@ -21,7 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from maml_ext.tasks import TaskBatch
 
-from ._checks import check_examples, check_lr, check_steps
+from ._checks import check_alike, check_examples, check_inputs, check_lr, check_steps, first_layer
+from .entry import BATCH_ENTRY_POINTS, ENTRY_POINTS, entry_point
 from .clone import TaskClone
 from .functional import FunctionalModel, Output
 from .inner import InnerSGD, State, inner_step
@@ -176,6 +177,19 @@ class MetaLearner(nn.Module, ABC):
             raise ValueError(f"inner_optimizer: expected InnerSGD, Momentum or Adam, got {type(inner_optimizer).__name__}")
         self.inner_optimizer = inner_optimizer or InnerSGD()
         self.adapt_lrs = self._group_lrs(lr_groups or {})
+        # check_batch's reference parameter through its slot (a lookup by name costs more than
+        # the whole check), and what the model's first layer reads of an example, where known.
+        owner, _, attr = self.adapt_names[0].rpartition(".")
+        self._ref_slot = (model.get_submodule(owner)._parameters, attr)
+        self.first_layer = first_layer(model)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Every learner's entry points (ours and users' subclasses) check and run alike (.entry).
+        super().__init_subclass__(**kwargs)
+        for name in ENTRY_POINTS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "entry_point", False):
+                setattr(cls, name, entry_point(name in BATCH_ENTRY_POINTS)(method))
 
     def _group_lrs(self, groups: dict[str, float]) -> dict[str, float]:
         """Each adapted parameter's step size: its longest matching ``lr_groups`` prefix, else lr."""
@@ -310,12 +324,14 @@ class MetaLearner(nn.Module, ABC):
             params = Params(new, params.frozen, params.step + 1, state)
             yield params
 
+    @entry_point(checks_batch=False)
     def adapt(self, x_support: Tensor, y_support: Tensor, steps: int | None = None) -> Params:
         """Per-task parameters after ``steps`` (default: training steps) on the support sets, for
         ``predict``: all tasks at once on the learner's loss (``clone().adapt(loss)`` is the
         one-task form: one step on a loss the caller computes)."""
         steps = self.steps if steps is None else check_steps(steps, minimum=0)
         check_examples(x_support, y_support)  # also for steps=0, where inner_loop never starts
+        check_inputs(x_support, "x_support", self.first_layer)
         params = self.init_params()
         for params in self.inner_loop(x_support, y_support, steps, first_order=False):
             pass
@@ -330,19 +346,29 @@ class MetaLearner(nn.Module, ABC):
         return TaskClone(self, first_order)
 
     def check_batch(self, batch: TaskBatch, ref: Tensor | None = None) -> None:
-        """Device, dtype and task/example counts, each error naming the tensor, before any work.
-        ``ref``: a parameter of the model the caller holds already (looking one up costs more
-        than the rest of the check)."""
+        """Device, dtype and shapes, each error naming the tensor, before any work: x and y
+        ``[T, K, ...]`` with one T, query examples and labels shaped as the support's, and x as
+        the model's first layer reads it where that is known (:func:`._checks.first_layer`: a
+        2-D x without the task dimension is refused, not read as T tasks of one example).
+        ``ref``: a parameter of the model the caller holds already."""
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"batch: expected a maml_ext.tasks.TaskBatch, got {type(batch).__name__}")
         if ref is None:
-            ref = self.model.get_parameter(self.adapt_names[0])
+            slots, attr = self._ref_slot
+            ref = slots[attr]
         for name in ("x_support", "y_support", "x_query", "y_query"):
             t = getattr(batch, name)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"batch.{name}: expected a Tensor, got {type(t).__name__}")
             if t.device != ref.device:
                 raise RuntimeError(f"{name}: expected device {ref.device} like the model's parameters, got {t.device}")
             if t.is_floating_point() and t.dtype != ref.dtype:
                 raise TypeError(f"{name}: expected dtype {ref.dtype} like the model's parameters, got {t.dtype}")
         check_examples(batch.x_support, batch.y_support)
         check_examples(batch.x_query, batch.y_query, "query", batch.x_support.shape[0])
+        check_inputs(batch.x_support, "x_support", self.first_layer)
+        check_alike("x_query", batch.x_query, "x_support", batch.x_support)  # so x_query passes check_inputs too
+        check_alike("y_query", batch.y_query, "y_support", batch.y_support)
 
     # ----- algorithm interface ------------------------------------------------------------
     @abstractmethod
@@ -354,6 +380,10 @@ class MetaLearner(nn.Module, ABC):
         """Accumulate the gradient of ``scale · meta_loss(batch, iteration)`` into the parameters'
         ``.grad`` (as ``.backward()`` does) and return that scaled loss, detached. The training
         loops call this; learners with a faster route to the same gradient override it."""
+        if not torch.is_grad_enabled():  # also inference mode; MAML's fused route comes here then
+            raise RuntimeError("meta_grad accumulates the meta-gradient into .grad: call it with gradients enabled, "
+                               "not under torch.no_grad() or torch.inference_mode() (for the meta-loss value alone: "
+                               "meta_loss under either)")
         loss = self.meta_loss(batch, iteration) * scale
         loss.backward()
         return loss.detach()
@@ -361,6 +391,7 @@ class MetaLearner(nn.Module, ABC):
     def forward(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         return self.meta_loss(batch, iteration)
 
+    @entry_point(checks_batch=True)
     @torch.no_grad()
     def evaluate_metrics(self, batch: TaskBatch, steps: int, lr: float | None = None) -> dict[str, Tensor]:
         """Query metrics ``[steps + 1, T]`` after 0..steps adaptation steps on the support sets:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
 
@@ -13,6 +14,7 @@ from maml_ext.models import FusedMLPSpec, fused_spec
 
 # Exact types only: a subclass may override forward and compute something else.
 FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+FUSED_DTYPES = (torch.float32, torch.float64)
 HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                 "_global_backward_pre_hooks")
@@ -74,6 +76,8 @@ def unfusable_reasons(model: nn.Module, spec: FusedMLPSpec | None) -> list[str]:
         # A declared spec of a Sequential (e.g. our MLP with a layer since replaced) must be its layers'.
         ("the declared spec does not match the layers", isinstance(model, nn.Sequential) and not _same(layers_spec(model), spec)),
         ("frozen parameters (requires_grad=False)", any(not p.requires_grad for _, p in named)),
+        ("parameters neither float32 nor float64 (the op's dtypes; float16 runs the generic path)",
+         any(p.dtype not in FUSED_DTYPES for _, p in named)),
         ("module hooks", any(getattr(m, h, None) for m in model.modules() for h in HOOKS)
          or any(getattr(module_globals, h, None) for h in GLOBAL_HOOKS)),
     )

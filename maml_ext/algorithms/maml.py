@@ -160,9 +160,8 @@ class MAML(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch, iteration: int = 0) -> Tensor:
         first_order = self.uses_first_order(iteration)
-        if self.fused_spec is not None:
+        if self.fused_spec is not None:  # the batch was checked on entry (.entry)
             return self._fused_meta_loss(batch, first_order)
-        self.check_batch(batch)
         weights = msl_weights(self.steps, iteration, self.multi_step_loss) if self.multi_step_loss else None
         data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
         if self.whole_recorder is not None:
@@ -291,7 +290,6 @@ class MAML(MetaLearner):
 
     def _fused_meta_loss(self, batch: TaskBatch, first_order: bool) -> Tensor:
         params = self._fused_call.params()
-        self.check_batch(batch, params[0])  # given a parameter: looking one up costs as much again
         _, kwargs = self._fused_args(batch, first_order, params)
         # The mean query loss, with the meta-gradient computed in the same kernel call.
         return ops.mlp_maml_loss(params, batch.x_support, batch.y_support, batch.x_query, batch.y_query, **kwargs)

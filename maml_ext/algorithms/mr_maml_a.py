@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from maml_ext.tasks import TaskBatch
 
-from ._checks import check_examples
+from ._checks import check_examples, first_layer
 from .base import Params
 from .clone import TaskClone
 from .functional import FunctionalModel
@@ -121,6 +121,7 @@ class MRMAMLA(MAML):
                              "mr-maml-a runs only those two submodules")
         super().__init__(hd, lr, steps, fused=False, **options)
         self.encoder = enc
+        self.first_layer = first_layer(enc)  # inputs go to the encoder (the learner's model is the head)
         self.beta = float(beta)
         self.scale = scale
         self.sample_eval = bool(sample_eval)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from maml_ext import _extension, reference
-from maml_ext.reference import LearningRate, renamed_snapshots, snapshot_interval, split_lr
+from maml_ext.reference import LearningRate, check_types, renamed_snapshots, snapshot_interval, split_lr
 
 if _extension.available():
     from maml_ext.ops import _registration  # fake kernels and autograd formulas of the ops
@@ -59,6 +59,7 @@ def inner_update(
     Differentiable in params, grads and lr tensors, to any order (the backward is made of
     differentiable torch ops, which is what carries MAML's second-order term).
     """
+    check_types({"step": step}, params=params, grads=grads)
     if not _fused(*params):
         return reference.inner_update(params, grads, lr, step)
     lrs, lr_value = split_lr(lr)
@@ -69,6 +70,7 @@ def inner_update_(
     params: Sequence[Tensor], grads: Sequence[Tensor], lr: LearningRate, step: int | None = None
 ) -> None:
     """In-place, non-differentiable :func:`inner_update` (first-order and outer-loop steps)."""
+    check_types({"step": step}, params=params, grads=grads)
     if not _fused(*params):
         return reference.inner_update_(params, grads, lr, step)
     lrs, lr_value = split_lr(lr)
@@ -104,6 +106,7 @@ def mlp_hvp(
     and the HVP in ``direction`` (gives H·w). The HVP's own derivative w.r.t. params (a third
     derivative) is not formed.
     """
+    check_types(params=params, direction=direction or [])
     if not _fused(*params):
         return reference.mlp_hvp(
             params, x, y, direction, activation=activation, loss=loss, sample_weight=sample_weight
@@ -152,6 +155,7 @@ def mlp_maml(
     The backward is not itself differentiable (no third derivatives): differentiating the
     meta-gradient again raises. Gradients w.r.t. the data (x, y, weights) are not computed.
     """
+    check_types({"steps": steps}, params=params)
     snapshots = renamed_snapshots(snapshots, checkpoint)
     every = snapshot_interval(snapshots, steps)
     if not _fused(*params):
@@ -202,6 +206,7 @@ def mlp_maml_grad(
     the reverse walk reuses each step's activations instead of recomputing them; memory is
     O(threads·S·P) instead of O(T·S·P).
     """
+    check_types({"steps": steps}, params=params)
     if not _fused(*params):
         return reference.mlp_maml_grad(
             params, x_support, y_support, x_query, y_query, lr=lr, steps=steps,
@@ -259,6 +264,7 @@ def mlp_maml_adam_(
     clipped meta-gradients when ``return_grads`` else []). Nothing is modified when it was not
     applied. On the CPU one compiled call; elsewhere the reference.
     """
+    check_types({"steps": steps}, params=params)
     if not (params and isinstance(lr, (int, float)) and params[0].device.type == "cpu" and _fused(*params)):
         return reference.mlp_maml_adam_(
             params, x_support, y_support, x_query, y_query, lr=lr, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
@@ -299,6 +305,7 @@ def mlp_maml_eval(
     steps), and with ``outputs=True`` the query outputs [steps + 1, T, K_query, out] (else None).
     Arguments as in :func:`mlp_maml`; no gradients. On the CPU one kernel pass per task (the inner
     loop with the query forward at every step), elsewhere the reference."""
+    check_types({"steps": steps}, params=params)
     if not (params and params[0].device.type == "cpu" and _fused(*params)):
         return reference.mlp_maml_eval(
             params, x_support, y_support, x_query, y_query, lr=lr, steps=steps, per_step_lr=per_step_lr,
@@ -335,6 +342,7 @@ def mlp_maml_loss(
     ``mlp_maml(...)[0].mean()`` in training loops, computed by :func:`mlp_maml_grad` in the same
     call (so the backward costs nothing). Differentiable once.
     """
+    check_types({"steps": steps}, params=params)
     lrs, lr_value = split_lr(lr)
     tasks = x_support.shape[0] if x_support.dim() == 3 else 0
     differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))
@@ -427,6 +435,7 @@ def svgd_step(
     second order); the compiled backward is not itself differentiable (use the reference for higher
     orders). CPU tensors use the fused kernel; other devices run the composed-op reference.
     """
+    check_types(particles=particles, scores=scores)
     if not (_fused(*particles) and particles[0].device.type == "cpu"):
         return reference.svgd_step(particles, scores, score_scale, step_size)
     moved, _, _ = torch.ops.maml_ext.svgd_step(list(particles), list(scores), float(score_scale), float(step_size))
@@ -458,6 +467,7 @@ def mlp_bmaml_chaser(
     runs ``svgd_step``'s vector-Jacobian product and one HVP per particle and step. Other devices
     (no compiled kernel there) run the reference.
     """
+    check_types({"steps": steps, "leader_steps": leader_steps}, params=params)
     if not (_fused(*params) and params[0].device.type == "cpu"):
         return reference.mlp_bmaml_chaser(
             params, x_support, y_support, x_query, y_query, steps=steps, leader_steps=leader_steps, lr=lr,

@@ -44,9 +44,33 @@ def split_lr(lr: LearningRate) -> tuple[list[Tensor], float]:
     """A float learning rate or a list of per-parameter tensors, as (tensors, float)."""
     if isinstance(lr, Tensor):
         raise TypeError("lr: expected a float or a list with one tensor per parameter, got a single tensor")
-    if isinstance(lr, (int, float)):
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
         return [], float(lr)
-    return list(lr), 0.0
+    if isinstance(lr, (str, bytes, bool)) or not isinstance(lr, (Sequence, Iterator)):
+        raise TypeError(f"lr: expected a float or a list with one tensor per parameter, got {type(lr).__name__}")
+    lrs = list(lr)
+    check_types(lrs=lrs)
+    return lrs, 0.0
+
+
+def check_types(ints: dict[str, object] | None = None, **lists: Sequence[object]) -> None:
+    """The Python types of an op's arguments, before any work: every entry of each named list a
+    Tensor, and each of ``ints`` an int (None allowed). The public ops check them first, so both
+    paths say the same (the dispatcher's own message and the reference's Python errors differ)."""
+    for name, values in lists.items():
+        # Lists and tuples first: the abstract-class checks cost more than the rest (every op call).
+        if type(values) not in _LISTS and (isinstance(values, Tensor) or not isinstance(values, (Sequence, Iterator))):
+            raise TypeError(f"{name}: expected a list of tensors, got {type(values).__name__}")
+        if not all(isinstance(t, Tensor) for t in values):
+            i = next(i for i, t in enumerate(values) if not isinstance(t, Tensor))
+            raise TypeError(f"{name}[{i}]: expected a Tensor, got {type(values[i]).__name__}")
+    if ints:
+        for name, value in ints.items():
+            if value is not None and type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+
+
+_LISTS = (list, tuple)
 
 
 def _lr_for(lrs: Sequence[Tensor], lr: float, i: int, step: int | None) -> float | Tensor:
@@ -117,6 +141,24 @@ def _leaves(tensors: Sequence[Tensor]) -> tuple[list[Tensor], bool]:
     return [t if t.requires_grad else t.detach().requires_grad_() for t in tensors], tracked
 
 
+def _eager(fn: Fn) -> Fn:
+    """``fn`` run eagerly under torch.compile, also when it is the function compiled (torch.compile
+    of a ``torch.compiler.disable``-d function traces it anyway; here it meets the disabled call)."""
+    disabled = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return disabled(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+# Every op below that calls torch.autograd.grad inside is run eagerly under torch.compile (one
+# graph break each): traced, the nested autograd.grad either fails (mlp_hvp: "the differentiated
+# Tensor ... appears to not have been used in the graph") or, worse, AOT autograd drops its
+# create_graph terms and the second-order derivatives silently vanish (mlp_maml's, mlp_maml_grad's
+# and the SVGD steps' meta-gradients, the BMAML chase). tests/test_qa5_reference_compile.py.
+@_eager
 def mlp_hvp(
     params: Sequence[Tensor],
     x: Tensor,
@@ -144,6 +186,7 @@ def mlp_hvp(
     return losses, list(grads), list(hvps)
 
 
+@_eager
 def mlp_maml(
     params: Sequence[Tensor],
     x_support: Tensor,
@@ -208,6 +251,7 @@ def _adapted(
         yield theta
 
 
+@_eager
 def mlp_maml_eval(
     params: Sequence[Tensor],
     x_support: Tensor,
@@ -244,20 +288,6 @@ def mlp_maml_eval(
     return torch.stack(losses), torch.stack(outs) if outputs else None
 
 
-def _eager(fn: Fn) -> Fn:
-    """``fn`` run eagerly under torch.compile, also when it is the function compiled (torch.compile
-    of a ``torch.compiler.disable``-d function traces it anyway; here it meets the disabled call)."""
-    disabled = torch.compiler.disable(fn)
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return disabled(*args, **kwargs)
-
-    return call  # type: ignore[return-value]
-
-
-# Eager under torch.compile: AOT autograd tracing drops the create_graph terms of the nested
-# autograd.grad below, silently giving the first-order meta-gradient.
 @_eager
 def mlp_maml_grad(
     params: Sequence[Tensor],
@@ -280,6 +310,7 @@ def mlp_maml_grad(
     the mean over tasks) w.r.t. ``params`` and the lr tensors, without returning a graph."""
     _checks.check_task_batched(x_support)  # before loss_weight, whose expected size it gives
     tasks = x_support.shape[0]
+    _checks.mlp_widths(params, False, tasks, loss)  # named before requires_grad_ (which fails on ints)
     weight = _checks.loss_weight(loss_weight, params[0], tasks)
     lrs, _ = split_lr(lr)
     with torch.enable_grad():
@@ -358,6 +389,7 @@ def mlp_maml_adam_(
     return value, True, list(grads) if return_grads else []
 
 
+@_eager
 def bmaml_svgd_steps(
     sets: Sequence[Tensor], x: Tensor, y: Tensor, steps: int, lr: float, activation: str, loss: str,
     first_order: bool,
@@ -380,6 +412,7 @@ def bmaml_svgd_steps(
     return sets
 
 
+@_eager
 def mlp_bmaml_chaser(
     params: Sequence[Tensor],
     x_support: Tensor,

@@ -33,7 +33,7 @@ def pairwise_sq_dists(particles: Sequence[Tensor]) -> Tensor:
     conv nets); the diagonal is set to exactly 0 and rounding negatives are clamped."""
     total = particles[0].new_zeros(())
     for p in particles:
-        flat = p.flatten(2)
+        flat = _per_particle(p)
         norms = flat.pow(2).sum(-1)
         sq = norms.unsqueeze(2) + norms.unsqueeze(1) - 2.0 * flat @ flat.transpose(1, 2)
         total = total + sq
@@ -75,7 +75,7 @@ def svgd_direction(particles: Sequence[Tensor], log_p_grads: Sequence[Tensor]) -
     row_sums = k.sum(2)  # Σ_j k_jm (k is symmetric)
     out = []
     for p, g in zip(particles, log_p_grads):
-        flat, grad = p.flatten(2), g.flatten(2)
+        flat, grad = _per_particle(p), _per_particle(g)
         drive = k @ grad
         repulse = (2.0 / h)[:, None, None] * (row_sums.unsqueeze(-1) * flat - k @ flat)
         out.append(((drive + repulse) / m).view_as(p))
@@ -88,3 +88,8 @@ def svgd_step(particles: Sequence[Tensor], scores: Sequence[Tensor], score_scale
     check_svgd(particles, scores, "scores")
     phi = svgd_direction(particles, [score_scale * s for s in scores])
     return [p + step_size * f for p, f in zip(particles, phi)]
+
+
+def _per_particle(t: Tensor) -> Tensor:
+    """``[T, M, ...]`` as ``[T, M, numel per particle]`` (a ``[T, M]`` tensor: one entry each)."""
+    return t.reshape(t.shape[0], t.shape[1], -1)

@@ -159,14 +159,18 @@ class LeanFusedAdam(torch.optim.Adam):
                 if all(g is not None for g in grads):
                     _fused_step(lists, grads, *settings)
                     return None
+        _check_amsgrad_state(self)
         loss = _adam_step(self, closure)
         self._lists = self._gather()
         return loss
 
     def _current(self) -> _Lists | None:
-        """The gathered lists, or None when the state was reset since (they hold the old state)."""
+        """The gathered lists, or None when the state was reset since (they hold the old state) or
+        a setting was changed by hand since (``param_groups[0]["amsgrad"] = True``, say)."""
         lists = self._lists
-        return lists if lists is not None and lists.state is self.state and lists.entries == len(self.state) else None
+        if lists is None or lists.state is not self.state or lists.entries != len(self.state):
+            return None
+        return lists if _plain(self.param_groups[0]) else None
 
     def _gather(self, order: Sequence[Tensor] | None = None) -> _Lists | None:
         """The parameters (the group's, in ``order`` if given) and their state as the fused
@@ -175,10 +179,7 @@ class LeanFusedAdam(torch.optim.Adam):
             return None
         group = self.param_groups[0]
         params = list(group["params"] if order is None else order)
-        plain = (not group["amsgrad"] and not group["capturable"] and not group["differentiable"]
-                 and not group.get("decoupled_weight_decay", False) and not isinstance(group["lr"], Tensor)
-                 and all(not isinstance(b, Tensor) for b in group["betas"]))
-        if not (plain and params and all(p in self.state for p in params)):
+        if not (_plain(group) and params and all(p in self.state for p in params)):
             return None
         if len({(p.device, p.dtype) for p in params}) != 1:
             return None
@@ -191,6 +192,27 @@ class LeanFusedAdam(torch.optim.Adam):
         compiled = _extension.C.FusedAdamLists(params, exp_avgs, exp_avg_sqs, steps, step_counts) \
             if _extension.available() else None
         return _Lists(params, exp_avgs, exp_avg_sqs, steps, step_counts, compiled, self.state, len(self.state))
+
+
+def _plain(group: dict) -> bool:
+    """Whether ``group``'s step is the plain update the gathered lists take (read at every step:
+    a setting may be changed by hand between steps)."""
+    return (not group["amsgrad"] and not group["capturable"] and not group["differentiable"]
+            and not group.get("decoupled_weight_decay", False) and not isinstance(group["lr"], Tensor)
+            and not isinstance(group["betas"][0], Tensor) and not isinstance(group["betas"][1], Tensor))
+
+
+def _check_amsgrad_state(optimizer: torch.optim.Adam) -> None:
+    """AMSGrad switched on after steps taken without it has no running maximum of the second
+    moments to continue from (torch's Adam fails on the missing key): a clear error instead,
+    before any parameter moves."""
+    for i, group in enumerate(optimizer.param_groups):
+        if group["amsgrad"] and any("step" in optimizer.state.get(p, {}) and "max_exp_avg_sq" not in optimizer.state[p]
+                                    for p in group["params"]):
+            raise ValueError(
+                f"param_groups[{i}]['amsgrad']: switched on after steps taken without it; Adam holds no running maximum "
+                "of the second moments for them (torch.optim.Adam fails with KeyError: 'max_exp_avg_sq'). Set it before "
+                "the first step, or restart Adam with optimizer.state.clear()")
 
 
 @torch.no_grad()
