@@ -61,13 +61,34 @@ def _base_config(args: argparse.Namespace, out: Path) -> config.Config:
     saved = out / "config.json"
     if args.resume and saved.is_file():
         try:
-            return json.loads(saved.read_text())
+            run_config = json.loads(saved.read_text())
         except (ValueError, OSError) as exc:
             raise config.ConfigError(f"cannot read {saved}: {exc}") from exc
+        if args.config is not None:
+            _check_same_problem(args, run_config, out)
+        return run_config
     if args.config is None:
         raise config.ConfigError(f"--resume: no {saved}; give the run's config" if args.resume else
                                  "give a config (a .toml file or a packaged name, see `maml-ext list`)")
     return config.read(args.config)
+
+
+# What a run is about: a config naming another task family or model is another run, however the
+# run was started (algorithm and schedule keys may have been --set then and are not repeated).
+IDENTITY_KEYS = ("task.name", "model.name")
+
+
+def _check_same_problem(args: argparse.Namespace, run_config: config.Config, out: Path) -> None:
+    """``train CONFIG --resume``: the run in ``out`` must be a run of CONFIG (with this command's
+    --set/--unset), else the named config would be silently ignored for the run's own."""
+    named = config.flatten(config.apply_overrides(config.read(args.config), args.set, args.unset))
+    ours = config.flatten(config.apply_overrides(run_config, args.set, args.unset))
+    differ = [f"{k} is {ours.get(k)!r} in the run, {named.get(k)!r} in {args.config}"
+              for k in IDENTITY_KEYS if ours.get(k) != named.get(k)]
+    if differ:
+        raise config.ConfigError(
+            f"--resume: {out} is not a run of {args.config}: {'; '.join(differ)}. To continue {out}, leave the "
+            f"config out (maml-ext train --resume --out {out}); to train {args.config}, choose another --out")
 
 
 def _train(args: argparse.Namespace) -> None:

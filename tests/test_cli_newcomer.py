@@ -1,0 +1,38 @@
+"""What a newcomer's walkthrough of the CLI found (install7): a config named on --resume that is
+not the run's, a misspelt --set key, a plot of an evaluation that does not exist, and the labels
+of compared runs."""
+
+import json
+
+from maml_ext import cli
+from maml_ext.train import loop
+
+TINY = ["model.hidden=[8]", "train.meta_batch=2", "train.checkpoint_every=2", "train.iterations=2"]
+
+
+def train(out, config_name, *sets, resume=False):
+    argv = ["train", *([config_name] if config_name else []), "--out", str(out), "--quiet", "--no-eval",
+            *(["--resume"] if resume else []), *(a for s in sets for a in ("--set", s))]
+    return cli.main(argv)
+
+
+def test_resume_naming_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "sinusoid", *TINY) == 0
+    capsys.readouterr()
+    # glyphs-5way is another problem: the run's own config.json must not be trained on silently.
+    assert train(out, "glyphs-5way", "train.iterations=4", resume=True) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"maml-ext: error: --resume: {out} is not a run of glyphs-5way: task.name is 'sinusoid' in the run, "
+        f"'glyphs' in glyphs-5way; model.name is 'mlp' in the run, 'conv4' in glyphs-5way. To continue {out}, "
+        f"leave the config out (maml-ext train --resume --out {out}); to train glyphs-5way, choose another --out"]
+    assert json.loads((out / "config.json").read_text())["train"]["iterations"] == 2  # nothing was touched
+
+
+def test_resume_naming_the_runs_config_with_other_start_overrides_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    # Started with --set algorithm.name=fomaml; resumed naming the config without repeating it.
+    assert train(out, "sinusoid", *TINY, "algorithm.name=fomaml") == 0
+    assert train(out, "sinusoid", "train.iterations=4", resume=True) == 0
+    assert json.loads((out / "config.json").read_text())["algorithm"]["name"] == "fomaml"
+    assert (out / loop.CHECKPOINT).is_file()
