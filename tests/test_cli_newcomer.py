@@ -36,3 +36,20 @@ def test_resume_naming_the_runs_config_with_other_start_overrides_continues(tmp_
     assert train(out, "sinusoid", "train.iterations=4", resume=True) == 0
     assert json.loads((out / "config.json").read_text())["algorithm"]["name"] == "fomaml"
     assert (out / loop.CHECKPOINT).is_file()
+
+
+def test_a_misspelt_key_gets_the_key_it_resembles(tmp_path, capsys):
+    for item, said in [
+        ("train.iteration=3", "unknown config key(s) ['train.iteration'] (did you mean 'train.iterations'?); known: ["),
+        ("algoritm.name=maml", "unknown config key(s) ['algoritm.name'] (did you mean 'algorithm.name'?); known: ["),
+        ("algorithm.step=3", "algorithm 'maml' has no option(s) ['step'] (did you mean 'steps'?); its options: ["),
+        ("model.hiden=[4]", "model 'mlp' has no option(s) ['hiden'] (did you mean 'hidden'?); its options: ["),
+    ]:
+        assert train(tmp_path / "run", "sinusoid", item) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("maml-ext: error: " + said), err
+        assert not (tmp_path / "run").exists()
+    # The list of known keys says where the algorithm, model and task options go.
+    assert train(tmp_path / "run", "sinusoid", "xyz.abc=1") == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and "and [model], [task], [algorithm] with a name and that plugin's" in err
