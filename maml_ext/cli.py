@@ -166,16 +166,26 @@ def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] =
         _draw(run, cfg, out, compare)
 
 
+def _run_label(directory: Path, cfg: config.Config | None = None) -> str:
+    """A run in a legend: its directory and algorithm (``sin (maml)``), the same for this run and
+    the compared ones."""
+    if cfg is None:
+        cfg = json.loads((directory / "config.json").read_text())  # a compared run: checked by then
+    return f"{directory.name} ({cfg['algorithm']['name']})"
+
+
 def _draw(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str]) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
     path = eval_files.path_for(out, cfg["eval"], run.config["eval"])  # the evaluation with these settings
     if path.exists():
-        runs[cfg["algorithm"]["name"]] = json.loads(path.read_text())
+        runs[_run_label(out, cfg)] = json.loads(path.read_text())
     elif compare:
         raise config.ConfigError(f"--compare needs this run evaluated with these settings first: no {path}")
+    else:  # said, not silently skipped: an adaptation.png of other settings may be lying there
+        driver.notice(eval_files.not_evaluated(out, cfg["eval"], run.config["eval"]))
     for directory in map(Path, compare):  # only evaluations with the same settings are drawn together
-        runs[directory.name] = eval_files.matching(directory, cfg["eval"])
+        runs[_run_label(directory)] = eval_files.matching(directory, cfg["eval"])
     if runs:
         if len(runs) == 1:
             runs = {"": next(iter(runs.values()))}

@@ -53,3 +53,40 @@ def test_a_misspelt_key_gets_the_key_it_resembles(tmp_path, capsys):
     assert train(tmp_path / "run", "sinusoid", "xyz.abc=1") == 2
     err = capsys.readouterr().err
     assert "did you mean" not in err and "and [model], [task], [algorithm] with a name and that plugin's" in err
+
+
+EVAL = ["eval.num_tasks=4", "eval.shots=[5]", "eval.k_query=5", "eval.steps=1"]
+
+
+def sets(*items):
+    return [a for s in items for a in ("--set", s)]
+
+
+def test_plot_without_that_evaluation_says_how_to_make_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "sinusoid", *TINY, *EVAL) == 0
+    capsys.readouterr()
+    assert cli.main(["plot", str(out)]) == 0  # trained with --no-eval: no eval.json yet
+    assert capsys.readouterr().err.splitlines() == [
+        f"maml-ext: notice: no {out}/eval.json: adaptation.png is not drawn; evaluate the run with these settings "
+        f"first: maml-ext eval {out}"]
+    assert not (out / "adaptation.png").exists()
+    assert cli.main(["plot", str(out), *sets("eval.num_tasks=3", "eval.shots=[1,5]")]) == 0
+    err = capsys.readouterr().err
+    command = err.partition("first: ")[2].split()
+    assert command[:2] == ["maml-ext", "eval"], err
+    assert cli.main(command[1:]) == 0  # the command it gives makes that evaluation
+    capsys.readouterr()
+    assert cli.main(["plot", str(out), *sets("eval.num_tasks=3", "eval.shots=[1,5]")]) == 0
+    assert "notice" not in capsys.readouterr().err and (out / "adaptation.png").is_file()
+
+
+def test_compared_runs_are_labelled_alike(tmp_path, monkeypatch, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train(a, "sinusoid", *TINY, *EVAL) == 0
+    assert train(b, "sinusoid", *TINY, *EVAL, "algorithm.name=fomaml") == 0
+    assert cli.main(["eval", str(a)]) == 0 and cli.main(["eval", str(b)]) == 0
+    drawn = []
+    monkeypatch.setattr(cli.plots, "adaptation_curve", lambda runs, path: (drawn.append(list(runs)), path)[1])
+    assert cli.main(["plot", str(a), "--compare", str(b)]) == 0
+    assert drawn == [["a (maml)", "b (fomaml)"]]  # was "maml" for this run, "b" for the other
