@@ -90,3 +90,16 @@ def test_compared_runs_are_labelled_alike(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.plots, "adaptation_curve", lambda runs, path: (drawn.append(list(runs)), path)[1])
     assert cli.main(["plot", str(a), "--compare", str(b)]) == 0
     assert drawn == [["a (maml)", "b (fomaml)"]]  # was "maml" for this run, "b" for the other
+
+
+def test_each_shot_count_gets_a_bar_whose_count_is_its_own_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "sinusoid", *TINY, *EVAL) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(out), *sets("eval.shots=[5,10]", "eval.num_tasks=3")]) == 0
+    lines = capsys.readouterr().err.splitlines()  # a log, not a terminal: first and last state of each bar
+    # 3 held-out tasks + 3 calibration tasks (MSE), each predicted after 0 and 1 steps: 12 task-steps
+    # per shot count; before, one bar counted both shot counts' chunks under the first one's label.
+    for shots in (5, 10):
+        mine = [line for line in lines if line.startswith(f"evaluating {shots}-shot (3 tasks + 3 for calibration, 0..1 steps) [")]
+        assert mine and mine[-1].split("] ")[1].startswith("12/12 "), lines
