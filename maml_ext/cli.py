@@ -265,13 +265,15 @@ def parser() -> argparse.ArgumentParser:
                    help="how long a distributed rank waits for the others before failing (default %(default)g)")
     t.set_defaults(func=_train)
 
-    for name, func, text in (
-        ("eval", _eval_command, "evaluate a run on held-out tasks"),
-        ("plot", _plot_command, "plot a run as PNG"),
+    for name, func, text, set_help in (
+        ("eval", _eval_command, "evaluate a run on held-out tasks", overrides["help"]),
+        # plot evaluates nothing: its eval.* settings pick the evaluation file drawn in adaptation.png
+        ("plot", _plot_command, "plot a run as PNG",
+         "eval.* settings of the evaluation to draw (default: the run's own, eval.json)"),
     ):
         e = sub.add_parser(name, help=text)
         e.add_argument("run", help="run directory (holding checkpoint.pt)")
-        e.add_argument("--set", **overrides)
+        e.add_argument("--set", **{**overrides, "help": set_help})
         e.set_defaults(func=func)
     e.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other evaluated runs to draw in adaptation.png")
 
