@@ -4,8 +4,11 @@ of compared runs."""
 
 import json
 
+
 from maml_ext import cli
 from maml_ext.train import loop
+
+from _rl_settings import SMALL
 
 TINY = ["model.hidden=[8]", "train.meta_batch=2", "train.checkpoint_every=2", "train.iterations=2"]
 
@@ -79,6 +82,18 @@ def test_plot_without_that_evaluation_says_how_to_make_it(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["plot", str(out), *sets("eval.num_tasks=3", "eval.shots=[1,5]")]) == 0
     assert "notice" not in capsys.readouterr().err and (out / "adaptation.png").is_file()
+
+
+def test_a_meta_rl_plot_without_that_evaluation_says_so_too(tmp_path, capsys):
+    out = tmp_path / "nav"
+    assert cli.main(["train", "point-nav", "--out", str(out), "--quiet", "--no-eval", "--set", "train.iterations=1",
+                     "--set", "train.optimizer=adam", *[f"--set={s}" for s in SMALL]]) == 0
+    capsys.readouterr()
+    assert cli.main(["plot", str(out), "--set", "eval.steps=1"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"maml-ext: notice: no {out}/eval-steps=1.json: adaptation.png is not drawn; evaluate the run with these "
+        f"settings first: maml-ext eval {out} --set eval.steps=1"]
+    assert not (out / "adaptation.png").exists()
 
 
 def test_compared_runs_are_labelled_alike(tmp_path, monkeypatch, capsys):
