@@ -94,6 +94,12 @@ def test_a_meta_rl_plot_without_that_evaluation_says_so_too(tmp_path, capsys):
         f"maml-ext: notice: no {out}/eval-steps=1.json: adaptation.png is not drawn; evaluate the run with these "
         f"settings first: maml-ext eval {out} --set eval.steps=1"]
     assert not (out / "adaptation.png").exists()
+    # Its evaluation: a bar per policy, counting that policy's 0..2 steps (was one bar over both).
+    assert cli.main(["eval", str(out)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    for policy in ("maml", "random init"):
+        mine = [line for line in lines if line.startswith(f"evaluating {policy} (6 tasks x 8 rollouts, 0..2 steps) [")]
+        assert mine and mine[-1].split("] ")[1].startswith("3/3 "), lines
 
 
 def test_compared_runs_are_labelled_alike(tmp_path, monkeypatch, capsys):
