@@ -61,13 +61,34 @@ def _base_config(args: argparse.Namespace, out: Path) -> config.Config:
     saved = out / "config.json"
     if args.resume and saved.is_file():
         try:
-            return json.loads(saved.read_text())
+            run_config = json.loads(saved.read_text())
         except (ValueError, OSError) as exc:
             raise config.ConfigError(f"cannot read {saved}: {exc}") from exc
+        if args.config is not None:
+            _check_same_problem(args, run_config, out)
+        return run_config
     if args.config is None:
         raise config.ConfigError(f"--resume: no {saved}; give the run's config" if args.resume else
                                  "give a config (a .toml file or a packaged name, see `maml-ext list`)")
     return config.read(args.config)
+
+
+# What a run is about: a config naming another task family or model is another run, however the
+# run was started (algorithm and schedule keys may have been --set then and are not repeated).
+IDENTITY_KEYS = ("task.name", "model.name")
+
+
+def _check_same_problem(args: argparse.Namespace, run_config: config.Config, out: Path) -> None:
+    """``train CONFIG --resume``: the run in ``out`` must be a run of CONFIG (with this command's
+    --set/--unset), else the named config would be silently ignored for the run's own."""
+    named = config.flatten(config.apply_overrides(config.read(args.config), args.set, args.unset))
+    ours = config.flatten(config.apply_overrides(run_config, args.set, args.unset))
+    differ = [f"{k} is {ours.get(k)!r} in the run, {named.get(k)!r} in {args.config}"
+              for k in IDENTITY_KEYS if ours.get(k) != named.get(k)]
+    if differ:
+        raise config.ConfigError(
+            f"--resume: {out} is not a run of {args.config}: {'; '.join(differ)}. To continue {out}, leave the "
+            f"config out (maml-ext train --resume --out {out}); to train {args.config}, choose another --out")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -170,16 +191,26 @@ def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] =
         _draw(run, cfg, out, compare)
 
 
+def _run_label(directory: Path, cfg: config.Config | None = None) -> str:
+    """A run in a legend: its directory and algorithm (``sin (maml)``), the same for this run and
+    the compared ones."""
+    if cfg is None:
+        cfg = json.loads((directory / "config.json").read_text())  # a compared run: checked by then
+    return f"{directory.name} ({cfg['algorithm']['name']})"
+
+
 def _draw(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str]) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
     path = eval_files.path_for(out, _eval_settings(cfg), _eval_settings(run.config))  # the evaluation with these settings
     if path.exists():
-        runs[cfg["algorithm"]["name"]] = json.loads(path.read_text())
+        runs[_run_label(out, cfg)] = json.loads(path.read_text())
     elif compare:
         raise config.ConfigError(f"--compare needs this run evaluated with these settings first: no {path}")
+    else:  # said, not silently skipped: an adaptation.png of other settings may be lying there
+        driver.notice(eval_files.not_evaluated(out, _eval_settings(cfg), _eval_settings(run.config)))
     for directory in map(Path, compare):  # only evaluations with the same settings are drawn together
-        runs[directory.name] = eval_files.matching(directory, _eval_settings(cfg))
+        runs[_run_label(directory)] = eval_files.matching(directory, _eval_settings(cfg))
     if runs:
         if len(runs) == 1:
             runs = {"": next(iter(runs.values()))}
@@ -259,13 +290,15 @@ def parser() -> argparse.ArgumentParser:
                    help="how long a distributed rank waits for the others before failing (default %(default)g)")
     t.set_defaults(func=_train)
 
-    for name, func, text in (
-        ("eval", _eval_command, "evaluate a run on held-out tasks"),
-        ("plot", _plot_command, "plot a run as PNG"),
+    for name, func, text, set_help in (
+        ("eval", _eval_command, "evaluate a run on held-out tasks", overrides["help"]),
+        # plot evaluates nothing: its eval.* settings pick the evaluation file drawn in adaptation.png
+        ("plot", _plot_command, "plot a run as PNG",
+         "eval.* settings of the evaluation to draw (default: the run's own, eval.json)"),
     ):
         e = sub.add_parser(name, help=text)
         e.add_argument("run", help="run directory (holding checkpoint.pt)")
-        e.add_argument("--set", **overrides)
+        e.add_argument("--set", **{**overrides, "help": set_help})
         e.set_defaults(func=func)
     e.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other evaluated runs to draw in adaptation.png")
 

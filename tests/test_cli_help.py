@@ -15,3 +15,10 @@ def test_help_page_is_plain_text_with_the_example_commands(capsys):
     for example in ("maml-ext train --resume --out runs/sinusoid", "maml-ext eval runs/sinusoid",
                     "maml-ext plot runs/sinusoid [--compare runs/other ...]"):
         assert example in page
+
+
+def test_plots_set_says_it_picks_an_evaluation(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["plot", "--help"])
+    page = " ".join(capsys.readouterr().out.split())
+    assert "eval.* settings of the evaluation to draw (default: the run's own, eval.json)" in page

@@ -59,6 +59,11 @@ def test_tasks(env: TaskEnv, ecfg: dict[str, Any]) -> tuple[Tensor, int]:
     return tasks, ecfg["seed"] + 1
 
 
+def _ticker(bar: Progress | None) -> Callable[[], None]:
+    """One unit more on ``bar`` per call; nothing without a bar."""
+    return (lambda: bar.update(bar.done + 1)) if bar is not None else (lambda: None)
+
+
 def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaRL | None = None,
              progress: bool = True) -> dict[str, Any]:
     """``eval.*`` protocol for the trained ``learner`` (and, when given, the same protocol from
@@ -69,26 +74,17 @@ def evaluate(learner: MetaRL, env: TaskEnv, ecfg: dict[str, Any], initial: MetaR
     results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], **protocol, "seed": ecfg["seed"], "returns": {}}
     trained = "fomaml" if learner.first_order else "maml"  # the run's algorithm names its row
     runs = {trained: learner} if initial is None else {trained: learner, "random_init": initial}
-    units = len(runs) * (ecfg["steps"] + 1)
-    bar = Progress(units, unit="step") if progress else None
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
+    for name, who in runs.items():  # a bar per policy: its label and its count describe the same work
+        bar = Progress(ecfg["steps"] + 1, unit="step", what=(
+            f"evaluating {name.replace('_', ' ')} ({ecfg['num_tasks']} tasks x {ecfg['rollouts']} rollouts, "
+            f"0..{ecfg['steps']} steps)")) if progress else None
         if bar is not None:
-            bar.update(done)
-
-    for name, who in runs.items():
-        if bar is not None:
-            bar.what = (f"evaluating {name.replace('_', ' ')} ({ecfg['num_tasks']} tasks x {ecfg['rollouts']} "
-                        "rollouts per step)")
-            bar.update(done)
+            bar.update(0)  # shown at once: a step's rollouts take a while
         values, _ = adaptation_returns(who, env, tasks, generator=torch.Generator().manual_seed(noise_seed),
-                                       tick=tick, **protocol)
+                                       tick=_ticker(bar), **protocol)
+        if bar is not None:
+            bar.close(bar.done)
         results["returns"][name] = {**summary(values), "per_task": values.T.tolist()}
-    if bar is not None:
-        bar.close(done)
     return results
 
 

@@ -232,7 +232,9 @@ def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] 
         others[other.name] = (their_cfg["task"]["name"], eval_files.matching(other, cfg["eval"]))
     if others and not results_path.exists():
         raise ConfigError(f"--compare needs this run evaluated first: no {results_path} (run `maml-ext eval`)")
-    if results_path.exists():
+    if not results_path.exists():  # said, not silently skipped: an adaptation.png of other settings may be there
+        driver.notice(eval_files.not_evaluated(out_dir, cfg["eval"], run.config["eval"]))
+    else:
         results = compared_returns(json.loads(results_path.read_text()), cfg["task"]["name"], others)
         made.append(rl_plots.returns_vs_steps(results, out_dir / "adaptation.png",
                                               title=f"{cfg['task']['name']}, {cfg['algorithm']['name']}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+import difflib
 import inspect
 import math
 import tomllib
@@ -197,6 +198,24 @@ def _check_finite(key: str, value: Any) -> None:
             _check_finite(f"{key}[{i!r}]", item)
 
 
+def _did_you_mean(unknown: list[str], guess: Callable[[str], str | None]) -> str:
+    """`` (did you mean 'x'?)`` for the unknown names that resemble a known one, else ''."""
+    guesses = [repr(g) if len(unknown) == 1 else f"{g!r} for {k!r}" for k in unknown if (g := guess(k))]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
+def _close_key(key: str, schema: dict[str, Any]) -> str | None:
+    """The key a misspelt ``key`` most likely meant: a known key of its section, or the same key
+    under the nearest section name (``algoritm.name`` -> ``algorithm.name``)."""
+    section, _, rest = key.partition(".")
+    sections = sorted({*PLUGIN_SECTIONS, *(k.split(".")[0] for k in schema if "." in k)})
+    if section in sections or not rest:
+        found = difflib.get_close_matches(key, list(schema), n=1)
+        return found[0] if found else None
+    near = difflib.get_close_matches(section, sections, n=1)
+    return f"{near[0]}.{rest}" if near else None
+
+
 def validate(cfg: Config, schema: dict[str, tuple[tuple[Callable[[Any], bool], str], Any]] | None = None) -> Config:
     """Fill defaults and check every value (against ``schema``, default: the supervised
     ``SCHEMA``; meta-RL runs pass ``RL_SCHEMA``); returns a new, complete config."""
@@ -214,7 +233,9 @@ def validate(cfg: Config, schema: dict[str, tuple[tuple[Callable[[Any], bool], s
     given = {k: v for k, v in flat.items() if k.split(".")[0] not in PLUGIN_SECTIONS}
     unknown = sorted(set(given) - set(schema))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(schema)}")
+        raise ConfigError(f"unknown config key(s) {unknown}{_did_you_mean(unknown, lambda k: _close_key(k, schema))}"
+                          f"; known: {sorted(schema)}, and [{'], ['.join(PLUGIN_SECTIONS)}] with a name and "
+                          f"that plugin's or algorithm's options")
     for key, ((check, expected), default) in schema.items():
         value = given.get(key, default)
         if value is None:
@@ -288,7 +309,8 @@ def check_options(section: str, name: str, factory: Callable[..., Any], options:
         if unknown:
             known = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL
                            and k not in ("in_features", "out_features", "model"))
-            raise ConfigError(f"{section} {name!r} has no option(s) {unknown}; its options: {known} "
+            near = _did_you_mean(unknown, lambda k: next(iter(difflib.get_close_matches(k, known, n=1)), None))
+            raise ConfigError(f"{section} {name!r} has no option(s) {unknown}{near}; its options: {known} "
                               f"(drop a key with --unset {section}.KEY)")
     for key, value in options.items():
         hint = hints.get(key)

@@ -171,7 +171,7 @@ def _calibration_noise(run: Run, shots: int, cfg: Config, tick: Callable[[int], 
     gen = torch.Generator().manual_seed(ecfg["seed"] + 1)
     batch = run.family.sample(_calibration_tasks(ecfg), shots, ecfg["k_query"], gen)
     samples = torch.cat(
-        [predictive_samples(run.learner, c, ecfg["steps"], ecfg.get("lr"), gen, tick).double()
+        [predictive_samples(run.learner, c, ecfg["steps"], ecfg.get("lr"), gen, _per_task(tick, c)).double()
          for c in _chunks(batch, ecfg["chunk"])],
         dim=1,
     )
@@ -183,13 +183,14 @@ def _calibration_tasks(ecfg: dict[str, Any]) -> int:
     return min(ecfg["num_tasks"], CALIBRATION_TASKS)
 
 
-def _work(run: Run, cfg: Config) -> int:
-    """Units of :func:`evaluate`'s progress: one per chunk and prediction step (0..steps)."""
-    ecfg = cfg["eval"]
-    chunks = -(-ecfg["num_tasks"] // ecfg["chunk"])
-    if has_samples(run.learner) and run.learner.loss == "mse":  # the calibration tasks first
-        chunks += -(-_calibration_tasks(ecfg) // ecfg["chunk"])
-    return len(ecfg["shots"]) * chunks * (ecfg["steps"] + 1)
+def _calibrated(run: Run, ecfg: dict[str, Any]) -> int:
+    """How many calibration tasks one shot count's evaluation runs first (regression), else 0."""
+    return _calibration_tasks(ecfg) if has_samples(run.learner) and run.learner.loss == "mse" else 0
+
+
+def _per_task(tick: Callable[[int], None], chunk: TaskBatch) -> Callable[[int], None]:
+    """``tick`` counting task-steps: ``n`` prediction steps of a chunk are ``n`` per task in it."""
+    return lambda n: tick(n * chunk.num_tasks)
 
 
 def _evaluate_shots(run: Run, shots: int, cfg: Config, tick: Callable[[int], None]) -> dict[str, Any]:
@@ -199,7 +200,7 @@ def _evaluate_shots(run: Run, shots: int, cfg: Config, tick: Callable[[int], Non
         chunks = []
         for c in _chunks(batch, ecfg["chunk"]):
             chunks.append(run.learner.evaluate_metrics(c, ecfg["steps"], ecfg.get("lr")))
-            tick(ecfg["steps"] + 1)
+            tick((ecfg["steps"] + 1) * c.num_tasks)
         metrics = {k: torch.cat([c[k] for c in chunks], dim=1).double() for k in chunks[0]}
         found = {"loss": _mean_ci(metrics.pop("loss"))}
         found.update({k: _mean_ci(v) for k, v in metrics.items()})
@@ -211,7 +212,7 @@ def _evaluate_shots(run: Run, shots: int, cfg: Config, tick: Callable[[int], Non
     pooled: list[tuple[Tensor, Tensor]] = []
     sets = 1
     for chunk in _chunks(batch, ecfg["chunk"]):
-        samples = predictive_samples(run.learner, chunk, ecfg["steps"], ecfg.get("lr"), gen, tick).double()
+        samples = predictive_samples(run.learner, chunk, ecfg["steps"], ecfg.get("lr"), gen, _per_task(tick, chunk)).double()
         sets = samples.shape[2]
         if regression:
             metrics = regression_metrics(samples, chunk.y_query.double(), noise)
@@ -243,22 +244,31 @@ def evaluate(run: Run, cfg: Config, progress: bool = True) -> dict[str, Any]:
     results: dict[str, Any] = {"num_tasks": ecfg["num_tasks"], "k_query": ecfg["k_query"],
                                "loss_function": run.learner.loss if isinstance(run.learner.loss, str) else "custom",
                                "shots": {}}
-    bar = Progress(_work(run, cfg), unit="step") if progress else None
+    for shots in ecfg["shots"]:
+        results["shots"][str(shots)] = _evaluate_shots_shown(run, shots, cfg, progress)
+    return results
+
+
+def _evaluate_shots_shown(run: Run, shots: int, cfg: Config, progress: bool) -> dict[str, Any]:
+    """:func:`_evaluate_shots` with a bar of its own: its label and its count (task-steps: every
+    task predicted after 0..steps steps) describe the same work."""
+    if not progress:
+        return _evaluate_shots(run, shots, cfg, lambda n: None)
+    ecfg = cfg["eval"]
+    calibration = _calibrated(run, ecfg)
+    tasks = f"{ecfg['num_tasks']} tasks" + (f" + {calibration} for calibration" if calibration else "")
+    bar = Progress((ecfg["num_tasks"] + calibration) * (ecfg["steps"] + 1), unit="task-step",
+                   what=f"evaluating {shots}-shot ({tasks}, 0..{ecfg['steps']} steps)")
     done = 0
 
     def tick(n: int) -> None:
         nonlocal done
         done += n
-        if bar is not None:
-            bar.update(done)
+        bar.update(done)
 
-    for shots in ecfg["shots"]:
-        if bar is not None:
-            bar.what = f"evaluating {shots}-shot ({ecfg['num_tasks']} tasks x {ecfg['steps']} steps)"
-        results["shots"][str(shots)] = _evaluate_shots(run, shots, cfg, tick)
-    if bar is not None:
-        bar.close(done)
-    return results
+    found = _evaluate_shots(run, shots, cfg, tick)
+    bar.close(done)
+    return found
 
 
 LOSS_NAMES = {"mse": "MSE", "cross_entropy": "cross-entropy"}

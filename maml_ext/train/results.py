@@ -38,6 +38,22 @@ def path_for(out_dir: Path, ecfg: dict[str, Any], run_ecfg: dict[str, Any]) -> P
     return out_dir / ("eval-" + "-".join(differing) + ".json" if differing else DEFAULT)
 
 
+def _toml(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(map(_toml, v)) + "]"
+    return json.dumps(v) if isinstance(v, (bool, str)) else str(v)
+
+
+def not_evaluated(out_dir: Path, ecfg: dict[str, Any], run_ecfg: dict[str, Any]) -> str:
+    """Why a plot has no adaptation.png: no evaluation with these settings, and the command that
+    makes it."""
+    ours, default = settings(ecfg), settings(run_ecfg)
+    # keys are [eval] names, or "task.eval_split"-style task options that choose the held-out tasks
+    sets = "".join(f" --set {k if '.' in k else 'eval.' + k}={_toml(v)}" for k, v in ours.items() if default.get(k) != v)
+    return (f"no {path_for(out_dir, ecfg, run_ecfg)}: adaptation.png is not drawn; evaluate the run with these "
+            f"settings first: maml-ext eval {out_dir}{sets}")
+
+
 def write(results: dict[str, Any], ecfg: dict[str, Any], out_dir: Path, run_ecfg: dict[str, Any]) -> Path:
     """Write ``results`` (with its ``"settings"``) atomically to :func:`path_for`."""
     path = path_for(out_dir, ecfg, run_ecfg)
