@@ -61,3 +61,11 @@ def test_what_changes_the_trained_model_is_refused_naming_what_can_be_overridden
     err = capsys.readouterr().err
     assert "eval/plot accept only eval.* and task.eval_split overrides" in err
     assert f"refused: {override.split('=')[0]}" in err
+
+
+def test_plot_of_an_unevaluated_split_names_the_eval_command_that_makes_it(trained, capsys):
+    """The notice's command must be one `maml-ext eval` accepts: task options as task.*, not eval.task.*."""
+    assert cli.main(["plot", str(trained), "--set", "task.eval_split=\"test\"", "--set", "eval.steps=2"]) == 0
+    err = capsys.readouterr().err
+    assert "--set task.eval_split=\"test\"" in err and "--set eval.steps=2" in err
+    assert "eval.task." not in err
