@@ -87,3 +87,35 @@ def test_reference_op_under_torch_compile_equals_eager(name):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
     if CASES[name][0] not in ("none",) and name not in ("mlp_hvp no direction",):
         assert grads, "the case must differentiate through the outputs"
+
+
+def test_compiled_first_call_in_a_fresh_process_runs_the_op_eagerly():
+    """The eager wrapper is made at the first call (importing maml_ext must not import torch._dynamo):
+    a first call that is traced by torch.compile must still meet the disabled op."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, torch
+        from maml_ext import reference as R
+        assert "torch._dynamo" not in sys.modules, "importing maml_ext imported torch._dynamo"
+        g = torch.Generator().manual_seed(0)
+        p = [torch.randn(*s, generator=g, dtype=torch.float64) for s in [(4, 2), (4,), (1, 4), (1,)]]
+        x, y, xq, yq = (torch.randn(2, 3, d, generator=g, dtype=torch.float64) for d in (2, 1, 2, 1))
+        leaves = [t.clone().requires_grad_() for t in p]
+        f = lambda q: R.mlp_maml(q, x, y, xq, yq, lr=0.1, steps=2)
+        out = torch.compile(f, backend="aot_eager")(leaves)
+        c = torch.autograd.grad(out[0].sum(), leaves)  # (query losses, adapted parameters)
+        e = torch.autograd.grad(f(leaves)[0].sum(), leaves)
+        assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(c, e))
+        v = [torch.randn(2, *t.shape, generator=g, dtype=torch.float64) for t in p]
+        pt = [t.expand(2, *t.shape).clone() for t in p]
+        hc = torch.compile(lambda: R.mlp_hvp(pt, x, y, v), backend="aot_eager")()
+        he = R.mlp_hvp(pt, x, y, v)
+        flat = lambda o: [t for x in o for t in flat(x)] if isinstance(o, (list, tuple)) else [o]
+        assert len(flat(hc)) == len(flat(he)) > 0
+        assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(flat(hc), flat(he)))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

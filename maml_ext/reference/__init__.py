@@ -144,11 +144,13 @@ def _leaves(tensors: Sequence[Tensor]) -> tuple[list[Tensor], bool]:
 def _eager(fn: Fn) -> Fn:
     """``fn`` run eagerly under torch.compile, also when it is the function compiled (torch.compile
     of a ``torch.compiler.disable``-d function traces it anyway; here it meets the disabled call)."""
-    disabled = torch.compiler.disable(fn)
+    disabled: list[Fn] = []  # made at the first call: torch.compiler.disable imports torch._dynamo (~1 s)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return disabled(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
 
     return call  # type: ignore[return-value]
 
