@@ -309,6 +309,32 @@ def test_zoo_model_equals_per_task_autograd(name, steps, first_order):
     assert public_attributes(model) == attributes
 
 
+def to_float(batch: TaskBatch) -> TaskBatch:
+    parts = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+    return TaskBatch(*(t.float() if t.is_floating_point() else t for t in parts))
+
+
+@pytest.mark.parametrize("name", ["gru_batch_first", "conv_channels_last", "transformer_encoder_layer"])
+def test_a_float32_model_equals_its_per_task_autograd_loop(name):
+    """float32 end to end (the data must match the model's dtype): the reference's float32
+    meta-gradient to float32 rounding, and the float64 one to the float32 model's precision."""
+    entry = ZOO[name]
+    torch.manual_seed(0)
+    model = entry.build().float()
+    batch = to_float(entry.batch())
+    learner = MAML(model, lr=LR, steps=2, loss=entry.loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = learner.meta_loss(batch)
+    want = reference_meta_loss(model, batch, entry.loss, learner.adapt_names, 2, False)
+    exact = reference_meta_loss(copy.deepcopy(model).double(), entry.batch(), entry.loss, learner.adapt_names, 2, False)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-6)
+    for a, b in zip(meta_grads(model, got), meta_grads(model, want)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_an_adapted_padding_embedding_runs_per_task_and_says_why():
     learner = MAML(BagOfWords(padding_idx=0).double(), lr=LR)
     with pytest.warns(UserWarning, match=r"vmap cannot batch BagOfWords over tasks \(its batching rule gives a wrong "
@@ -322,9 +348,12 @@ def test_an_adapted_padding_embedding_runs_per_task_and_says_why():
     assert head_only.functional.vmap_ok is True
 
 
-def test_an_embedding_renormalising_its_weight_in_place_is_refused_at_once():
+@pytest.mark.parametrize(("attribute", "value", "message"), [
+    ("max_norm", 1.0, r"has max_norm=1.0, which renormalises its weight in place on every forward .* use max_norm=None"),
+    ("sparse", True, r"has sparse=True: the inner loop needs dense gradients .* use sparse=False"),
+])
+def test_embeddings_maml_cannot_run_are_refused_at_once(attribute, value, message):
     model = BagOfWords()
-    model.embed.max_norm = 1.0
-    with pytest.raises(ValueError, match=r"model: nn.Embedding 'embed' has max_norm=1.0, which renormalises its "
-                                         r"weight in place on every forward .* use max_norm=None"):
+    setattr(model.embed, attribute, value)
+    with pytest.raises(ValueError, match=r"model: nn.Embedding 'embed' " + message):
         MAML(model.double(), lr=LR)

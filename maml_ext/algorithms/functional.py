@@ -25,8 +25,8 @@
 - While gradients are recorded, attention (``scaled_dot_product_attention``: MultiheadAttention,
   Transformer layers, a user's own) runs on its math kernel: the fused kernels have no double
   backward, so second-order MAML through them fails in torch's own autograd.
-- A forward that would write into the module's parameters (``nn.Embedding(max_norm=...)``
-  renormalises its weight in place) is refused when the learner is built.
+- ``nn.Embedding(max_norm=...)`` (renormalises its weight in place: it would write into the
+  user's module) and ``nn.Embedding(sparse=True)`` are refused when the learner is built.
 """
 
 from __future__ import annotations
@@ -129,16 +129,25 @@ def batch_stat_buffers(model: nn.Module, skip: list[str]) -> dict[str, None]:
     return found
 
 
-def check_writes_no_parameter(model: nn.Module) -> None:
-    """Refuse a module whose forward changes its own parameters in place: maml_ext never modifies
-    the user's module, and the inner loop's adapted tensors would be overwritten."""
+def check_layers(model: nn.Module) -> None:
+    """Refuse, when the learner is built, an ``nn.Embedding`` whose forward changes its own weight
+    in place (``max_norm``: maml_ext never modifies the user's module, and the adapted tensors
+    would be overwritten) or gives sparse gradients (``sparse=True``: the task-batched inner
+    gradient is summed over tasks, which sparse tensors cannot be reshaped for)."""
     for name, m in model.named_modules():
-        if isinstance(m, nn.Embedding) and m.max_norm is not None:
+        if not isinstance(m, nn.Embedding):
+            continue
+        where = f"model: nn.Embedding {name or type(model).__name__!r}"
+        if m.max_norm is not None:
             raise ValueError(
-                f"model: nn.Embedding {name or type(model).__name__!r} has max_norm={m.max_norm}, which "
-                "renormalises its weight in place on every forward (it would modify your module and the "
-                "adapted weights); use max_norm=None, or renormalise out of place in your forward "
-                "(e.g. F.embedding(x, w * torch.clamp(max_norm / w.norm(dim=1, keepdim=True), max=1)))")
+                f"{where} has max_norm={m.max_norm}, which renormalises its weight in place on every "
+                "forward (it would modify your module and the adapted weights); use max_norm=None, or "
+                "renormalise out of place in your forward (e.g. F.embedding(x, w * torch.clamp(max_norm "
+                "/ w.norm(dim=1, keepdim=True), max=1)))")
+        if m.sparse and m.weight.requires_grad:
+            raise ValueError(
+                f"{where} has sparse=True: the inner loop needs dense gradients (MAML's meta-gradient is "
+                "dense anyway); use sparse=False")
 
 
 def padded_embedding_weights(model: nn.Module, aliases: dict[str, str]) -> dict[str, str]:
@@ -160,7 +169,7 @@ class FunctionalModel:
 
     def __init__(self, model: nn.Module, output: Output, keep_stats: list[str], trace: bool | None = None) -> None:
         check_output(output)
-        check_writes_no_parameter(model)
+        check_layers(model)
         if trace not in (None, True, False):
             raise ValueError(f"trace: expected None, True or False, got {trace!r}")
         # None: record the batched forward when every module's forward is torch.nn's or maml_ext's.
