@@ -24,6 +24,7 @@ from torch.nn.utils import parametrizations
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from maml_ext.algorithms import MAML
+from maml_ext.algorithms.trace import trusted
 from maml_ext.tasks import TaskBatch
 from test_front_models import assert_untouched, one_task_loss, snapshot
 
@@ -284,16 +285,30 @@ def public_attributes(model: nn.Module) -> list[list[tuple[str, object]]]:
             for m in model.modules()]
 
 
-@pytest.mark.parametrize(("steps", "first_order"), [(1, False), (3, False), (3, True)], ids=["maml1", "maml3", "fomaml3"])
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_zoo_model_equals_per_task_autograd(name, steps, first_order):
+def runs() -> list:
+    """Each model: MAML with 1 and 3 steps, FOMAML with 3, on the default path (torch.nn-only
+    models recorded, others step by step); a model with its own forward also recorded
+    (``trace=True``)."""
+    found = []
+    for name in sorted(ZOO):
+        model = ZOO[name].build()
+        # Recurrent layers run per task either way (no vmap rule): recording them only costs time.
+        own_forward = not trusted(model) and not any(isinstance(m, nn.RNNBase) for m in model.modules())
+        for steps, first_order, trace in [(1, False, None), (3, False, None), (3, True, None)] + own_forward * [(3, False, True)]:
+            label = f"{name}-{'fomaml' if first_order else 'maml'}{steps}{'-trace' if trace else ''}"
+            found.append(pytest.param(name, steps, first_order, trace, id=label))
+    return found
+
+
+@pytest.mark.parametrize(("name", "steps", "first_order", "trace"), runs())
+def test_zoo_model_equals_per_task_autograd(name, steps, first_order, trace):
     entry = ZOO[name]
     torch.manual_seed(0)
     model = entry.build().double()
     model.train(not entry.eval)
     batch = entry.batch()
     before, attributes = snapshot(model), public_attributes(model)
-    learner = MAML(model, lr=LR, steps=steps, first_order=first_order, loss=entry.loss)
+    learner = MAML(model, lr=LR, steps=steps, first_order=first_order, loss=entry.loss, trace=trace)
     want = reference_meta_loss(model, batch, entry.loss, learner.adapt_names, steps, first_order)
     want_grads = meta_grads(model, want)
     with warnings.catch_warnings():
