@@ -170,8 +170,10 @@ def frozen_batchnorm() -> nn.Module:
     return model
 
 
-def relu_inplace() -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 4), nn.ReLU(inplace=True), nn.Linear(4, 1))
+def relu_inplace(fusable: bool) -> nn.Module:
+    """A plain ReLU MLP takes the fused op; a Tanh layer more keeps it on the generic path."""
+    more = [] if fusable else [nn.Linear(4, 4), nn.Tanh()]
+    return nn.Sequential(nn.Linear(2, 4), nn.ReLU(inplace=True), *more, nn.Linear(4, 1))
 
 
 # ----- data --------------------------------------------------------------------------------------
@@ -214,7 +216,8 @@ ZOO = {
     "embedding_padding_idx": Model(lambda: BagOfWords(padding_idx=0), tokens),
     "orthogonal_parametrization": Model(lambda: parametrized("orthogonal"), vectors),
     "weight_norm_parametrization": Model(lambda: parametrized("weight_norm"), vectors),
-    "relu_inplace": Model(relu_inplace, vectors),
+    "relu_inplace": Model(lambda: relu_inplace(False), vectors),
+    "relu_inplace_fused": Model(lambda: relu_inplace(True), vectors),
     "autograd_function": Model(lambda: WithFunction(Cube), vectors),
     "autograd_function_vmappable": Model(lambda: WithFunction(CubeVmappable), vectors),
     "forward_hooks": Model(hooked, vectors),
