@@ -211,7 +211,9 @@ ZOO = {
     "lstm_projections_seq_first": Model(lambda: Recurrent(nn.LSTM, False, proj_size=2), sequences),
     "gru_packed_sequences": Model(Packed, sequences),
     "multihead_attention": Model(SelfAttention, sequences),
+    "multihead_attention_eval_mode": Model(SelfAttention, sequences, eval=True),
     "transformer_encoder_layer": Model(Encoder, sequences),
+    "transformer_encoder_layer_eval_mode": Model(Encoder, sequences, eval=True),
     "embedding_bag_of_words": Model(BagOfWords, tokens),
     "embedding_padding_idx": Model(lambda: BagOfWords(padding_idx=0), tokens),
     "orthogonal_parametrization": Model(lambda: parametrized("orthogonal"), vectors),
@@ -278,7 +280,7 @@ def meta_grads(model: nn.Module, value: torch.Tensor) -> tuple:
 def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
     """Equal to 1e-10 relative to the tensor's largest entry (an entry near zero is a difference of
     the others' rounding, as between two orders of the same sums)."""
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()) + 1e-14)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.detach().abs().max()) + 1e-14)
 
 
 def public_attributes(model: nn.Module) -> list[list[tuple[str, object]]]:
@@ -375,3 +377,54 @@ def test_embeddings_maml_cannot_run_are_refused_at_once(attribute, value, messag
     setattr(model.embed, attribute, value)
     with pytest.raises(ValueError, match=r"model: nn.Embedding 'embed' " + message):
         MAML(model.double(), lr=LR)
+
+
+SOME = ["embedding_padding_idx", "forward_hooks", "gru_batch_first", "instancenorm_running_stats", "multihead_attention",
+        "weight_norm_parametrization"]
+
+
+@pytest.mark.parametrize("algorithm", ["anil", "metasgd"])
+@pytest.mark.parametrize("name", SOME)
+def test_other_learners_on_the_generic_path_are_exact(name, algorithm):
+    """ANIL (the last layer adapted) and Meta-SGD (learned step sizes, at their initial value α)
+    give the per-task reference's meta-loss and meta-gradient of the model's parameters."""
+    from maml_ext.algorithms import build_algorithm
+
+    entry = ZOO[name]
+    torch.manual_seed(0)
+    model = entry.build().double()
+    batch = entry.batch()
+    before = snapshot(model)
+    learner = build_algorithm(algorithm, model, lr=LR, steps=2, loss=entry.loss)
+    want = reference_meta_loss(model, batch, entry.loss, learner.adapt_names, 2, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = learner.meta_loss(batch)
+    assert_close(got, want)
+    for a, b in zip(meta_grads(model, got), meta_grads(model, want)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("algorithm", ["maml++", "reptile", "imaml"])
+@pytest.mark.parametrize("name", SOME)
+def test_other_learners_leave_a_zoo_model_untouched(name, algorithm):
+    from maml_ext.algorithms import build_algorithm
+
+    entry = ZOO[name]
+    torch.manual_seed(0)
+    model = entry.build().double()
+    batch = entry.batch()
+    before, attributes = snapshot(model), public_attributes(model)
+    learner = build_algorithm(algorithm, model, lr=LR, steps=2, loss=entry.loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learner.meta_loss(batch).backward()
+        learner.eval()
+        learner.evaluate(batch, steps=2)
+    learner.train()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_untouched(model, before)
+    assert public_attributes(model) == attributes

@@ -24,7 +24,8 @@
   zero gradient).
 - While gradients are recorded, attention (``scaled_dot_product_attention``: MultiheadAttention,
   Transformer layers, a user's own) runs on its math kernel: the fused kernels have no double
-  backward, so second-order MAML through them fails in torch's own autograd.
+  backward, so second-order MAML through them fails in torch's own autograd. The eval-mode fast
+  path of MultiheadAttention and TransformerEncoderLayer (no derivative at all) is off then.
 - ``nn.Embedding(max_norm=...)`` (renormalises its weight in place: it would write into the
   user's module) and ``nn.Embedding(sparse=True)`` are refused when the learner is built.
 """
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Union
 
 import torch
@@ -159,9 +160,22 @@ def padded_embedding_weights(model: nn.Module, aliases: dict[str, str]) -> dict[
             if isinstance(m, nn.Embedding) and m.padding_idx is not None and m.weight.requires_grad}
 
 
-def _attention_kernel() -> contextlib.AbstractContextManager:
-    """The math attention kernel while gradients are recorded (see the module's docstring)."""
-    return sdpa_kernel(SDPBackend.MATH) if torch.is_grad_enabled() else contextlib.nullcontext()
+@contextlib.contextmanager
+def _differentiable_attention() -> Iterator[None]:
+    """While gradients are recorded: the math attention kernel (the only one with a double
+    backward) and no fast path of ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` in
+    eval mode (kernels without a derivative; it checks ``requires_grad``, which the tensors
+    ``vmap`` batches do not report)."""
+    if not torch.is_grad_enabled():
+        yield
+        return
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class FunctionalModel:
@@ -222,7 +236,7 @@ class FunctionalModel:
                 slots, attr = self.buffer_slots[key]
                 saved.append((slots, attr, slots[attr]))
                 slots[attr] = value
-            with _attention_kernel():
+            with _differentiable_attention():
                 out = self.model(x)
         finally:
             for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
