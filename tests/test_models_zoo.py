@@ -74,6 +74,18 @@ class SelfAttention(nn.Module):
         return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
 
 
+class OwnAttention(nn.Module):
+    """Single-head attention written with F.scaled_dot_product_attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.head = nn.Linear(1, 12), nn.Linear(4, 1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+
 class Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -212,6 +224,7 @@ ZOO = {
     "gru_packed_sequences": Model(Packed, sequences),
     "multihead_attention": Model(SelfAttention, sequences),
     "multihead_attention_eval_mode": Model(SelfAttention, sequences, eval=True),
+    "own_scaled_dot_product_attention": Model(OwnAttention, sequences),
     "transformer_encoder_layer": Model(Encoder, sequences),
     "transformer_encoder_layer_eval_mode": Model(Encoder, sequences, eval=True),
     "embedding_bag_of_words": Model(BagOfWords, tokens),

@@ -160,6 +160,9 @@ def padded_embedding_weights(model: nn.Module, aliases: dict[str, str]) -> dict[
             if isinstance(m, nn.Embedding) and m.padding_idx is not None and m.weight.requires_grad}
 
 
+ATTENTION = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer)
+
+
 @contextlib.contextmanager
 def _differentiable_attention() -> Iterator[None]:
     """While gradients are recorded: the math attention kernel (the only one with a double
@@ -188,6 +191,11 @@ class FunctionalModel:
             raise ValueError(f"trace: expected None, True or False, got {trace!r}")
         # None: record the batched forward when every module's forward is torch.nn's or maml_ext's.
         self.recorder = Recorder(model) if trace or (trace is None and trusted(model)) else None
+        # Attention may run: torch.nn's attention layers, or a forward of the user's own (it may
+        # call F.scaled_dot_product_attention). Others skip the switch (~30 µs a call).
+        self.attention = contextlib.nullcontext
+        if not trusted(model) or any(isinstance(m, ATTENTION) for m in model.modules()):
+            self.attention = _differentiable_attention
         self.model = model
         self.output = output
         self.aliases = parameter_aliases(model)
@@ -236,7 +244,7 @@ class FunctionalModel:
                 slots, attr = self.buffer_slots[key]
                 saved.append((slots, attr, slots[attr]))
                 slots[attr] = value
-            with _differentiable_attention():
+            with self.attention():
                 out = self.model(x)
         finally:
             for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
