@@ -1,7 +1,7 @@
 """A zoo of models researchers write that tests/test_front_models.py does not cover (recurrent
 layers in every layout, attention, integer inputs, parametrizations, in-place activations, custom
 autograd functions, user hooks, float32, channels_last convolutions, frozen and other
-normalisations): each runs through ``MAML`` (second and first order, 1 and 3 inner steps), batched
+normalisations): each runs through ``MAML`` (second order with 1 and 3 inner steps, first order), batched
 ``meta_loss`` and a per-task ``clone()`` loop, exactly as a plain per-task ``torch.autograd`` loop
 on a copy of the module (float64, ``rtol=1e-10``: query loss and meta-gradient), and leaves the
 user's module, its ``state_dict()`` and its attributes as they were. Models that cannot work fail
@@ -304,7 +304,7 @@ def public_attributes(model: nn.Module) -> list[list[tuple[str, object]]]:
 
 
 def runs() -> list:
-    """Each model: MAML with 1 and 3 steps, FOMAML with 3, on the default path (torch.nn-only
+    """Each model: MAML with 1 and 3 steps, FOMAML with 1, on the default path (torch.nn-only
     models recorded, others step by step); a model with its own forward also recorded
     (``trace=True``)."""
     found = []
@@ -312,7 +312,7 @@ def runs() -> list:
         model = ZOO[name].build()
         # Recurrent layers run per task either way (no vmap rule): recording them only costs time.
         own_forward = not trusted(model) and not any(isinstance(m, nn.RNNBase) for m in model.modules())
-        for steps, first_order, trace in [(1, False, None), (3, False, None), (3, True, None)] + own_forward * [(3, False, True)]:
+        for steps, first_order, trace in [(1, False, None), (3, False, None), (1, True, None)] + own_forward * [(3, False, True)]:
             label = f"{name}-{'fomaml' if first_order else 'maml'}{steps}{'-trace' if trace else ''}"
             found.append(pytest.param(name, steps, first_order, trace, id=label))
     return found
