@@ -19,18 +19,28 @@
 - Tasks run under ``vmap``, recorded once per input signature and replayed (:mod:`.trace`) for
   torch.nn's layers, maml_ext's models and models traced on request; a model vmap cannot batch
   (RNNs, dropout, data-dependent control flow) runs as an exact per-task loop instead, with a
-  one-time notice.
+  one-time notice. So does a model vmap would batch wrongly: an adapted ``nn.Embedding`` with
+  ``padding_idx`` (vmap's rule offsets the indices, so only the first task's padding row gets a
+  zero gradient).
+- While gradients are recorded, attention (``scaled_dot_product_attention``: MultiheadAttention,
+  Transformer layers, a user's own) runs on its math kernel: the fused kernels have no double
+  backward, so second-order MAML through them fails in torch's own autograd. The eval-mode fast
+  path of MultiheadAttention and TransformerEncoderLayer (no derivative at all) is off then.
+- ``nn.Embedding(max_norm=...)`` (renormalises its weight in place: it would write into the
+  user's module) and ``nn.Embedding(sparse=True)`` are refused when the learner is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .trace import Recorder, trusted
@@ -120,19 +130,77 @@ def batch_stat_buffers(model: nn.Module, skip: list[str]) -> dict[str, None]:
     return found
 
 
+def check_layers(model: nn.Module) -> None:
+    """Refuse, when the learner is built, an ``nn.Embedding`` whose forward changes its own weight
+    in place (``max_norm``: maml_ext never modifies the user's module, and the adapted tensors
+    would be overwritten) or gives sparse gradients (``sparse=True``: the task-batched inner
+    gradient is summed over tasks, which sparse tensors cannot be reshaped for)."""
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Embedding):
+            continue
+        where = f"model: nn.Embedding {name or type(model).__name__!r}"
+        if m.max_norm is not None:
+            raise ValueError(
+                f"{where} has max_norm={m.max_norm}, which renormalises its weight in place on every "
+                "forward (it would modify your module and the adapted weights); use max_norm=None, or "
+                "renormalise out of place in your forward (e.g. F.embedding(x, w * torch.clamp(max_norm "
+                "/ w.norm(dim=1, keepdim=True), max=1)))")
+        if m.sparse and m.weight.requires_grad:
+            raise ValueError(
+                f"{where} has sparse=True: the inner loop needs dense gradients (MAML's meta-gradient is "
+                "dense anyway); use sparse=False")
+
+
+def padded_embedding_weights(model: nn.Module, aliases: dict[str, str]) -> dict[str, str]:
+    """Canonical names of ``nn.Embedding`` weights with a ``padding_idx`` -> the module's name:
+    vmap's embedding rule with batched weights and indices offsets the indices by task, so the
+    padding row of every task but the first gets a gradient; adapted, they run per task."""
+    return {aliases[f"{name}.weight" if name else "weight"]: name or type(model).__name__
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None and m.weight.requires_grad}
+
+
+ATTENTION = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer)
+
+
+@contextlib.contextmanager
+def _differentiable_attention() -> Iterator[None]:
+    """While gradients are recorded: the math attention kernel (the only one with a double
+    backward) and no fast path of ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` in
+    eval mode (kernels without a derivative; it checks ``requires_grad``, which the tensors
+    ``vmap`` batches do not report)."""
+    if not torch.is_grad_enabled():
+        yield
+        return
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 class FunctionalModel:
     """A model called with given parameters and buffers, per task or over a batch of tasks."""
 
     def __init__(self, model: nn.Module, output: Output, keep_stats: list[str], trace: bool | None = None) -> None:
         check_output(output)
+        check_layers(model)
         if trace not in (None, True, False):
             raise ValueError(f"trace: expected None, True or False, got {trace!r}")
         # None: record the batched forward when every module's forward is torch.nn's or maml_ext's.
         self.recorder = Recorder(model) if trace or (trace is None and trusted(model)) else None
+        # Attention may run: torch.nn's attention layers, or a forward of the user's own (it may
+        # call F.scaled_dot_product_attention). Others skip the switch (~30 µs a call).
+        self.attention = contextlib.nullcontext
+        if not trusted(model) or any(isinstance(m, ATTENTION) for m in model.modules()):
+            self.attention = _differentiable_attention
         self.model = model
         self.output = output
         self.aliases = parameter_aliases(model)
         self.no_stats = batch_stat_buffers(model, keep_stats)
+        self.padded_embeddings = padded_embedding_weights(model, self.aliases)
         # (slot dict, attribute, canonical parameter name) for every parameter slot.
         self.param_slots = [(self._owner(alias)._parameters, alias.rpartition(".")[2], name)
                             for alias, name in self.aliases.items()]
@@ -176,7 +244,8 @@ class FunctionalModel:
                 slots, attr = self.buffer_slots[key]
                 saved.append((slots, attr, slots[attr]))
                 slots[attr] = value
-            out = self.model(x)
+            with self.attention():
+                out = self.model(x)
         finally:
             for slots, attr, original in reversed(saved):  # reversed: a slot set twice ends as it was
                 slots[attr] = original
@@ -195,7 +264,11 @@ class FunctionalModel:
         """Outputs ``[T, N, ...]`` and the buffers used; ``adapted`` has a task dimension when
         ``batched``; ``make_buffers`` gives fresh buffers and their task dimension (None: shared)."""
         failure = None
-        if not self.vmap_failed or self._modes() not in self.vmap_failed:
+        wrong = [m for n, m in self.padded_embeddings.items() if batched and n in adapted]
+        if wrong:
+            failure = (f"its batching rule gives a wrong gradient for the adapted nn.Embedding {wrong[0]!r} "
+                       "with padding_idx")
+        elif not self.vmap_failed or self._modes() not in self.vmap_failed:
             buffers, buffer_dim = make_buffers()
             # vmap gets one flat tuple of tensors: flattening nested dicts (pytree) on every call
             # was a sixth of a small model's meta-iteration.
@@ -226,7 +299,7 @@ class FunctionalModel:
                 self.vmap_ok = True
                 return out, buffers
             except RuntimeError as exc:
-                failure = exc
+                failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         buffers, buffer_dim = make_buffers()  # fresh: a failed vmap may have updated some in place
         outs = []
         for t in range(x.shape[0]):
@@ -239,9 +312,8 @@ class FunctionalModel:
             first = not self.vmap_failed
             self.vmap_failed.add(self._modes())  # before warning: a warning raised as an error
             if first:
-                first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
                 warnings.warn(
-                    f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({first_line}); "
+                    f"maml_ext: vmap cannot batch {type(self.model).__name__} over tasks ({failure}); "
                     "running it as an exact per-task loop in its modules' present train/eval modes "
                     "(same results, slower)",
                     stacklevel=4,

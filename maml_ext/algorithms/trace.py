@@ -49,17 +49,27 @@ def _is_mutating(node: fx.Node) -> bool:
     return schema is not None and schema.is_mutable
 
 
+def _same_layout(a: fx.Node, b: fx.Node) -> bool:
+    """Same shape and strides. A rewrite must keep every value's strides as recorded: the recording
+    dropped the ``.contiguous()`` calls that found a contiguous tensor, and some kernels read their
+    input's memory as contiguous without checking (``_weight_norm_interface_backward`` on CPU
+    gives wrong gradients for a transposed one)."""
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return (isinstance(va, Tensor) and isinstance(vb, Tensor) and va.shape == vb.shape
+            and va.stride() == vb.stride())
+
+
 def simplify(gm: fx.GraphModule) -> fx.GraphModule:
-    """Drop same-shape views/expands and ``mul(x, 1)``; ``add(bmm(a, b), c)`` -> ``baddbmm(c, a, b)``.
-    Graphs with in-place operators are left as recorded (dropping a copy could alias an input)."""
+    """Drop same-layout views/expands and ``mul(x, 1)``; ``add(bmm(a, b), c)`` -> ``baddbmm(c, a, b)``
+    where the sum is contiguous, as baddbmm's result is. Graphs with in-place operators are left
+    as recorded (dropping a copy could alias an input)."""
     graph = gm.graph
     calls = [n for n in graph.nodes if n.op == "call_function"]
     if any(_is_mutating(n) for n in calls):
         return gm
     for n in calls:
         src = n.args[0] if n.args else None
-        if (n.target in SAME_SHAPE_NOOPS and src.meta["val"].shape == n.meta["val"].shape) or (
-                n.target is aten.mul.Scalar and n.args[1] == 1):
+        if (n.target in SAME_SHAPE_NOOPS or (n.target is aten.mul.Scalar and n.args[1] == 1)) and _same_layout(src, n):
             n.replace_all_uses_with(src)
             graph.erase_node(n)
     for n in list(graph.nodes):
@@ -67,7 +77,7 @@ def simplify(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         for mm, other in (n.args, reversed(n.args)):
             if (isinstance(mm, fx.Node) and mm.target is aten.bmm.default and len(mm.users) == 1
-                    and isinstance(other, fx.Node) and mm.meta["val"].shape == n.meta["val"].shape):
+                    and isinstance(other, fx.Node) and _same_layout(mm, n) and n.meta["val"].is_contiguous()):
                 with graph.inserting_before(n):
                     fused = graph.call_function(aten.baddbmm.default, (other, *mm.args))
                 fused.meta = n.meta
