@@ -12,6 +12,8 @@ from maml_ext.models.mlp import build
 from maml_ext.tasks import TaskBatch
 from maml_ext.tasks.sinusoid import Sinusoid
 
+from _model_checks import clone_meta_loss
+
 
 def _mlp(seed=0):
     torch.manual_seed(seed)
@@ -23,16 +25,6 @@ def _sinusoids(tasks=4, seed=1):
     return TaskBatch(*(t.double() for t in (b.x_support, b.y_support, b.x_query, b.y_query)))
 
 
-def _clone_meta_loss(learner, batch, loss_fn, steps, **clone_options):
-    total = 0.0
-    for t in range(batch.num_tasks):
-        task = learner.clone(**clone_options)
-        for _ in range(steps):
-            task.adapt(loss_fn(task(batch.x_support[t]), batch.y_support[t]))
-        total = total + loss_fn(task(batch.x_query[t]), batch.y_query[t])
-    return total / batch.num_tasks
-
-
 def _grads(learner, loss):
     params = [p for p in learner.parameters() if p.requires_grad]
     return torch.autograd.grad(loss, params)
@@ -40,7 +32,7 @@ def _grads(learner, loss):
 
 def _assert_same_meta_gradient(learner, batch, loss_fn, **clone_options):
     batched = learner.meta_loss(batch)
-    cloned = _clone_meta_loss(learner, batch, loss_fn, learner.steps, **clone_options)
+    cloned = clone_meta_loss(learner, batch, loss_fn, learner.steps, **clone_options)
     torch.testing.assert_close(cloned, batched, rtol=1e-10, atol=1e-12)
     for a, b in zip(_grads(learner, cloned), _grads(learner, batched)):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
@@ -79,7 +71,7 @@ def test_clone_first_order_override_and_lr_override():
     fo = MAML(_mlp(), lr=0.05, steps=1, first_order=True)
     _assert_same_meta_gradient(fo, batch, F.mse_loss)
     # clone(first_order=True) on a second-order learner is FOMAML too.
-    a = _grads(learner, _clone_meta_loss(learner, batch, F.mse_loss, 1, first_order=True))
+    a = _grads(learner, clone_meta_loss(learner, batch, F.mse_loss, 1, first_order=True))
     b = _grads(fo, fo.meta_loss(batch))
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)

@@ -18,6 +18,8 @@ from torch.func import functional_call
 from maml_ext.algorithms import MAML
 from maml_ext.tasks import TaskBatch
 
+from _model_checks import assert_untouched, clone_meta_loss, meta_grads, one_task_loss, snapshot
+
 LR, STEPS, TASKS, K = 0.3, 2, 3, 4
 
 
@@ -169,15 +171,6 @@ class OutputDict(nn.Module):
         return {"aux": aux, "y": y}
 
 
-def one_task_loss(loss):
-    """The learner's per-task loss on one task's ``[K, ...]`` outputs."""
-    if loss == "mse":
-        return F.mse_loss
-    if loss == "cross_entropy":
-        return F.cross_entropy
-    return lambda out, y: loss(out[None], y[None])[0]
-
-
 # ----- the per-task torch.autograd reference -------------------------------------------------
 def reference_meta_loss(model, batch, case, adapt, task_major):
     """Plain per-task MAML with torch.autograd on a copy of the module (batch statistics in
@@ -213,38 +206,6 @@ def reference_meta_loss(model, batch, case, adapt, task_major):
     return torch.stack(losses).mean()
 
 
-def clone_meta_loss(learner, batch, loss):
-    loss = one_task_loss(loss)
-    total = 0.0
-    for t in range(TASKS):
-        task = learner.clone()
-        for _ in range(STEPS):
-            task.adapt(loss(task(batch.x_support[t]), batch.y_support[t]))
-        total = total + loss(task(batch.x_query[t]), batch.y_query[t])
-    return total / TASKS
-
-
-def meta_grads(model, value):
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.autograd.grad(value, trainable, allow_unused=True)
-
-
-def snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            dict(model.named_parameters(remove_duplicate=False)), model.training)
-
-
-def assert_untouched(model, before):
-    state, params, training = before
-    now = model.state_dict()
-    assert list(now) == list(state)
-    for k, v in state.items():
-        assert torch.equal(now[k], v), k
-    for n, p in model.named_parameters(remove_duplicate=False):
-        assert p is params[n] and type(p) is nn.Parameter, n
-    assert model.training == training
-
-
 def assert_same(got, want):
     for a, b in zip(got, want):
         assert (a is None) == (b is None)
@@ -264,7 +225,7 @@ def test_meta_gradient_equals_per_task_autograd(name, trace):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the per-task-loop notice has its own test
         for task_major, run in ((False, lambda: learner.meta_loss(batch)),
-                                (True, lambda: clone_meta_loss(learner, batch, case.loss))):
+                                (True, lambda: clone_meta_loss(learner, batch, one_task_loss(case.loss), STEPS))):
             torch.manual_seed(1)
             got = run()
             torch.manual_seed(1)

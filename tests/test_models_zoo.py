@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from maml_ext.algorithms import MAML
 from maml_ext.algorithms.trace import trusted
 from maml_ext.tasks import TaskBatch
-from test_front_models import assert_untouched, one_task_loss, snapshot
+from _model_checks import assert_untouched, clone_meta_loss, meta_grads, one_task_loss, snapshot
 
 LR, TASKS, K, SEQ = 0.2, 2, 3, 4
 
@@ -275,21 +275,6 @@ def reference_meta_loss(model: nn.Module, batch: TaskBatch, loss: str, adapt: li
     return torch.stack(losses).mean()
 
 
-def clone_meta_loss(learner: MAML, batch: TaskBatch, loss: str, steps: int) -> torch.Tensor:
-    loss_fn = one_task_loss(loss)
-    total = 0.0
-    for t in range(TASKS):
-        task = learner.clone()
-        for _ in range(steps):
-            task.adapt(loss_fn(task(batch.x_support[t]), batch.y_support[t]))
-        total = total + loss_fn(task(batch.x_query[t]), batch.y_query[t])
-    return total / TASKS
-
-
-def meta_grads(model: nn.Module, value: torch.Tensor) -> tuple:
-    return torch.autograd.grad(value, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
-
-
 def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
     """Equal to 1e-10 relative to the tensor's largest entry (an entry near zero is a difference of
     the others' rounding, as between two orders of the same sums)."""
@@ -332,7 +317,7 @@ def test_zoo_model_equals_per_task_autograd(name, steps, first_order, trace):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the per-task-loop notice (RNNs) has its own test
         for got in (learner.meta_loss(batch), learner.meta_loss(batch),  # recorded, then replayed
-                    clone_meta_loss(learner, batch, entry.loss, steps)):
+                    clone_meta_loss(learner, batch, one_task_loss(entry.loss), steps)):
             assert_close(got, want)
             for a, b in zip(meta_grads(model, got), want_grads):
                 assert (a is None) == (b is None)

@@ -89,11 +89,10 @@ def check_inputs(x: Tensor, name: str, rule: FirstLayer | None) -> None:
     dims = x.dim() - 2
     if rule.exact:
         ok = dims == rule.rank and x.shape[2] == rule.size
-        expected = f"[T, K, {rule.size}, {_SPATIAL[rule.rank - 1]}]"
     else:
         ok = dims >= rule.rank and x.shape[-1] == rule.size
-        expected = f"[T, K, {rule.size}]"
-    if not ok:
+    if not ok:  # the message is built only here: this runs on every meta_loss
+        expected = f"[T, K, {rule.size}, {_SPATIAL[rule.rank - 1]}]" if rule.exact else f"[T, K, {rule.size}]"
         hint = " (no task dimension? stack the tasks' examples as [T, K, ...])" if dims < rule.rank else ""
         raise ValueError(f"{name}: expected {expected} (tasks, examples per task, then what the model's first "
                          f"layer {rule.layer} reads of one example), got shape {tuple(x.shape)}{hint}")
