@@ -22,14 +22,24 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import torch
 
-from maml_ext import plugins
-from maml_ext.algorithms import ALGORITHMS
-from maml_ext.rl import train as rl
-from maml_ext.rl.envs.base import TaskEnv
-from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
-from maml_ext.train import results as eval_files
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C: one line (training says what it kept) and status 130, as a SIGINT'd tool exits."""
+    print(f"maml-ext: {exc}" if str(exc) else "maml-ext: interrupted", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+try:  # start-up (torch, the algorithms, the RL stack) takes seconds: Ctrl-C then ends as during training
+    import torch
+
+    from maml_ext import plugins
+    from maml_ext.algorithms import ALGORITHMS
+    from maml_ext.rl import train as rl
+    from maml_ext.rl.envs.base import TaskEnv
+    from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
+    from maml_ext.train import results as eval_files
+except KeyboardInterrupt as _exc:
+    sys.exit(_interrupted(_exc))
 
 
 class MissingDependency(RuntimeError):
@@ -337,9 +347,9 @@ def _error(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    _fall_back_to_ascii()
     try:
+        args = parser().parse_args(argv)
+        _fall_back_to_ascii()
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
     except EXPECTED_ERRORS as exc:
@@ -349,9 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # does. Point stdout at devnull so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except KeyboardInterrupt as exc:  # Ctrl-C: one line (training says what it kept), as a SIGINT'd tool exits
-        print(f"maml-ext: {exc}" if str(exc) else "maml-ext: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except OSError as exc:  # the file system refused (read-only or full output directory, ...)
         return _error(f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc))
     return 0
