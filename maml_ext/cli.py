@@ -22,14 +22,24 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import torch
 
-from maml_ext import plugins
-from maml_ext.algorithms import ALGORITHMS
-from maml_ext.rl import train as rl
-from maml_ext.rl.envs.base import TaskEnv
-from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
-from maml_ext.train import results as eval_files
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C: one line (training says what it kept) and status 130, as a SIGINT'd tool exits."""
+    print(f"maml-ext: {exc}" if str(exc) else "maml-ext: interrupted", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+try:  # start-up (torch, the algorithms, the RL stack) takes seconds: Ctrl-C then ends as during training
+    import torch
+
+    from maml_ext import plugins
+    from maml_ext.algorithms import ALGORITHMS
+    from maml_ext.rl import train as rl
+    from maml_ext.rl.envs.base import TaskEnv
+    from maml_ext.train import checkpoint, config, distributed, driver, evaluate, loop, plots
+    from maml_ext.train import results as eval_files
+except KeyboardInterrupt as _exc:
+    sys.exit(_interrupted(_exc))
 
 
 class MissingDependency(RuntimeError):
@@ -107,7 +117,7 @@ def _train(args: argparse.Namespace) -> None:
                 run_rl, iteration = rl.restore(ckpt, family)
                 rl.evaluate(run_rl, run_rl.config, iteration, out, progress=not args.quiet)
                 with _plotting(out):
-                    rl.plot(run_rl, run_rl.config, out)
+                    rl.plot(run_rl, run_rl.config, iteration, out)
         return
     ckpt = _launch(args, loop.train, config.validate(raw), out, family)
     if ckpt is None:
@@ -116,7 +126,7 @@ def _train(args: argparse.Namespace) -> None:
     if not args.no_eval:
         run, iteration = loop.restore(ckpt, family)
         _evaluate(run, run.config, iteration, out, progress=not args.quiet)
-        _plot(run, run.config, out)
+        _plot(run, run.config, iteration, out)
 
 
 @contextlib.contextmanager
@@ -186,9 +196,9 @@ def _evaluate(run: loop.Run, cfg: config.Config, iteration: int, out: Path, prog
     print(f"results: {path}")
 
 
-def _plot(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str] = ()) -> None:
+def _plot(run: loop.Run, cfg: config.Config, iteration: int, out: Path, compare: Sequence[str] = ()) -> None:
     with _plotting(out):
-        _draw(run, cfg, out, compare)
+        _draw(run, cfg, iteration, out, compare)
 
 
 def _run_label(directory: Path, cfg: config.Config | None = None) -> str:
@@ -199,16 +209,15 @@ def _run_label(directory: Path, cfg: config.Config | None = None) -> str:
     return f"{directory.name} ({cfg['algorithm']['name']})"
 
 
-def _draw(run: loop.Run, cfg: config.Config, out: Path, compare: Sequence[str]) -> None:
+def _draw(run: loop.Run, cfg: config.Config, iteration: int, out: Path, compare: Sequence[str]) -> None:
     made = [plots.learning_curve(out / loop.METRICS, out / "learning_curve.png")]
     runs = {}
-    path = eval_files.path_for(out, _eval_settings(cfg), _eval_settings(run.config))  # the evaluation with these settings
-    if path.exists():
-        runs[_run_label(out, cfg)] = json.loads(path.read_text())
-    elif compare:
-        raise config.ConfigError(f"--compare needs this run evaluated with these settings first: no {path}")
-    else:  # said, not silently skipped: an adaptation.png of other settings may be lying there
-        driver.notice(eval_files.not_evaluated(out, _eval_settings(cfg), _eval_settings(run.config)))
+    try:  # the evaluation with these settings, of the checkpoint as it is now
+        runs[_run_label(out, cfg)] = eval_files.current(out, _eval_settings(cfg), _eval_settings(run.config), iteration)
+    except eval_files.NotCurrent as exc:
+        if compare:
+            raise config.ConfigError(f"--compare needs this run evaluated with these settings first: {exc}") from exc
+        driver.notice(str(exc))  # said, not silently skipped: an older adaptation.png may be lying there
     for directory in map(Path, compare):  # only evaluations with the same settings are drawn together
         runs[_run_label(directory)] = eval_files.matching(directory, _eval_settings(cfg))
     if runs:
@@ -235,10 +244,10 @@ def _plot_command(args: argparse.Namespace) -> None:
     restored = _restored_rl(args)
     if restored is not None:
         with _plotting(Path(args.run)):
-            rl.plot(restored[0], restored[1], Path(args.run), args.compare)
+            rl.plot(restored[0], restored[1], restored[2], Path(args.run), args.compare)
         return
-    run, cfg, _ = _restored(args)
-    _plot(run, cfg, Path(args.run), args.compare)
+    run, cfg, iteration = _restored(args)
+    _plot(run, cfg, iteration, Path(args.run), args.compare)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -338,9 +347,9 @@ def _error(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    _fall_back_to_ascii()
     try:
+        args = parser().parse_args(argv)
+        _fall_back_to_ascii()
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
     except EXPECTED_ERRORS as exc:
@@ -350,9 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # does. Point stdout at devnull so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except KeyboardInterrupt as exc:  # Ctrl-C: one line (training says what it kept), as a SIGINT'd tool exits
-        print(f"maml-ext: {exc}" if str(exc) else "maml-ext: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except OSError as exc:  # the file system refused (read-only or full output directory, ...)
         return _error(f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc))
     return 0

@@ -35,6 +35,7 @@ from typing import Any
 
 from torch import nn
 
+from ._checks import FirstLayer
 from .base import LossFn, MetaLearner, Params, task_loss
 from .bayes import RowLearner
 from .bmaml import BMAML
@@ -49,7 +50,7 @@ from .pretrain import Pretrain
 from .reptile import Reptile
 
 __all__ = [
-    "ALGORITHMS", "Adam", "BMAML", "IMAML", "InnerSGD", "LossFn", "MAML", "MRMAML", "MRMAMLA", "MetaLearner", "Momentum",
+    "ALGORITHMS", "Adam", "BMAML", "FirstLayer", "IMAML", "InnerSGD", "LossFn", "MAML", "MRMAML", "MRMAMLA", "MetaLearner", "Momentum",
     "PLATIPUS", "Params", "Pretrain", "Reptile", "RowLearner", "TaskClone", "build_algorithm", "msl_weights",
     "task_loss",
 ]

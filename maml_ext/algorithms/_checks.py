@@ -70,7 +70,11 @@ def first_layer(model: nn.Module) -> FirstLayer | None:
     subclass keeping its forward, as maml_ext's MLP; or ``torch.compile`` of one) whose first
     module is, through nested Sequentials, exactly an ``nn.Linear`` or ``nn.ConvNd``. None for any
     other model: its forward may read its input in any way, so only the ``[T, K, ...]`` rule of
-    :func:`check_examples` applies."""
+    :func:`check_examples` applies. A model may declare its rule: a method ``input_rule()``
+    returning a :class:`FirstLayer` (maml_ext's Conv4 does; the rule then holds for any module)."""
+    declared = getattr(model, "input_rule", None)
+    if callable(declared):
+        return declared()
     module = getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
     while isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module):
         module = module[0]

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maml_ext.algorithms._checks import FirstLayer
+
 BN_EPS = 1e-5
 
 
@@ -72,6 +74,12 @@ class Conv4(nn.Module):
             nn.init.zeros_(conv.bias)
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def input_rule(self) -> FirstLayer:
+        """What :meth:`forward_tasks` reads, ``[T, K, C, H, W]``: the learners refuse other batches
+        (``[T, C, H, W]``, ``[N, C, H, W]``) before any work."""
+        c = self.convs[0].in_channels
+        return FirstLayer(f"Conv4(in_channels={c})", 3, True, c)
 
     def _features(self, h: Tensor) -> Tensor:
         return h.mean((2, 3)) if self.pool == "stride" else h.flatten(1)

@@ -218,11 +218,11 @@ def compared_returns(results: dict[str, Any], task: str, others: dict[str, tuple
     return merged
 
 
-def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] = ()) -> list[Path]:
+def plot(run: RLRun, cfg: Config, iteration: int, out_dir: Path, compare: typing.Sequence[Path] = ()) -> list[Path]:
     """learning_curve.png, adaptation.png (with the ``compare`` runs' returns) and, for 2D
-    navigation, trajectories.png."""
+    navigation, trajectories.png; adaptation.png only from an evaluation of the checkpoint at
+    ``iteration``."""
     made = [rl_plots.learning_curve(out_dir / METRICS, out_dir / "learning_curve.png")]
-    results_path = eval_files.path_for(out_dir, cfg["eval"], run.config["eval"])
     others = {}
     for other in map(Path, compare):
         if not (other / "config.json").exists():
@@ -230,12 +230,14 @@ def plot(run: RLRun, cfg: Config, out_dir: Path, compare: typing.Sequence[Path] 
         their_cfg = json.loads((other / "config.json").read_text())
         # Their evaluation with this one's settings (rollouts, steps, step sizes, ...), else refused.
         others[other.name] = (their_cfg["task"]["name"], eval_files.matching(other, cfg["eval"]))
-    if others and not results_path.exists():
-        raise ConfigError(f"--compare needs this run evaluated first: no {results_path} (run `maml-ext eval`)")
-    if not results_path.exists():  # said, not silently skipped: an adaptation.png of other settings may be there
-        driver.notice(eval_files.not_evaluated(out_dir, cfg["eval"], run.config["eval"]))
+    try:
+        ours = eval_files.current(out_dir, cfg["eval"], run.config["eval"], iteration)
+    except eval_files.NotCurrent as exc:
+        if others:
+            raise ConfigError(f"--compare needs this run evaluated first: {exc}") from exc
+        driver.notice(str(exc))  # said, not silently skipped: an older adaptation.png may be there
     else:
-        results = compared_returns(json.loads(results_path.read_text()), cfg["task"]["name"], others)
+        results = compared_returns(ours, cfg["task"]["name"], others)
         made.append(rl_plots.returns_vs_steps(results, out_dir / "adaptation.png",
                                               title=f"{cfg['task']['name']}, {cfg['algorithm']['name']}"))
     if run.env.obs_dim == 2 and run.env.task_dim == 2 and cfg["eval"]["trajectories"]:

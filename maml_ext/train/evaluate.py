@@ -278,13 +278,12 @@ def steps_label(n: int) -> str:
     return f"{n} step" if n == 1 else f"{n} steps"
 
 
-def _cells(values: dict[str, list[float]], steps: tuple[int, ...], scale: float = 1.0, unit: str = "",
-           digits: int = 3) -> list[str]:
-    return [
-        f"{scale * values['mean'][s]:.{digits}f}{unit} ± {scale * values['ci95'][s]:.{digits}f}"
-        if s < len(values["mean"]) else "–"
-        for s in steps
-    ]
+def _cells(values: dict[str, list[float]], steps: tuple[int, ...], percent: bool = False) -> list[str]:
+    """``mean ± ci`` per step; a fraction as percent with one decimal and the unit after both
+    (``89.8 ± 1.5%``: the interval is in percentage points, not a percent of the mean)."""
+    def cell(m: float, c: float) -> str:
+        return f"{100 * m:.1f} ± {100 * c:.1f}%" if percent else f"{m:.3f} ± {c:.3f}"
+    return [cell(values["mean"][s], values["ci95"][s]) if s < len(values["mean"]) else "–" for s in steps]
 
 
 def _columns(results: dict[str, Any]) -> tuple[int, ...]:
@@ -304,13 +303,13 @@ def table(results: dict[str, Any], steps: tuple[int, ...] | None = None) -> str:
     for shots, r in results["shots"].items():
         rows.append(f"| {shots} | {loss} | " + " | ".join(_cells(r["loss"], steps)) + " |")
         if "accuracy" in r:
-            rows.append(f"| {shots} | accuracy | " + " | ".join(_cells(r["accuracy"], steps, 100, "%", 2)) + " |")
+            rows.append(f"| {shots} | accuracy | " + " | ".join(_cells(r["accuracy"], steps, percent=True)) + " |")
         if "nll" in r and "accuracy" not in r:  # classification: the loss row is the NLL already
             rows.append(f"| {shots} | NLL | " + " | ".join(_cells(r["nll"], steps)) + " |")
         if "coverage90" in r:
-            rows.append(f"| {shots} | 90% interval coverage | " + " | ".join(_cells(r["coverage90"], steps, 100, "%")) + " |")
+            rows.append(f"| {shots} | 90% interval coverage | " + " | ".join(_cells(r["coverage90"], steps, percent=True)) + " |")
         if "ece" in r:
             ece = r["ece"]["value"]
-            cells = [f"{100 * ece[s]:.2f}%" if s < len(ece) else "–" for s in steps]
+            cells = [f"{100 * ece[s]:.1f}%" if s < len(ece) else "–" for s in steps]
             rows.append(f"| {shots} | ECE ({r['ece']['bins']} bins) | " + " | ".join(cells) + " |")
     return "\n".join(rows)
