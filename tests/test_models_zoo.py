@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrizations
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from maml_ext.algorithms import MAML
+from maml_ext.algorithms import MAML, whole
 from maml_ext.algorithms.trace import trusted
 from maml_ext.tasks import TaskBatch
 from _model_checks import assert_untouched, clone_meta_loss, meta_grads, one_task_loss, snapshot
@@ -426,3 +427,29 @@ def test_other_learners_leave_a_zoo_model_untouched(name, algorithm):
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     assert_untouched(model, before)
     assert public_attributes(model) == attributes
+
+
+def weight_norm_backward_of_a_relaid_sum(after: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., tuple]:
+    """A gradient accumulated onto zeros from a transposed product (``_drop_identities`` drops the
+    addition, so the sum is relaid: column-major), ``after`` applied, read by CPU
+    ``_weight_norm_interface_backward``, which reads it as contiguous without checking."""
+    aten = torch.ops.aten
+
+    def f(v, g, y, z):
+        w, norms = aten._weight_norm_interface(v, g, 0)
+        grad = after(aten.add.Tensor(aten.zeros_like(w), aten.t(aten.mm(y, z))))
+        return aten._weight_norm_interface_backward(grad, v, g, norms, 0)
+    return f
+
+
+@pytest.mark.parametrize("after", [lambda t: t, torch.ops.aten.neg.default], ids=["read_directly", "read_after_neg"])
+def test_a_recorded_graph_gives_layout_sensitive_kernels_their_recorded_layout(after):
+    """No zoo model has such a reader (docs/models.md): a graph that does, recorded, simplified
+    and lowered as the generic path does, equals running it (bitwise: same operators)."""
+    f = weight_norm_backward_of_a_relaid_sum(after)
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(*shape, generator=g, dtype=torch.float64) for shape in [(4, 3), (4, 1), (3, 2), (2, 4)])
+    gm = whole.simplify_whole(make_fx(f)(*inputs))
+    got, want = whole.lower(gm, inputs)(*inputs), f(*inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
