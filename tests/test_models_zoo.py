@@ -177,6 +177,15 @@ def conv(norm: Callable[[], nn.Module] | None = None, channels_last: bool = Fals
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def weight_norm_conv() -> nn.Module:
+    """A weight-normalised convolution between in-place ReLUs: the recorded graph's relaid sums
+    (docs/models.md) and a kernel that reads its gradient as contiguous in the same graph."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    parametrizations.weight_norm(model[2])
+    return model
+
+
 def frozen_batchnorm() -> nn.Module:
     model = conv(lambda: nn.BatchNorm2d(4))
     model[1].requires_grad_(False)  # a frozen affine, batch statistics still computed per task
@@ -237,6 +246,7 @@ ZOO = {
     "autograd_function": Model(lambda: WithFunction(Cube), vectors),
     "autograd_function_vmappable": Model(lambda: WithFunction(CubeVmappable), vectors),
     "forward_hooks": Model(hooked, vectors),
+    "conv_weight_norm_after_inplace_relu": Model(weight_norm_conv, images, "cross_entropy"),
     "conv_channels_last": Model(lambda: conv(channels_last=True), images, "cross_entropy"),
     "batchnorm_frozen": Model(frozen_batchnorm, images, "cross_entropy"),
     "batchnorm_eval_mode": Model(lambda: conv(lambda: nn.BatchNorm2d(4)), images, "cross_entropy", eval=True),
