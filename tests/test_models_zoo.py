@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrizations
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from maml_ext.algorithms import MAML
+from maml_ext.algorithms import MAML, whole
 from maml_ext.algorithms.trace import trusted
 from maml_ext.tasks import TaskBatch
 from _model_checks import assert_untouched, clone_meta_loss, meta_grads, one_task_loss, snapshot
@@ -176,6 +177,15 @@ def conv(norm: Callable[[], nn.Module] | None = None, channels_last: bool = Fals
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def weight_norm_conv() -> nn.Module:
+    """A weight-normalised convolution between in-place ReLUs: the recorded graph's relaid sums
+    (docs/models.md) and a kernel that reads its gradient as contiguous in the same graph."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    parametrizations.weight_norm(model[2])
+    return model
+
+
 def frozen_batchnorm() -> nn.Module:
     model = conv(lambda: nn.BatchNorm2d(4))
     model[1].requires_grad_(False)  # a frozen affine, batch statistics still computed per task
@@ -236,6 +246,7 @@ ZOO = {
     "autograd_function": Model(lambda: WithFunction(Cube), vectors),
     "autograd_function_vmappable": Model(lambda: WithFunction(CubeVmappable), vectors),
     "forward_hooks": Model(hooked, vectors),
+    "conv_weight_norm_after_inplace_relu": Model(weight_norm_conv, images, "cross_entropy"),
     "conv_channels_last": Model(lambda: conv(channels_last=True), images, "cross_entropy"),
     "batchnorm_frozen": Model(frozen_batchnorm, images, "cross_entropy"),
     "batchnorm_eval_mode": Model(lambda: conv(lambda: nn.BatchNorm2d(4)), images, "cross_entropy", eval=True),
@@ -426,3 +437,29 @@ def test_other_learners_leave_a_zoo_model_untouched(name, algorithm):
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     assert_untouched(model, before)
     assert public_attributes(model) == attributes
+
+
+def weight_norm_backward_of_a_relaid_sum(after: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., tuple]:
+    """A gradient accumulated onto zeros from a transposed product (``_drop_identities`` drops the
+    addition, so the sum is relaid: column-major), ``after`` applied, read by CPU
+    ``_weight_norm_interface_backward``, which reads it as contiguous without checking."""
+    aten = torch.ops.aten
+
+    def f(v, g, y, z):
+        w, norms = aten._weight_norm_interface(v, g, 0)
+        grad = after(aten.add.Tensor(aten.zeros_like(w), aten.t(aten.mm(y, z))))
+        return aten._weight_norm_interface_backward(grad, v, g, norms, 0)
+    return f
+
+
+@pytest.mark.parametrize("after", [lambda t: t, torch.ops.aten.neg.default], ids=["read_directly", "read_after_neg"])
+def test_a_recorded_graph_gives_layout_sensitive_kernels_their_recorded_layout(after):
+    """No zoo model has such a reader (docs/models.md): a graph that does, recorded, simplified
+    and lowered as the generic path does, equals running it (bitwise: same operators)."""
+    f = weight_norm_backward_of_a_relaid_sum(after)
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(*shape, generator=g, dtype=torch.float64) for shape in [(4, 3), (4, 1), (3, 2), (2, 4)])
+    gm = whole.simplify_whole(make_fx(f)(*inputs))
+    got, want = whole.lower(gm, inputs)(*inputs), f(*inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

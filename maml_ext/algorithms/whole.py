@@ -66,10 +66,23 @@ def _is_view(n: fx.Node) -> bool:
     return schema is None or any(r.alias_info is not None for r in schema.returns)
 
 
+# Besides the pointwise operators (TensorIterator), those that give the same values whatever their
+# inputs' strides; together, the only readers of relaid values in tests/test_models_zoo.py and the
+# benchmarks. Others (CPU _weight_norm_interface_backward) may read an input as contiguous unchecked.
+ANY_LAYOUT = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
+
+
+def reads_any_layout(n: fx.Node) -> bool:
+    """Whether ``n`` gives the same values whatever its inputs' strides (views of a relaid value
+    become reshapes in :func:`_drop_identities`)."""
+    return n.target in ANY_LAYOUT or torch.Tag.pointwise in getattr(n.target, "tags", ())
+
+
 def _drop_identities(graph: fx.Graph) -> None:
     """Aliases -> their input; ``add(zeros_like(x), y)`` (a gradient accumulated onto zeros) -> y.
-    y may be laid out differently from the sum (transposed, say): views computed from it become
-    reshapes, which copy only where a view cannot be taken."""
+    y may be laid out differently from the sum (transposed, say), so only where the sum's readers
+    read any layout: views computed from it become reshapes, which copy only where a view cannot
+    be taken; what is computed from it further is checked by :func:`lower` (``_keep_layouts``)."""
     relaid = []
     for n in list(graph.nodes):
         if n.op != "call_function":
@@ -80,7 +93,7 @@ def _drop_identities(graph: fx.Graph) -> None:
             a, b = n.args
             for zero, other in ((a, b), (b, a)):
                 if (isinstance(zero, fx.Node) and zero.target is aten.zeros_like.default and isinstance(other, fx.Node)
-                        and _same_type(other, n)):
+                        and _same_type(other, n) and (_same_layout(other, n) or all(map(reads_any_layout, n.users)))):
                     n.replace_all_uses_with(other)
                     relaid.append(other)
                     break
@@ -103,6 +116,10 @@ def _drop_double_transposes(graph: fx.Graph) -> None:
             if (isinstance(inner, fx.Node) and inner.target is aten.transpose.int
                     and sorted(inner.args[1:]) == sorted(n.args[1:])):
                 n.replace_all_uses_with(inner.args[0])
+
+
+def _same_layout(a: fx.Node, b: fx.Node) -> bool:
+    return a.meta["val"].stride() == b.meta["val"].stride()
 
 
 def _same_type(a: fx.Node, b: fx.Node) -> bool:
@@ -197,12 +214,35 @@ def lower(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
             elif n.op == "get_attr":  # a tensor the recording holds (a module's buffer, say)
                 env[n] = operator.attrgetter(n.target)(gm)
             elif n.op == "call_function":
+                _keep_layouts(gm.graph, n, env)
                 env[n] = _lower_node(n, env)
             for a in n.all_input_nodes:  # values are freed after their last use, as in a replay
-                if last_use[a] is n:
+                if last_use.get(a, n) is n:  # a copy _keep_layouts made: read by n only
                     env[a] = None
     gm.recompile()
     return gm
+
+
+def _keep_layouts(graph: fx.Graph, n: fx.Node, env: dict[fx.Node, object]) -> None:
+    """Gives ``n`` each input in its recorded layout where the simplifications changed it (a
+    relaid sum of :func:`_drop_identities`) and ``n`` is not known to read any layout: some
+    kernels read their input as contiguous without checking (CPU
+    ``_weight_norm_interface_backward``), a silently wrong meta-gradient. A copy only there."""
+    if reads_any_layout(n):
+        return
+    for a in n.all_input_nodes:
+        got, recorded = env[a], a.meta.get("val")
+        if isinstance(got, Tensor) and isinstance(recorded, Tensor) and got.stride() != recorded.stride():
+            with graph.inserting_before(n):
+                kept = graph.call_function(_in_layout, (a, recorded.stride()))
+            kept.meta["val"] = recorded
+            n.replace_input_with(a, kept)
+            env[kept] = _in_layout(got, recorded.stride())
+
+
+def _in_layout(x: Tensor, stride: tuple[int, ...]) -> Tensor:
+    """``x``'s values in the layout ``stride``."""
+    return torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device).copy_(x)
 
 
 def _lower_node(n: fx.Node, env: dict[fx.Node, object]) -> object:
