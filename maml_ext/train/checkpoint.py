@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+CHECKPOINT = "checkpoint.pt"  # a run directory's checkpoint file
+
 REQUIRED = ("iteration", "config", "learner", "optimizer", "rng")
 CHECKSUM = "checksum"
 

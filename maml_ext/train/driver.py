@@ -24,7 +24,7 @@ from . import checkpoint, distributed
 from .config import Config, ConfigError, flatten
 from .progress import Progress
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = checkpoint.CHECKPOINT
 METRICS = "metrics.jsonl"
 MIN_LOG_POINTS = 20  # a learning curve has at least this many points, however short the run
 # What --resume may change: none of these alters the trained weights.

@@ -17,7 +17,6 @@ from . import checkpoint
 from .config import ConfigError
 
 DEFAULT = "eval.json"
-CHECKPOINT = "checkpoint.pt"  # driver.CHECKPOINT (driver imports the training machinery)
 # Keys that change how an evaluation is computed, not its numbers.
 NOT_SETTINGS = frozenset({"chunk", "trajectories"})
 
@@ -110,7 +109,7 @@ def _describe(s: dict[str, Any]) -> str:
 
 def _checkpoint_iteration(run_dir: Path) -> int | None:
     """The iteration of ``run_dir``'s checkpoint; None without one (its evaluations cannot be dated)."""
-    path = run_dir / CHECKPOINT
+    path = run_dir / checkpoint.CHECKPOINT
     return checkpoint.load(path)["iteration"] if path.exists() else None
 
 
