@@ -1,6 +1,7 @@
 """The literal user path on the fused MLP: ``opt.zero_grad(); learner.meta_loss(batch).backward();
 opt.step()``. With the extension the loss's autograd node is C++ (``torch.ops.maml_ext.mlp_maml_loss``)
-and hands its precomputed gradients to AccumulateGrad; without it, a Python node does the same.
+and stores its precomputed gradients as .grad (through AccumulateGrad where anything observes a
+parameter); without it, a Python node hands them to AccumulateGrad.
 Both must behave as any autograd graph: retained graphs, a second backward, gradient scaling,
 hooks, anomaly mode and the profiler."""
 
@@ -137,17 +138,103 @@ def test_the_profiler_sees_the_node():
     assert f"autograd::engine::evaluate_function: {loss.grad_fn.name()}" in names
 
 
+def _engine_nodes(names: list[str]) -> list[str]:
+    prefix = "autograd::engine::evaluate_function: "
+    return [n[len(prefix):] for n in names if n.startswith(prefix)]
+
+
 @requires_extension
-def test_the_node_is_compiled_and_its_gradients_are_not_copied():
+def test_a_plain_backward_stores_the_gradients_without_accumulate_grad_nodes_or_copies():
     learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    expected = _grads(learner)
+    _zero(learner)
     loss = learner.meta_loss(batch)
     assert loss.grad_fn.name() == "MlpMamlLossBackward"
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         loss.backward()
     names = [e.name for e in prof.events()]
-    assert names.count("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad") == 6
-    # AccumulateGrad takes each gradient as .grad: no clone, no copy, no multiply by 1.
+    # The node stores each gradient as .grad itself: the engine runs no AccumulateGrad, and nothing
+    # is cloned, copied or multiplied by 1.
+    assert _engine_nodes(names) == ["MlpMamlLossBackward"], names
     assert not {"aten::clone", "aten::copy_", "aten::mul"} & set(names), names
+    assert all(torch.equal(p.grad, e) for p, e in zip(learner.parameters(), expected))
+    # A .grad that exists is added to in place, as AccumulateGrad does (optimizers hold it).
+    held = [p.grad for p in learner.parameters()]
+    learner.meta_loss(batch).backward()
+    assert all(p.grad is h and torch.equal(h, e + e) for p, h, e in zip(learner.parameters(), held, expected))
+
+
+@requires_extension
+def test_anything_observing_a_parameter_keeps_its_accumulate_grad_node():
+    """A tensor hook, a post-accumulate hook, a hook on the parameter's AccumulateGrad node (what
+    DDP and FSDP register) or one on the loss's node: that parameter's gradient goes through the
+    engine's AccumulateGrad (the others' still not), and every hook sees what it would see."""
+    def accumulator(p, seen):
+        node = p.view_as(p).grad_fn.next_functions[0][0]
+        seen.append(node)  # kept alive, as DDP keeps its nodes (the tensor holds it weakly)
+        return node
+
+    observers = [  # (which parameter, how), each on a fresh learner (a removed hook leaves its slot)
+        (0, lambda p, seen: p.register_hook(lambda g: seen.append(g.clone()))),
+        (1, lambda p, seen: p.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))),
+        (2, lambda p, seen: accumulator(p, seen).register_hook(lambda gi, go: seen.append(go[0].clone()))),
+        (3, lambda p, seen: accumulator(p, seen).register_prehook(lambda go: seen.append(go[0].clone()))),
+    ]
+    for i, observe in observers:
+        learner, batch = _setup()
+        learner.meta_loss(batch).backward()
+        expected = _grads(learner)
+        _zero(learner)
+        params, seen = list(learner.parameters()), []
+        observe(params[i], seen)
+        loss = learner.meta_loss(batch)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            loss.backward()
+        assert _engine_nodes([e.name for e in prof.events()]).count("torch::autograd::AccumulateGrad") == 1, i
+        seen = [g for g in seen if isinstance(g, torch.Tensor)]
+        assert len(seen) == 1 and torch.equal(seen[0], expected[i]), i
+        assert all(torch.equal(p.grad, e) for p, e in zip(params, expected)), i
+    _zero(learner)
+    loss = learner.meta_loss(batch)
+    outputs = []
+    handle = loss.grad_fn.register_hook(lambda grad_inputs, grad_outputs: outputs.append(grad_inputs))
+    loss.backward()
+    handle.remove()
+    assert all(torch.equal(g, e) for g, e in zip(outputs[0], expected, strict=True))
+    assert all(torch.equal(p.grad, e) for p, e in zip(params, expected))
+
+
+def test_other_nodes_feeding_the_same_parameters_add_their_gradients():
+    """A regulariser on the weights, or two meta-losses in one backward: every parameter gets the
+    sum (a node storing its gradient itself would leave the engine waiting for the others)."""
+    learner, batch = _setup()
+    other = Sinusoid().sample(5, 4, 4, torch.Generator().manual_seed(9))
+    other = TaskBatch(*(t.double() for t in (other.x_support, other.y_support, other.x_query, other.y_query)))
+    params = list(learner.parameters())
+    learner.meta_loss(batch).backward()
+    first = _grads(learner)
+    _zero(learner)
+    learner.meta_loss(other).backward()
+    second = _grads(learner)
+    _zero(learner)
+    (learner.meta_loss(batch) + 0.5 * sum((p * p).sum() for p in params[::2])).backward()
+    for i, (p, g) in enumerate(zip(params, first)):
+        torch.testing.assert_close(p.grad, g + p.detach() if i % 2 == 0 else g, rtol=1e-14, atol=0)
+    _zero(learner)
+    (learner.meta_loss(batch) + learner.meta_loss(other)).backward()
+    assert all(torch.equal(p.grad, a + b) for p, a, b in zip(params, first, second))
+
+
+def test_backward_with_inputs_fills_only_those():
+    learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    expected = _grads(learner)
+    _zero(learner)
+    params = list(learner.parameters())
+    learner.meta_loss(batch).backward(inputs=[params[1], params[4]])
+    assert [p.grad is not None for p in params] == [False, True, False, False, True, False]
+    assert torch.equal(params[1].grad, expected[1]) and torch.equal(params[4].grad, expected[4])
 
 
 def test_double_backward_is_refused():

@@ -1,17 +1,21 @@
 // mlp_maml_loss: the meta-objective sum_t loss_weight[t] * query_loss[t] as a scalar whose
 // autograd node hands over the meta-gradient that mlp_maml_grad computed in the same call. The
 // node is C++ so that `meta_loss(batch).backward()` never re-enters Python in the engine, and it
-// gives its gradients away when the graph is freed, so that AccumulateGrad stores them as .grad
-// without a copy (benchmarks/RESULTS.md, issue 14.2, the literal path).
+// gives its gradients away when the graph is freed, so that they become .grad without a copy; on a
+// plain `.backward()` it stores them itself instead of scheduling one AccumulateGrad per parameter
+// (benchmarks/RESULTS.md, issue 14.2, the literal path).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
+#include <torch/csrc/autograd/anomaly_mode.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -20,6 +24,9 @@
 namespace maml_ext::mlp {
 namespace {
 
+using torch::autograd::AccumulateGrad;
+using torch::autograd::Edge;
+using torch::autograd::Node;
 using torch::autograd::variable_list;
 
 // What mlp_maml_grad returns: (query_loss [T], grads w.r.t. params, grads w.r.t. lrs).
@@ -44,7 +51,31 @@ bool is_unit(const at::Tensor& g) {
   }
 }
 
-struct MlpMamlLossBackward : torch::autograd::Node {
+// AccumulateGrad's own lock (Node::mutex_ is protected): held while .grad is written, as it does.
+struct NodeLock : Node {
+  static std::mutex& of(Node& node) { return node.*(&NodeLock::mutex_); }
+};
+
+// The AccumulateGrad behind `edge` when storing into its parameter's .grad here is exactly what
+// the engine would do: `edge` is the only edge alive into it (else another node of this backward,
+// say a regulariser on the weights, would still owe it a gradient: the engine would wait for ours
+// forever), a CPU leaf that requires grad, and nothing observing the accumulation (tensor hooks,
+// post-accumulate hooks, DDP's and FSDP's node hooks; the tensor holds its node weakly).
+AccumulateGrad* plain_accumulator(const Edge& edge) {
+  if (edge.function.use_count() != 1) return nullptr;
+  auto* acc = dynamic_cast<AccumulateGrad*>(edge.function.get());
+  if (acc == nullptr) return nullptr;
+  const at::Tensor& var = acc->variable;
+  if (!var.defined() || !var.requires_grad() || var.grad_fn() || !var.is_cpu()) return nullptr;
+  if (!acc->pre_hooks().empty() || !acc->tensor_pre_hooks().empty() ||
+      !acc->retains_grad_hooks().empty() || !acc->post_hooks().empty() ||
+      acc->tensor_post_acc_grad_hooks() != nullptr) {
+    return nullptr;
+  }
+  return acc;
+}
+
+struct MlpMamlLossBackward : Node {
   std::vector<at::Tensor> grads;  // d value / d input, per input (params, then lrs)
   bool released = false;
 
@@ -59,11 +90,41 @@ struct MlpMamlLossBackward : torch::autograd::Node {
     // The tensors themselves only when the graph is freed right after this (release_variables):
     // a retained graph must not hand out what it keeps (torch.autograd.grad would return it, and
     // an in-place change would reach the next backward); 1 * g below is g bit for bit.
-    if (is_unit(grad) && !torch::autograd::get_current_graph_task_keep_graph()) return grads;
+    if (is_unit(grad) && !torch::autograd::get_current_graph_task_keep_graph()) {
+      store_plain_grads();
+      return std::move(grads);
+    }
     variable_list out;
     out.reserve(grads.size());
     for (const at::Tensor& g : grads) out.push_back(grad.defined() ? at::mul(grad, g) : at::Tensor());
     return out;
+  }
+
+  // On a plain `loss.backward()` (every node runs, nothing captured, the graph freed after this
+  // node, no hook on it, no anomaly mode) each plain parameter's gradient is accumulated here
+  // with AccumulateGrad's own rule and its edge dropped: the engine then schedules no
+  // AccumulateGrad node for it (~3-5 µs each). `torch.autograd.grad`, `inputs=`, hooks, retained
+  // graphs and parameters that other nodes also feed keep the engine's path.
+  void store_plain_grads() {
+    const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
+    // Anomaly mode checks the node's outputs (NaN) on their way to AccumulateGrad.
+    if (exec_info == nullptr || !exec_info->empty() || !pre_hooks().empty() ||
+        !post_hooks().empty() || torch::autograd::AnomalyMode::is_enabled()) {
+      return;
+    }
+    for (size_t i = 0; i < grads.size(); ++i) {
+      AccumulateGrad* acc = plain_accumulator(next_edge(i));
+      if (acc == nullptr || !grads[i].defined() || !grads[i].is_cpu()) continue;
+      at::Tensor new_grad = std::move(grads[i]);  // the only reference: stolen, not copied
+      at::Tensor& var_grad = acc->variable.mutable_grad();
+      {
+        std::lock_guard<std::mutex> lock(NodeLock::of(*acc));
+        AccumulateGrad::accumulateGrad(acc->variable, var_grad, new_grad, 1,
+                                       [&var_grad](at::Tensor&& g) { var_grad = std::move(g); });
+      }
+      // Not set_next_edge: dropping a child cannot break the topological order it asserts.
+      next_edges()[i] = Edge();
+    }
   }
 
   // Called by the engine right after apply when the graph is not retained: dropping the

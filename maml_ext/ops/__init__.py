@@ -348,7 +348,8 @@ def mlp_maml_loss(
     differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *lrs))
     if differentiable and _fused(*params) and not torch.compiler.is_compiling():
         # One op whose autograd node is C++ (csrc/mlp/mlp_loss_autograd.cpp): the engine then
-        # runs no Python and AccumulateGrad takes the precomputed gradients without a copy.
+        # runs no Python, and the precomputed gradients become .grad without a copy (on a plain
+        # backward stored by the node itself, without the engine's AccumulateGrad nodes).
         if loss_weight is None:
             loss_weight = params[0].new_full((tasks,), 1.0 / max(tasks, 1))
         return torch.ops.maml_ext.mlp_maml_loss.default(
