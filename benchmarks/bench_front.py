@@ -174,8 +174,16 @@ def loop(rounds: int, seconds: float) -> None:
                 torch.set_flush_denormal(False)
         return run
 
+    leaf = torch.ones((), requires_grad=True)
+
+    def bare_and_trivial_backward():  # the floor of any path through `.backward()`: a one-node graph
+        bare()
+        leaf.grad = None
+        (leaf * 2.0).backward()
+
     fns = {
         "bare `ops.mlp_maml_grad`": bare,
+        "floor: bare op + a one-node `.backward()` (`(leaf * 2.0).backward()`, no optimizer)": bare_and_trivial_backward,
         "`zero_grad` + `meta_grad`": iteration(step=False),
         "bare op + lean Adam step": bare_and_adam(),
         "bare op + lean Adam step, denormals flushed (`torch.set_flush_denormal(True)`, own state)":
