@@ -114,7 +114,7 @@ struct MlpMamlLossBackward : Node {
     }
     for (size_t i = 0; i < grads.size(); ++i) {
       AccumulateGrad* acc = plain_accumulator(next_edge(i));
-      if (acc == nullptr || !grads[i].defined() || !grads[i].is_cpu()) continue;
+      if (acc == nullptr || !grads[i].defined()) continue;  // (a CPU leaf: a CPU gradient)
       at::Tensor new_grad = std::move(grads[i]);  // the only reference: stolen, not copied
       at::Tensor& var_grad = acc->variable.mutable_grad();
       {
