@@ -2,12 +2,14 @@
 // _C is defined. Kernels register themselves per device in csrc/<family>/*_cpu.cpp / *_cuda.cu;
 // autograd formulas and fake (meta) kernels are registered in maml_ext/ops/.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <string>
 
 #include "mlp/adam_lists.h"
 #include "mlp/mlp_engine.h"
+#include "mlp/mlp_loss_autograd.h"
 #include "replay/replay_memory.h"
 
 TORCH_LIBRARY(maml_ext, m) {
@@ -100,6 +102,9 @@ PYBIND11_MODULE(_C, m) {
         "The CPU kernel variant in use: 'default', 'avx2' or 'avx512'.");
   m.def("set_cpu_capability", &maml_ext::mlp::set_cpu_capability, pybind11::arg("name"),
         "Force a CPU kernel variant (for testing each variant).");
+  m.def("backward_alone", &maml_ext::mlp::backward_alone, pybind11::arg("loss"),
+        "A plain `loss.backward()` of an mlp_maml_loss output without torch's engine, where the "
+        "engine would only store its gradients; False (nothing done) otherwise.");
   maml_ext::bind_adam_lists(m);
   m.def("replay_memory_enter", &maml_ext::replay::enter,
         "Open a scope in which freed CPU blocks of >= 64 KiB are reused by size (nests); False when "

@@ -315,3 +315,116 @@ def test_a_compiled_function_calling_meta_loss_gives_the_second_order_gradient(l
     generic.meta_loss(batch).backward()
     for (name, p), q in zip(learner.named_parameters(), generic.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=name)
+
+
+@pytest.fixture
+def engine_free_calls(monkeypatch):
+    """What each ``_C.backward_alone`` call (the engine-free ``.backward()``) returned."""
+    from maml_ext import _extension
+
+    calls, alone = [], _extension.C.backward_alone
+
+    def spy(loss):
+        calls.append(alone(loss))
+        return calls[-1]
+
+    monkeypatch.setattr(_extension.C, "backward_alone", spy)
+    return calls
+
+
+@requires_extension
+def test_a_plain_backward_runs_without_the_engine_and_stores_the_engines_bits(engine_free_calls):
+    learner, batch = _setup()
+    loss = learner.meta_loss(batch)
+    assert type(loss) is ops.MetaLoss
+    torch.autograd.backward(loss)  # torch's engine (the node's own store)
+    expected = _grads(learner)
+    assert engine_free_calls == []
+    _zero(learner)
+    loss = learner.meta_loss(batch)
+    loss.backward()
+    assert engine_free_calls == [True]
+    assert all(torch.equal(p.grad, e) for p, e in zip(learner.parameters(), expected))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()  # the graph was freed as the engine frees it
+    assert engine_free_calls == [True, False]
+    held = [p.grad for p in learner.parameters()]  # an existing .grad is added to in place
+    learner.meta_loss(batch).backward()
+    assert all(p.grad is h and torch.equal(h, e + e) for p, h, e in zip(learner.parameters(), held, expected))
+
+
+@requires_extension
+def test_whatever_needs_the_engine_takes_it(engine_free_calls, monkeypatch):
+    """Arguments, hooks on the loss or a parameter, a retained graph, anomaly mode, the profiler,
+    compiled autograd, a parameter another node also feeds: ``backward_alone`` does nothing (it
+    returns False or is not called) and the engine gives what it always gave."""
+    import sys
+    from types import SimpleNamespace
+
+    from maml_ext import _extension
+
+    learner, batch = _setup()
+    learner.meta_loss(batch).backward()
+    expected = _grads(learner)
+    params = list(learner.parameters())
+    cases = {
+        "gradient": lambda loss: loss.backward(torch.tensor(2.0, dtype=torch.float64)),
+        "retain_graph": lambda loss: loss.backward(retain_graph=True),
+        "inputs": lambda loss: loss.backward(inputs=params),
+        "retain_grad": lambda loss: (loss.retain_grad(), loss.backward()),
+        "loss hook": lambda loss: (loss.register_hook(lambda g: g * 2.0), loss.backward()),
+        "node hook": lambda loss: (loss.grad_fn.register_prehook(lambda go: None), loss.backward()),
+        "anomaly mode": lambda loss: _in(torch.autograd.set_detect_anomaly(True), loss.backward),
+        "profiler": lambda loss: _in(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]),
+                                     loss.backward),
+    }
+    scale = {"gradient": 2.0, "loss hook": 2.0}
+    for name, backward in cases.items():
+        engine_free_calls.clear()
+        _zero(learner)
+        loss = learner.meta_loss(batch)
+        backward(loss)
+        assert True not in engine_free_calls, name
+        assert all(torch.equal(p.grad, scale.get(name, 1.0) * e) for p, e in zip(params, expected)), name
+        if name == "retain_grad":
+            assert loss.grad.item() == 1.0
+    _zero(learner)
+    handle = params[3].register_hook(lambda g: g * 3.0)
+    learner.meta_loss(batch).backward()
+    handle.remove()
+    assert engine_free_calls[-1] is False and torch.equal(params[3].grad, 3.0 * expected[3])
+    _zero(learner)
+    regularised = learner.meta_loss(batch)
+    penalty = (params[0] * params[0]).sum()
+    assert _extension.C.backward_alone(regularised) is False  # params[0]'s accumulator is shared
+    (regularised + penalty).backward()
+    torch.testing.assert_close(params[0].grad, expected[0] + 2.0 * params[0].detach(), rtol=1e-14, atol=0)
+    engine_free_calls.clear()
+    monkeypatch.setitem(sys.modules, "torch._dynamo.compiled_autograd", SimpleNamespace(compiled_autograd_enabled=True))
+    _zero(learner)
+    learner.meta_loss(batch).backward()
+    assert engine_free_calls == [] and all(torch.equal(p.grad, e) for p, e in zip(params, expected))
+
+
+def _in(context, fn):
+    with context:
+        fn()
+
+
+def test_the_loss_prints_formats_and_pickles_as_a_plain_tensor():
+    import io
+    import pickle
+
+    learner, batch = _setup()
+    loss = learner.meta_loss(batch)
+    plain = loss * 1.0
+    value = loss.item()
+    assert repr(loss) == repr(plain).replace("MulBackward0", loss.grad_fn.name()) and str(loss) == repr(loss)
+    assert f"{loss:.3f}" == f"{value:.3f}" and f"{loss}" == f"{plain}" == str(value)
+    buffer = io.BytesIO()
+    torch.save(loss, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert type(loaded) is torch.Tensor and loaded.item() == value and loaded.requires_grad
+    assert type(pickle.loads(pickle.dumps(loss))) is torch.Tensor
+    assert type(loss.detach()) is torch.Tensor and type(loss + 1) is torch.Tensor

@@ -5,6 +5,7 @@
 // plain `.backward()` it stores them itself instead of scheduling one AccumulateGrad per parameter
 // (benchmarks/RESULTS.md, issue 14.2, the literal path).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <torch/csrc/autograd/anomaly_mode.h>
@@ -14,6 +15,8 @@
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
+
+#include "mlp_loss_autograd.h"
 
 #include <mutex>
 #include <optional>
@@ -75,11 +78,38 @@ AccumulateGrad* plain_accumulator(const Edge& edge) {
   return acc;
 }
 
+// Whether anything would observe torch's engine running `node`: hooks on it or on its output
+// (`retain_grad`, `register_hook`), anomaly mode (NaN checks), the profiler (its events).
+bool engine_observed(Node& node) {
+  return !node.pre_hooks().empty() || !node.tensor_pre_hooks().empty() ||
+         !node.retains_grad_hooks().empty() || !node.post_hooks().empty() ||
+         torch::autograd::AnomalyMode::is_enabled() || at::hasCallbacks();
+}
+
 struct MlpMamlLossBackward : Node {
   std::vector<at::Tensor> grads;  // d value / d input, per input (params, then lrs)
   bool released = false;
 
   std::string name() const override { return "MlpMamlLossBackward"; }
+
+  // `.backward()` of this node's output without torch's engine: when the engine would run this
+  // node alone and store every gradient into a plain parameter's .grad (see store_plain_grads),
+  // do exactly that here and free the graph as it would; false (nothing done) otherwise.
+  bool backward_alone() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (released || engine_observed(*this)) return false;
+    std::vector<AccumulateGrad*> accumulators(grads.size(), nullptr);
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!next_edge(i).is_valid()) continue;  // an input that does not require grad
+      accumulators[i] = plain_accumulator(next_edge(i));
+      if (accumulators[i] == nullptr || !grads[i].defined()) return false;
+    }
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (accumulators[i] != nullptr) store(*accumulators[i], std::move(grads[i]));
+    }
+    release_variables();
+    return true;
+  }
 
   variable_list apply(variable_list&& grad_outputs) override {
     TORCH_CHECK(!released, torch::autograd::ERR_BACKWARD_TWICE);
@@ -115,16 +145,20 @@ struct MlpMamlLossBackward : Node {
     for (size_t i = 0; i < grads.size(); ++i) {
       AccumulateGrad* acc = plain_accumulator(next_edge(i));
       if (acc == nullptr || !grads[i].defined()) continue;  // (a CPU leaf: a CPU gradient)
-      at::Tensor new_grad = std::move(grads[i]);  // the only reference: stolen, not copied
-      at::Tensor& var_grad = acc->variable.mutable_grad();
-      {
-        std::lock_guard<std::mutex> lock(NodeLock::of(*acc));
-        AccumulateGrad::accumulateGrad(acc->variable, var_grad, new_grad, 1,
-                                       [&var_grad](at::Tensor&& g) { var_grad = std::move(g); });
-      }
+      store(*acc, std::move(grads[i]));
       // Not set_next_edge: dropping a child cannot break the topological order it asserts.
       next_edges()[i] = Edge();
     }
+  }
+
+  // Accumulates `grad` (the only reference: stolen, not copied) into the accumulator's .grad with
+  // AccumulateGrad's own rule, under its own lock and with grad mode off, as the engine runs it.
+  static void store(AccumulateGrad& acc, at::Tensor&& grad) {
+    at::AutoGradMode no_grad(false);
+    at::Tensor& var_grad = acc.variable.mutable_grad();
+    std::lock_guard<std::mutex> lock(NodeLock::of(acc));
+    AccumulateGrad::accumulateGrad(acc.variable, var_grad, grad, 1,
+                                   [&var_grad](at::Tensor&& g) { var_grad = std::move(g); });
   }
 
   // Called by the engine right after apply when the graph is not retained: dropping the
@@ -189,6 +223,13 @@ at::Tensor mlp_maml_loss_autograd(at::TensorList params, at::TensorList lrs, dou
 }
 
 }  // namespace
+
+bool backward_alone(const at::Tensor& loss) {
+  if (!loss.defined() || !loss.requires_grad()) return false;
+  const auto& fn = loss.grad_fn();  // held by `loss` throughout
+  auto* node = dynamic_cast<MlpMamlLossBackward*>(fn.get());
+  return node != nullptr && node->backward_alone();
+}
 
 TORCH_LIBRARY_IMPL(maml_ext, CompositeExplicitAutograd, m) {
   m.impl("mlp_maml_loss", &mlp_maml_loss_value);

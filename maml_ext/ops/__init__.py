@@ -17,10 +17,13 @@ from torch import Tensor
 from maml_ext import _extension, reference
 from maml_ext.reference import LearningRate, check_types, renamed_snapshots, snapshot_interval, split_lr
 
+from maml_ext.ops._meta_loss import MetaLoss, as_meta_loss
+
 if _extension.available():
     from maml_ext.ops import _registration  # fake kernels and autograd formulas of the ops
 
 __all__ = [
+    "MetaLoss",
     "extension_available",
     "inner_update",
     "inner_update_",
@@ -352,10 +355,10 @@ def mlp_maml_loss(
         # backward stored by the node itself, without the engine's AccumulateGrad nodes).
         if loss_weight is None:
             loss_weight = params[0].new_full((tasks,), 1.0 / max(tasks, 1))
-        return torch.ops.maml_ext.mlp_maml_loss.default(
+        return as_meta_loss(torch.ops.maml_ext.mlp_maml_loss.default(
             list(params), lrs, lr_value, per_step_lr, x_support, y_support, w_support, x_query, y_query,
             w_query, steps, activation, loss, first_order, loss_weight,
-        )
+        ))
     kwargs = dict(lr=lr, steps=steps, per_step_lr=per_step_lr, activation=activation, loss=loss,
                   first_order=first_order, w_support=w_support, w_query=w_query)
     if not differentiable:
