@@ -35,15 +35,16 @@ def check_examples(x: Tensor, y: Tensor, which: str = "support", tasks: int | No
     ``x_<which>`` and ``y_<which>`` are ``[T, K, ...]`` with the T of the support set (``tasks``;
     default: x's own), at least one task and K >= 1 examples, the K of ``x_<which>``. On the
     fused path's every call: no string is built unless a check fails."""
+    xs, ys = x.shape, y.shape  # each .shape builds a new torch.Size
     if tasks is None:
-        tasks = x.shape[0] if x.dim() else 0
-    if x.dim() < 2 or x.shape[0] != tasks:
+        tasks = xs[0] if xs else 0
+    if len(xs) < 2 or xs[0] != tasks:
         raise _not_examples("x", which, tasks, x)
     if tasks == 0:
-        raise ValueError(f"x_{which}: expected at least one task (T >= 1), got shape {tuple(x.shape)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"x_{which}: expected at least one example per task (K >= 1), got shape {tuple(x.shape)}")
-    if y.dim() < 2 or y.shape[0] != tasks or y.shape[1] != x.shape[1]:
+        raise ValueError(f"x_{which}: expected at least one task (T >= 1), got shape {tuple(xs)}")
+    if xs[1] == 0:
+        raise ValueError(f"x_{which}: expected at least one example per task (K >= 1), got shape {tuple(xs)}")
+    if len(ys) < 2 or ys[0] != tasks or ys[1] != xs[1]:
         raise _not_examples("y", which, tasks, y)
 
 
@@ -90,11 +91,12 @@ def check_inputs(x: Tensor, name: str, rule: FirstLayer | None) -> None:
     """``x [T, K, ...]`` as the model's first layer reads it (``rule``; None: nothing known)."""
     if rule is None:
         return
-    dims = x.dim() - 2
+    shape = x.shape
+    dims = len(shape) - 2
     if rule.exact:
-        ok = dims == rule.rank and x.shape[2] == rule.size
+        ok = dims == rule.rank and shape[2] == rule.size
     else:
-        ok = dims >= rule.rank and x.shape[-1] == rule.size
+        ok = dims >= rule.rank and shape[-1] == rule.size
     if not ok:  # the message is built only here: this runs on every meta_loss
         expected = f"[T, K, {rule.size}, {_SPATIAL[rule.rank - 1]}]" if rule.exact else f"[T, K, {rule.size}]"
         hint = " (no task dimension? stack the tasks' examples as [T, K, ...])" if dims < rule.rank else ""

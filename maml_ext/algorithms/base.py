@@ -356,14 +356,15 @@ class MetaLearner(nn.Module, ABC):
         if ref is None:
             slots, attr = self._ref_slot
             ref = slots[attr]
+        device, dtype = ref.device, ref.dtype
         for name in ("x_support", "y_support", "x_query", "y_query"):
             t = getattr(batch, name)
             if not isinstance(t, Tensor):
                 raise TypeError(f"batch.{name}: expected a Tensor, got {type(t).__name__}")
-            if t.device != ref.device:
-                raise RuntimeError(f"{name}: expected device {ref.device} like the model's parameters, got {t.device}")
-            if t.is_floating_point() and t.dtype != ref.dtype:
-                raise TypeError(f"{name}: expected dtype {ref.dtype} like the model's parameters, got {t.dtype}")
+            if t.device != device:
+                raise RuntimeError(f"{name}: expected device {device} like the model's parameters, got {t.device}")
+            if t.dtype != dtype and t.is_floating_point():
+                raise TypeError(f"{name}: expected dtype {dtype} like the model's parameters, got {t.dtype}")
         check_examples(batch.x_support, batch.y_support)
         check_examples(batch.x_query, batch.y_query, "query", batch.x_support.shape[0])
         check_inputs(batch.x_support, "x_support", self.first_layer)
