@@ -263,6 +263,9 @@ def test_literal_iterations_with_the_lean_adam_equal_torch_adam_bitwise():
             assert torch.equal(a, b), it
     assert str(opt.state_dict()) == str(ref.state_dict())
     assert all(p.grad is not None for p in learner.parameters())  # step leaves .grad to the user
+    versions = [s["step"]._version for s in opt.state.values()]
+    opt.step()  # the step counts are written in place as add_ writes them: versions move on
+    assert [s["step"]._version for s in opt.state.values()] == [v + 1 for v in versions]
 
 
 @requires_extension

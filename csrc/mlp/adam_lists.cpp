@@ -31,6 +31,8 @@ class FusedAdamLists {
     TORCH_CHECK(exp_avgs_.size() == n && exp_avg_sqs_.size() == n && steps_.size() == n,
                 "FusedAdamLists: expected one exp_avg, exp_avg_sq and step per parameter");
     grads_.reserve(n);
+    plain_counts_ = step_counts_.is_cpu() && step_counts_.scalar_type() == at::kFloat &&
+                    step_counts_.is_contiguous() && !step_counts_.requires_grad();
   }
 
   // Adam's step from the parameters' .grad; false (nothing done) when one is missing.
@@ -42,8 +44,15 @@ class FusedAdamLists {
       grads_.push_back(g);
     }
     const c10::NoGradGuard no_grad;
-    // The per-parameter step counts are views of step_counts: one add increments them all.
-    step_counts_.add_(1);
+    // The per-parameter step counts are views of step_counts: one add increments them all
+    // (on the CPU without a dispatch: the same float sums, the version bumped as add_ does).
+    if (plain_counts_) {
+      float* counts = step_counts_.mutable_data_ptr<float>();
+      for (int64_t i = 0; i < step_counts_.numel(); ++i) counts[i] += 1.0f;
+      step_counts_.unsafeGetTensorImpl()->bump_version();
+    } else {
+      step_counts_.add_(1);
+    }
     at::_fused_adam_(params_, grads_, exp_avgs_, exp_avg_sqs_, {}, steps_, lr, beta1, beta2,
                      weight_decay, eps, /*amsgrad=*/false, maximize);
     grads_.clear();  // .grad is the user's: hold no reference past the step
@@ -53,6 +62,7 @@ class FusedAdamLists {
  private:
   std::vector<at::Tensor> params_, exp_avgs_, exp_avg_sqs_, steps_, grads_;
   at::Tensor step_counts_;
+  bool plain_counts_;
 };
 
 }  // namespace
