@@ -2,8 +2,9 @@
 // autograd node hands over the meta-gradient that mlp_maml_grad computed in the same call. The
 // node is C++ so that `meta_loss(batch).backward()` never re-enters Python in the engine, and it
 // gives its gradients away when the graph is freed, so that they become .grad without a copy; on a
-// plain `.backward()` it stores them itself instead of scheduling one AccumulateGrad per parameter
-// (benchmarks/RESULTS.md, issue 14.2, the literal path).
+// plain `.backward()` it stores them itself instead of scheduling one AccumulateGrad per parameter,
+// and backward_alone (ops.MetaLoss.backward) does the same without the engine where nothing else
+// needs it (benchmarks/RESULTS.md, issue 14.2, the literal path).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 #include <ATen/ops/mul.h>

@@ -212,9 +212,8 @@ class MAML(MetaLearner):
     def meta_grad(self, batch: TaskBatch, iteration: int = 0, scale: float = 1.0) -> Tensor:
         """As :meth:`MetaLearner.meta_grad`, with the same result. On the fused path the gradients
         come from one ``ops.mlp_maml_grad`` call and are accumulated into ``.grad`` directly:
-        ``meta_loss(batch).backward()`` costs ~0.2x the kernel more on the paper's sinusoid config,
-        nearly all of it torch's ``backward()`` and engine (benchmarks/RESULTS.md, front end, fourth
-        pass)."""
+        ``meta_loss(batch).backward()`` now does the same without torch's engine where nothing
+        needs it (``ops.MetaLoss``; benchmarks/RESULTS.md, the literal path without the engine)."""
         call = self._fused_call if self.fused_spec is not None else None
         # A subclass's own meta_loss (a penalty, say) defines its gradient: backward it.
         if call is None or not torch.is_grad_enabled() or type(self).meta_loss is not MAML.meta_loss:

@@ -343,7 +343,9 @@ def mlp_maml_loss(
     """The meta-objective Σ_t loss_weight[t]·query_loss[t] (default: the mean over tasks) as a
     scalar whose ``.backward()`` gives the exact meta-gradient: a drop-in for
     ``mlp_maml(...)[0].mean()`` in training loops, computed by :func:`mlp_maml_grad` in the same
-    call (so the backward costs nothing). Differentiable once.
+    call (so the backward costs nothing). Differentiable once. With the compiled kernels the
+    result is a :class:`MetaLoss`, whose plain ``.backward()`` stores the gradients without
+    torch's autograd engine.
     """
     check_types({"steps": steps}, params=params)
     lrs, lr_value = split_lr(lr)

@@ -15,9 +15,9 @@ class MetaLoss(Tensor):
     """A ``torch.Tensor`` in every respect (any op on it gives a plain tensor) whose ``.backward()``
     skips torch's autograd engine when the engine would only store the precomputed meta-gradient
     into each parameter's ``.grad`` (``_C.backward_alone``: same ``.grad`` bits, graph freed the
-    same way). On the paper's sinusoid config the engine costs ~0.2x the kernel after it
-    (benchmarks/RESULTS.md, issue 14.2). Any argument, hook, retained graph, anomaly mode, the
-    profiler or compiled autograd takes ``Tensor.backward`` as usual."""
+    same way). On the paper's sinusoid config the engine's run costs ~0.25x the kernel right after
+    it, this one ~0.02x (benchmarks/RESULTS.md, issue 14.2). Any argument, hook, retained graph,
+    anomaly mode, the profiler or compiled autograd takes ``Tensor.backward`` as usual."""
 
     __slots__ = ()
     __torch_function__ = torch._C._disabled_torch_function_impl
