@@ -481,7 +481,9 @@ def _measure_here(name: str, w: Workload, threads: int) -> dict[str, float]:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         base = _rss_kib()["VmRSS"]
         step()
-        peaks.append((_rss_kib()["VmHWM"] - base) / 1024)
+        # The kernel's RSS counters are per-CPU and approximate (a few pages): a peak within that
+        # of the baseline can read below it.
+        peaks.append(max(0.0, (_rss_kib()["VmHWM"] - base) / 1024))
     return {"first_mib": peaks[0], "steady_mib": peaks[1]}
 
 
